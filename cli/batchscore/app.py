@@ -1,0 +1,203 @@
+"""The command line: the only module that imports typer.
+
+Options become :class:`~batchscore.settings.Settings`, the job runs, and :func:`run_cli` turns
+whatever happened into an exit status and at most one line on stderr (a traceback only with
+``--debug``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from batchscore import __version__
+from batchscore.errors import BatchscoreError, ExitStatus
+
+app = typer.Typer(
+    name="batchscore",
+    help="Score lists of IDs with a LightGBM model, fetching features from slow services.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+_debug = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"batchscore {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool | None,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = None,
+) -> None:
+    """Score lists of IDs with a LightGBM model, fetching features from slow services.
+
+    Example: batchscore score sample_data/ids.txt -c configs/sample.toml -o scores.csv
+    """
+
+
+def _setup_logging(debug: bool, quiet: bool) -> None:
+    level = logging.DEBUG if debug else (logging.ERROR if quiet else logging.WARNING)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("batchscore: %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+Opt = typer.Option
+
+
+@app.command("score")
+def score(
+    ids: Annotated[
+        str | None, typer.Argument(help="ID list: a file, or - / omitted for stdin.")
+    ] = None,
+    config: Annotated[Path | None, Opt("-c", "--config", help="TOML config file.")] = None,
+    model: Annotated[str | None, Opt("-m", "--model", help="LightGBM model file.")] = None,
+    output: Annotated[str | None, Opt("-o", "--output", help="Output file, - for stdout.")] = None,
+    format: Annotated[str | None, Opt("--format", help="csv|jsonl|parquet|sqlite.")] = None,
+    errors: Annotated[str | None, Opt("--errors", help="Errors file (JSON lines).")] = None,
+    concurrency: Annotated[int | None, Opt("--concurrency", help="Fetches in flight.")] = None,
+    batch_size: Annotated[int | None, Opt("--batch-size", help="Rows per scoring batch.")] = None,
+    rate_limit: Annotated[float | None, Opt("--rate-limit", help="Requests per second.")] = None,
+    retries: Annotated[int | None, Opt("--retries", help="Extra attempts.")] = None,
+    max_failed: Annotated[int | None, Opt("--max-failed", help="Failed IDs allowed.")] = None,
+    max_failed_rate: Annotated[
+        float | None, Opt("--max-failed-rate", help="Failed share allowed (0-1).")
+    ] = None,
+    unordered: Annotated[bool | None, Opt("--unordered", help="Write in completion order.")] = None,
+    resume: Annotated[bool | None, Opt("--resume", help="Continue a stopped run.")] = None,
+    overwrite: Annotated[
+        bool | None, Opt("--overwrite", help="Replace an existing output.")
+    ] = None,
+    input_format: Annotated[str | None, Opt("--input-format", help="text|csv|jsonl.")] = None,
+    id_column: Annotated[str | None, Opt("--id-column", help="CSV ID column.")] = None,
+    id_field: Annotated[str | None, Opt("--id-field", help="JSON-lines ID field.")] = None,
+    keep: Annotated[list[str] | None, Opt("--keep", help="Input column to carry through.")] = None,
+    dedupe: Annotated[bool | None, Opt("--dedupe", help="Score each ID once.")] = None,
+    explain: Annotated[int | None, Opt("--explain", help="Top K feature contributions.")] = None,
+    raw_score: Annotated[bool | None, Opt("--raw-score", help="Raw margins.")] = None,
+    threads: Annotated[int | None, Opt("--threads", help="LightGBM threads, 0 = all.")] = None,
+    report: Annotated[str | None, Opt("--report", help="Run report JSON path.")] = None,
+    metrics: Annotated[str | None, Opt("--metrics", help="Prometheus textfile path.")] = None,
+    progress_interval: Annotated[
+        float | None, Opt("--progress-interval", help="Seconds between log lines.")
+    ] = None,
+    quiet: Annotated[bool | None, Opt("--quiet", "-q", help="Only errors.")] = None,
+    debug: Annotated[bool | None, Opt("--debug", help="Debug logs; tracebacks.")] = None,
+    shard: Annotated[str | None, Opt("--shard", help="Score shard K of N (K/N).")] = None,
+    engine: Annotated[str | None, Opt("--engine", help="local (default).")] = None,
+    scheduler: Annotated[str | None, Opt("--scheduler", help="Dask scheduler address.")] = None,
+) -> None:
+    """Score IDS with a LightGBM model, fetching their features from the configured sources.
+
+    Example: batchscore score sample_data/ids.txt -c configs/sample.toml -o scores.csv
+
+    Pipelines: cut -f1 accounts.tsv | batchscore score - -c x.toml | sort -t, -k2 -gr | head
+    """
+    global _debug
+    from batchscore.job import Environment, run_job
+    from batchscore.settings import resolve
+
+    flags: dict[str, Any] = dict(locals())
+    flags.pop("config")
+    _debug = bool(debug) or os.environ.get("BATCHSCORE_DEBUG", "") in {"1", "true", "yes"}
+    settings = resolve(flags, str(config) if config else None, os.environ)
+    _debug = settings.run.debug
+    _setup_logging(settings.run.debug, settings.run.quiet)
+    env = Environment(
+        stdin=sys.stdin.buffer,
+        stdout_fd=1,
+        stderr=sys.stderr,
+        stderr_isatty=sys.stderr.isatty(),
+        environ=os.environ,
+    )
+    outcome = run_job(settings, env)
+    raise typer.Exit(int(outcome.status))
+
+
+@app.command("model-info")
+def model_info(
+    model: Annotated[str, typer.Argument(help="LightGBM model file.")],
+    json_output: Annotated[bool, Opt("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Describe a model: objective, trees, classes, features with training ranges, version.
+
+    Example: batchscore model-info sample_data/model.txt
+    """
+    from batchscore.model import read_info
+
+    info = read_info(model)
+    if json_output:
+        import dataclasses
+
+        import orjson
+
+        print(orjson.dumps(dataclasses.asdict(info), option=orjson.OPT_INDENT_2).decode())
+        return
+    print(f"model      {info.path}")
+    print(f"version    {info.version}")
+    print(f"objective  {info.objective}")
+    print(f"trees      {info.num_trees}")
+    print(f"classes    {info.num_class}")
+    print(f"features   {len(info.features)}")
+    width = max((len(f.name) for f in info.features), default=4)
+    for f in info.features:
+        if f.categorical:
+            kind = "categorical"
+            detail = ", ".join(map(str, f.categories)) if f.categories else "integer codes"
+        else:
+            kind = "numeric"
+            detail = (
+                f"[{f.low:g}, {f.high:g}]" if f.low is not None and f.high is not None else "unused"
+            )
+        print(f"  {f.name:<{width}}  {kind:<11}  {detail}")
+
+
+def run_cli(argv: list[str]) -> int:
+    """Run the command line; return the exit status. The one place errors become messages."""
+    try:
+        result = app(argv, prog_name="batchscore", standalone_mode=False)
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except BatchscoreError as exc:
+        if _debug:
+            raise
+        print(f"batchscore: error: {exc.message}", file=sys.stderr)
+        return int(exc.exit_status)
+    except KeyboardInterrupt:
+        print("batchscore: interrupted", file=sys.stderr)
+        return int(ExitStatus.SIGINT)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show(file=sys.stderr)
+            return int(ExitStatus.USAGE)
+        if isinstance(exc, click.exceptions.Abort):
+            return int(ExitStatus.SIGINT)
+        if _debug:
+            raise
+        print(
+            f"batchscore: internal error: {type(exc).__name__}: {exc}. "
+            "This is a bug; rerun with --debug for the traceback and report it.",
+            file=sys.stderr,
+        )
+        return int(ExitStatus.INTERNAL)
+    return result if isinstance(result, int) else 0

@@ -1,0 +1,80 @@
+"""The errors batchscore raises, each carrying its exit status and a one-line message.
+
+The core raises these; only :mod:`batchscore.app` turns them into an exit status and a
+message on stderr.  A message says what went wrong and what to do, in one line.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitStatus(enum.IntEnum):
+    """Exit statuses, as SPEC.md lists them."""
+
+    OK = 0
+    INTERNAL = 1
+    USAGE = 2
+    PARTIAL = 3
+    STOPPED = 4
+    CANT_WRITE = 74
+    LOCKED = 75
+    SIGINT = 130
+    SIGTERM = 143
+    PIPE_CLOSED = 141
+
+
+class BatchscoreError(Exception):
+    """Base of every error that batchscore reports to its user without a traceback."""
+
+    exit_status: ExitStatus = ExitStatus.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(BatchscoreError):
+    """A bad flag or argument."""
+
+    exit_status = ExitStatus.USAGE
+
+
+class ConfigError(UsageError):
+    """A config file, environment variable or flag value that cannot be used."""
+
+
+class ModelError(UsageError):
+    """The model file is missing, corrupt, a pickle, or does not fit the sources."""
+
+
+class OutputExistsError(UsageError):
+    """The output exists and ``--overwrite`` was not given."""
+
+
+class LeftoverStateError(UsageError):
+    """A stopped run left state behind and neither ``--resume`` nor ``--overwrite`` was given."""
+
+
+class SourceDownError(BatchscoreError):
+    """A source failed every request for a sustained stretch, or rejected our credentials."""
+
+    exit_status = ExitStatus.STOPPED
+
+
+class OutputWriteError(BatchscoreError):
+    """The output cannot be written: disk full, permission denied."""
+
+    exit_status = ExitStatus.CANT_WRITE
+
+
+class LockedError(BatchscoreError):
+    """Another run holds the output."""
+
+    exit_status = ExitStatus.LOCKED
+
+
+class PipeClosedError(BatchscoreError):
+    """The reader of stdout went away."""
+
+    exit_status = ExitStatus.PIPE_CLOSED

@@ -1,0 +1,204 @@
+"""Streaming ID readers: plain text, CSV with a header, JSON lines.
+
+Each reader yields, per input row, either an :class:`IdRow` or an :class:`InputProblem`, in
+input order, never holding more than one row.  Line numbers count from 1, blank lines
+included, as an editor shows them.  Reading is synchronous; the pipeline pulls chunks of rows
+in a worker thread so the event loop never waits on a disk or a pipe.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import orjson
+
+from batchscore.errors import UsageError
+
+MAX_ID_LENGTH = 1024
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass(frozen=True, slots=True)
+class IdRow:
+    """One ID to score, with the input columns to carry through to the output."""
+
+    line: int
+    id: str
+    keep: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InputProblem:
+    """An input row that cannot be scored (invalid UTF-8, an over-long or missing ID)."""
+
+    line: int
+    id: str | None
+    reason: str
+
+
+InputItem = IdRow | InputProblem
+
+
+def detect_format(path: str, given: str | None) -> str:
+    """The input format: ``given`` if set, else from the extension, else plain text."""
+    if given:
+        return given
+    lower = path.lower()
+    if lower.endswith(".csv"):
+        return "csv"
+    if lower.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    return "text"
+
+
+def _check_id(line: int, value: str) -> InputItem | None:
+    if len(value) > MAX_ID_LENGTH:
+        return InputProblem(line, value[:64] + "...", "id_too_long")
+    return None
+
+
+def _physical_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """Number the raw lines of ``stream``, stripping a leading UTF-8 BOM."""
+    for number, raw in enumerate(stream, start=1):
+        yield number, (raw[3:] if number == 1 and raw.startswith(_BOM) else raw)
+
+
+def read_text(stream: BinaryIO) -> Iterator[InputItem]:
+    """One ID per line; blanks skipped; whitespace, CRLF and a BOM stripped."""
+    for number, raw in _physical_lines(stream):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            yield InputProblem(number, None, "invalid_utf8")
+            continue
+        value = text.strip()
+        if not value:
+            continue
+        yield _check_id(number, value) or IdRow(number, value)
+
+
+def read_csv(stream: BinaryIO, id_column: str, keep: tuple[str, ...]) -> Iterator[InputItem]:
+    """CSV with a header row; the ID from ``id_column``, ``keep`` columns carried through."""
+    problems: list[InputProblem] = []
+    current = [0]
+
+    def decoded() -> Iterator[str]:
+        for number, raw in _physical_lines(stream):
+            current[0] = number
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError:
+                problems.append(InputProblem(number, None, "invalid_utf8"))
+
+    reader = csv.reader(decoded())
+    header = next(reader, None)
+    if header is None:
+        return
+    header = [h.strip() for h in header]
+    missing = [c for c in (id_column, *keep) if c not in header]
+    if missing:
+        raise UsageError(
+            f"the input CSV has no column '{missing[0]}' (columns: {', '.join(header)}); "
+            f"pass --id-column / --keep with one of those"
+        )
+    id_index = header.index(id_column)
+    keep_index = [header.index(c) for c in keep]
+    for row in reader:
+        yield from problems
+        problems.clear()
+        number = current[0]
+        if not row or all(not c.strip() for c in row):
+            continue
+        if len(row) <= max(id_index, *keep_index):
+            yield InputProblem(number, None, "short_row")
+            continue
+        value = row[id_index].strip()
+        if not value:
+            yield InputProblem(number, None, "missing_id")
+            continue
+        yield _check_id(number, value) or IdRow(number, value, tuple(row[i] for i in keep_index))
+    yield from problems
+
+
+def _field_text(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    return orjson.dumps(value).decode()
+
+
+def read_jsonl(stream: BinaryIO, id_field: str, keep: tuple[str, ...]) -> Iterator[InputItem]:
+    """One JSON object per line; the ID from ``id_field`` (a string or an integer)."""
+    for number, raw in _physical_lines(stream):
+        if not raw.strip():
+            continue
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            yield InputProblem(number, None, "invalid_utf8")
+            continue
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            yield InputProblem(number, None, "invalid_json")
+            continue
+        if not isinstance(obj, dict):
+            yield InputProblem(number, None, "invalid_json")
+            continue
+        value = obj.get(id_field)
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            yield InputProblem(number, None, "missing_id")
+            continue
+        text = str(value).strip()
+        if not text:
+            yield InputProblem(number, None, "missing_id")
+            continue
+        yield _check_id(number, text) or IdRow(
+            number, text, tuple(_field_text(obj.get(k)) for k in keep)
+        )
+
+
+def read_ids(
+    stream: BinaryIO, fmt: str, id_column: str, id_field: str, keep: tuple[str, ...]
+) -> Iterator[InputItem]:
+    """Dispatch to the reader for ``fmt``."""
+    if fmt == "csv":
+        return read_csv(stream, id_column, keep)
+    if fmt == "jsonl":
+        return read_jsonl(stream, id_field, keep)
+    if keep:
+        raise UsageError("--keep needs a CSV or JSON-lines input; plain text has only IDs")
+    return read_text(stream)
+
+
+def count_lines(path: str) -> int:
+    """A fast count of newline-terminated lines (the progress bar's total); blank lines included."""
+    count = 0
+    last = b"\n"
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (0 if last == b"\n" else 1)
+
+
+def stable_hash(value: str) -> int:
+    """A hash of an ID that is the same on every machine and run (for ``--shard``)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "big")
+
+
+__all__ = [
+    "IdRow",
+    "InputItem",
+    "InputProblem",
+    "count_lines",
+    "detect_format",
+    "read_ids",
+    "stable_hash",
+]

@@ -1,0 +1,381 @@
+"""The model: load it safely, know its features, turn feature rows into a matrix, predict.
+
+A LightGBM model file is checked before anything else happens.  LightGBM aborts the whole
+process on some truncated or corrupt files (``terminate called without an active exception``),
+so the first load happens in a forked child (or a subprocess where forking is unsafe); only a
+file that loaded there is loaded here.  Pickles are refused: a model file is data, a pickle is code.
+
+Matrices are ``float64`` arrays of shape ``(rows, len(feature_names))`` in the model's feature
+order, missing values as NaN, categorical strings encoded to the codes LightGBM gave the
+``pandas_categorical`` categories stored in the model (an unseen category is missing).  This is
+exactly what LightGBM's own pandas path builds, so scores are bit-identical to ``Booster.predict``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from batchscore.errors import ModelError
+
+log = logging.getLogger("batchscore.model")
+
+Matrix = npt.NDArray[np.float64]
+"""A feature matrix: float64, shape (rows, features), missing = NaN."""
+
+_PICKLE_MAGIC = (b"\x80", b"(dp", b"(lp", b"ccopy_reg", b"cnumpy")
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One model feature: its name, whether it is categorical, its training range or categories."""
+
+    name: str
+    categorical: bool
+    low: float | None = None
+    high: float | None = None
+    categories: tuple[Any, ...] = ()
+    used: bool = True
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``model-info`` shows and what the pipeline needs to know about a model."""
+
+    path: str
+    version: str  # sha256 of the file, first 16 hex digits
+    objective: str
+    num_class: int
+    num_trees: int
+    features: tuple[FeatureInfo, ...]
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Feature names in the model's order."""
+        return tuple(f.name for f in self.features)
+
+    def score_columns(self, raw: bool = False) -> tuple[str, ...]:
+        """Output score column names: ``score`` or ``score_0`` .. ``score_{k-1}``."""
+        del raw  # raw margins use the same column names
+        if self.num_class > 1:
+            return tuple(f"score_{i}" for i in range(self.num_class))
+        return ("score",)
+
+
+# LightGBM imports these optional integrations when they are installed; scikit-learn and pandas
+# alone add ~2 s to start-up.  batchscore hands LightGBM numpy arrays, so none is needed.
+_OPTIONAL = frozenset(
+    {
+        "sklearn",
+        "pandas",
+        "dask",
+        "distributed",
+        "pyarrow",
+        "matplotlib",
+        "graphviz",
+        "cffi",
+        "datatable",
+    }
+)
+
+
+class _BlockOptional:
+    """A meta-path finder that makes LightGBM's optional imports fail fast, while it imports."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name.partition(".")[0] in _OPTIONAL:
+            raise ImportError(f"{name} is not needed by batchscore")
+
+
+def lightgbm_module() -> Any:
+    """Import LightGBM without its optional integrations (unless something imported it already)."""
+    if "lightgbm" in sys.modules:
+        return sys.modules["lightgbm"]
+    blocker = _BlockOptional()
+    sys.meta_path.insert(0, blocker)
+    try:
+        import lightgbm
+    finally:
+        sys.meta_path.remove(blocker)
+    return lightgbm
+
+
+def _route_lightgbm_logs() -> None:
+    """Send LightGBM's log lines to our logger (stderr, debug level) instead of stdout."""
+    lightgbm = lightgbm_module()
+
+    class _Sink:
+        def info(self, msg: str) -> None:
+            if msg.strip():
+                log.debug("lightgbm: %s", msg.strip())
+
+        def warning(self, msg: str) -> None:
+            if msg.strip():
+                log.debug("lightgbm: %s", msg.strip())
+
+    lightgbm.register_logger(_Sink(), info_method_name="info", warning_method_name="warning")
+
+
+def _read_checked(path: str) -> bytes:
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"model file {path} does not exist; check -m or [model] path")
+    if p.is_dir():
+        raise ModelError(f"model path {path} is a directory; point -m at a LightGBM model file")
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {path}: {exc.strerror}") from None
+    if not data:
+        raise ModelError(f"model file {path} is empty; re-export it with Booster.save_model")
+    if data.startswith(_PICKLE_MAGIC) or p.suffix in {".pkl", ".pickle", ".joblib"}:
+        raise ModelError(
+            f"model file {path} looks like a pickle, which is code, not data; "
+            "save the model with Booster.save_model() and pass that file"
+        )
+    if not data.startswith(b"tree\n") and not data.startswith(b"tree\r\n"):
+        raise ModelError(
+            f"model file {path} is not a LightGBM model (it should start with 'tree'); "
+            "save it with Booster.save_model()"
+        )
+    if b"end of trees" not in data:
+        raise ModelError(f"model file {path} is truncated (no 'end of trees'); copy it again")
+    return data
+
+
+def _verify_in_child(path: str, n_features: int) -> None:
+    """Load the model in a separate process; raise ModelError if that process fails or dies."""
+    code = (
+        "import sys,os,numpy as n,lightgbm as l\n"
+        "b=l.Booster(model_file=sys.argv[1])\n"
+        "b.predict(n.full((1,int(sys.argv[2])),n.nan),num_threads=1)\n"
+    )
+    message = ""
+    if hasattr(os, "fork") and threading.active_count() == 1:
+        lightgbm = lightgbm_module()  # imported once here, inherited by the child
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            os.close(read_fd)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            status = 0
+            try:
+                booster = lightgbm.Booster(model_file=path)
+                booster.predict(np.full((1, n_features), np.nan), num_threads=1)
+            except BaseException as exc:
+                os.write(write_fd, str(exc).encode("utf-8", "replace")[:500])
+                status = 3
+            os._exit(status)
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            message = pipe.read().decode("utf-8", "replace")
+        _, wait_status = os.waitpid(pid, 0)
+        ok = os.waitstatus_to_exitcode(wait_status) == 0
+    else:
+        import subprocess
+
+        result = subprocess.run(
+            [sys.executable, "-c", code, path, str(n_features)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        ok = result.returncode == 0
+        lines = result.stderr.strip().splitlines()
+        message = lines[-1] if lines else ""
+    if not ok:
+        detail = (
+            message.strip().splitlines()[-1] if message.strip() else "LightGBM crashed loading it"
+        )
+        raise ModelError(
+            f"model file {path} is corrupt or truncated ({detail}); copy or export it again"
+        )
+
+
+_INFO_RANGE = re.compile(r"^\[(.*):(.*)\]$")
+
+
+def _parse_header(data: bytes, path: str) -> dict[str, str]:
+    header: dict[str, str] = {}
+    for raw in data.split(b"\n", 64)[:64]:
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        if line.startswith("Tree="):
+            break
+        if "=" in line:
+            key, _, value = line.partition("=")
+            header[key] = value
+    for key in ("feature_names", "num_class", "objective"):
+        if key not in header:
+            raise ModelError(
+                f"model file {path} has no '{key}' line; it is not a usable LightGBM model"
+            )
+    return header
+
+
+def _categorical_indices(data: bytes, infos: Sequence[str]) -> list[int]:
+    match = re.search(rb"\[categorical_feature: ([0-9,]*)\]", data)
+    if match and match.group(1):
+        return [int(x) for x in match.group(1).decode().split(",")]
+    return [i for i, info in enumerate(infos) if info != "none" and not info.startswith("[")]
+
+
+def read_info(path: str) -> ModelInfo:
+    """Check the model file safely and describe it (no Booster is kept)."""
+    data = _read_checked(path)
+    header = _parse_header(data, path)
+    names = header["feature_names"].split(" ")
+    infos = header.get("feature_infos", "").split(" ")
+    if len(infos) != len(names):
+        infos = ["none"] * len(names)
+    _verify_in_child(path, len(names))
+    cat_index = _categorical_indices(data, infos)
+    pandas_cats = _pandas_categorical(data)
+    if pandas_cats is not None and len(pandas_cats) != len(cat_index):
+        raise ModelError(
+            f"model file {path} lists {len(pandas_cats)} pandas categories for "
+            f"{len(cat_index)} categorical features; it cannot be scored consistently"
+        )
+    features = []
+    for i, (name, info) in enumerate(zip(names, infos, strict=True)):
+        low = high = None
+        categories: tuple[Any, ...] = ()
+        range_match = _INFO_RANGE.match(info)
+        if range_match:
+            low, high = float(range_match.group(1)), float(range_match.group(2))
+        is_cat = i in cat_index
+        if is_cat and pandas_cats is not None:
+            categories = tuple(pandas_cats[cat_index.index(i)])
+        features.append(FeatureInfo(name, is_cat, low, high, categories, used=info != "none"))
+    num_trees = data.count(b"\nTree=")
+    return ModelInfo(
+        path=path,
+        version=hashlib.sha256(data).hexdigest()[:16],
+        objective=header["objective"],
+        num_class=int(header["num_class"]),
+        num_trees=num_trees,
+        features=tuple(features),
+    )
+
+
+def _pandas_categorical(data: bytes) -> list[list[Any]] | None:
+    marker = data.rfind(b"\npandas_categorical:")
+    if marker < 0:
+        return None
+    line = data[marker + len(b"\npandas_categorical:") :].split(b"\n", 1)[0].strip()
+    import orjson
+
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        return None
+    return [list(v) for v in value]
+
+
+class Encoder:
+    """Turns feature rows (name -> value mappings) into a model matrix, column by column."""
+
+    def __init__(self, info: ModelInfo) -> None:
+        self.info = info
+        self.names = info.feature_names
+        self._codes: dict[int, dict[Any, float]] = {}
+        for j, feature in enumerate(info.features):
+            if feature.categorical and feature.categories:
+                codes: dict[Any, float] = {}
+                for code, category in enumerate(feature.categories):
+                    codes.setdefault(category, float(code))
+                    codes.setdefault(str(category), float(code))
+                self._codes[j] = codes
+
+    def matrix(self, rows: Sequence[Mapping[str, Any]]) -> Matrix:
+        """A float64 (len(rows), n_features) matrix; missing and unusable values are NaN."""
+        out = np.empty((len(rows), len(self.names)), dtype=np.float64)
+        for j, name in enumerate(self.names):
+            column = [row.get(name) for row in rows]
+            codes = self._codes.get(j)
+            if codes is not None:
+                out[:, j] = [_category_code(codes, v) for v in column]
+                continue
+            try:
+                out[:, j] = np.asarray(column, dtype=np.float64)
+            except (TypeError, ValueError):
+                out[:, j] = [_to_float(v) for v in column]
+        return out
+
+
+def _category_code(codes: Mapping[Any, float], value: Any) -> float:
+    if value is None:
+        return math.nan
+    try:
+        return codes.get(value, math.nan)
+    except TypeError:  # unhashable value (a list or an object)
+        return math.nan
+
+
+def _to_float(value: Any) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return math.nan
+    return math.nan
+
+
+class Model:
+    """A loaded, checked model that predicts whole matrices."""
+
+    def __init__(self, info: ModelInfo, threads: int = 0) -> None:
+        lightgbm = lightgbm_module()
+        _route_lightgbm_logs()
+        self.info = info
+        self.encoder = Encoder(info)
+        self.threads = threads
+        try:
+            self.booster = lightgbm.Booster(model_file=info.path)
+        except lightgbm.basic.LightGBMError as exc:  # checked already; a race with a changed file
+            raise ModelError(f"model file {info.path} could not be loaded: {exc}") from None
+
+    def predict(self, matrix: Matrix, raw_score: bool = False) -> npt.NDArray[np.float64]:
+        """Scores, shape (rows,) or (rows, classes). Releases the GIL while LightGBM works."""
+        kwargs: dict[str, Any] = {"raw_score": raw_score}
+        if self.threads:
+            kwargs["num_threads"] = self.threads
+        result = self.booster.predict(matrix, **kwargs)
+        return np.asarray(result, dtype=np.float64)
+
+    def contributions(self, matrix: Matrix) -> npt.NDArray[np.float64]:
+        """SHAP contributions, shape (rows, classes, features + 1); the last is the bias."""
+        kwargs: dict[str, Any] = {"pred_contrib": True}
+        if self.threads:
+            kwargs["num_threads"] = self.threads
+        result = np.asarray(self.booster.predict(matrix, **kwargs), dtype=np.float64)
+        width = len(self.info.features) + 1
+        return result.reshape(result.shape[0], -1, width)
+
+
+def load(path: str, threads: int = 0) -> Model:
+    """Check and load a model."""
+    return Model(read_info(path), threads=threads)

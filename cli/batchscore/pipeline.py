@@ -1,0 +1,525 @@
+"""The pipeline: read IDs, fetch features concurrently, score in batches, write in order.
+
+    reader thread -> dispatcher -> fetch tasks -> scorer (thread executor) -> writer
+                   (window slot per row, released when the row is written or recorded as failed)
+
+Concurrency is bounded by construction: every row in the system holds one slot of the *window*
+semaphore from the moment it is read until it is written, so reading stops when the window is
+full; requests in flight are bounded by the sources' shared :class:`Limits`; queues between
+stages are bounded.  The pipeline takes all its parts as arguments and touches no global state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from batchscore.errors import ConfigError, SourceDownError
+from batchscore.ids import IdRow, InputItem, InputProblem, stable_hash
+from batchscore.model import Model
+from batchscore.progress import Progress
+from batchscore.report import BusyClock, FeatureQuality, RunStats
+from batchscore.sinks import ScoredBatch, Sink
+from batchscore.sinks.errorlog import ErrorLog, ErrorRecord
+from batchscore.sources import NOT_FOUND, Failure, FetchResult, Source
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How the pipeline behaves (from Settings; keyword-only, checked here once)."""
+
+    batch_size: int = 1024
+    linger: float = 0.5
+    window: int = 0
+    unordered: bool = False
+    allow_empty: bool = False
+    raw_score: bool = False
+    explain: int = 0
+    dedupe: bool = False
+    shard: tuple[int, int] | None = None
+    down_after: int = 50
+    skip: Callable[[int], bool] | None = None  # resume: True for input rows already committed
+
+    def window_size(self, sources: Sequence[Source]) -> int:
+        """Rows allowed between reading and writing."""
+        if self.window:
+            return self.window
+        widest = max((s.batch_size for s in sources), default=1)
+        return max(4096, 2 * self.batch_size, 8 * widest)
+
+
+@dataclass(slots=True)
+class Row:
+    """One input row on its way through the pipeline."""
+
+    seq: int
+    line: int
+    id: str
+    keep: tuple[str, ...]
+    features: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Scored:
+    """A scored batch on its way to the writer."""
+
+    rows: list[Row]
+    scores: npt.NDArray[np.float64]
+    explanations: list[list[tuple[str, float]]] | None
+
+
+@dataclass(slots=True)
+class Failed:
+    """Rows that will not be scored."""
+
+    rows: list[tuple[int, ErrorRecord]]  # (seq, record)
+
+
+_END = object()
+
+
+class _Feed:
+    """Hands input items from a reader thread to the event loop, bounded, without per-item hops."""
+
+    def __init__(self, items: Iterator[InputItem], capacity: int) -> None:
+        self._items = items
+        self._capacity = capacity
+        self._buffer: deque[InputItem] = deque()
+        self._lock = threading.Condition()
+        self._ready = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._done = False
+        self._stopped = False
+        self._error: BaseException | None = None
+        self.lines_read = 0
+        threading.Thread(target=self._run, name="batchscore-reader", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            for item in self._items:
+                with self._lock:
+                    while len(self._buffer) >= self._capacity and not self._stopped:
+                        self._lock.wait()
+                    if self._stopped:
+                        return
+                    was_empty = not self._buffer
+                    self._buffer.append(item)
+                if was_empty:
+                    self._loop.call_soon_threadsafe(self._ready.set)
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            with self._lock:
+                self._done = True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                self._loop.call_soon_threadsafe(self._ready.set)
+
+    async def take(self, limit: int) -> list[InputItem] | None:
+        """Up to ``limit`` items that are ready now (waiting for at least one); None at the end."""
+        while True:
+            with self._lock:
+                if self._buffer:
+                    count = min(limit, len(self._buffer))
+                    items = [self._buffer.popleft() for _ in range(count)]
+                    self._lock.notify()
+                    return items
+                self._ready.clear()
+                if self._done:
+                    if self._error is not None:
+                        raise self._error
+                    return None
+            await self._ready.wait()
+
+    def stop(self) -> None:
+        """Stop reading (the thread may stay blocked on its input; it is a daemon)."""
+        with self._lock:
+            self._stopped = True
+            self._lock.notify_all()
+
+
+def feature_owners(
+    sources: Sequence[Source], model_features: Sequence[str]
+) -> dict[str, frozenset[str]]:
+    """Per source, the model features it must NOT contribute because another source wins them.
+
+    A model feature provided by two sources is a config error unless exactly one of them lists it
+    in ``wins``.
+    """
+    wanted = set(model_features)
+    providers: dict[str, list[str]] = {}
+    for source in sources:
+        provided = source.provides()
+        if provided is None:
+            continue
+        for name in provided & wanted:
+            providers.setdefault(name, []).append(source.name)
+    drop: dict[str, set[str]] = {s.name: set() for s in sources}
+    for name, owners in providers.items():
+        if len(owners) < 2:
+            continue
+        winners = [
+            s.name for s in sources if name in getattr(getattr(s, "config", None), "wins", ())
+        ]
+        if len(winners) != 1:
+            raise ConfigError(
+                f"feature '{name}' comes from sources {', '.join(owners)}; "
+                f"add it to `wins` of exactly one of them"
+            )
+        for owner in owners:
+            if owner != winners[0]:
+                drop[owner].add(name)
+    return {k: frozenset(v) for k, v in drop.items()}
+
+
+class Pipeline:
+    """One run of the stages over an input."""
+
+    def __init__(
+        self,
+        *,
+        sources: Sequence[Source],
+        model: Model,
+        sink: Sink,
+        errors: ErrorLog,
+        progress: Progress,
+        stats: RunStats,
+        options: PipelineOptions,
+    ) -> None:
+        self.sources = list(sources)
+        self.model = model
+        self.sink = sink
+        self.errors = errors
+        self.progress = progress
+        self.stats = stats
+        self.options = options
+        self.window_rows = options.window_size(self.sources)
+        self._drop = feature_owners(self.sources, model.info.feature_names)
+        self._model_features = frozenset(model.info.feature_names)
+        self._consecutive_failures: dict[str, int] = {s.name: 0 for s in self.sources}
+        self._stopping = False
+        self._feed: _Feed | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchscore-score")
+        n = len(model.info.features)
+        self.stats.quality = FeatureQuality(np.zeros(n, np.int64), np.zeros(n, np.int64))
+        lows = [
+            f.low if f.low is not None and not f.categorical else -np.inf
+            for f in model.info.features
+        ]
+        highs = [
+            f.high if f.high is not None and not f.categorical else np.inf
+            for f in model.info.features
+        ]
+        self._low = np.array(lows, dtype=np.float64)
+        self._high = np.array(highs, dtype=np.float64)
+        self._clocks = {stage: BusyClock(stats, stage) for stage in ("fetch", "score", "write")}
+
+    def stop(self) -> None:
+        """Stop taking new IDs; what is in flight finishes and is written."""
+        self._stopping = True
+        if self._feed is not None:
+            self._feed.stop()
+
+    async def run(self, items: Iterator[InputItem]) -> None:
+        """Run every stage to the end of the input (or until stopped)."""
+        window = asyncio.Semaphore(self.window_rows)
+        to_score: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
+        to_write: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._dispatch(items, window, to_score, to_write))
+                group.create_task(self._score(to_score, to_write))
+                group.create_task(self._write(to_write, window))
+        except* SourceDownError as eg:
+            raise eg.exceptions[0] from None
+        except* Exception as eg:
+            raise eg.exceptions[0] from None
+        finally:
+            if self._feed is not None:
+                self._feed.stop()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- stage 1: read and dispatch ------------------------------------------------------------
+
+    def _wanted(self, row: IdRow, seen: set[str]) -> bool:
+        opts = self.options
+        if opts.skip is not None and opts.skip(row.line):
+            return False
+        if opts.shard is not None:
+            k, n = opts.shard
+            if stable_hash(row.id) % n != k:
+                return False
+        if opts.dedupe:
+            if row.id in seen:
+                return False
+            seen.add(row.id)
+        return True
+
+    async def _dispatch(
+        self,
+        items: Iterator[InputItem],
+        window: asyncio.Semaphore,
+        to_score: asyncio.Queue[Any],
+        to_write: asyncio.Queue[Any],
+    ) -> None:
+        chunk_size = max(s.batch_size for s in self.sources)
+        chunk_size = max(chunk_size, 64)
+        self._feed = feed = _Feed(items, capacity=max(chunk_size * 4, 4096))
+        seen: set[str] = set()
+        seq = 0
+        try:
+            async with asyncio.TaskGroup() as fetches:
+                while not self._stopping:
+                    batch = await feed.take(chunk_size)
+                    if batch is None:
+                        break
+                    chunk: list[Row] = []
+                    for item in batch:
+                        if self._stopping:
+                            break
+                        if isinstance(item, InputProblem):
+                            self.stats.read += 1
+                            await window.acquire()
+                            record = ErrorRecord(item.id, item.line, "input", None, item.reason)
+                            await to_write.put(Failed([(seq, record)]))
+                            seq += 1
+                            continue
+                        self.stats.read += 1
+                        if not self._wanted(item, seen):
+                            self.stats.skipped += 1
+                            continue
+                        await window.acquire()
+                        chunk.append(Row(seq, item.line, item.id, item.keep))
+                        seq += 1
+                        if len(chunk) >= chunk_size:
+                            fetches.create_task(self._fetch_chunk(chunk, to_score, to_write))
+                            chunk = []
+                    if chunk:
+                        fetches.create_task(self._fetch_chunk(chunk, to_score, to_write))
+        finally:
+            await to_score.put(_END)
+
+    # -- stage 2: fetch ------------------------------------------------------------------------
+
+    async def _fetch_source(self, source: Source, ids: list[str]) -> list[FetchResult]:
+        size = source.batch_size
+        if len(ids) <= size:
+            return await self._timed_fetch(source, ids)
+        parts = await asyncio.gather(
+            *(self._timed_fetch(source, ids[i : i + size]) for i in range(0, len(ids), size))
+        )
+        return [result for part in parts for result in part]
+
+    async def _timed_fetch(self, source: Source, ids: list[str]) -> list[FetchResult]:
+        started = time.monotonic()
+        results = await source.fetch(ids)
+        self.stats.observe(source.name, time.monotonic() - started)
+        return results
+
+    async def _fetch_chunk(
+        self, rows: list[Row], to_score: asyncio.Queue[Any], to_write: asyncio.Queue[Any]
+    ) -> None:
+        ids = [row.id for row in rows]
+        with self._clocks["fetch"]:
+            per_source = await asyncio.gather(*(self._fetch_source(s, ids) for s in self.sources))
+        good: list[Row] = []
+        failed: list[tuple[int, ErrorRecord]] = []
+        for i, row in enumerate(rows):
+            failure = self._merge(row, [results[i] for results in per_source])
+            if failure is None:
+                good.append(row)
+            else:
+                failed.append((row.seq, failure))
+        self._check_health(per_source)
+        if failed:
+            await to_write.put(Failed(failed))
+        if good:
+            await to_score.put(good)
+
+    def _merge(self, row: Row, results: list[FetchResult]) -> ErrorRecord | None:
+        found = False
+        not_found_source: str | None = None
+        for source, result in zip(self.sources, results, strict=True):
+            if isinstance(result, Failure):
+                if result.reason == NOT_FOUND:
+                    not_found_source = source.name
+                    continue
+                return ErrorRecord(
+                    row.id,
+                    row.line,
+                    "fetch",
+                    source.name,
+                    result.reason,
+                    result.status,
+                    result.attempts,
+                )
+            found = True
+            drop = self._drop.get(source.name)
+            if drop:
+                row.features.update((k, v) for k, v in result.items() if k not in drop)
+            else:
+                row.features.update(result)
+        if not found:
+            name = not_found_source if len(self.sources) == 1 else None
+            return ErrorRecord(row.id, row.line, "fetch", name, NOT_FOUND, None, 1)
+        if not self.options.allow_empty and all(
+            row.features.get(name) is None for name in self._model_features
+        ):
+            return ErrorRecord(row.id, row.line, "score", None, "no_features", None, 0)
+        return None
+
+    def _check_health(self, per_source: list[list[FetchResult]]) -> None:
+        for source, results in zip(self.sources, per_source, strict=True):
+            hard = [r for r in results if isinstance(r, Failure) and r.reason != NOT_FOUND]
+            if len(hard) < len(results):
+                self._consecutive_failures[source.name] = 0
+                continue
+            self._consecutive_failures[source.name] += len(hard)
+            if self._consecutive_failures[source.name] >= self.options.down_after:
+                last = hard[-1]
+                raise SourceDownError(
+                    f"source '{source.name}' failed {self._consecutive_failures[source.name]} "
+                    f"requests in a row (last: {last.reason}); it looks down. Progress is kept: "
+                    f"rerun with --resume when it is back"
+                )
+
+    # -- stage 3: score ------------------------------------------------------------------------
+
+    async def _score(self, to_score: asyncio.Queue[Any], to_write: asyncio.Queue[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        pending: list[Row] = []
+        deadline: float | None = None
+        finished = False
+        while not finished:
+            timeout = None if deadline is None else max(deadline - loop.time(), 0)
+            try:
+                item = await asyncio.wait_for(to_score.get(), timeout)
+            except TimeoutError:
+                item = None
+            if item is _END:
+                finished = True
+            elif item is not None:
+                if not pending:
+                    deadline = loop.time() + self.options.linger
+                pending.extend(item)
+            if pending and (finished or item is None or len(pending) >= self.options.batch_size):
+                while pending and (
+                    finished or item is None or len(pending) >= self.options.batch_size
+                ):
+                    batch = pending[: self.options.batch_size]
+                    del pending[: self.options.batch_size]
+                    with self._clocks["score"]:
+                        scored = await loop.run_in_executor(
+                            self._executor, self._score_batch, batch
+                        )
+                    await to_write.put(scored)
+                deadline = loop.time() + self.options.linger if pending else None
+        await to_write.put(_END)
+
+    def _score_batch(self, rows: list[Row]) -> Scored:
+        """Runs in the scoring thread: assemble the matrix, predict, explain, count quality."""
+        matrix = self.model.encoder.matrix([row.features for row in rows])
+        for row in rows:
+            row.features = {}  # the features are in the matrix now; free them early
+        scores = self.model.predict(matrix, raw_score=self.options.raw_score)
+        if scores.ndim == 1:
+            scores = scores.reshape(-1, 1)
+        explanations = self._explain(matrix, scores) if self.options.explain else None
+        quality = self.stats.quality
+        assert quality is not None
+        missing = np.isnan(matrix)
+        quality.missing += missing.sum(axis=0)
+        with np.errstate(invalid="ignore"):
+            quality.out_of_range += ((matrix < self._low) | (matrix > self._high)).sum(axis=0)
+        quality.rows += len(rows)
+        return Scored(rows, scores, explanations)
+
+    def _explain(
+        self, matrix: npt.NDArray[np.float64], scores: npt.NDArray[np.float64]
+    ) -> list[list[tuple[str, float]]]:
+        contrib = self.model.contributions(matrix)[:, :, :-1]  # drop the bias column
+        cls = (
+            np.argmax(scores, axis=1) if contrib.shape[1] > 1 else np.zeros(len(matrix), dtype=int)
+        )
+        per_row = contrib[np.arange(len(matrix)), cls]
+        k = min(self.options.explain, per_row.shape[1])
+        order = np.argsort(-np.abs(per_row), axis=1, kind="stable")[:, :k]
+        names = self.model.info.feature_names
+        return [[(names[j], float(per_row[i, j])) for j in order[i]] for i in range(len(matrix))]
+
+    # -- stage 4: write ------------------------------------------------------------------------
+
+    async def _write(self, to_write: asyncio.Queue[Any], window: asyncio.Semaphore) -> None:
+        waiting: dict[
+            int, tuple[Row, npt.NDArray[np.float64], list[tuple[str, float]] | None] | ErrorRecord
+        ] = {}
+        next_seq = 0
+        unordered = self.options.unordered
+        while True:
+            item = await to_write.get()
+            if item is _END:
+                break
+            ready: list[Any] = []
+            if isinstance(item, Failed):
+                outcomes: list[tuple[int, Any]] = list(item.rows)
+            else:
+                outcomes = [
+                    (
+                        row.seq,
+                        (row, item.scores[i], item.explanations[i] if item.explanations else None),
+                    )
+                    for i, row in enumerate(item.rows)
+                ]
+            if unordered:
+                ready = [outcome for _, outcome in outcomes]
+            else:
+                waiting.update(outcomes)
+                while next_seq in waiting:
+                    ready.append(waiting.pop(next_seq))
+                    next_seq += 1
+            if ready:
+                await self._emit(ready)
+                for _ in ready:
+                    window.release()
+                self.progress.update(self.stats)
+        if waiting:  # pragma: no cover - every seq reaches the writer unless the run was stopped
+            raise RuntimeError(f"{len(waiting)} rows never became writable")
+
+    async def _emit(self, outcomes: list[Any]) -> None:
+        errors = [o for o in outcomes if isinstance(o, ErrorRecord)]
+        scored = [o for o in outcomes if not isinstance(o, ErrorRecord)]
+        with self._clocks["write"]:
+            if scored:
+                batch = ScoredBatch(
+                    ids=[row.id for row, _, _ in scored],
+                    scores=np.stack([s for _, s, _ in scored]),
+                    keep=[row.keep for row, _, _ in scored],
+                    explanations=[e or [] for _, _, e in scored] if self.options.explain else None,
+                )
+                await self.sink.write(batch)
+            if errors:
+                await self.errors.write(errors)
+        self.stats.scored += len(scored)
+        for record in errors:
+            self.stats.failed[record.reason] += 1
+
+
+def allowed(stats: RunStats, max_failed: int, max_failed_rate: float) -> bool:
+    """Whether the failures stay within the allowance (exit 0) or not (exit 3)."""
+    failed = stats.failed_total
+    if failed == 0 or failed <= max_failed:
+        return True
+    attempted = stats.done
+    return attempted > 0 and failed / attempted <= max_failed_rate
+
+
+__all__ = ["Mapping", "Pipeline", "PipelineOptions", "allowed", "feature_owners"]

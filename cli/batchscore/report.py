@@ -1,0 +1,207 @@
+"""What a run measured: counters, latency histograms, stage timings, data quality.
+
+One :class:`RunStats` is filled by the pipeline; the summary on stderr, the ``--report`` JSON and
+the ``--metrics`` Prometheus textfile are three renderings of it.  Memory is constant in the
+number of IDs: latencies go into log-spaced histogram buckets (2% wide), not lists.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+_GROWTH = 1.02
+_LOG_GROWTH = math.log(_GROWTH)
+_MIN = 1e-6  # seconds; the first bucket
+
+
+class LatencyHistogram:
+    """Log-bucketed latencies: quantiles within 2%, constant memory."""
+
+    def __init__(self) -> None:
+        self.buckets: Counter[int] = Counter()
+        self.count = 0
+        self.total = 0.0
+
+    def add(self, seconds: float) -> None:
+        """Record one latency."""
+        index = 0 if seconds <= _MIN else int(math.log(seconds / _MIN) / _LOG_GROWTH) + 1
+        self.buckets[index] += 1
+        self.count += 1
+        self.total += seconds
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile (upper edge of its bucket), or None when empty."""
+        if not self.count:
+            return None
+        rank = q * self.count
+        seen = 0
+        for index in sorted(self.buckets):
+            seen += self.buckets[index]
+            if seen >= rank:
+                return _MIN * _GROWTH**index
+        return None  # pragma: no cover - rank <= count
+
+
+@dataclass
+class FeatureQuality:
+    """Per-feature counts of missing and out-of-training-range values."""
+
+    missing: npt.NDArray[np.int64]
+    out_of_range: npt.NDArray[np.int64]
+    rows: int = 0
+
+
+@dataclass
+class RunStats:
+    """Counters of one run (mutated only on the event loop thread)."""
+
+    started: float = field(default_factory=time.monotonic)
+    read: int = 0
+    skipped: int = 0  # shard, dedupe or already committed by an earlier run
+    scored: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    retries: int = 0
+    latency: dict[str, LatencyHistogram] = field(default_factory=dict)
+    requests: Counter[str] = field(default_factory=Counter)
+    statuses: dict[str, Counter[str]] = field(default_factory=dict)
+    seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))  # busy
+    quality: FeatureQuality | None = None
+    total: int | None = None
+
+    @property
+    def failed_total(self) -> int:
+        """IDs that produced no score."""
+        return sum(self.failed.values())
+
+    @property
+    def done(self) -> int:
+        """IDs finished either way."""
+        return self.scored + self.failed_total
+
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.monotonic() - self.started
+
+    def observe(self, source: str, seconds: float) -> None:
+        """Record one request's latency for ``source``."""
+        hist = self.latency.get(source)
+        if hist is None:
+            hist = self.latency[source] = LatencyHistogram()
+        hist.add(seconds)
+        self.requests[source] += 1
+
+
+def as_dict(stats: RunStats, feature_names: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The summary as plain data (the ``--report`` body, minus run identity)."""
+    elapsed = stats.elapsed()
+    latency = {
+        name: {
+            "requests": hist.count,
+            "p50": hist.quantile(0.50),
+            "p95": hist.quantile(0.95),
+            "p99": hist.quantile(0.99),
+        }
+        for name, hist in sorted(stats.latency.items())
+    }
+    quality: dict[str, Any] = {}
+    if stats.quality is not None and stats.quality.rows:
+        rows = stats.quality.rows
+        quality = {
+            name: {
+                "missing_share": float(stats.quality.missing[j]) / rows,
+                "out_of_range_share": float(stats.quality.out_of_range[j]) / rows,
+            }
+            for j, name in enumerate(feature_names)
+        }
+    return {
+        "ids_read": stats.read,
+        "ids_skipped": stats.skipped,
+        "scored": stats.scored,
+        "failed": stats.failed_total,
+        "failed_by_reason": dict(sorted(stats.failed.items())),
+        "retries": stats.retries,
+        "elapsed_seconds": round(elapsed, 3),
+        "ids_per_second": round(stats.done / elapsed, 1) if elapsed > 0 else None,
+        "latency_seconds": latency,
+        "source_statuses": {k: dict(v) for k, v in sorted(stats.statuses.items())},
+        "busy_seconds": {k: round(v, 3) for k, v in sorted(stats.seconds.items())},
+        "data_quality": {"rows": stats.quality.rows if stats.quality else 0, "features": quality},
+    }
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f} ms"
+
+
+def summary_lines(stats: RunStats) -> list[str]:
+    """The human summary printed on stderr at the end of a run."""
+    data = as_dict(stats)
+    rate = data["ids_per_second"]
+    lines = [
+        f"read {stats.read:,} IDs, scored {stats.scored:,}, failed {stats.failed_total:,}"
+        + (f", skipped {stats.skipped:,}" if stats.skipped else "")
+        + f" in {data['elapsed_seconds']:.1f} s"
+        + (f" ({rate:,.0f} IDs/s)" if rate else ""),
+    ]
+    if stats.failed:
+        reasons = ", ".join(f"{reason} {count:,}" for reason, count in stats.failed.most_common())
+        lines.append(f"failed by reason: {reasons}")
+    if stats.retries:
+        lines.append(f"retries: {stats.retries:,}")
+    for name, lat in data["latency_seconds"].items():
+        lines.append(
+            f"source {name}: {lat['requests']:,} requests, latency p50 {_ms(lat['p50'])}, "
+            f"p95 {_ms(lat['p95'])}, p99 {_ms(lat['p99'])}"
+        )
+    for name, counts in data["source_statuses"].items():
+        lines.append(
+            f"source {name} statuses: " + ", ".join(f"{k} {v:,}" for k, v in counts.items())
+        )
+    busy = data["busy_seconds"]
+    if busy:
+        lines.append("time busy: " + ", ".join(f"{k} {v:.2f} s" for k, v in busy.items()))
+    return lines
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename (readers never see half)."""
+    target = Path(path)
+    temp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    with open(temp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, target)
+
+
+class BusyClock:
+    """Wall time during which at least one operation of a stage was running.
+
+    Stages overlap (fetches run while a batch is scored), so busy times are unions of intervals
+    per stage, not sums of durations, and each is at most the elapsed time.
+    """
+
+    def __init__(self, stats: RunStats, stage: str) -> None:
+        self.stats = stats
+        self.stage = stage
+        self.active = 0
+        self._since = 0.0
+
+    def __enter__(self) -> None:
+        if self.active == 0:
+            self._since = time.monotonic()
+        self.active += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self.stats.seconds[self.stage] += time.monotonic() - self._since

@@ -1,0 +1,305 @@
+"""Settings for one run: built-in defaults < config file < environment < flags, validated once.
+
+Every command-line option of ``score`` has a config key (``section.key``) and an environment
+variable ``BATCHSCORE_<FLAG>``; :data:`OPTIONS` is that table, the one place that says so.
+The result is a frozen :class:`Settings`; nothing downstream reads the environment or argv.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batchscore.configtools import build, check_keys, expand_env, suggest
+from batchscore.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    """Where IDs come from and how they are read."""
+
+    path: str = "-"
+    format: str | None = None  # text | csv | jsonl; None = from the extension
+    id_column: str = "id"
+    id_field: str = "id"
+    keep: tuple[str, ...] = ()
+    dedupe: bool = False
+    shard: str | None = None  # "K/N"
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The model file."""
+
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """Limits and retry policy shared by every source."""
+
+    concurrency: int = 64
+    retries: int = 4
+    rate_limit: float = 0.0
+    backoff_base: float = 0.1
+    backoff_max: float = 10.0
+    retry_after_cap: float = 60.0
+    down_after: int = 50  # consecutive failed requests of one source before the run stops
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How rows are scored."""
+
+    batch_size: int = 1024
+    threads: int = 0
+    linger: float = 0.5
+    allow_empty: bool = False
+    raw_score: bool = False
+    explain: int = 0
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """Where results and error records go."""
+
+    path: str = "-"
+    format: str | None = None
+    errors: str | None = None
+    overwrite: bool = False
+    unordered: bool = False
+    resume: bool = False
+    report: str | None = None
+    metrics: str | None = None
+    window: int = 0  # rows in flight between reading and writing; 0 = derived from batch sizes
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Failure allowance and what the user sees."""
+
+    max_failed: int = 0
+    max_failed_rate: float = 0.0
+    progress_interval: float = 30.0
+    quiet: bool = False
+    debug: bool = False
+    engine: str = "local"
+    scheduler: str | None = None
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "input": InputSettings,
+    "model": ModelSettings,
+    "fetch": FetchSettings,
+    "score": ScoreSettings,
+    "output": OutputSettings,
+    "run": RunSettings,
+}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One flag of ``score``: its config key and environment variable."""
+
+    flag: str  # python name of the flag, e.g. "batch_size" for --batch-size
+    section: str
+    key: str
+
+    @property
+    def env(self) -> str:
+        """The environment variable that sets this option."""
+        return "BATCHSCORE_" + self.flag.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("ids", "input", "path"),
+    Option("input_format", "input", "format"),
+    Option("id_column", "input", "id_column"),
+    Option("id_field", "input", "id_field"),
+    Option("keep", "input", "keep"),
+    Option("dedupe", "input", "dedupe"),
+    Option("shard", "input", "shard"),
+    Option("model", "model", "path"),
+    Option("concurrency", "fetch", "concurrency"),
+    Option("retries", "fetch", "retries"),
+    Option("rate_limit", "fetch", "rate_limit"),
+    Option("batch_size", "score", "batch_size"),
+    Option("threads", "score", "threads"),
+    Option("allow_empty", "score", "allow_empty"),
+    Option("raw_score", "score", "raw_score"),
+    Option("explain", "score", "explain"),
+    Option("output", "output", "path"),
+    Option("format", "output", "format"),
+    Option("errors", "output", "errors"),
+    Option("overwrite", "output", "overwrite"),
+    Option("unordered", "output", "unordered"),
+    Option("resume", "output", "resume"),
+    Option("report", "output", "report"),
+    Option("metrics", "output", "metrics"),
+    Option("max_failed", "run", "max_failed"),
+    Option("max_failed_rate", "run", "max_failed_rate"),
+    Option("progress_interval", "run", "progress_interval"),
+    Option("quiet", "run", "quiet"),
+    Option("debug", "run", "debug"),
+    Option("engine", "run", "engine"),
+    Option("scheduler", "run", "scheduler"),
+)
+
+SOURCE_KINDS = ("sqlite", "http", "feast")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one run needs, validated. Paths are as given (relative to the cwd)."""
+
+    input: InputSettings = field(default_factory=InputSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    fetch: FetchSettings = field(default_factory=FetchSettings)
+    score: ScoreSettings = field(default_factory=ScoreSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+    sources: tuple[Mapping[str, Any], ...] = ()
+    config_path: str | None = None
+    fingerprint: str = ""
+
+
+def load_config_file(path: str, environ: Mapping[str, str]) -> tuple[dict[str, Any], str]:
+    """Read a TOML config, expand ``${VAR}`` references; return it and its fingerprint.
+
+    The fingerprint hashes the file before expansion, so secrets never feed into it.
+    """
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {path} does not exist; check the path given to -c"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    expanded: dict[str, Any] = expand_env(data, "config", environ)
+    return expanded, fingerprint(data)
+
+
+def resolve(
+    flags: Mapping[str, Any],
+    config_path: str | None,
+    environ: Mapping[str, str],
+) -> Settings:
+    """Merge defaults, the config file, ``BATCHSCORE_*`` variables and flags into Settings.
+
+    ``flags`` holds only the flags the user gave (name -> value, ``None`` meaning not given).
+    """
+    config_path = config_path or environ.get("BATCHSCORE_CONFIG") or None
+    data, digest = load_config_file(config_path, environ) if config_path else ({}, "")
+    check_keys(data, [*SECTIONS, "sources"], "the config file")
+
+    merged: dict[str, dict[str, Any]] = {}
+    for section in SECTIONS:
+        table = data.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] in the config file must be a table")
+        merged[section] = dict(table)
+
+    for opt in OPTIONS:
+        if opt.env in environ and environ[opt.env] != "":
+            merged[opt.section][opt.key] = environ[opt.env]
+    for opt in OPTIONS:
+        value = flags.get(opt.flag)
+        if value is not None and value not in ((), []):
+            merged[opt.section][opt.key] = value
+
+    sections = {name: build(cls, merged[name], f"[{name}]") for name, cls in SECTIONS.items()}
+    sources = data.get("sources", [])
+    if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
+        raise ConfigError("sources in the config file must be an array of tables ([[sources]])")
+    settings = Settings(
+        **sections,
+        sources=tuple(sources),
+        config_path=config_path,
+        fingerprint=digest,
+    )
+    validate(settings)
+    return settings
+
+
+def fingerprint(config: Mapping[str, Any]) -> str:
+    """A short stable hash of a config's content."""
+    import orjson
+
+    blob = orjson.dumps(config, option=orjson.OPT_SORT_KEYS, default=str)
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def validate(s: Settings) -> None:
+    """Cross-field checks that no single field can make."""
+    if s.fetch.concurrency < 1:
+        raise ConfigError("--concurrency must be at least 1")
+    if s.fetch.retries < 0:
+        raise ConfigError("--retries must be 0 or more")
+    if s.fetch.rate_limit < 0:
+        raise ConfigError("--rate-limit must be 0 (no limit) or more")
+    if s.score.batch_size < 1:
+        raise ConfigError("--batch-size must be at least 1")
+    if s.score.threads < 0:
+        raise ConfigError("[score] threads must be 0 (all cores) or more")
+    if s.score.explain < 0:
+        raise ConfigError("--explain must be 0 or more")
+    if s.run.max_failed < 0:
+        raise ConfigError("--max-failed must be 0 or more")
+    if not 0.0 <= s.run.max_failed_rate <= 1.0:
+        raise ConfigError("--max-failed-rate must be between 0 and 1")
+    if s.run.progress_interval <= 0:
+        raise ConfigError("--progress-interval must be more than 0 seconds")
+    if s.input.format not in (None, "text", "csv", "jsonl"):
+        raise ConfigError(
+            f"--input-format must be text, csv or jsonl, not '{s.input.format}'"
+            + suggest(str(s.input.format), ["text", "csv", "jsonl"])
+        )
+    if s.output.format not in (None, "csv", "jsonl", "parquet", "sqlite"):
+        raise ConfigError(
+            f"--format must be csv, jsonl, parquet or sqlite, not '{s.output.format}'"
+            + suggest(str(s.output.format), ["csv", "jsonl", "parquet", "sqlite"])
+        )
+    if s.output.resume and s.output.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
+    if s.input.shard is not None:
+        parse_shard(s.input.shard)
+    if s.model.path is None:
+        raise ConfigError("no model given; pass -m MODEL or set [model] path in the config")
+    if not s.sources:
+        raise ConfigError("no feature sources; add a [[sources]] table to the config (-c)")
+    names: set[str] = set()
+    for i, src in enumerate(s.sources):
+        kind = src.get("kind")
+        if kind not in SOURCE_KINDS:
+            raise ConfigError(
+                f"sources[{i}].kind must be one of {', '.join(SOURCE_KINDS)}, not {kind!r}"
+                + suggest(str(kind), SOURCE_KINDS)
+            )
+        name = str(src.get("name", kind))
+        if name in names:
+            raise ConfigError(
+                f"two sources are named '{name}'; give each [[sources]] a unique name"
+            )
+        names.add(name)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``K/N`` (0 <= K < N)."""
+    try:
+        k_text, n_text = text.split("/")
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        raise ConfigError(f"--shard must look like K/N (e.g. 0/4), not '{text}'") from None
+    if n < 1 or not 0 <= k < n:
+        raise ConfigError(f"--shard K/N needs 0 <= K < N, got '{text}'")
+    return k, n

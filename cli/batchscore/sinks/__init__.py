@@ -1,0 +1,84 @@
+"""Outputs: one module per format behind the small :class:`Sink` protocol.
+
+The pipeline hands a sink whole :class:`ScoredBatch` es in output order.  A file sink writes to a
+temporary name beside the final path and renames it into place only in :meth:`Sink.commit`, so a
+file at the final path is always complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredBatch:
+    """Scored rows: ``scores`` is float64 of shape (rows, score columns)."""
+
+    ids: Sequence[str]
+    scores: npt.NDArray[np.float64]
+    keep: Sequence[tuple[str, ...]]
+    explanations: Sequence[Sequence[tuple[str, float]]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The output columns: id, scores, kept input columns, explanations (top K)."""
+
+    scores: tuple[str, ...]
+    keep: tuple[str, ...] = ()
+    explain: int = 0
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """All column names in output order."""
+        explain = tuple(
+            name
+            for i in range(1, self.explain + 1)
+            for name in (f"explain_{i}_feature", f"explain_{i}_contribution")
+        )
+        return ("id", *self.scores, *self.keep, *explain)
+
+
+class Sink(Protocol):
+    """A destination for scored rows."""
+
+    async def open(self) -> None:
+        """Create the temporary output (or take over a resumable one)."""
+
+    async def write(self, batch: ScoredBatch) -> None:
+        """Append a batch."""
+
+    async def commit(self) -> None:
+        """The run succeeded: make the output final (flush, sync, rename into place)."""
+
+    async def abort(self) -> None:
+        """The run stopped: flush what is written and leave it for ``--resume``."""
+
+
+def output_format(path: str, given: str | None) -> tuple[str, bool]:
+    """The output format and whether to gzip, from ``--format`` or the extension."""
+    lower = path.lower()
+    gzip = lower.endswith(".gz")
+    if gzip:
+        lower = lower[:-3]
+    if given:
+        return given, gzip
+    for ext, fmt in (
+        (".csv", "csv"),
+        (".jsonl", "jsonl"),
+        (".ndjson", "jsonl"),
+        (".parquet", "parquet"),
+        (".db", "sqlite"),
+        (".sqlite", "sqlite"),
+    ):
+        if lower.endswith(ext):
+            return fmt, gzip
+    return "csv", gzip

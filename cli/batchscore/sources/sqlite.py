@@ -1,0 +1,145 @@
+"""SQLite feature source: a read-only table, IDs fetched in batches with ``IN (...)`` via aiosqlite.
+
+Table, key and column names come from config, so they are checked against the schema and quoted;
+they are never pasted into SQL as given.  Integer and text keys both work.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batchscore.configtools import build, suggest
+from batchscore.errors import ConfigError
+from batchscore.sources import NOT_FOUND, Failure, FetchResult
+from batchscore.sources.limits import Limits
+
+MAX_BATCH = 30_000  # below SQLite's limit on bound parameters (32,766)
+
+
+@dataclass(frozen=True)
+class SqliteConfig:
+    """``[[sources]]`` keys for ``kind = "sqlite"``."""
+
+    name: str
+    kind: str
+    path: str
+    table: str
+    key: str
+    columns: tuple[str, ...] = ()  # feature columns to read; empty = every column but the key
+    batch_size: int = 500
+    rename: dict[str, str] = field(default_factory=dict)
+    wins: tuple[str, ...] = ()
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+class SqliteSource:
+    """Reads feature rows from one SQLite table."""
+
+    def __init__(self, config: SqliteConfig, limits: Limits) -> None:
+        self.config = config
+        self.name = config.name
+        self.batch_size = config.batch_size
+        self._limits = limits
+        self._db: Any = None
+        self._columns: tuple[str, ...] = ()
+        self._integer_key = False
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], where: str, limits: Limits) -> SqliteSource:
+        """Validate a ``[[sources]]`` table and build the source."""
+        config = build(SqliteConfig, {"name": "sqlite", **table}, where)
+        if not 1 <= config.batch_size <= MAX_BATCH:
+            raise ConfigError(f"{where}.batch_size must be between 1 and {MAX_BATCH}")
+        return cls(config, limits)
+
+    async def open(self) -> None:
+        """Open read-only and check the table, key and columns against the schema."""
+        import aiosqlite
+
+        path = Path(self.config.path)
+        where = f"source '{self.name}'"
+        if not path.is_file():
+            raise ConfigError(f"{where}: SQLite file {self.config.path} does not exist")
+        uri = path.resolve().as_uri() + "?mode=ro"
+        try:
+            self._db = await aiosqlite.connect(uri, uri=True)
+            cursor = await self._db.execute(
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')"
+            )
+            tables = [row[0] for row in await cursor.fetchall()]
+        except sqlite3.DatabaseError as exc:
+            await self.close()
+            raise ConfigError(
+                f"{where}: {self.config.path} is not a usable SQLite file ({exc})"
+            ) from None
+        if self.config.table not in tables:
+            await self.close()
+            raise ConfigError(
+                f"{where}: no table '{self.config.table}' in {self.config.path}"
+                f"{suggest(self.config.table, tables)}"
+            )
+        cursor = await self._db.execute(f"PRAGMA table_info({_quote(self.config.table)})")
+        schema = {row[1]: str(row[2]).upper() for row in await cursor.fetchall()}
+        if self.config.key not in schema:
+            await self.close()
+            raise ConfigError(
+                f"{where}: table '{self.config.table}' has no key column '{self.config.key}'"
+                f"{suggest(self.config.key, schema)}"
+            )
+        for column in self.config.columns:
+            if column not in schema:
+                await self.close()
+                raise ConfigError(
+                    f"{where}: table '{self.config.table}' has no column '{column}'"
+                    f"{suggest(column, schema)}"
+                )
+        self._integer_key = "INT" in schema[self.config.key]
+        self._columns = self.config.columns or tuple(c for c in schema if c != self.config.key)
+        select = ", ".join(_quote(c) for c in (self.config.key, *self._columns))
+        self._select = (
+            f"SELECT {select} FROM {_quote(self.config.table)} WHERE {_quote(self.config.key)} IN "
+        )
+
+    def provides(self) -> frozenset[str]:
+        """The feature columns, renamed to model names."""
+        rename = self.config.rename
+        return frozenset(rename.get(c, c) for c in self._columns)
+
+    def _key(self, value: str) -> str | int | None:
+        if not self._integer_key:
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            return None
+
+    async def fetch(self, ids: Sequence[str]) -> list[FetchResult]:
+        """One ``IN (...)`` query for the batch; IDs not in the table are not found."""
+        keys = {k for k in (self._key(i) for i in ids) if k is not None}
+        found: dict[str | int, dict[str, Any]] = {}
+        if keys:
+            placeholders = "(" + ",".join("?" * len(keys)) + ")"
+            names = [self.config.rename.get(c, c) for c in self._columns]
+            async with self._limits.request():
+                cursor = await self._db.execute(self._select + placeholders, list(keys))
+                rows = await cursor.fetchall()
+            for row in rows:
+                found[row[0]] = dict(zip(names, row[1:], strict=True))
+        missing = Failure(NOT_FOUND)
+        return [found.get(k, missing) if (k := self._key(i)) is not None else missing for i in ids]
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+
+__all__ = ["SqliteConfig", "SqliteSource"]
