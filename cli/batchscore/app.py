@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from batchscore import __version__
-from batchscore.errors import BatchscoreError, ExitStatus
+from batchscore.errors import BatchscoreError, ExitStatus, PipeClosedError
 
 app = typer.Typer(
     name="batchscore",
@@ -127,6 +127,7 @@ def score(
         stderr=sys.stderr,
         stderr_isatty=sys.stderr.isatty(),
         environ=os.environ,
+        handle_signals=True,
     )
     outcome = run_job(settings, env)
     raise typer.Exit(int(outcome.status))
@@ -176,6 +177,11 @@ def run_cli(argv: list[str]) -> int:
         result = app(argv, prog_name="batchscore", standalone_mode=False)
     except typer.Exit as exc:
         return int(exc.exit_code)
+    except PipeClosedError:
+        # The reader went away (`| head`): no message, and nothing more may reach stdout.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return int(ExitStatus.PIPE_CLOSED)
     except BatchscoreError as exc:
         if _debug:
             raise
@@ -184,14 +190,15 @@ def run_cli(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("batchscore: interrupted", file=sys.stderr)
         return int(ExitStatus.SIGINT)
+    except typer.Abort:
+        return int(ExitStatus.SIGINT)
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show(file=sys.stderr)
+        # Typer's bundled click raises usage errors (bad flag, missing argument) that know how
+        # to show themselves; they are the user's mistake, not a bug.
+        show = getattr(exc, "show", None)
+        if callable(show) and isinstance(getattr(exc, "exit_code", None), int):
+            show(file=sys.stderr)
             return int(ExitStatus.USAGE)
-        if isinstance(exc, click.exceptions.Abort):
-            return int(ExitStatus.SIGINT)
         if _debug:
             raise
         print(

@@ -78,3 +78,16 @@ class PipeClosedError(BatchscoreError):
     """The reader of stdout went away."""
 
     exit_status = ExitStatus.PIPE_CLOSED
+
+
+class InterruptedRun(BatchscoreError):
+    """SIGINT or SIGTERM stopped the run; what was committed stays resumable."""
+
+    def __init__(self, sig: int, done: int) -> None:
+        import signal
+
+        self.exit_status = ExitStatus.SIGINT if sig == signal.SIGINT else ExitStatus.SIGTERM
+        name = "SIGINT" if sig == signal.SIGINT else "SIGTERM"
+        super().__init__(
+            f"stopped by {name} after {done:,} IDs; rerun the same command with --resume to finish"
+        )

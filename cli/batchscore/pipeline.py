@@ -16,7 +16,7 @@ import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +49,7 @@ class PipelineOptions:
     shard: tuple[int, int] | None = None
     down_after: int = 50
     skip: Callable[[int], bool] | None = None  # resume: True for input rows already committed
+    checkpoint_interval: float = 1.0  # seconds between durable commits of written rows
 
     def window_size(self, sources: Sequence[Source]) -> int:
         """Rows allowed between reading and writing."""
@@ -86,6 +87,10 @@ class Failed:
 
 
 _END = object()
+
+Checkpoint = Callable[[int, frozenset[int]], Awaitable[None]]
+"""Makes everything written so far durable: called with the input line up to which every row
+is written (the mark) and the lines written above it (only in ``--unordered`` runs)."""
 
 
 class _Feed:
@@ -134,6 +139,8 @@ class _Feed:
                     self._lock.notify()
                     return items
                 self._ready.clear()
+                if self._stopped:
+                    return None
                 if self._done:
                     if self._error is not None:
                         raise self._error
@@ -145,6 +152,7 @@ class _Feed:
         with self._lock:
             self._stopped = True
             self._lock.notify_all()
+        self._ready.set()
 
 
 def feature_owners(
@@ -194,8 +202,10 @@ class Pipeline:
         progress: Progress,
         stats: RunStats,
         options: PipelineOptions,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         self.sources = list(sources)
+        self.checkpoint = checkpoint
         self.model = model
         self.sink = sink
         self.errors = errors
@@ -207,7 +217,13 @@ class Pipeline:
         self._model_features = frozenset(model.info.feature_names)
         self._consecutive_failures: dict[str, int] = {s.name: 0 for s in self.sources}
         self._stopping = False
+        self._dispatcher: asyncio.Task[None] | None = None
         self._feed: _Feed | None = None
+        # Commit bookkeeping: rows are numbered by seq; the mark is the input line of the last
+        # row of the longest written prefix; rows written beyond it are kept by seq -> line.
+        self._prefix = 0
+        self._mark = 0
+        self._beyond: dict[int, int] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchscore-score")
         n = len(model.info.features)
         self.stats.quality = FeatureQuality(np.zeros(n, np.int64), np.zeros(n, np.int64))
@@ -223,11 +239,25 @@ class Pipeline:
         self._high = np.array(highs, dtype=np.float64)
         self._clocks = {stage: BusyClock(stats, stage) for stage in ("fetch", "score", "write")}
 
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping
+
     def stop(self) -> None:
         """Stop taking new IDs; what is in flight finishes and is written."""
         self._stopping = True
         if self._feed is not None:
             self._feed.stop()
+
+    def cancel_in_flight(self) -> None:
+        """Give up on reading and fetching (after a grace period); those rows stay uncommitted.
+
+        Cancelling the dispatcher cancels its fetch tasks too (they run in its task group); the
+        scorer and writer then finish what already arrived.
+        """
+        if self._dispatcher is not None and not self._dispatcher.done():
+            self._dispatcher.cancel()
 
     async def run(self, items: Iterator[InputItem]) -> None:
         """Run every stage to the end of the input (or until stopped)."""
@@ -236,7 +266,9 @@ class Pipeline:
         to_write: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._dispatch(items, window, to_score, to_write))
+                self._dispatcher = group.create_task(
+                    self._dispatch(items, window, to_score, to_write)
+                )
                 group.create_task(self._score(to_score, to_write))
                 group.create_task(self._write(to_write, window))
         except* SourceDownError as eg:
@@ -252,8 +284,6 @@ class Pipeline:
 
     def _wanted(self, row: IdRow, seen: set[str]) -> bool:
         opts = self.options
-        if opts.skip is not None and opts.skip(row.line):
-            return False
         if opts.shard is not None:
             k, n = opts.shard
             if stable_hash(row.id) % n != k:
@@ -286,6 +316,10 @@ class Pipeline:
                     for item in batch:
                         if self._stopping:
                             break
+                        if self.options.skip is not None and self.options.skip(item.line):
+                            if self.options.dedupe and isinstance(item, IdRow):
+                                seen.add(item.id)
+                            continue
                         if isinstance(item, InputProblem):
                             self.stats.read += 1
                             await window.acquire()
@@ -459,40 +493,60 @@ class Pipeline:
     # -- stage 4: write ------------------------------------------------------------------------
 
     async def _write(self, to_write: asyncio.Queue[Any], window: asyncio.Semaphore) -> None:
-        waiting: dict[
-            int, tuple[Row, npt.NDArray[np.float64], list[tuple[str, float]] | None] | ErrorRecord
-        ] = {}
+        waiting: dict[int, Any] = {}
         next_seq = 0
         unordered = self.options.unordered
+        loop = asyncio.get_running_loop()
+        next_checkpoint = loop.time() + self.options.checkpoint_interval
         while True:
             item = await to_write.get()
             if item is _END:
                 break
-            ready: list[Any] = []
             if isinstance(item, Failed):
                 outcomes: list[tuple[int, Any]] = list(item.rows)
             else:
+                explained = item.explanations
                 outcomes = [
-                    (
-                        row.seq,
-                        (row, item.scores[i], item.explanations[i] if item.explanations else None),
-                    )
+                    (row.seq, (row, item.scores[i], explained[i] if explained else None))
                     for i, row in enumerate(item.rows)
                 ]
             if unordered:
-                ready = [outcome for _, outcome in outcomes]
+                ready = outcomes
             else:
+                ready = []
                 waiting.update(outcomes)
                 while next_seq in waiting:
-                    ready.append(waiting.pop(next_seq))
+                    ready.append((next_seq, waiting.pop(next_seq)))
                     next_seq += 1
             if ready:
-                await self._emit(ready)
+                await self._emit([outcome for _, outcome in ready])
+                self._advance(ready)
                 for _ in ready:
                     window.release()
                 self.progress.update(self.stats)
-        if waiting:  # pragma: no cover - every seq reaches the writer unless the run was stopped
-            raise RuntimeError(f"{len(waiting)} rows never became writable")
+            if loop.time() >= next_checkpoint:
+                await self._checkpoint()
+                next_checkpoint = loop.time() + self.options.checkpoint_interval
+        # Rows still waiting sit behind a row whose fetch was cancelled by a stop: they are not
+        # written, so a resumed run does them again.
+        await self._checkpoint()
+
+    def _advance(self, written: list[tuple[int, Any]]) -> None:
+        for seq, outcome in written:
+            line = outcome.line if isinstance(outcome, ErrorRecord) else outcome[0].line
+            if seq == self._prefix:
+                self._mark = line
+                self._prefix += 1
+                while self._prefix in self._beyond:
+                    self._mark = self._beyond.pop(self._prefix)
+                    self._prefix += 1
+            else:
+                self._beyond[seq] = line
+
+    async def _checkpoint(self) -> None:
+        if self.checkpoint is not None:
+            with self._clocks["write"]:
+                await self.checkpoint(self._mark, frozenset(self._beyond.values()))
 
     async def _emit(self, outcomes: list[Any]) -> None:
         errors = [o for o in outcomes if isinstance(o, ErrorRecord)]
@@ -522,4 +576,4 @@ def allowed(stats: RunStats, max_failed: int, max_failed_rate: float) -> bool:
     return attempted > 0 and failed / attempted <= max_failed_rate
 
 
-__all__ = ["Mapping", "Pipeline", "PipelineOptions", "allowed", "feature_owners"]
+__all__ = ["Checkpoint", "Pipeline", "PipelineOptions", "allowed", "feature_owners"]

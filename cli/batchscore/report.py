@@ -76,6 +76,7 @@ class RunStats:
     seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))  # busy
     quality: FeatureQuality | None = None
     total: int | None = None
+    resumed_from: int = 0  # IDs an earlier, stopped run had already committed
 
     @property
     def failed_total(self) -> int:
@@ -90,6 +91,25 @@ class RunStats:
     def elapsed(self) -> float:
         """Seconds since the run started."""
         return time.monotonic() - self.started
+
+    def counters(self) -> dict[str, Any]:
+        """The counts a resumed run carries on from (kept in the run state)."""
+        return {
+            "read": self.read,
+            "skipped": self.skipped,
+            "scored": self.scored,
+            "failed": dict(self.failed),
+            "retries": self.retries,
+        }
+
+    def restore(self, counters: dict[str, Any]) -> None:
+        """Start from the counts an earlier, stopped run committed."""
+        self.read = int(counters.get("read", 0))
+        self.skipped = int(counters.get("skipped", 0))
+        self.scored = int(counters.get("scored", 0))
+        self.failed = Counter({str(k): int(v) for k, v in counters.get("failed", {}).items()})
+        self.retries = int(counters.get("retries", 0))
+        self.resumed_from = self.done
 
     def observe(self, source: str, seconds: float) -> None:
         """Record one request's latency for ``source``."""
@@ -124,13 +144,16 @@ def as_dict(stats: RunStats, feature_names: tuple[str, ...] = ()) -> dict[str, A
         }
     return {
         "ids_read": stats.read,
+        "resumed_from": stats.resumed_from,
         "ids_skipped": stats.skipped,
         "scored": stats.scored,
         "failed": stats.failed_total,
         "failed_by_reason": dict(sorted(stats.failed.items())),
         "retries": stats.retries,
         "elapsed_seconds": round(elapsed, 3),
-        "ids_per_second": round(stats.done / elapsed, 1) if elapsed > 0 else None,
+        "ids_per_second": (
+            round((stats.done - stats.resumed_from) / elapsed, 1) if elapsed > 0 else None
+        ),
         "latency_seconds": latency,
         "source_statuses": {k: dict(v) for k, v in sorted(stats.statuses.items())},
         "busy_seconds": {k: round(v, 3) for k, v in sorted(stats.seconds.items())},
@@ -152,6 +175,8 @@ def summary_lines(stats: RunStats) -> list[str]:
         + f" in {data['elapsed_seconds']:.1f} s"
         + (f" ({rate:,.0f} IDs/s)" if rate else ""),
     ]
+    if stats.resumed_from:
+        lines.append(f"resumed: {stats.resumed_from:,} of them were committed by the stopped run")
     if stats.failed:
         reasons = ", ".join(f"{reason} {count:,}" for reason, count in stats.failed.most_common())
         lines.append(f"failed by reason: {reasons}")
@@ -205,3 +230,72 @@ class BusyClock:
         self.active -= 1
         if self.active == 0:
             self.stats.seconds[self.stage] += time.monotonic() - self._since
+
+
+def write_report(
+    path: str,
+    stats: RunStats,
+    features: tuple[str, ...],
+    status: int,
+    run_id: str,
+    identity: dict[str, Any],
+) -> None:
+    """The ``--report`` JSON: the summary plus run identity, exit code and data quality."""
+    import orjson
+
+    body = {"run_id": run_id, "exit_code": int(status), **identity, **as_dict(stats, features)}
+    write_atomically(
+        path, orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    )
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_text(stats: RunStats, status: int, identity: dict[str, Any]) -> str:
+    """The counters in Prometheus text exposition format (for the node exporter's textfile)."""
+    out: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+        out.append(f"# HELP batchscore_{name} {help_text}")
+        out.append(f"# TYPE batchscore_{name} {kind}")
+        out.extend(f"batchscore_{name}{labels} {value:g}" for labels, value in samples)
+
+    model = f'{{model_version="{_label(str(identity.get("model_version", "")))}"}}'
+    metric("ids_read", "gauge", "IDs read from the input in the last run.", [("", stats.read)])
+    metric("ids_scored", "gauge", "IDs scored in the last run.", [("", stats.scored)])
+    metric(
+        "ids_failed",
+        "gauge",
+        "IDs not scored in the last run, by reason.",
+        [(f'{{reason="{_label(r)}"}}', n) for r, n in sorted(stats.failed.items())] or [("", 0)],
+    )
+    metric("retries", "gauge", "Retried requests in the last run.", [("", stats.retries)])
+    metric("duration_seconds", "gauge", "Wall time of the last run.", [("", stats.elapsed())])
+    metric("exit_code", "gauge", "Exit status of the last run.", [(model, status)])
+    metric(
+        "last_run_timestamp_seconds",
+        "gauge",
+        "When the last run ended (Unix time).",
+        [("", time.time())],
+    )
+    metric(
+        "stage_busy_seconds",
+        "gauge",
+        "Wall time during which each stage was busy.",
+        [(f'{{stage="{k}"}}', v) for k, v in sorted(stats.seconds.items())],
+    )
+    latency: list[tuple[str, float]] = []
+    for source, hist in sorted(stats.latency.items()):
+        for q in (0.5, 0.95, 0.99):
+            value = hist.quantile(q)
+            if value is not None:
+                latency.append((f'{{source="{_label(source)}",quantile="{q}"}}', value))
+    metric("fetch_latency_seconds", "gauge", "Fetch latency quantiles per source.", latency)
+    return "\n".join(out) + "\n"
+
+
+def write_metrics(path: str, stats: RunStats, status: int, identity: dict[str, Any]) -> None:
+    """Write the Prometheus textfile atomically."""
+    write_atomically(path, metrics_text(stats, status, identity).encode())

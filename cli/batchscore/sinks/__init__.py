@@ -50,11 +50,14 @@ class Columns:
 class Sink(Protocol):
     """A destination for scored rows."""
 
-    async def open(self) -> None:
-        """Create the temporary output (or take over a resumable one)."""
+    async def open(self, resume_at: int | None = None) -> None:
+        """Create the temporary output, or take over a stopped run's, cut back to ``resume_at``."""
 
     async def write(self, batch: ScoredBatch) -> None:
         """Append a batch."""
+
+    async def sync(self) -> int:
+        """Make what is written durable; return its length, the point a resume continues from."""
 
     async def commit(self) -> None:
         """The run succeeded: make the output final (flush, sync, rename into place)."""

@@ -29,10 +29,14 @@ class ErrorLog:
     def __init__(self, target: ByteTarget | None) -> None:
         self.target = target
 
-    async def open(self) -> None:
-        """Open the target."""
+    async def open(self, resume_at: int | None = None) -> None:
+        """Open the target (continuing a stopped run's file at ``resume_at``)."""
         if self.target is not None:
-            await self.target.open()
+            await self.target.open(resume_at)
+
+    async def sync(self) -> int:
+        """Make the records written so far durable; return the file's length."""
+        return await self.target.sync() if self.target is not None else 0
 
     async def write(self, records: Sequence[ErrorRecord]) -> None:
         """Append records as JSON lines."""

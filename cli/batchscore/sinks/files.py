@@ -24,11 +24,14 @@ from batchscore.sinks.encoders import RowEncoder
 class ByteTarget(Protocol):
     """Where encoded bytes go."""
 
-    async def open(self) -> None:
-        """Get ready to write."""
+    async def open(self, resume_at: int | None = None) -> None:
+        """Get ready to write (continuing at byte ``resume_at`` of a stopped run's file)."""
 
     async def write(self, data: bytes) -> None:
         """Append bytes."""
+
+    async def sync(self) -> int:
+        """Flush and fsync; return the durable length."""
 
     async def commit(self) -> None:
         """Make what was written final."""
@@ -64,25 +67,40 @@ def write_error(path: Path | str, exc: OSError) -> OutputWriteError:
     )
 
 
+def _gzip_member() -> Any:
+    return zlib.compressobj(6, zlib.DEFLATED, 31)
+
+
 class FileTarget:
-    """A file at ``path``, written as ``.<name>.partial`` and renamed into place on commit."""
+    """A file at ``path``, written as ``.<name>.partial`` and renamed into place on commit.
+
+    Gzip output is a series of gzip members, one per sync, so a resumed run can cut the file
+    back to a sync point and append; readers see one stream (RFC 1952 allows members in series).
+    """
 
     def __init__(self, path: Path, *, overwrite: bool, gzip: bool) -> None:
         self.path = path
         self.temp = temp_path(path)
         self.overwrite = overwrite
-        self._gzip = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
+        self._gzip = _gzip_member() if gzip else None
         self._file: Any = None
+        self._length = 0
 
-    async def open(self) -> None:
-        """Refuse an existing output unless overwriting; create the temporary file."""
+    async def open(self, resume_at: int | None = None) -> None:
+        """Refuse an existing output unless overwriting; create or take over the temporary file."""
         if self.path.exists() and not self.overwrite:
             raise OutputExistsError(
                 f"output {self.path} already exists; "
                 "pass --overwrite to replace it or choose another -o"
             )
         try:
-            self._file = await aiofiles.open(self.temp, "wb")
+            if resume_at is not None and self.temp.exists():
+                self._file = await aiofiles.open(self.temp, "r+b")
+                await self._file.truncate(resume_at)
+                await self._file.seek(resume_at)
+                self._length = resume_at
+            else:
+                self._file = await aiofiles.open(self.temp, "wb")
         except OSError as exc:
             raise write_error(self.path, exc) from None
 
@@ -95,17 +113,26 @@ class FileTarget:
                 await self._file.write(data)
             except OSError as exc:
                 raise write_error(self.path, exc) from None
+            self._length += len(data)
 
-    async def _flush_and_sync(self) -> None:
-        await self._file.flush()
-        await asyncio.to_thread(os.fsync, self._file.fileno())
-
-    async def commit(self) -> None:
-        """Flush, fsync, rename into place, fsync the directory."""
+    async def sync(self) -> int:
+        """End the gzip member (if any), flush, fsync; return the file's durable length."""
         try:
             if self._gzip is not None:
-                await self._file.write(self._gzip.flush())
-            await self._flush_and_sync()
+                tail = self._gzip.flush()
+                self._gzip = _gzip_member()
+                await self._file.write(tail)
+                self._length += len(tail)
+            await self._file.flush()
+            await asyncio.to_thread(os.fsync, self._file.fileno())
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
+        return self._length
+
+    async def commit(self) -> None:
+        """Sync, rename into place, fsync the directory."""
+        await self.sync()
+        try:
             await self._file.close()
             self._file = None
             os.replace(self.temp, self.path)
@@ -129,9 +156,14 @@ class StdoutTarget:
         self._gzip = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
         self._file: Any = None
 
-    async def open(self) -> None:
-        """Wrap the descriptor without taking ownership of it."""
+    async def open(self, resume_at: int | None = None) -> None:
+        """Wrap the descriptor without taking ownership of it (stdout cannot be resumed)."""
+        del resume_at
         self._file = await aiofiles.open(self.fd, "wb", closefd=False)
+
+    async def sync(self) -> int:
+        """Everything is flushed at each write; there is nothing to resume from."""
+        return 0
 
     async def write(self, data: bytes) -> None:
         """Write and flush, so a pipeline downstream sees rows as they are scored."""
@@ -169,12 +201,16 @@ class StreamSink:
         self.encoder = encoder
         self.target = target
 
-    async def open(self) -> None:
-        """Open the target and write the header."""
-        await self.target.open()
+    async def open(self, resume_at: int | None = None) -> None:
+        """Open the target and write the header (not when continuing a stopped run's file)."""
+        await self.target.open(resume_at)
         header = self.encoder.header()
-        if header:
+        if header and not resume_at:
             await self.target.write(header)
+
+    async def sync(self) -> int:
+        """Make what is written durable."""
+        return await self.target.sync()
 
     async def write(self, batch: ScoredBatch) -> None:
         """Encode and write a batch."""

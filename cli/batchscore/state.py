@@ -1,0 +1,219 @@
+"""Run state beside a file output: the run lock, committed progress, and resume.
+
+For an output ``out/scores.csv`` a run keeps, in ``out/``:
+
+- ``.scores.csv.partial``: the output being written (renamed into place on success);
+- ``.scores.csv.errors.jsonl.partial`` (or beside ``--errors``): the errors file being written;
+- ``.scores.csv.state``: a small SQLite file (through aiosqlite) with what is committed;
+- ``.scores.csv.lock``: the run lock (``flock``; the kernel drops it when a run dies).
+
+A *commit* makes everything written so far durable in one step: fsync the output and the errors
+file, then record, in one SQLite transaction, their byte lengths and which input lines they
+cover.  On ``--resume`` both files are truncated back to the recorded lengths (dropping anything
+written after the last commit) and the input lines already covered are skipped, so every ID ends
+up in the output exactly once, in the same order as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from batchscore.errors import LeftoverStateError, LockedError, OutputWriteError
+
+
+def state_path(output: Path) -> Path:
+    """The state file of a run writing ``output``."""
+    return output.with_name(f".{output.name}.state")
+
+
+def lock_path(output: Path) -> Path:
+    """The lock file of a run writing ``output``."""
+    return output.with_name(f".{output.name}.lock")
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``.<output>.lock``, naming its holder (pid, start time)."""
+
+    def __init__(self, output: Path) -> None:
+        self.path = lock_path(output)
+        self.output = output
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise LockedError at once, naming the run that holds it."""
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise OutputWriteError(
+                    f"cannot create the lock file {self.path}: {exc.strerror}; "
+                    "check that the output folder is writable"
+                ) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise LockedError(
+                    f"another batchscore run ({holder}) is writing {self.output}; "
+                    "wait for it to finish or choose another -o"
+                ) from None
+            # The holder may have removed the file between our open and flock: retry on the new one.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}, started {started}".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return text or "pid unknown"
+
+
+@dataclass
+class Progress:
+    """What earlier runs committed."""
+
+    output_bytes: int = 0
+    errors_bytes: int = 0
+    mark: int = 0  # every input row with line <= mark is committed
+    beyond: set[int] = field(default_factory=set)  # committed lines above the mark (unordered)
+    counters: dict[str, Any] = field(default_factory=dict)
+
+    def done(self, line: int) -> bool:
+        """Whether the input row at ``line`` was committed by an earlier run."""
+        return line <= self.mark or line in self.beyond
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS run (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    identity TEXT NOT NULL,
+    output_bytes INTEGER NOT NULL,
+    errors_bytes INTEGER NOT NULL,
+    mark INTEGER NOT NULL,
+    beyond TEXT NOT NULL,
+    counters TEXT NOT NULL
+)
+"""
+
+
+class RunState:
+    """The committed progress of one output, in ``.<output>.state`` (SQLite, through aiosqlite)."""
+
+    def __init__(self, output: Path, identity: dict[str, Any]) -> None:
+        self.output = output
+        self.path = state_path(output)
+        self.identity = orjson.dumps(identity, option=orjson.OPT_SORT_KEYS).decode()
+        self._db: Any = None
+
+    def leftovers(self, partials: list[Path]) -> list[Path]:
+        """Files a stopped run left behind."""
+        return [p for p in (self.path, *partials) if p.exists()]
+
+    async def open(self, *, resume: bool, overwrite: bool, partials: list[Path]) -> Progress:
+        """Load what an earlier run committed (``resume``), or start afresh.
+
+        Without ``resume``, leftovers are an error, unless ``overwrite`` removes them.
+        """
+        import aiosqlite
+
+        left = self.leftovers(partials)
+        if left and not resume:
+            if not overwrite:
+                raise LeftoverStateError(
+                    f"a stopped run left state for {self.output} ({left[0].name}); rerun with "
+                    "--resume to continue it, or --overwrite to start over"
+                )
+            for path in left:
+                path.unlink()
+        progress = Progress()
+        fresh = not self.path.exists()
+        try:
+            self._db = await aiosqlite.connect(self.path)
+            await self._db.execute("PRAGMA synchronous = FULL")
+            await self._db.execute(_SCHEMA)
+            cursor = await self._db.execute(
+                "SELECT identity, output_bytes, errors_bytes, mark, beyond, counters FROM run"
+            )
+            row = await cursor.fetchone()
+        except OSError as exc:
+            raise OutputWriteError(f"cannot write the state file {self.path}: {exc}") from None
+        if row is not None and not fresh:
+            identity, out_bytes, err_bytes, mark, beyond, counters = row
+            if identity != self.identity:
+                await self.close()
+                raise LeftoverStateError(
+                    f"the stopped run for {self.output} used another input, model or output "
+                    "format; rerun it with the same arguments, or pass --overwrite to start over"
+                )
+            progress = Progress(
+                out_bytes, err_bytes, mark, set(orjson.loads(beyond)), orjson.loads(counters)
+            )
+        else:
+            await self._db.execute(
+                "INSERT OR REPLACE INTO run VALUES (1, ?, 0, 0, 0, '[]', '{}')", (self.identity,)
+            )
+            await self._db.commit()
+        return progress
+
+    async def record(self, progress: Progress) -> None:
+        """Record committed progress durably (the output and errors file are already synced)."""
+        try:
+            await self._db.execute(
+                "UPDATE run SET output_bytes = ?, errors_bytes = ?, mark = ?, beyond = ?, "
+                "counters = ? WHERE id = 1",
+                (
+                    progress.output_bytes,
+                    progress.errors_bytes,
+                    progress.mark,
+                    orjson.dumps(sorted(progress.beyond)).decode(),
+                    orjson.dumps(progress.counters).decode(),
+                ),
+            )
+            await self._db.commit()
+        except Exception as exc:
+            raise OutputWriteError(
+                f"cannot record progress in {self.path} ({exc}); "
+                "free space, then rerun with --resume"
+            ) from None
+
+    async def close(self) -> None:
+        """Close the state database."""
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    async def remove(self) -> None:
+        """The run is complete: the state is no longer needed."""
+        await self.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.with_name(self.path.name + "-journal").unlink()
