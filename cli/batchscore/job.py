@@ -131,7 +131,7 @@ def make_target(path: str, gzip: bool, overwrite: bool, env: Environment) -> Byt
             fd = os.open(path, os.O_WRONLY)
         except OSError as exc:
             raise OutputWriteError(f"cannot open {path} for writing: {exc.strerror}") from None
-        return StdoutTarget(fd, gzip=gzip)
+        return StdoutTarget(fd, gzip=gzip, name=path)
     return FileTarget(Path(path), overwrite=overwrite, gzip=gzip)
 
 
@@ -225,8 +225,7 @@ def _status(error: BaseException | None, stats: RunStats, settings: Settings) ->
 
 def _finish(p: _Plan, env: Environment, stats: RunStats, status: ExitStatus) -> None:
     settings = p.settings
-    quiet = settings.run.quiet and status in (ExitStatus.OK, ExitStatus.PIPE_CLOSED)
-    if not quiet and status != ExitStatus.PIPE_CLOSED:
+    if not settings.run.quiet and status != ExitStatus.PIPE_CLOSED:
         for line in summary_lines(stats):
             print(line, file=env.stderr)
         if status in (ExitStatus.OK, ExitStatus.PARTIAL) and p.output != "-":

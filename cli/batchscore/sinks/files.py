@@ -54,7 +54,7 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_error(path: Path | str, exc: OSError) -> OutputWriteError:
+def write_error(path: Path | str, exc: OSError, resumable: bool = True) -> OutputWriteError:
     """A one-line error for an output that cannot be written."""
     reason = {
         errno.ENOSPC: "the disk is full",
@@ -62,9 +62,8 @@ def write_error(path: Path | str, exc: OSError) -> OutputWriteError:
         errno.EROFS: "the file system is read-only",
         errno.EDQUOT: "the disk quota is exceeded",
     }.get(exc.errno or 0, exc.strerror or str(exc))
-    return OutputWriteError(
-        f"cannot write {path}: {reason}; free space or fix permissions, then rerun with --resume"
-    )
+    then = ", then rerun with --resume" if resumable else ""
+    return OutputWriteError(f"cannot write {path}: {reason}; free space or fix permissions{then}")
 
 
 def _gzip_member() -> Any:
@@ -151,8 +150,9 @@ class FileTarget:
 class StdoutTarget:
     """Standard output (a pipe, a terminal or a file); a closed pipe is PipeClosedError."""
 
-    def __init__(self, fd: int = 1, gzip: bool = False) -> None:
+    def __init__(self, fd: int = 1, gzip: bool = False, name: str = "stdout") -> None:
         self.fd = fd
+        self.name = name
         self._gzip = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
         self._file: Any = None
 
@@ -184,7 +184,7 @@ class StdoutTarget:
         except BrokenPipeError:
             raise PipeClosedError("the reader of stdout went away") from None
         except OSError as exc:
-            raise write_error("stdout", exc) from None
+            raise write_error(self.name, exc, resumable=False) from None
 
     async def abort(self) -> None:
         """Nothing to keep: stdout cannot be resumed."""
