@@ -143,7 +143,17 @@ def make_sink(
     from batchscore.sinks.files import StreamSink
 
     if fmt in ("parquet", "sqlite"):
-        raise UsageError(f"--format {fmt} is not available yet; use csv or jsonl")
+        if is_stream_path(path):
+            raise UsageError(f"--format {fmt} needs a file path for -o, not a stream")
+        if gzip:
+            raise UsageError(f"--format {fmt} cannot be gzipped; drop the .gz")
+        if fmt == "parquet":
+            from batchscore.sinks.parquet import ParquetSink
+
+            return ParquetSink(Path(path), columns, overwrite=overwrite)
+        from batchscore.sinks.sqlitedb import SqliteSink
+
+        return SqliteSink(Path(path), columns, overwrite=overwrite)
     encoder = CsvEncoder(columns) if fmt == "csv" else JsonlEncoder(columns)
     return StreamSink(encoder, make_target(path, gzip, overwrite, env))
 

@@ -25,9 +25,10 @@ class RowEncoder(Protocol):
         """The bytes for a batch of rows."""
 
 
-def _rows(columns: Columns, batch: ScoredBatch) -> list[list[Any]]:
+def rows(columns: Columns, batch: ScoredBatch) -> list[list[Any]]:
+    """The output rows of a batch as lists of Python values, in column order."""
     scores: list[list[float]] = batch.scores.tolist()
-    rows: list[list[Any]] = []
+    out: list[list[Any]] = []
     for i, ident in enumerate(batch.ids):
         row: list[Any] = [ident, *scores[i]]
         if columns.keep:
@@ -36,8 +37,8 @@ def _rows(columns: Columns, batch: ScoredBatch) -> list[list[Any]]:
             for name, value in batch.explanations[i]:
                 row.extend((name, value))
             row.extend([None, None] * (columns.explain - len(batch.explanations[i])))
-        rows.append(row)
-    return rows
+        out.append(row)
+    return out
 
 
 class CsvEncoder:
@@ -58,7 +59,7 @@ class CsvEncoder:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerows(
             [repr(v) if isinstance(v, float) else ("" if v is None else v) for v in row]
-            for row in _rows(self.columns, batch)
+            for row in rows(self.columns, batch)
         )
         return buffer.getvalue().encode()
 
@@ -78,5 +79,5 @@ class JsonlEncoder:
         names = self.columns.names
         return b"".join(
             orjson.dumps(dict(zip(names, row, strict=True)), option=orjson.OPT_APPEND_NEWLINE)
-            for row in _rows(self.columns, batch)
+            for row in rows(self.columns, batch)
         )

@@ -1,0 +1,133 @@
+"""Parquet output (the ``parquet`` extra, pyarrow), streamed and resumable.
+
+A Parquet file is only readable once its footer is written, so a run cannot make half a file
+durable.  Instead each sync closes a small *segment* file in a temporary folder beside the
+output; the sync's length is the number of segments.  On success the segments are streamed, one
+row group each, into the final file under a temporary name, which is then renamed into place.
+A resumed run deletes segments past the recorded count and carries on numbering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from batchscore.errors import OutputExistsError, UsageError
+from batchscore.sinks import Columns, ScoredBatch
+from batchscore.sinks.files import fsync_dir, temp_path, write_error
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise UsageError(
+            "Parquet output needs pyarrow: pip install 'batchscore[parquet]', or use .csv/.jsonl"
+        ) from None
+    return pyarrow
+
+
+class ParquetSink:
+    """Rows into a Parquet file, one row group per committed segment."""
+
+    def __init__(self, path: Path, columns: Columns, *, overwrite: bool) -> None:
+        self.pa = _pyarrow()
+        self.path = path
+        self.folder = temp_path(path)
+        self.columns = columns
+        self.overwrite = overwrite
+        fields = [self.pa.field("id", self.pa.string())]
+        fields += [self.pa.field(n, self.pa.float64()) for n in columns.scores]
+        fields += [self.pa.field(n, self.pa.string()) for n in columns.keep]
+        for i in range(1, columns.explain + 1):
+            fields += [
+                self.pa.field(f"explain_{i}_feature", self.pa.string()),
+                self.pa.field(f"explain_{i}_contribution", self.pa.float64()),
+            ]
+        self.schema = self.pa.schema(fields)
+        self._pending: list[list[Any]] = []
+        self._segments = 0
+
+    def _segment(self, index: int) -> Path:
+        return self.folder / f"segment-{index:08d}.parquet"
+
+    async def open(self, resume_at: int | None = None) -> None:
+        """Create the segment folder, or cut a stopped run's back to ``resume_at`` segments."""
+        if self.path.exists() and not self.overwrite:
+            raise OutputExistsError(
+                f"output {self.path} already exists; "
+                "pass --overwrite to replace it or choose another -o"
+            )
+        try:
+            if resume_at is None and self.folder.exists():
+                shutil.rmtree(self.folder)
+            self.folder.mkdir(exist_ok=True)
+            self._segments = resume_at or 0
+            for extra in self.folder.glob("segment-*.parquet"):
+                if int(extra.stem.split("-")[1]) >= self._segments:
+                    extra.unlink()
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
+
+    async def write(self, batch: ScoredBatch) -> None:
+        """Keep the rows until the next sync writes them as a segment."""
+        from batchscore.sinks.encoders import rows
+
+        self._pending.extend(rows(self.columns, batch))
+
+    def _write_segment(self, rows: list[list[Any]], index: int) -> None:
+        columns = list(zip(*rows, strict=True))
+        table = self.pa.Table.from_arrays(
+            [self.pa.array(col, type=f.type) for col, f in zip(columns, self.schema, strict=True)],
+            schema=self.schema,
+        )
+        temp = self._segment(index).with_suffix(".tmp")
+        self.pa.parquet.write_table(table, temp)
+        with open(temp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temp, self._segment(index))
+
+    async def sync(self) -> int:
+        """Write the pending rows as the next segment; the segment count is the resume point."""
+        import asyncio
+
+        if self._pending:
+            rows, self._pending = self._pending, []
+            try:
+                await asyncio.to_thread(self._write_segment, rows, self._segments)
+                await asyncio.to_thread(fsync_dir, self.folder)
+            except OSError as exc:
+                raise write_error(self.path, exc) from None
+            self._segments += 1
+        return self._segments
+
+    def _assemble(self) -> None:
+        final_temp = self.path.with_name(f".{self.path.name}.assembling")
+        with self.pa.parquet.ParquetWriter(final_temp, self.schema) as writer:
+            for index in range(self._segments):
+                writer.write_table(self.pa.parquet.read_table(self._segment(index)))
+        with open(final_temp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(final_temp, self.path)
+        fsync_dir(self.path.parent)
+        shutil.rmtree(self.folder)
+
+    async def commit(self) -> None:
+        """Stream the segments into the final file and rename it into place."""
+        import asyncio
+
+        await self.sync()
+        try:
+            await asyncio.to_thread(self._assemble)
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
+
+    async def abort(self) -> None:
+        """Drop rows not yet synced; the segments stay for ``--resume``."""
+        self._pending = []
+        with contextlib.suppress(OSError):
+            self.folder.mkdir(exist_ok=True)

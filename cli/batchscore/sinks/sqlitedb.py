@@ -1,0 +1,107 @@
+"""SQLite output: a ``predictions`` table, written through aiosqlite.
+
+The database is built under a temporary name beside the final path and renamed into place on
+success.  A sync is a committed transaction; its length is the number of rows committed, so a
+resumed run deletes rows past that point and appends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+from batchscore.errors import OutputExistsError
+from batchscore.sinks import Columns, ScoredBatch
+from batchscore.sinks.files import fsync_dir, temp_path, write_error
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class SqliteSink:
+    """Rows into table ``predictions`` of a new SQLite file."""
+
+    TABLE = "predictions"
+
+    def __init__(self, path: Path, columns: Columns, *, overwrite: bool) -> None:
+        self.path = path
+        self.temp = temp_path(path)
+        self.columns = columns
+        self.overwrite = overwrite
+        self._db: Any = None
+        self._rows = 0
+
+    def _column_types(self) -> list[tuple[str, str]]:
+        types = [("id", "TEXT")]
+        types += [(name, "REAL") for name in self.columns.scores]
+        types += [(name, "TEXT") for name in self.columns.keep]
+        for i in range(1, self.columns.explain + 1):
+            types += [(f"explain_{i}_feature", "TEXT"), (f"explain_{i}_contribution", "REAL")]
+        return types
+
+    async def open(self, resume_at: int | None = None) -> None:
+        """Create the table (or take over a stopped run's database, cut back to ``resume_at``)."""
+        import aiosqlite
+
+        if self.path.exists() and not self.overwrite:
+            raise OutputExistsError(
+                f"output {self.path} already exists; "
+                "pass --overwrite to replace it or choose another -o"
+            )
+        if resume_at is None:
+            with contextlib.suppress(FileNotFoundError):
+                self.temp.unlink()
+        try:
+            self._db = await aiosqlite.connect(self.temp, isolation_level="DEFERRED")
+            await self._db.execute("PRAGMA synchronous = FULL")
+            body = ", ".join(f"{_quote(n)} {t}" for n, t in self._column_types())
+            await self._db.execute(f"CREATE TABLE IF NOT EXISTS {self.TABLE} ({body})")
+            if resume_at is not None:
+                await self._db.execute(f"DELETE FROM {self.TABLE} WHERE rowid > ?", (resume_at,))
+                self._rows = resume_at
+            await self._db.commit()
+        except Exception as exc:
+            raise write_error(self.path, OSError(str(exc))) from None
+
+    async def write(self, batch: ScoredBatch) -> None:
+        """Insert the batch's rows (committed at the next sync)."""
+        from batchscore.sinks.encoders import rows
+
+        width = len(self.columns.names)
+        placeholders = ",".join("?" * width)
+        try:
+            await self._db.executemany(
+                f"INSERT INTO {self.TABLE} VALUES ({placeholders})", rows(self.columns, batch)
+            )
+        except Exception as exc:
+            raise write_error(self.path, OSError(str(exc))) from None
+        self._rows += len(batch)
+
+    async def sync(self) -> int:
+        """Commit the transaction; the number of rows is the resume point."""
+        try:
+            await self._db.commit()
+        except Exception as exc:
+            raise write_error(self.path, OSError(str(exc))) from None
+        return self._rows
+
+    async def commit(self) -> None:
+        """Commit, close, rename into place."""
+        await self.sync()
+        await self._db.close()
+        self._db = None
+        try:
+            os.replace(self.temp, self.path)
+            fsync_dir(self.path.parent)
+        except OSError as exc:
+            raise write_error(self.path, exc) from None
+
+    async def abort(self) -> None:
+        """Close, keeping the committed rows for ``--resume``."""
+        if self._db is not None:
+            db, self._db = self._db, None
+            with contextlib.suppress(Exception):
+                await db.close()
