@@ -184,12 +184,16 @@ def plan(settings: Settings) -> _Plan:
     if settings.input.keep and in_format == "text":
         raise UsageError("--keep needs a CSV or JSON-lines input; plain text has only IDs")
     resumable = not is_stream_path(output)
-    if resumable and not Path(output).parent.is_dir():
-        raise UsageError(f"the folder for output {output} does not exist; create it first")
-    if resumable and Path(output).exists() and not settings.output.overwrite:
-        raise UsageError(
-            f"output {output} already exists; pass --overwrite to replace it or choose another -o"
-        )
+    try:
+        if resumable and not Path(output).parent.is_dir():
+            raise UsageError(f"the folder for output {output} does not exist; create it first")
+        if resumable and Path(output).exists() and not settings.output.overwrite:
+            raise UsageError(
+                f"output {output} already exists; "
+                "pass --overwrite to replace it or choose another -o"
+            )
+    except OSError as exc:
+        raise write_error(output, exc) from None
     errors_path = settings.output.errors or (output + ".errors.jsonl" if resumable else None)
     model = Model(info, threads=settings.score.threads)
     columns = Columns(info.score_columns(), settings.input.keep, settings.score.explain)

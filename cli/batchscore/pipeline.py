@@ -224,6 +224,7 @@ class Pipeline:
         self._prefix = 0
         self._mark = 0
         self._beyond: dict[int, int] = {}
+        self._dirty = False  # rows written since the last checkpoint
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchscore-score")
         n = len(model.info.features)
         self.stats.quality = FeatureQuality(np.zeros(n, np.int64), np.zeros(n, np.int64))
@@ -499,7 +500,18 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         next_checkpoint = loop.time() + self.options.checkpoint_interval
         while True:
-            item = await to_write.get()
+            try:
+                item = to_write.get_nowait()
+            except asyncio.QueueEmpty:
+                # Nothing to write now: wait, but commit what is written when a commit is due,
+                # so a stalled input (a slow stdin) never leaves written rows uncommitted.
+                try:
+                    timeout = max(next_checkpoint - loop.time(), 0.001)
+                    item = await asyncio.wait_for(to_write.get(), timeout)
+                except TimeoutError:
+                    await self._checkpoint()
+                    next_checkpoint = loop.time() + self.options.checkpoint_interval
+                    continue
             if item is _END:
                 break
             if isinstance(item, Failed):
@@ -521,6 +533,7 @@ class Pipeline:
             if ready:
                 await self._emit([outcome for _, outcome in ready])
                 self._advance(ready)
+                self._dirty = True
                 for _ in ready:
                     window.release()
                 self.progress.update(self.stats)
@@ -544,7 +557,8 @@ class Pipeline:
                 self._beyond[seq] = line
 
     async def _checkpoint(self) -> None:
-        if self.checkpoint is not None:
+        if self.checkpoint is not None and self._dirty:
+            self._dirty = False
             with self._clocks["write"]:
                 await self.checkpoint(self._mark, frozenset(self._beyond.values()))
 
