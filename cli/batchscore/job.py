@@ -37,7 +37,7 @@ from batchscore.report import RunStats, summary_lines, write_metrics, write_repo
 from batchscore.settings import Settings, parse_shard
 from batchscore.sinks import Columns, Sink, output_format
 from batchscore.sinks.errorlog import ErrorLog
-from batchscore.sinks.files import ByteTarget, FileTarget, StdoutTarget, temp_path
+from batchscore.sinks.files import ByteTarget, FileTarget, StdoutTarget, temp_path, write_error
 from batchscore.sources import Source, build_sources
 from batchscore.sources.limits import Limits
 from batchscore.state import Progress, RunLock, RunState
