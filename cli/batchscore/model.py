@@ -13,6 +13,7 @@ exactly what LightGBM's own pandas path builds, so scores are bit-identical to `
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import math
@@ -163,8 +164,12 @@ def _verify_in_child(path: str, n_features: int) -> None:
         "b.predict(n.full((1,int(sys.argv[2])),n.nan),num_threads=1)\n"
     )
     message = ""
-    if hasattr(os, "fork") and threading.active_count() == 1:
-        lightgbm = lightgbm_module()  # imported once here, inherited by the child
+    lightgbm = lightgbm_module()
+    # A forked child inherits no OpenMP worker threads, yet OpenMP still counts on the pool that
+    # an earlier predict in this process started: capped at one thread, the child never waits
+    # for it (uncapped, it hangs, and this process with it).
+    set_max_threads = getattr(lightgbm.basic._LIB, "LGBM_SetMaxThreads", None)
+    if hasattr(os, "fork") and threading.active_count() == 1 and set_max_threads is not None:
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
@@ -174,6 +179,7 @@ def _verify_in_child(path: str, n_features: int) -> None:
             os.dup2(null, 2)
             status = 0
             try:
+                set_max_threads(ctypes.c_int(1))
                 booster = lightgbm.Booster(model_file=path)
                 booster.predict(np.full((1, n_features), np.nan), num_threads=1)
             except BaseException as exc:
