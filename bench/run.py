@@ -571,32 +571,38 @@ def startup(ctx: Context) -> dict[str, Any]:
 
 
 def profile(scenario: Scenario, work: Path) -> Path | None:
-    """Run the scenario's default batchscore variant once under py-spy; summarise it."""
+    """Run the scenario's default batchscore variant under py-spy; summarise where time goes.
+
+    Three runs: a speedscope file of every thread; raw samples of every active thread; raw
+    samples of only the thread holding the GIL (``--gil``).  The pipeline is one process, so the
+    GIL profile is the one that shows what limits it when the GIL is saturated.
+    """
     spy = shutil.which("py-spy") or str(harness.BIN / "py-spy")
     if not Path(spy).exists():
         say("  py-spy is not installed (pip install -e '.[bench]'); no profile")
         return None
     variant = scenario.variants[0]
-    raw = work / f"profile-{scenario.name}.txt"
-    speedscope = work / f"profile-{scenario.name}.speedscope.json"
-    for fmt, target in (("raw", raw), ("speedscope", speedscope)):
-        cmd = [
-            spy,
-            "record",
-            "--format",
-            fmt,
-            "-o",
-            str(target),
-            "-r",
-            "250",
-            "--threads",
-            "--",
-            *variant.cmd,
-        ]
-        harness.run_measured(cmd, cpus=variant.cpus, log=work / f"profile-{scenario.name}.log")
-    summary = work / f"profile-{scenario.name}.summary.txt"
-    summary.write_text(summarise_profile(raw, rate=250))
-    say(f"  profile of {scenario.name}: {summary} (speedscope: {speedscope})")
+    base = work / f"profile-{scenario.name}"
+    runs = (
+        ("speedscope", Path(f"{base}.speedscope.json"), ()),
+        ("raw", Path(f"{base}.txt"), ()),
+        ("raw", Path(f"{base}.gil.txt"), ("--gil",)),
+    )
+    for fmt, target, extra in runs:
+        cmd = [spy, "record", "--format", fmt, "-o", str(target), "-r", "250", "--threads"]
+        cmd += [*extra, "--", *variant.cmd]
+        m = harness.run_measured(cmd, cpus=variant.cpus, log=Path(f"{base}.log"))
+        if not m.ok:
+            say(f"  py-spy failed: {m.stderr_tail}")
+            return None
+    summary = Path(f"{base}.summary.txt")
+    summary.write_text(
+        f"{harness.display(variant.cmd)}\n\n== active threads ==\n"
+        + summarise_profile(Path(f"{base}.txt"), rate=250)
+        + "\n== GIL holder ==\n"
+        + summarise_profile(Path(f"{base}.gil.txt"), rate=250)
+    )
+    say(f"  profile of {scenario.name}: {summary} (speedscope: {base}.speedscope.json)")
     return summary
 
 
@@ -605,6 +611,7 @@ def summarise_profile(raw: Path, rate: int, top: int = 25) -> str:
     threads: dict[str, int] = {}
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
+    loop: dict[str, int] = {}  # event-loop time by the task or callback running
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -618,11 +625,20 @@ def summarise_profile(raw: Path, rate: int, top: int = 25) -> str:
         own[frames[-1]] = own.get(frames[-1], 0) + count
         for frame in set(frames[1:]):
             inclusive[frame] = inclusive.get(frame, 0) + count
+        runs = [i for i, frame in enumerate(frames) if frame.startswith("Handle._run ")]
+        if runs and runs[-1] + 1 < len(frames):
+            task = frames[runs[-1] + 1].rsplit(":", 1)[0] + ")"  # the function, any line
+            loop[task] = loop.get(task, 0) + count
     lines = [f"{total} samples at {rate} Hz = {total / rate:.2f} busy seconds (all threads)", ""]
     lines.append("busy seconds per thread:")
     for name, count in sorted(threads.items(), key=lambda kv: -kv[1]):
         lines.append(f"  {count / rate:7.2f} s  {name}")
-    for title, table in (("self time", own), ("inclusive time", inclusive)):
+    tables = (
+        ("self time", own),
+        ("inclusive time", inclusive),
+        ("event-loop time, by the task or callback running", loop),
+    )
+    for title, table in tables:
         lines += ["", f"top {top} by {title}:"]
         for frame, count in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
             lines.append(f"  {count / rate:7.2f} s  {100 * count / total:5.1f}%  {frame}")
