@@ -83,20 +83,24 @@ def read_text(stream: BinaryIO) -> Iterator[InputItem]:
 def read_csv(stream: BinaryIO, id_column: str, keep: tuple[str, ...]) -> Iterator[InputItem]:
     """CSV with a header row; the ID from ``id_column``, ``keep`` columns carried through."""
     problems: list[InputProblem] = []
-    current = [0]
+    first_line: list[int | None] = [None]  # where the record being read starts (it may span lines)
 
     def decoded() -> Iterator[str]:
         for number, raw in _physical_lines(stream):
-            current[0] = number
             try:
-                yield raw.decode("utf-8")
+                text = raw.decode("utf-8")
             except UnicodeDecodeError:
                 problems.append(InputProblem(number, None, "invalid_utf8"))
+                continue
+            if first_line[0] is None:
+                first_line[0] = number
+            yield text
 
     reader = csv.reader(decoded())
     header = next(reader, None)
     if header is None:
         return
+    first_line[0] = None
     header = [h.strip() for h in header]
     missing = [c for c in (id_column, *keep) if c not in header]
     if missing:
@@ -109,10 +113,10 @@ def read_csv(stream: BinaryIO, id_column: str, keep: tuple[str, ...]) -> Iterato
     for row in reader:
         yield from problems
         problems.clear()
-        number = current[0]
+        number, first_line[0] = first_line[0] or 0, None
         if not row or all(not c.strip() for c in row):
             continue
-        if len(row) <= max(id_index, *keep_index):
+        if len(row) <= max((id_index, *keep_index)):
             yield InputProblem(number, None, "short_row")
             continue
         value = row[id_index].strip()

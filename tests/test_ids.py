@@ -1,0 +1,199 @@
+"""The ID readers (plain text, CSV, JSON lines) on messy input, read in memory.
+
+What the user sees of these (the errors file, the output IDs) is checked end to end through the
+real command in test_cli.py; here each rule of SPEC.md "Input IDs" is pinned down on its own.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from batchscore.errors import UsageError
+from batchscore.ids import IdRow, InputProblem, count_lines, detect_format, read_ids
+
+BOM = b"\xef\xbb\xbf"
+
+
+def read(data: bytes, fmt: str = "text", **options: object) -> list[IdRow | InputProblem]:
+    keep = tuple(options.pop("keep", ()))  # type: ignore[call-overload]
+    id_column = str(options.pop("id_column", "id"))
+    id_field = str(options.pop("id_field", "id"))
+    return list(read_ids(io.BytesIO(data), fmt, id_column, id_field, keep))
+
+
+def ids_and_lines(items: list[IdRow | InputProblem]) -> list[tuple[int, str | None]]:
+    return [(item.line, item.id) for item in items]
+
+
+# -- plain text -----------------------------------------------------------------------------------
+
+
+def test_text_strips_bom_crlf_and_whitespace_and_skips_blank_lines_counting_them() -> None:
+    data = BOM + b"A1\r\n\r\n   \n\t B 2 \t\r\n\nC3"
+    assert ids_and_lines(read(data)) == [(1, "A1"), (4, "B 2"), (6, "C3")]
+
+
+def test_text_ids_are_strings_kept_exactly() -> None:
+    items = read(b"007\n7\n1e3\n-0\n")
+    assert [item.id for item in items] == ["007", "7", "1e3", "-0"]
+
+
+def test_text_duplicates_are_kept_once_per_occurrence() -> None:
+    assert [item.id for item in read(b"A\nB\nA\nA\n")] == ["A", "B", "A", "A"]
+
+
+def test_invalid_utf8_line_is_an_input_problem_and_reading_goes_on() -> None:
+    items = read(b"A\n\xff\xfeB\nC\n")
+    assert items[0] == IdRow(1, "A")
+    assert isinstance(items[1], InputProblem)
+    assert (items[1].line, items[1].reason) == (2, "invalid_utf8")
+    assert items[2] == IdRow(3, "C")
+
+
+def test_id_of_1024_characters_is_fine_and_1025_is_an_input_problem() -> None:
+    # Characters, not bytes: 1,024 two-byte characters are still a valid ID.
+    longest = "ü" * 1024
+    items = read(f"{longest}\n{'x' * 1025}\nok\n".encode())
+    assert items[0] == IdRow(1, longest)
+    assert isinstance(items[1], InputProblem)
+    assert (items[1].line, items[1].reason) == (2, "id_too_long")
+    assert items[2] == IdRow(3, "ok")
+
+
+def test_a_bom_is_only_stripped_at_the_start_of_the_input() -> None:
+    assert [item.id for item in read(BOM + b"A\n" + b"B\n")] == ["A", "B"]
+
+
+def test_keep_with_plain_text_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="--keep"):
+        read(b"A\n", keep=("x",))
+
+
+# -- CSV ------------------------------------------------------------------------------------------
+
+
+def test_csv_takes_the_id_column_and_carries_keep_columns() -> None:
+    data = BOM + b'segment,customer,note\r\nx,007,"a, b"\r\n\r\ny,C2,"say ""hi"""\r\n'
+    items = read(data, "csv", id_column="customer", keep=("note", "segment"))
+    assert items == [IdRow(2, "007", ("a, b", "x")), IdRow(4, "C2", ('say "hi"', "y"))]
+
+
+def test_csv_header_names_are_matched_after_stripping_whitespace() -> None:
+    items = read(b" id , score_band \nA,high\n", "csv", keep=("score_band",))
+    assert items == [IdRow(2, "A", ("high",))]
+
+
+def test_csv_without_the_id_column_is_a_usage_error_naming_the_columns() -> None:
+    with pytest.raises(UsageError) as error:
+        read(b"customer,segment\nA,x\n", "csv", id_column="id")
+    assert "'id'" in error.value.message
+    assert "customer, segment" in error.value.message
+    assert "--id-column" in error.value.message
+
+
+def test_csv_bad_rows_become_problems_with_their_line_numbers() -> None:
+    data = b"id,segment\nA,x\n,y\n\xff,z\nB\nC,w\n"
+    items = read(data, "csv", keep=("segment",))
+    assert [(i.line, i.id) for i in items if isinstance(i, IdRow)] == [(2, "A"), (6, "C")]
+    problems = [(i.line, i.reason) for i in items if isinstance(i, InputProblem)]
+    assert problems == [(3, "missing_id"), (4, "invalid_utf8"), (5, "short_row")]
+    assert [i.line for i in items] == [2, 3, 4, 5, 6]  # in input order
+
+
+def test_csv_items_come_in_input_order() -> None:
+    data = b"id\nA\n\xff\nB\n\n\xfe\nC\n"
+    assert [item.line for item in read(data, "csv")] == [2, 3, 4, 6, 7]
+
+
+def test_csv_record_spanning_lines_is_numbered_by_its_first_line() -> None:
+    data = b'id,note\nA,"two\nlines"\n' + b"x" * 1025 + b",n\n"
+    items = read(data, "csv", keep=("note",))
+    assert items[0] == IdRow(2, "A", ("two\nlines",))
+    assert isinstance(items[1], InputProblem)
+    assert (items[1].line, items[1].reason) == (4, "id_too_long")
+
+
+def test_empty_csv_gives_nothing() -> None:
+    assert read(b"", "csv") == []
+
+
+# -- JSON lines -----------------------------------------------------------------------------------
+
+
+def test_jsonl_takes_the_id_field_as_a_string_and_carries_keep_fields() -> None:
+    data = (
+        BOM + b'{"account": "007", "n": 1.5, "tag": "x"}\r\n'
+        b"\n"
+        b'{"account": 42, "tag": null}\n'
+        b'{"account": " C3 ", "n": [1, 2], "tag": "y"}\n'
+    )
+    items = read(data, "jsonl", id_field="account", keep=("tag", "n"))
+    assert items == [
+        IdRow(1, "007", ("x", "1.5")),
+        IdRow(3, "42", ("", "")),
+        IdRow(4, "C3", ("y", "[1,2]")),
+    ]
+
+
+def test_jsonl_bad_lines_become_problems_with_their_line_numbers() -> None:
+    data = (
+        b'{"id": "A"}\n'
+        b"not json\n"
+        b'["id", "B"]\n'
+        b'{"other": "C"}\n'
+        b'{"id": true}\n'
+        b'{"id": "  "}\n'
+        b'{"id": "\xff"}\n'
+        b'{"id": "' + b"x" * 1025 + b'"}\n'
+        b'{"id": "Z"}\n'
+    )
+    items = read(data, "jsonl")
+    assert [(item.line, type(item).__name__, getattr(item, "reason", None)) for item in items] == [
+        (1, "IdRow", None),
+        (2, "InputProblem", "invalid_json"),
+        (3, "InputProblem", "invalid_json"),
+        (4, "InputProblem", "missing_id"),
+        (5, "InputProblem", "missing_id"),
+        (6, "InputProblem", "missing_id"),
+        (7, "InputProblem", "invalid_utf8"),
+        (8, "InputProblem", "id_too_long"),
+        (9, "IdRow", None),
+    ]
+
+
+# -- formats and counting -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "given", "expected"),
+    [
+        ("ids.txt", None, "text"),
+        ("ids", None, "text"),
+        ("-", None, "text"),
+        ("ids.csv", None, "csv"),
+        ("IDS.CSV", None, "csv"),
+        ("ids.jsonl", None, "jsonl"),
+        ("ids.ndjson", None, "jsonl"),
+        ("ids.txt", "csv", "csv"),
+        ("-", "jsonl", "jsonl"),
+    ],
+)
+def test_input_format_comes_from_the_flag_then_the_extension(
+    path: str, given: str | None, expected: str
+) -> None:
+    assert detect_format(path, given) == expected
+
+
+@pytest.mark.parametrize(
+    ("content", "lines"),
+    [(b"", 0), (b"A", 1), (b"A\n", 1), (b"A\n\nB", 3), (b"A\r\n\r\nB\r\n", 3)],
+)
+def test_line_count_for_the_progress_total_includes_blank_lines(
+    tmp_path: Path, content: bytes, lines: int
+) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_bytes(content)
+    assert count_lines(str(path)) == lines
