@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batchscore.configtools import build, check_keys, expand_env, suggest
+from batchscore.configtools import build, check_keys, coerce, expand_env, suggest
 from batchscore.errors import ConfigError
 
 
@@ -211,7 +212,9 @@ def resolve(
 
     for opt in OPTIONS:
         if opt.env in environ and environ[opt.env] != "":
-            merged[opt.section][opt.key] = environ[opt.env]
+            # Checked here so that a bad value is reported under the variable that set it.
+            field_type = typing.get_type_hints(SECTIONS[opt.section])[opt.key]
+            merged[opt.section][opt.key] = coerce(environ[opt.env], field_type, opt.env)
     for opt in OPTIONS:
         value = flags.get(opt.flag)
         if value is not None and value not in ((), []):
