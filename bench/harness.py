@@ -30,6 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TASKSET = shutil.which("taskset")
+GNU_TIME = "/usr/bin/time" if Path("/usr/bin/time").exists() else None
 CLIENT_CPUS = "0"
 SERVER_CPUS = "1"
 # Children cache bytecode as an installed package does, even where the caller's environment
@@ -50,6 +51,7 @@ class Measure:
     stdout: str = ""
     server_cpu: float | None = None
     server_max_inflight: int | None = None
+    inner: float | None = None  # seconds of the run proper (without start-up), if known
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -73,10 +75,21 @@ def pinned(cmd: Sequence[str], cpus: str | None) -> list[str]:
 def run_measured(
     cmd: Sequence[str], *, cpus: str | None, log: Path, timeout: float = 1800.0
 ) -> Measure:
-    """Run ``cmd`` to completion (cwd = project root); time it and read its rusage."""
+    """Run ``cmd`` to completion (cwd = project root); time it and read its rusage.
+
+    Peak RSS comes from GNU time (``/usr/bin/time -f %M``) when installed: the ``ru_maxrss`` of
+    a process forked from this one also counts this process's pages at fork (Linux carries the
+    pre-exec high-water mark over), so it would report the harness's size for small runs.
+    GNU time forks the measured command from a tiny process.  Without it, ``VmHWM`` is polled.
+    """
     full = pinned(cmd, cpus)
     log.parent.mkdir(parents=True, exist_ok=True)
     err_path = log.with_suffix(".stderr")
+    rss_path = log.with_suffix(".rss")
+    rss_path.unlink(missing_ok=True)
+    if GNU_TIME is not None:
+        full = [GNU_TIME, "-f", "%M", "-o", str(rss_path), *full]
+    peak = [0]
     with log.open("wb") as out, err_path.open("wb") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(
@@ -84,20 +97,41 @@ def run_measured(
         )
         killer = threading.Timer(timeout, proc.kill)
         killer.start()
+        if GNU_TIME is None:
+            threading.Thread(target=_poll_hwm, args=(proc.pid, peak), daemon=True).start()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
         killer.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)
+    rss_kb = peak[0]
+    if rss_path.exists():
+        with contextlib.suppress(ValueError, IndexError):
+            rss_kb = int(rss_path.read_text().split()[-1])
     stderr = err_path.read_text(errors="replace").strip().splitlines()
     return Measure(
         wall=wall,
         user=usage.ru_utime,
         system=usage.ru_stime,
-        max_rss_mb=usage.ru_maxrss / 1024,
+        max_rss_mb=rss_kb / 1024,
         returncode=proc.returncode,
         stderr_tail=" | ".join(stderr[-3:])[-400:],
         stdout=log.read_text(errors="replace")[-2000:],
     )
+
+
+def _poll_hwm(pid: int, peak: list[int]) -> None:
+    """Keep ``peak[0]`` at the process's ``VmHWM`` (kB) until it exits."""
+    status = Path(f"/proc/{pid}/status")
+    while True:
+        try:
+            text = status.read_text()
+        except OSError:
+            return
+        match = re.search(r"^VmHWM:\s*(\d+) kB", text, re.M)
+        if match is None:  # a zombie: its memory is gone
+            return
+        peak[0] = max(peak[0], int(match.group(1)))
+        time.sleep(0.01)
 
 
 def process_cpu(pid: int) -> float:
