@@ -279,8 +279,12 @@ def _identity(p: _Plan) -> dict[str, Any]:
 async def _run(p: _Plan, env: Environment, stats: RunStats) -> None:
     """The async part of a job: open everything, run the pipeline, commit or keep state."""
     settings = p.settings
-    limits = Limits(concurrency=settings.fetch.concurrency, rate_limit=settings.fetch.rate_limit)
-    sources = build_sources(settings.sources, limits, settings.fetch)
+    limits = Limits(
+        concurrency=settings.fetch.concurrency,
+        rate_limit=settings.fetch.rate_limit,
+        observe=stats.observe,
+    )
+    sources = build_sources(settings.sources, limits, settings.fetch, stats)
     shard = parse_shard(settings.input.shard) if settings.input.shard else None
     opened: list[Source] = []
     with ExitStack() as stack:

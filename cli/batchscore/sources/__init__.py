@@ -10,7 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from batchscore.report import RunStats
+    from batchscore.settings import FetchSettings
+    from batchscore.sources.limits import Limits
 
 Features = Mapping[str, Any]
 
@@ -19,7 +24,7 @@ Features = Mapping[str, Any]
 class Failure:
     """Why a source could not give an ID's features."""
 
-    reason: str  # not_found, timeout, connect_error, http_500, malformed, ...
+    reason: str  # not_found, timeout, connect_error, http_500, malformed_response, ...
     status: int | None = None
     attempts: int = 1
     retryable: bool = False
@@ -58,11 +63,22 @@ def apply_rename(features: Mapping[str, Any], rename: Mapping[str, str]) -> dict
 
 
 def build_sources(
-    tables: Sequence[Mapping[str, Any]], limits: Any, policy: Any = None
+    tables: Sequence[Mapping[str, Any]],
+    limits: Limits,
+    fetch: FetchSettings,
+    stats: RunStats,
 ) -> list[Source]:
-    """Build every configured source (validated, not yet opened)."""
-    from batchscore.errors import ConfigError
+    """Build every configured source (validated, not yet opened).
 
+    The secrets in the tables (header values, URL credentials and query values) are registered
+    with :mod:`batchscore.redact` first, so that no message about them can show them.
+    """
+    from batchscore.errors import ConfigError
+    from batchscore.redact import register_sources
+    from batchscore.sources.retry import RetryPolicy
+
+    register_sources(tables)
+    policy = RetryPolicy.from_settings(fetch)
     sources: list[Source] = []
     for i, table in enumerate(tables):
         where = f"sources[{i}]"
@@ -71,6 +87,14 @@ def build_sources(
             from batchscore.sources.sqlite import SqliteSource
 
             sources.append(SqliteSource.from_table(table, where, limits))
+        elif kind == "http":
+            from batchscore.sources.http import HttpSource
+
+            sources.append(HttpSource.from_table(table, where, limits, policy, stats))
+        elif kind == "feast":
+            from batchscore.sources.feast import FeastSource
+
+            sources.append(FeastSource.from_table(table, where, limits, policy, stats))
         else:
             raise ConfigError(f"{where}: kind '{kind}' is not supported by this build")
     return sources

@@ -2,13 +2,15 @@
 
 Bounded by construction: a request holds a slot of one semaphore for its whole life, so there are
 never more than ``concurrency`` requests in flight, whatever the input size or number of sources.
+The time a request holds its slot is its latency (waiting for a slot or for the rate limit is
+queueing, not latency): :meth:`Limits.request` reports it to ``observe`` per source.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 
@@ -35,24 +37,38 @@ class RateLimiter:
 class Limits:
     """The bound on requests in flight (``concurrency``) and on their rate (``rate_limit``)."""
 
-    def __init__(self, *, concurrency: int, rate_limit: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        rate_limit: float = 0.0,
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.concurrency = concurrency
         self._slots = asyncio.Semaphore(concurrency)
         self._rate = RateLimiter(rate_limit) if rate_limit > 0 else None
+        self._observe = observe
         self.in_flight = 0
         self.max_in_flight = 0
 
     @asynccontextmanager
-    async def request(self) -> AsyncIterator[None]:
-        """Hold one request slot (and respect the rate) for the body of the ``async with``."""
+    async def request(self, source: str | None = None) -> AsyncIterator[None]:
+        """Hold one request slot (and respect the rate) for the body of the ``async with``.
+
+        With a ``source`` name, the time the body takes is reported to ``observe`` (also when
+        it fails: a failed attempt is a request too).
+        """
         async with self._slots:
             if self._rate is not None:
                 await self._rate.wait()
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            started = time.monotonic()
             try:
                 yield
             finally:
                 self.in_flight -= 1
+                if self._observe is not None and source is not None:
+                    self._observe(source, time.monotonic() - started)

@@ -127,7 +127,7 @@ class SqliteSource:
         if keys:
             placeholders = "(" + ",".join("?" * len(keys)) + ")"
             names = [self.config.rename.get(c, c) for c in self._columns]
-            async with self._limits.request():
+            async with self._limits.request(self.name):
                 cursor = await self._db.execute(self._select + placeholders, list(keys))
                 rows = await cursor.fetchall()
             for row in rows:

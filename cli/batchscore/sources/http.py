@@ -1,0 +1,242 @@
+"""HTTP feature source: one GET per ID (``mode = "per_id"``) or one POST per batch (``"batch"``).
+
+per_id
+    ``GET url`` with ``{id}`` replaced by the percent-encoded ID, so that an ID can never change
+    the path or the host (``a/b c`` is sent as ``a%2Fb%20c``; an ID of only dots as ``%2E``s,
+    which no client or server treats as a ``.``/``..`` segment).  200: a JSON object whose
+    ``features_path`` (dotted; default empty, the whole body) is the feature mapping.  404: the
+    ID is not found.
+batch
+    ``POST url`` with ``{"<ids_key>": [...]}``, at most ``batch_size`` IDs (duplicates sent once).
+    The response's ``results_path`` (default ``results``) is a list of records, each with
+    ``id_field`` and the features at ``features_path`` (default ``features``), or an object keyed
+    by ID whose values are the features (or hold them at ``features_path`` when it is set).
+    IDs absent from the response are not found.
+
+Requests, limits, timeouts, statuses and retries are :class:`~batchscore.sources.httpclient.
+Endpoint`'s business; this module only knows URLs, bodies and response shapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+import orjson
+
+from batchscore.configtools import build, suggest
+from batchscore.errors import ConfigError
+from batchscore.report import RunStats
+from batchscore.sources import NOT_FOUND, Failure, FetchResult, apply_rename
+from batchscore.sources.httpclient import (
+    ClientOptions,
+    Endpoint,
+    Malformed,
+    check_options,
+    check_url,
+    dig,
+    features_at,
+)
+from batchscore.sources.limits import Limits
+from batchscore.sources.retry import RetryPolicy
+
+MODES = ("per_id", "batch")
+MAX_BATCH = 10_000
+PLACEHOLDER = "{id}"
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """``[[sources]]`` keys for ``kind = "http"``."""
+
+    name: str
+    kind: str
+    url: str
+    mode: str = "per_id"
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout: float = 10.0  # seconds for a whole attempt: connect, headers and body
+    features_path: str | None = None  # None: "" for per_id, "features" for batch records
+    results_path: str = "results"
+    id_field: str = "id"
+    ids_key: str = "ids"
+    batch_size: int | None = None  # batch mode only; default 100
+    ca_bundle: str | None = None
+    insecure: bool = False
+    proxy: str | None = None  # e.g. "http://proxy:3128"; proxy variables are never read
+    rename: dict[str, str] = field(default_factory=dict)
+    wins: tuple[str, ...] = ()
+
+    @property
+    def client_options(self) -> ClientOptions:
+        """The connection settings."""
+        return ClientOptions(self.timeout, self.headers, self.ca_bundle, self.insecure, self.proxy)
+
+
+def encode_id(id_: str) -> str:
+    """``id_`` as one opaque path segment: percent-encoded, dots too if it is only dots."""
+    encoded = quote(id_, safe="")
+    if encoded and not encoded.strip("."):
+        return "%2E" * len(encoded)
+    return encoded
+
+
+def _check_template(url: str, where: str) -> None:
+    if PLACEHOLDER not in url:
+        raise ConfigError(
+            f'{where}.url needs {PLACEHOLDER} where the ID goes (mode = "per_id"), '
+            'e.g. "http://host/features/{id}"; or set mode = "batch"'
+        )
+    probe = url.replace(PLACEHOLDER, "batchscoreid")
+    check_url(probe, f"{where}.url")
+    parts = urlsplit(probe)
+    if "batchscoreid" in parts.scheme + parts.netloc:
+        raise ConfigError(f"{where}.url may have {PLACEHOLDER} in its path or query, not its host")
+
+
+class HttpSource:
+    """Features from an HTTP feature service, per ID or in batches."""
+
+    def __init__(self, config: HttpConfig, endpoint: Endpoint) -> None:
+        self.config = config
+        self.name = config.name
+        self.per_id = config.mode == "per_id"
+        # per_id: one ID per fetch, so the pipeline's latency figures are per request.
+        self.batch_size = 1 if self.per_id else (config.batch_size or 100)
+        self._endpoint = endpoint
+        self._template = config.url.split(PLACEHOLDER)
+        default_path = "" if self.per_id else "features"
+        self._features_path = (
+            config.features_path if config.features_path is not None else default_path
+        )
+        self._batch_url = httpx.URL(config.url)
+
+    @classmethod
+    def from_table(
+        cls,
+        table: Mapping[str, Any],
+        where: str,
+        limits: Limits,
+        policy: RetryPolicy,
+        stats: RunStats,
+    ) -> HttpSource:
+        """Validate a ``[[sources]]`` table and build the source."""
+        config = build(HttpConfig, {"name": "http", **table}, where)
+        if config.mode not in MODES:
+            raise ConfigError(
+                f"{where}.mode must be per_id or batch, not '{config.mode}'"
+                + suggest(config.mode, MODES)
+            )
+        check_options(config.client_options, where)
+        if config.mode == "per_id":
+            _check_template(config.url, where)
+            if config.batch_size is not None:
+                raise ConfigError(
+                    f'{where}.batch_size applies to mode = "batch" only; per_id sends one ID '
+                    "per request (--concurrency bounds how many at once)"
+                )
+        else:
+            check_url(config.url, f"{where}.url")
+            if PLACEHOLDER in config.url:
+                raise ConfigError(
+                    f'{where}.url has {PLACEHOLDER} but mode = "batch" POSTs the IDs in the body; '
+                    'remove it or use mode = "per_id"'
+                )
+            if not 1 <= (config.batch_size or 100) <= MAX_BATCH:
+                raise ConfigError(f"{where}.batch_size must be between 1 and {MAX_BATCH}")
+        endpoint = Endpoint(
+            source=config.name,
+            options=config.client_options,
+            limits=limits,
+            policy=policy,
+            stats=stats,
+        )
+        return cls(config, endpoint)
+
+    async def open(self) -> None:
+        """Create the connection pool (nothing is sent until the first fetch)."""
+        self._endpoint.open()
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._endpoint.close()
+
+    def provides(self) -> None:
+        """Unknown until a response arrives."""
+        return None
+
+    async def fetch(self, ids: Sequence[str]) -> list[FetchResult]:
+        """Features or a Failure per ID, in order."""
+        if self.per_id:
+            if len(ids) == 1:
+                return [await self._fetch_one(ids[0])]
+            return list(await asyncio.gather(*(self._fetch_one(i) for i in ids)))
+        unique = list(dict.fromkeys(ids))
+        size = self.batch_size
+        parts = await asyncio.gather(
+            *(self._fetch_batch(unique[i : i + size]) for i in range(0, len(unique), size))
+        )
+        answers: dict[str, FetchResult] = {}
+        for part in parts:
+            answers.update(part)
+        return [answers[i] for i in ids]
+
+    # -- per ID
+
+    async def _fetch_one(self, id_: str) -> FetchResult:
+        url = httpx.URL(encode_id(id_).join(self._template))
+        return await self._endpoint.request("GET", url, self._parse_one, per_id=True)
+
+    def _parse_one(self, content: bytes) -> dict[str, Any]:
+        body = orjson.loads(content)
+        return apply_rename(features_at(body, self._features_path, "response"), self.config.rename)
+
+    # -- batch
+
+    async def _fetch_batch(self, ids: list[str]) -> dict[str, FetchResult]:
+        body = orjson.dumps({self.config.ids_key: ids})
+        answer = await self._endpoint.request(
+            "POST", self._batch_url, partial(self._parse_batch, frozenset(ids)), body=body
+        )
+        if isinstance(answer, Failure):
+            return dict.fromkeys(ids, answer)
+        missing = Failure(NOT_FOUND)
+        return {i: answer.get(i, missing) for i in ids}
+
+    def _parse_batch(self, asked: frozenset[str], content: bytes) -> dict[str, FetchResult]:
+        results = dig(orjson.loads(content), self.config.results_path, "batch response")
+        rename = self.config.rename
+        found: dict[str, FetchResult] = {}
+        if isinstance(results, list):
+            id_field = self.config.id_field
+            for record in results:
+                if not isinstance(record, dict) or id_field not in record:
+                    raise Malformed(f"a result record has no '{id_field}'")
+                key = _id_text(record[id_field])
+                if key in asked:
+                    features = features_at(record, self._features_path, "batch response")
+                    found[key] = apply_rename(features, rename)
+        elif isinstance(results, dict):
+            path = self.config.features_path or ""
+            for key, value in results.items():
+                if key in asked:
+                    found[key] = apply_rename(features_at(value, path, "batch response"), rename)
+        else:
+            raise Malformed(f"'{self.config.results_path}' is neither a list nor an object")
+        return found
+
+
+def _id_text(value: Any) -> str:
+    """An ID from a response as the string it was asked as (services may echo numbers)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise Malformed(f"a result record has an ID of type {type(value).__name__}")
+
+
+__all__ = ["HttpConfig", "HttpSource", "encode_id"]

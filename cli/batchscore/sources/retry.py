@@ -1,0 +1,203 @@
+"""Retries as declared policy: what is retried, how long to wait, and the loop that does it.
+
+What is retryable is data: :data:`RETRYABLE_STATUSES` (429, 500, 502, 503, 504) and
+:data:`TRANSPORT_FAILURES` (connection errors, resets, truncated bodies, timeouts); a response
+whose body is not the JSON the source expects is retried too (proxies and half-deployed servers
+produce such bodies for a moment), and :class:`AttemptFailed` carries the verdict.  How long
+to wait is one function (:meth:`RetryPolicy.delay`): exponential backoff with full jitter, or
+the server's ``Retry-After`` (seconds or an HTTP date) up to a cap.  :func:`call` runs the
+attempts: each one holds a slot of the shared :class:`~batchscore.sources.limits.Limits` (so
+retries count against ``--concurrency`` and ``--rate-limit`` like first attempts), and the slot
+is released before waiting.
+
+Tests that are not about timing call :func:`set_testing` to remove every wait, instead of
+mocking ``asyncio.sleep`` (the idea comes from hynek/stamina).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import aiohttp
+import httpx
+
+from batchscore.settings import FetchSettings
+from batchscore.sources import Failure
+from batchscore.sources.limits import Limits
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+"""HTTP statuses worth another attempt: overload and gateway trouble, all transient."""
+
+_testing = False
+
+
+def set_testing(testing: bool) -> None:
+    """Remove (``True``) or restore (``False``) the waits between attempts; attempts still count."""
+    global _testing
+    _testing = testing
+
+
+def is_testing() -> bool:
+    """Whether waits between attempts are removed."""
+    return _testing
+
+
+class AttemptFailed(Exception):
+    """One attempt did not give an answer: why, and whether another attempt may help."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        retryable: bool,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How many attempts, and how long to wait between them."""
+
+    retries: int = 4
+    backoff_base: float = 0.1
+    backoff_max: float = 10.0
+    retry_after_cap: float = 60.0
+
+    @classmethod
+    def from_settings(cls, fetch: FetchSettings) -> RetryPolicy:
+        """The policy ``[fetch]`` (and ``--retries``) declare."""
+        return cls(
+            retries=fetch.retries,
+            backoff_base=fetch.backoff_base,
+            backoff_max=fetch.backoff_max,
+            retry_after_cap=fetch.retry_after_cap,
+        )
+
+    @property
+    def attempts(self) -> int:
+        """Attempts in all: the first and the retries."""
+        return 1 + self.retries
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based).
+
+        A server's ``Retry-After`` is honoured up to ``retry_after_cap``; otherwise full jitter:
+        uniform in ``[0, min(backoff_max, backoff_base * 2 ** (attempt - 1))]``.
+        """
+        if retry_after is not None:
+            return min(retry_after, self.retry_after_cap)
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
+        return rng.uniform(0.0, ceiling)
+
+
+_rng = random.Random()
+
+# Transport failures, most specific first: (exception type, reason, retryable).  A certificate
+# the source's CA bundle does not accept will not change on a retry; everything else here is
+# the network or the server having a bad moment.
+TRANSPORT_FAILURES: tuple[tuple[type[BaseException], str, bool], ...] = (
+    (aiohttp.ClientConnectorCertificateError, "tls_error", False),
+    (aiohttp.ClientSSLError, "tls_error", False),
+    (ssl.SSLError, "tls_error", False),
+    (aiohttp.ClientConnectorError, "connect_error", True),
+    (aiohttp.ClientPayloadError, "truncated_response", True),
+    (aiohttp.ServerTimeoutError, "timeout", True),
+    (aiohttp.ClientConnectionError, "connection_error", True),
+    (httpx.TimeoutException, "timeout", True),
+    (httpx.ConnectError, "connect_error", True),
+    (httpx.RemoteProtocolError, "truncated_response", True),
+    (httpx.TransportError, "connection_error", True),
+    (OSError, "connection_error", True),
+)
+
+
+def transport_failure(exc: BaseException) -> AttemptFailed:
+    """The failed attempt a transport exception stands for (its cause decides, if known)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for kind, reason, retryable in TRANSPORT_FAILURES:
+        if any(isinstance(e, kind) for e in chain):
+            return AttemptFailed(reason, retryable=retryable)
+    return AttemptFailed("connection_error", retryable=True)
+
+
+async def call(
+    send: Callable[[], Awaitable[R]],
+    interpret: Callable[[R], T],
+    *,
+    policy: RetryPolicy,
+    limits: Limits,
+    source: str,
+    on_retry: Callable[[AttemptFailed, int], None] | None = None,
+) -> T | Failure:
+    """Attempt ``send`` then ``interpret`` until one answers, fails for good, or attempts run out.
+
+    Either may raise :class:`AttemptFailed` for a failed attempt; any other exception propagates
+    at once (401/403 stop the whole run).  ``send`` holds one request slot of ``limits`` while
+    it runs (timed as one request of ``source``); ``interpret`` (parsing) and the waits between
+    attempts happen outside it.
+    """
+    for number in range(1, policy.attempts + 1):
+        try:
+            async with limits.request(source):
+                raw = await send()
+            return interpret(raw)
+        except AttemptFailed as failed:
+            if not failed.retryable or number == policy.attempts:
+                return Failure(failed.reason, failed.status, number, failed.retryable)
+            if on_retry is not None:
+                on_retry(failed, number)
+            wait = 0.0 if _testing else policy.delay(number, failed.retry_after, _rng)
+            if wait > 0:
+                await asyncio.sleep(wait)
+    raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
+
+
+__all__ = [
+    "RETRYABLE_STATUSES",
+    "AttemptFailed",
+    "RetryPolicy",
+    "call",
+    "is_testing",
+    "parse_retry_after",
+    "set_testing",
+    "transport_failure",
+]
