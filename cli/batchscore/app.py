@@ -52,12 +52,16 @@ def main(
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:
+    """One stderr handler for every logger (httpx's included), secrets masked in every line."""
+    from batchscore.redact import RedactingFormatter
+
     level = logging.DEBUG if debug else (logging.ERROR if quiet else logging.WARNING)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("batchscore: %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(RedactingFormatter("batchscore: %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.captureWarnings(True)  # warnings go through the same masked handler
 
 
 Opt = typer.Option
@@ -133,6 +137,40 @@ def score(
     raise typer.Exit(int(outcome.status))
 
 
+@app.command("check")
+def check(
+    ids: Annotated[
+        str | None,
+        typer.Argument(help="ID list to sample and to estimate the run time for (optional)."),
+    ] = None,
+    config: Annotated[Path | None, Opt("-c", "--config", help="TOML config file.")] = None,
+    model: Annotated[str | None, Opt("-m", "--model", help="LightGBM model file.")] = None,
+    sample: Annotated[int, Opt("--sample", help="IDs to fetch from the list.")] = 20,
+    debug: Annotated[bool | None, Opt("--debug", help="Debug logs; tracebacks.")] = None,
+) -> None:
+    """Pre-flight: config, model, every source reachable, a sample fetch, coverage, latency, ETA.
+
+    Fetches the first --sample IDs of IDS from every source (without IDS, one probe request per
+    source), shows which model features no source gave and which are mostly missing, the
+    latency per source and an estimate of the run time for the whole list. Exit 0 when a real
+    run would work, 2 for a config or model problem, 4 when a source is unreachable or rejects
+    the credentials.
+
+    Example: batchscore check -c configs/http.toml sample_data/ids.txt --sample 50
+    """
+    global _debug
+    from batchscore.check import run_check
+    from batchscore.settings import resolve
+
+    _debug = bool(debug) or os.environ.get("BATCHSCORE_DEBUG", "") in {"1", "true", "yes"}
+    settings = resolve(
+        {"model": model, "debug": debug}, str(config) if config else None, os.environ
+    )
+    _debug = settings.run.debug
+    _setup_logging(settings.run.debug, quiet=False)
+    raise typer.Exit(run_check(settings, ids, sample, sys.stdout))
+
+
 @app.command("model-info")
 def model_info(
     model: Annotated[str, typer.Argument(help="LightGBM model file.")],
@@ -172,7 +210,14 @@ def model_info(
 
 
 def run_cli(argv: list[str]) -> int:
-    """Run the command line; return the exit status. The one place errors become messages."""
+    """Run the command line; return the exit status. The one place errors become messages.
+
+    Every message and traceback goes through :func:`batchscore.redact.redact`: no secret from a
+    source's config reaches stderr, ``--debug`` included (the traceback is printed here, masked,
+    instead of being re-raised).
+    """
+    from batchscore.redact import format_exception, redact
+
     try:
         result = app(argv, prog_name="batchscore", standalone_mode=False)
     except typer.Exit as exc:
@@ -184,8 +229,8 @@ def run_cli(argv: list[str]) -> int:
         return int(ExitStatus.PIPE_CLOSED)
     except BatchscoreError as exc:
         if _debug:
-            raise
-        print(f"batchscore: error: {exc.message}", file=sys.stderr)
+            print(format_exception(exc), end="", file=sys.stderr)
+        print(f"batchscore: error: {redact(exc.message)}", file=sys.stderr)
         return int(exc.exit_status)
     except KeyboardInterrupt:
         print("batchscore: interrupted", file=sys.stderr)
@@ -200,9 +245,9 @@ def run_cli(argv: list[str]) -> int:
             show(file=sys.stderr)
             return int(ExitStatus.USAGE)
         if _debug:
-            raise
+            print(format_exception(exc), end="", file=sys.stderr)
         print(
-            f"batchscore: internal error: {type(exc).__name__}: {exc}. "
+            f"batchscore: internal error: {type(exc).__name__}: {redact(str(exc))}. "
             "This is a bug; rerun with --debug for the traceback and report it.",
             file=sys.stderr,
         )

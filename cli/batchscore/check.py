@@ -1,0 +1,387 @@
+"""``batchscore check``: would a real run work?  Config, model, sources, a sample, coverage, ETA.
+
+The check builds the same parts a run builds (settings, model, sources, limits, retry policy)
+and fetches a small sample of IDs through them, so what it reports is what a run would meet.
+Without an ID list it sends one probe request per source (ID ``0``; "not found" is a fine
+answer: the source is reachable) and reports coverage only for the sources that name their
+features up front.
+
+Exit status: 0 when a real run would work; 2 for a config or model problem (raised before any
+fetch, or two sources giving the same feature with no ``wins``); 4 when a source is unreachable,
+fails every sample request, or rejects our credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from batchscore import ids as idmod
+from batchscore.errors import ExitStatus, UsageError
+from batchscore.model import Model, read_info
+from batchscore.pipeline import feature_owners
+from batchscore.report import LatencyHistogram, RunStats
+from batchscore.settings import Settings
+from batchscore.sources import NOT_FOUND, Failure, FetchResult, Source, build_sources
+from batchscore.sources.httpclient import CredentialsRejected
+from batchscore.sources.limits import Limits
+
+PROBE_ID = "0"
+MOSTLY_MISSING = 0.5  # share of sample rows above which a feature is "mostly missing"
+SHOWN = 8  # feature names listed per line before "and N more"
+
+
+@dataclass
+class SourceCheck:
+    """What one source did with the sample."""
+
+    name: str
+    kind: str
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # per request
+    found: int = 0
+    not_found: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    rejected: str | None = None  # the message when the source rejected our credentials
+    seen: set[str] = field(default_factory=set)  # feature names in its answers
+
+    @property
+    def reachable(self) -> bool:
+        """Answered at least one request with features or a "not found"."""
+        return self.rejected is None and (self.found + self.not_found) > 0
+
+    @property
+    def mean_latency(self) -> float:
+        """Mean seconds per request (0 when nothing was measured)."""
+        return self.latency.total / self.latency.count if self.latency.count else 0.0
+
+
+@dataclass
+class CheckResult:
+    """The outcome of a check: an exit status and the lines to show."""
+
+    status: ExitStatus = ExitStatus.OK
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, topic: str, text: str) -> None:
+        """One line of the report."""
+        self.lines.append(f"{topic:<9}{text}")
+
+    def fail(self, status: ExitStatus) -> None:
+        """Record a problem; the most serious status wins (4 over 2)."""
+        self.status = max(self.status, status)
+
+
+def _names(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:SHOWN])
+    return shown + (f" and {len(names) - SHOWN} more" if len(names) > SHOWN else "")
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def read_sample(path: str, settings: Settings, size: int) -> list[str]:
+    """The first ``size`` distinct IDs of an ID list (input problems are skipped)."""
+    fmt = idmod.detect_format(path, settings.input.format)
+    try:
+        stream = open(path, "rb")  # noqa: SIM115 - closed below, after a partial read
+    except OSError as exc:
+        raise UsageError(f"cannot read ID file {path}: {exc.strerror}") from None
+    with stream:
+        rows = idmod.read_ids(
+            stream, fmt, settings.input.id_column, settings.input.id_field, settings.input.keep
+        )
+        ids = (row.id for row in rows if isinstance(row, idmod.IdRow))
+        return list(itertools.islice(dict.fromkeys(itertools.islice(ids, size * 4)), size))
+
+
+async def _fetch_sample(source: Source, ids: list[str], report: SourceCheck) -> list[FetchResult]:
+    """Fetch ``ids`` in the source's batch size; a rejection of our credentials is recorded."""
+
+    size = source.batch_size
+    try:
+        parts = await asyncio.gather(
+            *(source.fetch(ids[i : i + size]) for i in range(0, len(ids), size))
+        )
+    except CredentialsRejected as exc:
+        report.rejected = (
+            f"REJECTED our credentials (HTTP {exc.status}); check the token or headers in its "
+            "config"
+        )
+        return [Failure("rejected", exc.status, 1)] * len(ids)
+    results = [r for part in parts for r in part]
+    for result in results:
+        if isinstance(result, Failure):
+            if result.reason == NOT_FOUND:
+                report.not_found += 1
+            else:
+                report.failures[result.reason] += 1
+        else:
+            report.found += 1
+            report.seen.update(result)
+    return results
+
+
+def _kind(source: Source) -> str:
+    config: Any = getattr(source, "config", None)
+    kind = str(getattr(config, "kind", type(source).__name__))
+    mode = getattr(config, "mode", None)
+    return f"{kind}, {mode}" if mode else kind
+
+
+def _conflicts(
+    sources: Sequence[Source], checks: Sequence[SourceCheck], wanted: frozenset[str]
+) -> list[str]:
+    """Model features answered by two sources where the config does not say which wins."""
+    providers: dict[str, list[str]] = {}
+    for source, check in zip(sources, checks, strict=True):
+        if source.provides() is not None:
+            continue  # feature_owners checked those up front
+        for name in check.seen & wanted:
+            providers.setdefault(name, []).append(source.name)
+    for source in sources:
+        known = source.provides()
+        if known is None:
+            continue
+        for name in known & wanted:
+            if name in providers:
+                providers[name].append(source.name)
+    problems = []
+    for name, owners in sorted(providers.items()):
+        if len(owners) < 2:
+            continue
+        winners = [
+            s.name for s in sources if name in getattr(getattr(s, "config", None), "wins", ())
+        ]
+        if len(winners) != 1:
+            problems.append(f"'{name}' comes from {', '.join(owners)}")
+    return problems
+
+
+async def _check_sources(
+    settings: Settings, model: Model, sample: list[str], result: CheckResult, total: int | None
+) -> None:
+    from batchscore.job import check_coverage
+
+    stats = RunStats()
+    limits = Limits(
+        concurrency=settings.fetch.concurrency,
+        rate_limit=settings.fetch.rate_limit,
+        observe=stats.observe,
+    )
+    sources = build_sources(settings.sources, limits, settings.fetch, stats)
+    where = settings.config_path or "flags and environment"
+    result.lines.insert(0, f"{'config':<9}{where}: valid, {len(sources)} source(s)")
+    opened: list[Source] = []
+    try:
+        for source in sources:
+            await source.open()
+            opened.append(source)
+        check_coverage(model, sources)
+        drop = feature_owners(sources, model.info.feature_names)
+        ids = sample or [PROBE_ID]
+        checks = [SourceCheck(s.name, _kind(s)) for s in sources]
+        per_source = await asyncio.gather(
+            *(_fetch_sample(s, ids, c) for s, c in zip(sources, checks, strict=True))
+        )
+    finally:
+        for source in opened:
+            await source.close()
+
+    for check in checks:
+        check.latency = stats.latency.get(check.name, check.latency)
+        _report_source(check, len(ids), result)
+    if stats.retries:
+        result.add("retries", f"{stats.retries} during the sample (retried as a run would)")
+    if result.status == ExitStatus.STOPPED:
+        return
+    wanted = frozenset(model.info.feature_names)
+    conflicts = _conflicts(sources, checks, wanted)
+    if conflicts:
+        result.add(
+            "problem",
+            "features from two sources: "
+            + "; ".join(conflicts)
+            + "; add each to `wins` of exactly one of them",
+        )
+        result.fail(ExitStatus.USAGE)
+    if not sample:
+        _static_coverage(sources, model, result)
+        return
+    rows = _merge(sources, per_source, drop)
+    _coverage(model, rows, len(sample), result)
+    if total is not None:
+        _eta(settings, sources, checks, model, rows, total, result)
+
+
+def _report_source(check: SourceCheck, asked: int, result: CheckResult) -> None:
+    head = f"{check.name} ({check.kind}): "
+    if check.rejected is not None:
+        result.add("source", head + check.rejected)
+        result.fail(ExitStatus.STOPPED)
+        return
+    lat = check.latency
+    timing = (
+        f"{lat.count} request{'s' * (lat.count != 1)}, latency p50 {_ms(lat.quantile(0.5))}, "
+        f"max {_ms(lat.quantile(1.0))}"
+    )
+    failed = sum(check.failures.values())
+    reasons = ", ".join(f"{reason} {n}" for reason, n in check.failures.most_common())
+    if not check.reachable:
+        result.add(
+            "source",
+            head + f"UNREACHABLE: every request failed ({reasons}); {timing}",
+        )
+        result.fail(ExitStatus.STOPPED)
+        return
+    counts = f"{check.found} found, {check.not_found} not found" + (
+        f", {failed} failed ({reasons})" if failed else ""
+    )
+    result.add("source", head + f"reachable; {timing}; {counts} of {asked}")
+
+
+def _merge(
+    sources: Sequence[Source],
+    per_source: Sequence[list[FetchResult]],
+    drop: dict[str, frozenset[str]],
+) -> list[dict[str, Any]]:
+    """Each sample ID's features, united over the sources as the pipeline does (found IDs only)."""
+    rows: list[dict[str, Any]] = []
+    for results in zip(*per_source, strict=True):
+        row: dict[str, Any] = {}
+        found = False
+        for source, answer in zip(sources, results, strict=True):
+            if isinstance(answer, Failure):
+                continue
+            found = True
+            dropped = drop.get(source.name, frozenset())
+            row.update((k, v) for k, v in answer.items() if k not in dropped)
+        if found:
+            rows.append(row)
+    return rows
+
+
+def _coverage(model: Model, rows: list[dict[str, Any]], asked: int, result: CheckResult) -> None:
+    if not rows:
+        result.add("coverage", f"none of the {asked} sample IDs was found in any source")
+        return
+    matrix = model.encoder.matrix(rows)
+    missing = np.isnan(matrix).mean(axis=0)
+    names = model.info.feature_names
+    never = [n for n, share in zip(names, missing, strict=True) if share == 1.0]
+    mostly = [
+        f"{n} ({share:.0%})"
+        for n, share in zip(names, missing, strict=True)
+        if MOSTLY_MISSING < share < 1.0
+    ]
+    where = f"in the {len(rows)} sample IDs found"
+    if never:
+        result.add(
+            "coverage", f"no source gave {len(never)} model feature(s) {where}: " + _names(never)
+        )
+    else:
+        result.add("coverage", f"every one of the {len(names)} model features came from a source")
+    if mostly:
+        result.add("coverage", f"mostly missing (>{MOSTLY_MISSING:.0%}) {where}: {_names(mostly)}")
+
+
+def _static_coverage(sources: Sequence[Source], model: Model, result: CheckResult) -> None:
+    unknown = [s.name for s in sources if s.provides() is None]
+    if unknown:
+        result.add(
+            "coverage",
+            f"source(s) {', '.join(unknown)} name their features only in answers; "
+            "pass an ID list to check coverage on a sample",
+        )
+    else:
+        result.add(
+            "coverage", f"every one of the {len(model.info.features)} model features has a source"
+        )
+
+
+def _eta(
+    settings: Settings,
+    sources: Sequence[Source],
+    checks: Sequence[SourceCheck],
+    model: Model,
+    rows: list[dict[str, Any]],
+    total: int,
+    result: CheckResult,
+) -> None:
+    """Fetch time from the measured latency at the configured concurrency and rate limit."""
+    requests = [math.ceil(total / s.batch_size) for s in sources]
+    busy = sum(n * c.mean_latency for n, c in zip(requests, checks, strict=True))
+    fetch = busy / settings.fetch.concurrency
+    if settings.fetch.rate_limit > 0:
+        fetch = max(fetch, sum(requests) / settings.fetch.rate_limit)
+    score = 0.0
+    if rows:  # time a whole scoring batch (the sample's rows repeated): per-call overhead is real
+        matrix = model.encoder.matrix(rows)
+        batch = np.resize(matrix, (min(settings.score.batch_size, total), matrix.shape[1]))
+        started = time.perf_counter()
+        model.predict(batch)
+        score = (time.perf_counter() - started) / len(batch) * total
+    bound = "fetching" if fetch >= score else "scoring"
+    result.add(
+        "eta",
+        f"{total:,} IDs in about {_duration(max(fetch, score))} ({bound}-bound at concurrency "
+        f"{settings.fetch.concurrency}"
+        + (f", {settings.fetch.rate_limit:g} requests/s" if settings.fetch.rate_limit else "")
+        + ", from the sample's latency)",
+    )
+
+
+def run_check(settings: Settings, ids_path: str | None, sample_size: int, out: TextIO) -> int:
+    """Check everything a run needs; print the findings to ``out``; return the exit status."""
+    if sample_size < 1:
+        raise UsageError("--sample must be at least 1")
+    result = CheckResult()
+    info = read_info(str(settings.model.path))
+    model = Model(info, threads=settings.score.threads)
+    result.add(
+        "model",
+        f"{info.path}: {info.objective}, {info.num_trees} trees, {info.num_class} class(es), "
+        f"{len(info.features)} features, version {info.version}",
+    )
+    sample: list[str] = []
+    total: int | None = None
+    if ids_path is not None:
+        if not Path(ids_path).is_file():
+            raise UsageError(f"ID file {ids_path} does not exist; pass a path to a list of IDs")
+        sample = read_sample(ids_path, settings, sample_size)
+        total = idmod.count_lines(ids_path)
+        result.add("sample", f"{len(sample)} IDs from {ids_path} ({total:,} lines)")
+    else:
+        result.add("sample", "no ID list given: one probe request per source")
+    asyncio.run(_check_sources(settings, model, sample, result, total))
+    for line in result.lines:
+        print(line, file=out)
+    verdict = {
+        ExitStatus.OK: "ok       a real run should work",
+        ExitStatus.USAGE: "FAILED   fix the config problem above, then check again",
+        ExitStatus.STOPPED: "FAILED   a source is unreachable or rejects our credentials",
+    }[result.status]
+    print(verdict, file=out)
+    return int(result.status)
+
+
+__all__ = ["CheckResult", "SourceCheck", "run_check"]

@@ -1,0 +1,147 @@
+"""Secrets never leak: one registry of secret strings, applied to everything batchscore prints.
+
+Sources register what is secret in their config when they are built (header values, the
+password and user of URL credentials, query-string values); from then on every log record that
+reaches the stderr handler, every error message and every ``--debug`` traceback passes through
+:func:`redact`.  Redaction works on the final text, so it also covers what third-party code
+writes: httpx logs full URLs at INFO and puts them in exception messages.
+
+Each secret is also redacted in its percent-encoded and ``+``-for-space forms, because that is
+how it appears inside a URL.  Strings shorter than :data:`MIN_SECRET_LENGTH` are not registered:
+redacting every ``1`` or ``on`` would garble the output while protecting nothing real.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit
+
+MASK = "***"
+MIN_SECRET_LENGTH = 4
+
+
+class Redactor:
+    """A set of secret strings and the function that masks them in text."""
+
+    def __init__(self) -> None:
+        self._secrets: set[str] = set()
+        self._pattern: re.Pattern[str] | None = None
+        self._lock = threading.Lock()
+
+    def add(self, secret: str) -> None:
+        """Register one secret (and its URL-encoded forms)."""
+        if len(secret) < MIN_SECRET_LENGTH:
+            return
+        forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}
+        with self._lock:
+            if forms <= self._secrets:
+                return
+            self._secrets |= forms
+            ordered = sorted(self._secrets, key=len, reverse=True)  # longest first
+            self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
+
+    def add_header_value(self, value: str) -> None:
+        """A header value: the whole value, the credential after its scheme, Basic's decoding."""
+        self.add(value)
+        scheme, _, credential = value.strip().partition(" ")
+        credential = credential.strip()
+        if not credential:
+            return
+        self.add(credential)
+        if scheme.lower() == "basic":
+            try:
+                decoded = base64.b64decode(credential, validate=True).decode("utf-8")
+            except ValueError:
+                return
+            self.add(decoded)
+            self.add(decoded.partition(":")[2])
+
+    def add_url(self, url: str) -> None:
+        """A URL's user, password and query-string values (``{id}`` placeholders excepted)."""
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            self.add(url)  # unparsable: the whole thing is all we can protect
+            return
+        for value in (parts.username, parts.password):
+            if value:
+                self.add(value)
+                self.add(unquote(value))
+        if parts.username or parts.password:
+            user, password = unquote(parts.username or ""), unquote(parts.password or "")
+            self.add_header_value(
+                "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            )
+        for _, value in parse_qsl(parts.query, keep_blank_values=False):
+            if value != "{id}":
+                self.add(value)
+
+    def add_source_config(self, table: Mapping[str, object]) -> None:
+        """Everything secret in one ``[[sources]]`` table: header values and URL credentials."""
+        headers = table.get("headers")
+        if isinstance(headers, Mapping):
+            for value in headers.values():
+                if isinstance(value, str):
+                    self.add_header_value(value)
+        for key in ("url", "proxy"):
+            url = table.get(key)
+            if isinstance(url, str):
+                self.add_url(url)
+
+    def redact(self, text: str) -> str:
+        """``text`` with every registered secret replaced by ``***``."""
+        pattern = self._pattern
+        if pattern is None or not text:
+            return text
+        return pattern.sub(MASK, text)
+
+    def clear(self) -> None:
+        """Forget every secret (tests)."""
+        with self._lock:
+            self._secrets.clear()
+            self._pattern = None
+
+
+REDACTOR = Redactor()
+"""The process-wide registry; sources add to it, every output path reads from it."""
+
+
+def redact(text: str) -> str:
+    """Mask every registered secret in ``text``."""
+    return REDACTOR.redact(text)
+
+
+def register_sources(tables: Iterable[Mapping[str, object]]) -> None:
+    """Register the secrets of every ``[[sources]]`` table."""
+    for table in tables:
+        REDACTOR.add_source_config(table)
+
+
+class RedactingFormatter(logging.Formatter):
+    """A formatter whose every line (message, traceback, stack) has the secrets masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format as usual, then redact the whole text."""
+        return redact(super().format(record))
+
+
+def format_exception(exc: BaseException) -> str:
+    """A traceback of ``exc`` (with its chain), redacted."""
+    import traceback
+
+    return redact("".join(traceback.format_exception(exc)))
+
+
+__all__ = [
+    "MASK",
+    "REDACTOR",
+    "RedactingFormatter",
+    "Redactor",
+    "format_exception",
+    "redact",
+    "register_sources",
+]
