@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from batchscore import __version__
-from batchscore.errors import BatchscoreError, ExitStatus, PipeClosedError
+from batchscore.errors import BatchscoreError, ExitStatus, PipeClosedError, Terminated
 
 app = typer.Typer(
     name="batchscore",
@@ -209,6 +210,10 @@ def model_info(
         print(f"  {f.name:<{width}}  {kind:<11}  {detail}")
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
 def run_cli(argv: list[str]) -> int:
     """Run the command line; return the exit status. The one place errors become messages.
 
@@ -218,6 +223,9 @@ def run_cli(argv: list[str]) -> int:
     """
     from batchscore.redact import format_exception, redact
 
+    # Until the pipeline installs its own handlers, SIGTERM ends the command like Ctrl-C does
+    # (an exception that unwinds cleanly and releases the run lock), with status 143.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         result = app(argv, prog_name="batchscore", standalone_mode=False)
     except typer.Exit as exc:
@@ -235,6 +243,9 @@ def run_cli(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("batchscore: interrupted", file=sys.stderr)
         return int(ExitStatus.SIGINT)
+    except Terminated:
+        print("batchscore: stopped by SIGTERM", file=sys.stderr)
+        return int(ExitStatus.SIGTERM)
     except typer.Abort:
         return int(ExitStatus.SIGINT)
     except Exception as exc:

@@ -91,3 +91,10 @@ class InterruptedRun(BatchscoreError):
         super().__init__(
             f"stopped by {name} after {done:,} IDs; rerun the same command with --resume to finish"
         )
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived before the pipeline's own handler was installed.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` swallows it.
+    """

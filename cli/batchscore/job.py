@@ -15,7 +15,7 @@ import os
 import signal
 import stat
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from batchscore.errors import (
     InterruptedRun,
     ModelError,
     OutputWriteError,
+    Terminated,
     UsageError,
 )
 from batchscore.model import Model, ModelInfo, read_info
@@ -212,7 +213,7 @@ def run_job(settings: Settings, env: Environment) -> Outcome:
         lock.acquire()
     error: BaseException | None = None
     try:
-        asyncio.run(_run(p, env, stats))
+        asyncio.run(_Run(p, env, stats).run())
     except BaseException as exc:
         error = exc
     finally:
@@ -234,6 +235,8 @@ def _status(error: BaseException | None, stats: RunStats, settings: Settings) ->
         return error.exit_status
     if isinstance(error, KeyboardInterrupt):
         return ExitStatus.SIGINT
+    if isinstance(error, Terminated):
+        return ExitStatus.SIGTERM
     return ExitStatus.INTERNAL
 
 
@@ -276,96 +279,79 @@ def _identity(p: _Plan) -> dict[str, Any]:
     }
 
 
-async def _run(p: _Plan, env: Environment, stats: RunStats) -> None:
-    """The async part of a job: open everything, run the pipeline, commit or keep state."""
-    settings = p.settings
-    limits = Limits(
-        concurrency=settings.fetch.concurrency,
-        rate_limit=settings.fetch.rate_limit,
-        observe=stats.observe,
-    )
-    sources = build_sources(settings.sources, limits, settings.fetch, stats)
-    shard = parse_shard(settings.input.shard) if settings.input.shard else None
-    opened: list[Source] = []
-    with ExitStack() as stack:
-        stream = open_input(settings.input.path, env, stack)
-        items: Iterator[idmod.InputItem] = idmod.read_ids(
-            stream,
-            idmod.detect_format(settings.input.path, settings.input.format),
-            settings.input.id_column,
-            settings.input.id_field,
-            settings.input.keep,
+class _Run:
+    """The async part of one job: open everything, run the pipeline, commit or keep state."""
+
+    def __init__(self, p: _Plan, env: Environment, stats: RunStats) -> None:
+        self.p = p
+        self.env = env
+        self.stats = stats
+        self.settings = p.settings
+        self.limits = Limits(
+            concurrency=self.settings.fetch.concurrency,
+            rate_limit=self.settings.fetch.rate_limit,
+            observe=stats.observe,
         )
+        self.stopper = Stopper()
+
+    async def run(self) -> None:
+        """Open the sources, the input, the outputs and the state; score; close."""
+        if self.env.handle_signals:
+            self.stopper.install()
         try:
-            for source in sources:
-                await source.open()
-                opened.append(source)
-            check_coverage(p.model, sources)
-            sink = make_sink(p.output, p.fmt, p.gzip, p.columns, settings.output.overwrite, env)
-            errors_target = (
-                None if p.errors_path is None else make_target(p.errors_path, False, True, env)
-            )
-            errors = ErrorLog(errors_target)
-            state: RunState | None = None
-            progress_state = Progress()
-            if p.resumable:
-                state = RunState(Path(p.output), _identity(p))
-                partials = [temp_path(Path(p.output))]
-                if isinstance(errors_target, FileTarget):
-                    partials.append(errors_target.temp)
-                progress_state = await state.open(
-                    resume=settings.output.resume,
-                    overwrite=settings.output.overwrite,
-                    partials=partials,
-                )
-                stats.restore(progress_state.counters)
-            await _score(p, env, stats, sources, sink, errors, state, progress_state, shard, items)
+            await self._open_and_score()
         finally:
-            for source in opened:
-                await source.close()
+            if self.env.handle_signals:
+                self.stopper.remove()
 
+    async def _open_and_score(self) -> None:
+        p, settings = self.p, self.settings
+        sources = build_sources(settings.sources, self.limits, settings.fetch, self.stats)
+        opened: list[Source] = []
+        with ExitStack() as stack:
+            stream = open_input(settings.input.path, self.env, stack)
+            items: Iterator[idmod.InputItem] = idmod.read_ids(
+                stream,
+                idmod.detect_format(settings.input.path, settings.input.format),
+                settings.input.id_column,
+                settings.input.id_field,
+                settings.input.keep,
+            )
+            try:
+                for source in sources:
+                    await source.open()
+                    opened.append(source)
+                check_coverage(p.model, sources)
+                sink = make_sink(
+                    p.output, p.fmt, p.gzip, p.columns, settings.output.overwrite, self.env
+                )
+                errors_target = (
+                    None
+                    if p.errors_path is None
+                    else make_target(p.errors_path, False, True, self.env)
+                )
+                errors = ErrorLog(errors_target)
+                state: RunState | None = None
+                previous = Progress()
+                if p.resumable:
+                    state = RunState(Path(p.output), _identity(p))
+                    partials = [temp_path(Path(p.output))]
+                    if isinstance(errors_target, FileTarget):
+                        partials.append(errors_target.temp)
+                    previous = await state.open(
+                        resume=settings.output.resume,
+                        overwrite=settings.output.overwrite,
+                        partials=partials,
+                    )
+                    self.stats.restore(previous.counters)
+                await self._score(sources, sink, errors, state, previous, items)
+            finally:
+                for source in opened:
+                    await source.close()
 
-async def _score(
-    p: _Plan,
-    env: Environment,
-    stats: RunStats,
-    sources: list[Source],
-    sink: Sink,
-    errors: ErrorLog,
-    state: RunState | None,
-    previous: Progress,
-    shard: tuple[int, int] | None,
-    items: Iterator[idmod.InputItem],
-) -> None:
-    settings = p.settings
-    resuming = state is not None and (previous.mark > 0 or previous.output_bytes > 0)
-    await sink.open(previous.output_bytes if resuming else None)
-    await errors.open(previous.errors_bytes if resuming else None)
-
-    async def checkpoint(mark: int, beyond: frozenset[int]) -> None:
-        if state is None:
-            return
-        out_bytes = await sink.sync()
-        err_bytes = await errors.sync()
-        lines = {line for line in previous.beyond if line > mark} | set(beyond)
-        await state.record(
-            Progress(out_bytes, err_bytes, max(mark, previous.mark), lines, stats.counters())
-        )
-
-    progress = choose(
-        env.stderr,
-        quiet=settings.run.quiet,
-        interval=settings.run.progress_interval,
-        is_tty=env.stderr_isatty,
-    )
-    pipeline = Pipeline(
-        sources=sources,
-        model=p.model,
-        sink=sink,
-        errors=errors,
-        progress=progress,
-        stats=stats,
-        options=PipelineOptions(
+    def _options(self, skip: Callable[[int], bool] | None) -> PipelineOptions:
+        settings = self.settings
+        return PipelineOptions(
             batch_size=settings.score.batch_size,
             linger=settings.score.linger,
             window=settings.output.window,
@@ -374,57 +360,116 @@ async def _score(
             raw_score=settings.score.raw_score,
             explain=settings.score.explain,
             dedupe=settings.input.dedupe,
-            shard=shard,
+            shard=parse_shard(settings.input.shard) if settings.input.shard else None,
             down_after=settings.fetch.down_after,
-            skip=previous.done if resuming else None,
-        ),
-        checkpoint=checkpoint,
-    )
-    received: list[signal.Signals] = []
-    if env.handle_signals:
-        _install_signal_handlers(pipeline, received)
-    try:
-        await pipeline.run(items)
-    except BaseException:
-        await sink.abort()
-        await errors.abort()
+            skip=skip,
+        )
+
+    async def _score(
+        self,
+        sources: list[Source],
+        sink: Sink,
+        errors: ErrorLog,
+        state: RunState | None,
+        previous: Progress,
+        items: Iterator[idmod.InputItem],
+    ) -> None:
+        stats = self.stats
+        resuming = state is not None and (previous.mark > 0 or previous.output_bytes > 0)
+        await sink.open(previous.output_bytes if resuming else None)
+        await errors.open(previous.errors_bytes if resuming else None)
+
+        async def checkpoint(mark: int, beyond: frozenset[int]) -> None:
+            if state is None:
+                return
+            out_bytes = await sink.sync()
+            err_bytes = await errors.sync()
+            lines = {line for line in previous.beyond if line > mark} | set(beyond)
+            await state.record(
+                Progress(out_bytes, err_bytes, max(mark, previous.mark), lines, stats.counters())
+            )
+
+        progress = choose(
+            self.env.stderr,
+            quiet=self.settings.run.quiet,
+            interval=self.settings.run.progress_interval,
+            is_tty=self.env.stderr_isatty,
+        )
+        pipeline = Pipeline(
+            sources=sources,
+            model=self.p.model,
+            sink=sink,
+            errors=errors,
+            progress=progress,
+            stats=stats,
+            options=self._options(previous.done if resuming else None),
+            checkpoint=checkpoint,
+        )
+        self.stopper.watch(pipeline, self.limits)
+        try:
+            await pipeline.run(items)
+            if self.stopper.received is not None:
+                raise InterruptedRun(self.stopper.received, stats.done)
+        except BaseException:
+            await sink.abort()
+            await errors.abort()
+            if state is not None:
+                await state.close()
+            raise
+        finally:
+            progress.close(stats)
+        await errors.commit()
+        await sink.commit()
         if state is not None:
-            await state.close()
-        raise
-    finally:
-        progress.close(stats)
-        if env.handle_signals:
-            _remove_signal_handlers()
-    if received:
-        await sink.abort()
-        await errors.abort()
-        if state is not None:
-            await state.close()
-        sig = received[0]
-        raise InterruptedRun(sig, stats.done)
-    await errors.commit()
-    await sink.commit()
-    if state is not None:
-        await state.remove()
+            await state.remove()
 
 
-def _install_signal_handlers(pipeline: Pipeline, received: list[signal.Signals]) -> None:
-    loop = asyncio.get_running_loop()
+class Stopper:
+    """SIGINT/SIGTERM while a job runs: the first stops it gently, the second at once.
 
-    def on_signal(sig: signal.Signals) -> None:
-        if received:  # a second signal: leave at once; committed work stays resumable
+    Installed when the job's event loop starts, before anything is opened, so a signal that
+    arrives early still ends the run through the same path (state kept, status 130/143).
+    """
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self._pipeline: Pipeline | None = None
+        self._limits: Limits | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def install(self) -> None:
+        """Take over SIGINT and SIGTERM on the running loop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.getsignal(sig)
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def remove(self) -> None:
+        """Give the signals back to the handlers the command had."""
+        loop = asyncio.get_running_loop()
+        for sig, previous in self._previous.items():
+            loop.remove_signal_handler(sig)  # resets to the default ...
+            if previous is not None:
+                signal.signal(sig, previous)  # ... so put back what was there
+        self._previous.clear()
+
+    def watch(self, pipeline: Pipeline, limits: Limits) -> None:
+        """The pipeline to stop (at once, if a signal came before it existed)."""
+        self._pipeline, self._limits = pipeline, limits
+        if self.received is not None:
+            self._stop()
+
+    def _stop(self) -> None:
+        assert self._pipeline is not None and self._limits is not None
+        self._pipeline.stop()
+        self._limits.close()  # requests not started yet are dropped, not sent
+        asyncio.get_running_loop().call_later(GRACE_SECONDS, self._pipeline.cancel_in_flight)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.received is not None:  # a second signal: leave at once; commits stay resumable
             os.write(2, b"batchscore: stopped at once; rerun with --resume to continue\n")
             os._exit(int(ExitStatus.SIGINT if sig == signal.SIGINT else ExitStatus.SIGTERM))
-        received.append(sig)
-        os.write(2, b"batchscore: stopping: finishing IDs in flight (again to stop at once)\n")
-        pipeline.stop()
-        loop.call_later(GRACE_SECONDS, pipeline.cancel_in_flight)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-
-
-def _remove_signal_handlers() -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.remove_signal_handler(sig)
+        self.received = sig
+        os.write(2, b"batchscore: stopping: finishing requests in flight (again to stop at once)\n")
+        if self._pipeline is not None:
+            self._stop()

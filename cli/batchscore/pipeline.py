@@ -31,6 +31,7 @@ from batchscore.report import BusyClock, FeatureQuality, RunStats
 from batchscore.sinks import ScoredBatch, Sink
 from batchscore.sinks.errorlog import ErrorLog, ErrorRecord
 from batchscore.sources import NOT_FOUND, Failure, FetchResult, Source
+from batchscore.sources.limits import PRIORITY
 
 
 @dataclass(frozen=True)
@@ -370,6 +371,7 @@ class Pipeline:
         self, rows: list[Row], to_score: asyncio.Queue[Any], to_write: asyncio.Queue[Any]
     ) -> None:
         ids = [row.id for row in rows]
+        PRIORITY.set(rows[0].seq)  # this task's requests (and retries) queue by input position
         with self._clocks["fetch"]:
             per_source = await asyncio.gather(*(self._fetch_source(s, ids) for s in self.sources))
         good: list[Row] = []
@@ -452,18 +454,18 @@ class Pipeline:
                 if not pending:
                     deadline = loop.time() + self.options.linger
                 pending.extend(item)
-            if pending and (finished or item is None or len(pending) >= self.options.batch_size):
-                while pending and (
-                    finished or item is None or len(pending) >= self.options.batch_size
-                ):
-                    batch = pending[: self.options.batch_size]
-                    del pending[: self.options.batch_size]
-                    with self._clocks["score"]:
-                        scored = await loop.run_in_executor(
-                            self._executor, self._score_batch, batch
-                        )
-                    await to_write.put(scored)
-                deadline = loop.time() + self.options.linger if pending else None
+            # Score whole batches as soon as they fill; a partial batch once its oldest row has
+            # waited `linger` seconds (a slow trickle of rows is never held back longer).
+            due = finished or (deadline is not None and loop.time() >= deadline)
+            size = self.options.batch_size
+            while len(pending) >= size or (pending and due):
+                batch = pending[:size]
+                del pending[:size]
+                with self._clocks["score"]:
+                    scored = await loop.run_in_executor(self._executor, self._score_batch, batch)
+                await to_write.put(scored)
+            if not pending:
+                deadline = None
         await to_write.put(_END)
 
     def _score_batch(self, rows: list[Row]) -> Scored:

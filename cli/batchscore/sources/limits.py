@@ -9,9 +9,49 @@ queueing, not latency): :meth:`Limits.request` reports it to ``observe`` per sou
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import heapq
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+
+PRIORITY: contextvars.ContextVar[int] = contextvars.ContextVar("batchscore_priority", default=0)
+"""The priority of the requests made in this context: lower goes first.  The pipeline sets it to
+the input position of the rows a fetch is for, so a retry of an early row does not queue behind
+thousands of later rows while the ordered output waits for it."""
+
+
+class PrioritySlots:
+    """A semaphore whose waiters are served lowest priority first (FIFO among equals)."""
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    async def acquire(self, priority: int) -> None:
+        """Take a slot, waiting behind every waiter of a lower priority."""
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._order), future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()  # the slot was handed to us just as we were cancelled
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the most urgent live waiter, if any."""
+        while self._waiters:
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():
+                future.set_result(None)
+                return
+        self._free += 1
 
 
 class RateLimiter:
@@ -47,11 +87,16 @@ class Limits:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.concurrency = concurrency
-        self._slots = asyncio.Semaphore(concurrency)
+        self._slots = PrioritySlots(concurrency)
         self._rate = RateLimiter(rate_limit) if rate_limit > 0 else None
         self._observe = observe
         self.in_flight = 0
         self.max_in_flight = 0
+        self._closed = False
+
+    def close(self) -> None:
+        """The run is stopping: requests not yet started are cancelled instead of sent."""
+        self._closed = True
 
     @asynccontextmanager
     async def request(self, source: str | None = None) -> AsyncIterator[None]:
@@ -60,9 +105,14 @@ class Limits:
         With a ``source`` name, the time the body takes is reported to ``observe`` (also when
         it fails: a failed attempt is a request too).
         """
-        async with self._slots:
+        await self._slots.acquire(PRIORITY.get())
+        try:
             if self._rate is not None:
                 await self._rate.wait()
+            if self._closed:
+                # Cancels the fetch this request belongs to; its rows stay uncommitted and a
+                # resumed run fetches them again.
+                raise asyncio.CancelledError
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             started = time.monotonic()
@@ -72,3 +122,5 @@ class Limits:
                 self.in_flight -= 1
                 if self._observe is not None and source is not None:
                     self._observe(source, time.monotonic() - started)
+        finally:
+            self._slots.release()

@@ -1,0 +1,195 @@
+"""Stop a run against a slow real feature server, again and again; resume: nothing lost or doubled.
+
+The run fetches per-ID over HTTP from ``tests/featureserver.py`` with 20 ms latency, so a run of
+2,000 IDs takes a few seconds and can be stopped anywhere in it with SIGKILL, SIGINT or SIGTERM.
+After every stop, the next run is the same command with ``--resume``.  At the end the output
+must be byte-identical to an uninterrupted run's (here: the same IDs scored from the SQLite
+store, since JSON carries every double exactly), no file may ever have appeared at the final
+path before success, and no resumed run may have fetched an ID that was already committed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, SAMPLE_CONFIG, batchscore_command, clean_environ
+from featureserver import Faults, FeatureServer
+
+SAMPLE = ROOT / "sample_data"
+COUNT = 2000
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[FeatureServer]:
+    data_server = FeatureServer.from_sqlite(
+        SAMPLE / "features.db", "customer_features", "customer_id", faults=Faults(latency=0.02)
+    )
+    with data_server as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def ids_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ids") / "ids.txt"
+    path.write_bytes(b"".join((SAMPLE / "ids.txt").read_bytes().splitlines(keepends=True)[:COUNT]))
+    return path
+
+
+def http_config(folder: Path, url: str) -> Path:
+    config = folder / "http.toml"
+    config.write_text(
+        f"""
+[model]
+path = "{SAMPLE / "model.txt"}"
+
+[[sources]]
+name = "profile"
+kind = "http"
+url = "{url}/features/{{id}}"
+features_path = "features"
+timeout = 5.0
+
+[fetch]
+concurrency = 16
+"""
+    )
+    return config
+
+
+def committed_ids(output: Path) -> set[str]:
+    """IDs in the committed part of a stopped run's output (what its state file vouches for)."""
+    state = output.with_name(f".{output.name}.state")
+    partial = output.with_name(f".{output.name}.partial")
+    if not state.exists() or not partial.exists():
+        return set()
+    with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
+        (length,) = db.execute("SELECT output_bytes FROM run").fetchone()
+    lines = partial.read_bytes()[:length].decode().splitlines()[1:]  # past the header
+    return {line.split(",")[0] for line in lines}
+
+
+def test_stops_at_random_points_and_resumes_exactly_once(
+    tmp_path: Path, server: FeatureServer, ids_file: Path
+) -> None:
+    reference = tmp_path / "reference.csv"
+    env = clean_environ()
+    base = [*batchscore_command(), "score", str(ids_file), "--max-failed", "100"]
+    done = subprocess.run(
+        [*base, "-c", str(SAMPLE_CONFIG), "-o", str(reference), "--quiet"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+    out = tmp_path / "scores.csv"
+    command = [*base, "-c", str(http_config(tmp_path, server.url)), "-o", str(out), "--resume"]
+    rng = random.Random(11)
+    stops = [signal.SIGKILL, signal.SIGINT, signal.SIGTERM, signal.SIGKILL]
+    expected_status = {signal.SIGKILL: -9, signal.SIGINT: 130, signal.SIGTERM: 143}
+    committed: set[str] = set()
+    for sig in stops:
+        server.reset_stats()
+        proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        time.sleep(rng.uniform(0.8, 2.0))
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        if proc.returncode == 0:  # it finished before the signal: nothing left to stop
+            break
+        assert proc.returncode == expected_status[sig], err.decode()
+        assert b"Traceback" not in err
+        assert not out.exists(), "no file at the final path before the run succeeds"
+        fetched = set(server.stats()["decoded_ids"])
+        assert not fetched & committed, "a resumed run fetched IDs that were already committed"
+        now = committed_ids(out)
+        assert committed <= now, "committed work never goes back"
+        committed = now
+
+    server.reset_stats()
+    final = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, timeout=120, check=False
+    )
+    assert final.returncode == 0, final.stderr
+    assert not set(server.stats()["decoded_ids"]) & committed
+    assert out.read_bytes() == reference.read_bytes()
+
+    def failures(path: Path) -> list[tuple[str, int, str]]:
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        return [(r["id"], r["line"], r["reason"]) for r in records]
+
+    assert failures(tmp_path / "scores.csv.errors.jsonl") == failures(
+        Path(f"{reference}.errors.jsonl")
+    )
+    assert not list(tmp_path.glob(".scores.csv*")), "no state, lock or partial file is left"
+
+
+def test_second_signal_stops_at_once_and_stays_resumable(
+    tmp_path: Path, server: FeatureServer, ids_file: Path
+) -> None:
+    server.faults = Faults(latency=0.02, p_stall=0.05, stall_seconds=30)
+    try:
+        out = tmp_path / "scores.csv"
+        command = [
+            *batchscore_command(),
+            "score",
+            str(ids_file),
+            "--max-failed",
+            "100",
+            "-c",
+            str(http_config(tmp_path, server.url)),
+            "-o",
+            str(out),
+        ]
+        proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=clean_environ(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while not committed_ids(out):  # let it get going: some rows committed
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # stalled requests keep the first stop waiting ...
+        time.sleep(0.3)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)  # ... the second one does not wait
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - started < 2
+        assert proc.returncode == 130
+        assert b"--resume" in err and b"Traceback" not in err
+    finally:
+        server.faults = Faults(latency=0.02)
+    resumed = subprocess.run(
+        [*command, "--resume"],
+        cwd=ROOT,
+        env=clean_environ(),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    ids = [line.split(",")[0] for line in out.read_text().splitlines()[1:]]
+    asked = ids_file.read_text().split()
+    known = [i for i in asked if not i.startswith("C999")]  # C999xxx are not in the store
+    assert ids == known  # each once, in input order
