@@ -169,17 +169,20 @@ def feature_owners(
     """Per source, the model features it must NOT contribute because another source wins them.
 
     A model feature provided by two sources is a config error unless exactly one of them lists it
-    in ``wins``.
+    in ``wins``.  A source that names its features only in its answers (``provides()`` is None)
+    counts as providing what it wins, and loses whatever another source wins.
     """
     wanted = set(model_features)
+    wins = {s.name: set(getattr(getattr(s, "config", None), "wins", ())) for s in sources}
     providers: dict[str, list[str]] = {}
+    drop: dict[str, set[str]] = {s.name: set() for s in sources}
     for source in sources:
         provided = source.provides()
         if provided is None:
-            continue
+            provided = frozenset(wins[source.name])
+            drop[source.name].update(*(v for k, v in wins.items() if k != source.name))
         for name in provided & wanted:
             providers.setdefault(name, []).append(source.name)
-    drop: dict[str, set[str]] = {s.name: set() for s in sources}
     for name, owners in providers.items():
         if len(owners) < 2:
             continue
