@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import email.utils
 import random
+import shutil
+import ssl
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from batchscore.errors import SourceDownError
+from batchscore.errors import ConfigError, SourceDownError
 from batchscore.settings import FetchSettings
 from batchscore.sources import NOT_FOUND, Failure
 from batchscore.sources.http import encode_id
@@ -348,6 +353,139 @@ def test_sources_for_one_id_are_fetched_concurrently_and_united(
     assert run.status == 0, run.stderr
     assert stats["max_inflight"] == 2  # both sources' requests were out at the same time
     assert np.array_equal(output_scores(rows, ("score",)), model.expected()[:1])
+
+
+@pytest.mark.parametrize("winner", ["http", "store"])
+def test_wins_decides_between_an_http_source_and_a_store(
+    trained_models: dict[str, TrainedModel],
+    score_in_process: ScoreInProcess,
+    tmp_path: Path,
+    winner: str,
+) -> None:
+    model = trained_models["binary"]
+    served = model.features.copy()
+    served[:, :4] = 0.0  # the service disagrees with the store on f0..f3
+    wins = [f"f{j}" for j in range(28)]
+    http = http_source("", name="http")
+    store = model.source(name="store")
+    (http if winner == "http" else store)["wins"] = wins
+    with server_process(tmp_path, rows_as_data(model.ids, served)) as srv:
+        http["url"] = f"{srv.url}/features/{{id}}"
+        run, rows, _ = run_scoring(score_in_process, tmp_path, model, [http, store])
+    assert run.status == 0, run.stderr
+    expected = model.booster.predict(served if winner == "http" else model.features)
+    assert np.array_equal(output_scores(rows, ("score",)), expected.reshape(-1, 1))
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An HTTPS server with a self-signed certificate for 127.0.0.1: (base URL, its cert)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"features": {"f0": 1.0}}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class Server(ThreadingHTTPServer):
+        def handle_error(self, *args: Any) -> None:
+            pass  # the refused handshakes are the point
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = Server(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}", cert
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_tls_is_verified_with_ca_bundle_and_insecure_as_the_only_ways_around(
+    tls_server: tuple[str, Path],
+) -> None:
+    url, cert = tls_server
+    results, stats = fetch_all(
+        [
+            http_source(url, name="default"),
+            http_source(url, name="ca", ca_bundle=str(cert)),
+            http_source(url, name="insecure", insecure=True),
+        ],
+        ["a"],
+    )
+    assert results == [
+        [Failure("tls_error", None, 1, False)],  # an unknown CA is not retried
+        [{"f0": 1.0}],
+        [{"f0": 1.0}],
+    ]
+    assert stats.retries == 0
+
+
+def test_an_explicit_proxy_gets_the_request(tmp_path: Path) -> None:
+    with FeatureServer({"a": {"f0": 1.0}}) as proxy:  # records the request line it is sent
+        [[result]], _ = fetch_all(
+            [http_source("http://features.invalid", proxy=proxy.url)],
+            ["a/b"],
+            fetch=FetchSettings(retries=0),
+        )
+        stats = proxy.stats()
+    assert result == Failure(NOT_FOUND, 404, 1, False)  # the "proxy" knows no such feature
+    assert stats["paths"] == ["http://features.invalid/features/a%2Fb"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"url": "http://h/features"}, r"url needs \{id\}"),
+        ({"url": "http://{id}.example/x"}, "not its host"),
+        ({"url": "ftp://h/{id}"}, "http:// or https://"),
+        ({"mode": "batch", "url": "http://h/batch/{id}"}, "POSTs the IDs in the body"),
+        ({"batch_size": 10}, 'applies to mode = "batch" only'),
+        ({"ca_bundle": "/nonexistent/ca.pem"}, "no file /nonexistent/ca.pem"),
+        ({"ca_bundle": "/etc/hosts", "insecure": True}, "not both"),
+        ({"timeout": 0}, "timeout must be more than 0"),
+        ({"features_pth": "x"}, "did you mean 'features_path'"),
+    ],
+)
+def test_config_errors_name_the_problem(extra: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        fetch_all([{**http_source("http://h"), **extra}], ["a"])
 
 
 # -- retry policy ------------------------------------------------------------------------------
