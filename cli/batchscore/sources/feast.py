@@ -77,7 +77,7 @@ class FeastSource:
         self.batch_size = config.batch_size
         self._endpoint = endpoint
         self._url = httpx.URL(config.url.rstrip("/") + "/get-online-features")
-        self._statuses = stats.statuses.setdefault(config.name, Counter())
+        self._stats = stats
         self._request: dict[str, Any] = (
             {"feature_service": config.feature_service}
             if config.feature_service
@@ -203,7 +203,8 @@ class FeastSource:
                     rows[i][feature] = None
                     if status == FEAST_NOT_FOUND:
                         not_found[i] += 1
-        self._statuses.update(counts)  # only answers that parsed are counted
+        # Only answers that parsed are counted; a source that never answered shows no line.
+        self._stats.statuses.setdefault(self.name, Counter()).update(counts)
         missing = Failure(NOT_FOUND)
         return [missing if columns and not_found[i] == columns else rows[i] for i in range(n)]
 

@@ -215,7 +215,7 @@ class Endpoint:
         self.policy = policy
         self.stats = stats
         self._client: httpx.AsyncClient | None = None
-        self._rejected: CredentialsRejected | None = None
+        self._rejected: int | None = None  # the 401/403 status once credentials were refused
 
     def open(self) -> None:
         """Create the pooled client (on the running loop)."""
@@ -253,7 +253,7 @@ class Endpoint:
 
         async def send() -> httpx.Response:
             if self._rejected is not None:  # credentials were refused: send nothing more
-                raise self._rejected
+                raise CredentialsRejected(self.source, self._rejected)
             try:
                 async with asyncio.timeout(self.options.timeout):
                     return await client.request(method, url, content=body, headers=headers)
@@ -271,8 +271,8 @@ class Endpoint:
                     log.debug("source '%s': status %d, %s", self.source, status, exc)
                     raise AttemptFailed(MALFORMED, status=status, retryable=True) from None
             if status in (401, 403):
-                self._rejected = CredentialsRejected(self.source, status)
-                raise self._rejected
+                self._rejected = status
+                raise CredentialsRejected(self.source, status)
             if status == 404 and per_id:
                 raise AttemptFailed(NOT_FOUND, status=404, retryable=False)
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
