@@ -3,10 +3,11 @@
 httpx is the client API; aiohttp's connection pool is the transport, because httpcore's pool
 collapses under concurrency (about 100 requests/s at 64 connections where 3,200/s is possible:
 ``bench/results/http-clients.md``).  :class:`Transport` is ``httpx_aiohttp.AiohttpTransport``
-with one change: the URL goes to aiohttp exactly as httpx encoded it (``encoded=True``), because
+with two changes: the URL goes to aiohttp exactly as httpx encoded it (``encoded=True``), because
 yarl otherwise decodes ``%2E`` and removes ``.``/``..`` segments, and an ID must never change the
-path.  URL credentials are dropped there too: httpx has already turned them into a Basic
-``Authorization`` header, and aiohttp refuses to see both.
+path (URL credentials are dropped there: httpx has already turned them into a Basic
+``Authorization`` header, and aiohttp refuses to see both); and aiohttp's hidden second attempt
+on a dropped keep-alive connection is off, so that every attempt is the retry policy's.
 
 :class:`Endpoint` makes one source's requests: every attempt holds a slot of the shared
 :class:`~batchscore.sources.limits.Limits`, the per-source ``timeout`` bounds the whole attempt
