@@ -200,9 +200,11 @@ async def _check_sources(
         drop = feature_owners(sources, model.info.feature_names)
         ids = sample or [PROBE_ID]
         checks = [SourceCheck(s.name, _kind(s)) for s in sources]
+        cpu = time.process_time()
         per_source = await asyncio.gather(
             *(_fetch_sample(s, ids, c) for s, c in zip(sources, checks, strict=True))
         )
+        cpu = time.process_time() - cpu
     finally:
         for source in opened:
             await source.close()
@@ -230,7 +232,8 @@ async def _check_sources(
     rows = _merge(sources, per_source, drop)
     _coverage(model, rows, len(sample), result)
     if total is not None:
-        _eta(settings, sources, checks, model, rows, total, result)
+        requests = sum(c.latency.count for c in checks)
+        _eta(settings, sources, checks, model, rows, total, cpu / max(requests, 1), result)
 
 
 def _report_source(check: SourceCheck, asked: int, result: CheckResult) -> None:
@@ -325,28 +328,33 @@ def _eta(
     model: Model,
     rows: list[dict[str, Any]],
     total: int,
+    cpu_per_request: float,
     result: CheckResult,
 ) -> None:
-    """Fetch time from the measured latency at the configured concurrency and rate limit."""
+    """The longest of: the requests at the measured latency, spread over ``--concurrency`` (or
+    at ``--rate-limit``); this process's CPU for them (per-ID requests are client-CPU-bound near
+    2,000/s per core); and scoring them."""
     requests = [math.ceil(total / s.batch_size) for s in sources]
     busy = sum(n * c.mean_latency for n, c in zip(requests, checks, strict=True))
-    fetch = busy / settings.fetch.concurrency
+    bounds = {
+        f"latency at concurrency {settings.fetch.concurrency}": busy / settings.fetch.concurrency,
+        "client CPU": sum(requests) * cpu_per_request,
+    }
     if settings.fetch.rate_limit > 0:
-        fetch = max(fetch, sum(requests) / settings.fetch.rate_limit)
-    score = 0.0
+        bounds[f"--rate-limit {settings.fetch.rate_limit:g}/s"] = (
+            sum(requests) / settings.fetch.rate_limit
+        )
     if rows:  # time a whole scoring batch (the sample's rows repeated): per-call overhead is real
         matrix = model.encoder.matrix(rows)
         batch = np.resize(matrix, (min(settings.score.batch_size, total), matrix.shape[1]))
         started = time.perf_counter()
         model.predict(batch)
-        score = (time.perf_counter() - started) / len(batch) * total
-    bound = "fetching" if fetch >= score else "scoring"
+        bounds["scoring"] = (time.perf_counter() - started) / len(batch) * total
+    bound, seconds = max(bounds.items(), key=lambda item: item[1])
     result.add(
         "eta",
-        f"{total:,} IDs in about {_duration(max(fetch, score))} ({bound}-bound at concurrency "
-        f"{settings.fetch.concurrency}"
-        + (f", {settings.fetch.rate_limit:g} requests/s" if settings.fetch.rate_limit else "")
-        + ", from the sample's latency)",
+        f"{total:,} IDs in about {_duration(seconds)} (bound by {bound}; "
+        "estimated from the sample)",
     )
 
 
