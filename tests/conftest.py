@@ -325,7 +325,8 @@ def read_output(source: Path | bytes, fmt: str | None = None) -> list[dict[str, 
 
 def read_errors(path: Path) -> list[dict[str, Any]]:
     """The records of an errors file (JSON lines)."""
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    # split on "\n" only: str.splitlines() would also split inside IDs holding U+0085 or U+2028
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
 
 
 def output_scores(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> np.ndarray:
@@ -367,10 +368,10 @@ class TrainedModel:
 
     kind: str
     model_path: Path
-    booster: lgb.Booster  # loaded from model_path, as a user would
+    booster: lgb.Booster = field(repr=False)  # loaded from model_path, as a user would
     db_path: Path
-    ids: tuple[str, ...]
-    features: np.ndarray  # float64 (rows, features): exactly what the db holds, NULL as NaN
+    ids: tuple[str, ...] = field(repr=False)
+    features: np.ndarray = field(repr=False)  # float64 (rows, features): the db's rows, NULL = NaN
     key: str = "id"
     table: str = "features"
     score_columns: tuple[str, ...] = field(default=("score",))
@@ -433,8 +434,8 @@ class IdStore:
     model_path: Path
     db_path: Path
     config_path: Path
-    booster: lgb.Booster
-    rows: Mapping[str, np.ndarray]  # id -> feature row (float64, NaN = NULL)
+    booster: lgb.Booster = field(repr=False)
+    rows: Mapping[str, np.ndarray] = field(repr=False)  # id -> feature row (float64, NaN = NULL)
 
     def score(self, ident: str) -> float:
         """What ``Booster.predict`` gives for this ID's stored row."""

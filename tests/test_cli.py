@@ -1,0 +1,442 @@
+"""The real ``batchscore`` command as a subprocess: exit statuses, what reaches stdout and
+stderr, one-line errors, messy input end to end, help and version.
+
+Each test runs the installed command the way a user or a cron job would, and checks what they
+would check: the exit status, the bytes on stdout, the files left behind, the errors file.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import io
+import json
+import pickle
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import (
+    ID_STORE_EMPTY,
+    IdStore,
+    RunCli,
+    read_errors,
+    read_output,
+    sqlite_source,
+    write_config,
+)
+
+
+def assert_one_line_error(code: int, out: bytes, err: str, expected_code: int = 2) -> None:
+    """The failure a user sees: the status, nothing on stdout, one line on stderr."""
+    assert code == expected_code, err
+    assert out == b""
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("batchscore: error: ")
+
+
+def score_of(store: IdStore, ident: str) -> str:
+    return repr(store.score(ident))
+
+
+# -- help and version -----------------------------------------------------------------------------
+
+
+def command_names() -> list[str]:
+    from batchscore.app import app
+
+    return [c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands]
+
+
+def test_every_command_is_covered_by_the_help_test() -> None:
+    assert {"score", "model-info"} <= set(command_names())
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(
+            None,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="app.py: typer.Typer(help=...) replaces the main callback's docstring, "
+                "so `batchscore --help` loses its Example",
+            ),
+        ),
+        *command_names(),
+    ],
+)
+def test_help_of_every_command_shows_an_example(run_cli: RunCli, command: str | None) -> None:
+    code, out, err = run_cli(*([command] if command else []), "--help")
+    assert code == 0, err
+    text = out.decode()
+    assert "Example" in text
+    assert "batchscore " in text.split("Example", 1)[1]
+
+
+def test_version_is_the_installed_version(run_cli: RunCli) -> None:
+    code, out, _ = run_cli("--version")
+    assert code == 0
+    assert out.decode().split() == ["batchscore", importlib.metadata.version("batchscore")]
+
+
+# -- errors that stop a run before it starts ------------------------------------------------------
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    return folder
+
+
+def bad_model(kind: str, store: IdStore, folder: Path) -> Path:
+    good = store.model_path.read_bytes()
+    path = folder / ("model.pkl" if kind == "pickle" else "model.txt")
+    content = {
+        "truncated": good[: len(good) // 2],
+        "corrupt": good.replace(b"num_leaves=", b"num_leaves=abc", 1),  # LightGBM aborts on it
+        "pickle": pickle.dumps({"booster": good}),
+    }[kind]
+    path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("missing", "does not exist"),
+        ("truncated", "truncated"),
+        ("corrupt", "corrupt"),
+        ("pickle", "pickle"),
+    ],
+)
+def test_bad_model_is_exit_2_in_one_line_and_creates_nothing(
+    run_cli: RunCli, id_store: IdStore, tmp_path: Path, out_dir: Path, kind: str, words: str
+) -> None:
+    model = tmp_path / "missing.txt" if kind == "missing" else bad_model(kind, id_store, tmp_path)
+    code, out, err = run_cli(
+        "score", "-c", id_store.config_path, "-m", model, "-o", out_dir / "s.csv", stdin=b"C1\n"
+    )
+    assert_one_line_error(code, out, err)  # stdout empty: no LightGBM line leaked either
+    assert words in err
+    assert str(model) in err
+    assert list(out_dir.iterdir()) == []  # no output, no temporary file
+
+
+@pytest.mark.parametrize(
+    ("toml", "environ", "words"),
+    [
+        ("[score\nbatch_size = 5\n", {}, ["not valid TOML"]),
+        ("[score]\nbatch_sise = 5\n", {}, ["batch_sise", "did you mean 'batch_size'"]),
+        ("[output]\npath = '${OUT_DIR}/s.csv'\n", {}, ["OUT_DIR"]),
+        (
+            "[fetch]\nconcurrency = 8\n",
+            {"BATCHSCORE_BATCH_SIZE": "lots"},
+            ["BATCHSCORE_BATCH_SIZE"],
+        ),
+    ],
+)
+def test_bad_config_is_exit_2_in_one_line(
+    run_cli: RunCli,
+    id_store: IdStore,
+    tmp_path: Path,
+    toml: str,
+    environ: dict[str, str],
+    words: list[str],
+) -> None:
+    base = id_store.config_path.read_text()
+    config = tmp_path / "bad.toml"
+    config.write_text(base + "\n" + toml)
+    code, out, err = run_cli("score", "-c", config, stdin=b"C1\n", env=environ)
+    assert_one_line_error(code, out, err)
+    for word in words:
+        assert word in err
+
+
+def test_unknown_flag_is_exit_2_with_a_suggestion(run_cli: RunCli, id_store: IdStore) -> None:
+    code, out, err = run_cli("score", "-c", id_store.config_path, "--batchsize", "3")
+    assert code == 2
+    assert out == b""
+    assert "Traceback" not in err
+    assert "--batch-size" in err
+
+
+def test_existing_output_is_exit_2_and_left_alone_without_overwrite(
+    run_cli: RunCli, id_store: IdStore, out_dir: Path
+) -> None:
+    existing = out_dir / "s.csv"
+    existing.write_text("precious\n")
+    code, out, err = run_cli("score", "-c", id_store.config_path, "-o", existing, stdin=b"C1\n")
+    assert_one_line_error(code, out, err)
+    assert "--overwrite" in err
+    assert existing.read_text() == "precious\n"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["s.csv"]
+
+    code, out, err = run_cli(
+        "score", "-c", id_store.config_path, "-o", existing, "--overwrite", stdin=b"C1\n"
+    )
+    assert code == 0, err
+    assert read_output(existing) == [{"id": "C1", "score": score_of(id_store, "C1")}]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="pipeline.py Pipeline.run: an error raised while reading input arrives as a nested "
+    "ExceptionGroup and is re-raised as the group, so a usage error becomes exit 1",
+)
+def test_csv_input_without_the_id_column_is_exit_2_in_one_line(
+    run_cli: RunCli, id_store: IdStore, tmp_path: Path
+) -> None:
+    ids = tmp_path / "ids.csv"
+    ids.write_text("customer,segment\nC1,x\n")
+    code, out, err = run_cli("score", ids, "-c", id_store.config_path)
+    assert "customer, segment" in err
+    assert_one_line_error(code, out, err)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="sources/sqlite.py SqliteSource.open: an error after connecting (PRAGMA on a broken "
+    "view) is not a ConfigError and leaves aiosqlite's thread running: exit 1, then a hang",
+)
+def test_feature_view_that_cannot_be_read_is_exit_2_and_the_process_ends(
+    run_cli: RunCli, id_store: IdStore, tmp_path: Path
+) -> None:
+    db = tmp_path / "broken.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE base (id TEXT, f0 REAL)")
+        conn.execute("CREATE VIEW features AS SELECT * FROM base")
+        conn.execute("DROP TABLE base")
+    conn.close()
+    config = write_config(
+        tmp_path / "c.toml", model=id_store.model_path, sources=[sqlite_source(db)]
+    )
+    try:
+        code, out, err = run_cli("score", "-c", config, stdin=b"C1\n", timeout=8)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError("the process did not end") from exc
+    assert_one_line_error(code, out, err)
+    assert "features" in err
+
+
+# -- failures during a run: exit 3 or 0 -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ((), 3),
+        (("--max-failed", "2"), 0),
+        (("--max-failed-rate", "0.5"), 0),
+        (("--max-failed-rate", "0.25"), 3),
+    ],
+)
+def test_failures_beyond_the_allowance_exit_3_within_it_exit_0(
+    run_cli: RunCli, id_store: IdStore, out_dir: Path, flags: tuple[str, ...], expected: int
+) -> None:
+    out = out_dir / "s.csv"
+    code, stdout, err = run_cli(
+        "score", "-c", id_store.config_path, "-o", out, *flags, stdin=b"C1\nNOPE-1\nNOPE-2\nC2\n"
+    )
+    assert code == expected, err
+    assert "Traceback" not in err
+    # Either way the outputs are complete: every ID is scored or recorded.
+    assert [row["id"] for row in read_output(out)] == ["C1", "C2"]
+    errors = read_errors(Path(f"{out}.errors.jsonl"))
+    assert [(e["id"], e["line"], e["reason"]) for e in errors] == [
+        ("NOPE-1", 2, "not_found"),
+        ("NOPE-2", 3, "not_found"),
+    ]
+    assert stdout == b""
+
+
+# -- stdout and stderr ----------------------------------------------------------------------------
+
+
+def test_stdout_has_only_csv_rows_and_stderr_the_summary(
+    run_cli: RunCli, id_store: IdStore
+) -> None:
+    code, out, err = run_cli(
+        "score", "-c", id_store.config_path, "--debug", stdin=b"C1\nNOPE\n007\n"
+    )
+    assert code == 3, err
+    rows = list(csv.reader(io.StringIO(out.decode())))
+    assert rows == [
+        ["id", "score"],
+        ["C1", score_of(id_store, "C1")],
+        ["007", score_of(id_store, "007")],
+    ]
+    assert "read 3 IDs, scored 2, failed 1" in err
+    assert "not_found" in err
+    assert "--errors" in err  # where failed IDs could have been recorded
+
+
+def test_quiet_prints_nothing_on_success(run_cli: RunCli, id_store: IdStore, out_dir: Path) -> None:
+    code, out, err = run_cli(
+        "score", "-c", id_store.config_path, "--quiet", "-o", out_dir / "s.csv", stdin=b"C1\n"
+    )
+    assert (code, out, err) == (0, b"", "")
+    code, out, err = run_cli("score", "-c", id_store.config_path, "-q", stdin=b"C1\n")
+    assert (code, err) == (0, "")
+    assert out.decode() == f"id,score\nC1,{score_of(id_store, 'C1')}\n"
+
+
+def test_quiet_still_shows_errors(run_cli: RunCli, id_store: IdStore, tmp_path: Path) -> None:
+    code, out, err = run_cli(
+        "score", "-c", id_store.config_path, "--quiet", "-m", tmp_path / "nope.txt"
+    )
+    assert_one_line_error(code, out, err)
+
+
+# -- messy input, end to end ---------------------------------------------------------------------
+
+
+def test_messy_text_input_is_scored_with_errors_recorded_by_line(
+    run_cli: RunCli, id_store: IdStore, out_dir: Path
+) -> None:
+    lines = [
+        b"\xef\xbb\xbfC1\r\n",  # 1: BOM, CRLF
+        b"\r\n",  # 2: blank
+        b"   007  \r\n",  # 3: surrounding whitespace; stays 007
+        b"\xff\xfeC2\n",  # 4: not UTF-8
+        b"y" * 1025 + b"\n",  # 5: too long
+        b"\n",  # 6: blank
+        b"C1\n",  # 7: duplicate, scored again
+        b"UNKNOWN\n",  # 8: not in the store
+        b'\tsay "hi"\t\n',  # 9: quotes
+        b"a,b\n",  # 10: a comma
+        ID_STORE_EMPTY.encode() + b"\n",  # 11: every feature missing
+        b"x" * 1024,  # 12: longest allowed, no final newline
+    ]
+    ids = out_dir.parent / "ids.txt"
+    ids.write_bytes(b"".join(lines))
+    out = out_dir / "scores.csv"
+    code, stdout, err = run_cli("score", ids, "-c", id_store.config_path, "-o", out)
+    assert code == 3, err
+    assert stdout == b""
+    expected_ids = ["C1", "007", "C1", 'say "hi"', "a,b", "x" * 1024]
+    rows = read_output(out)
+    assert [row["id"] for row in rows] == expected_ids
+    assert [row["score"] for row in rows] == [score_of(id_store, i) for i in expected_ids]
+    errors = read_errors(Path(f"{out}.errors.jsonl"))
+    assert [(e["line"], e["stage"], e["reason"]) for e in errors] == [
+        (4, "input", "invalid_utf8"),
+        (5, "input", "id_too_long"),
+        (8, "fetch", "not_found"),
+        (11, "score", "no_features"),
+    ]
+    assert [e["id"] for e in errors][2:] == ["UNKNOWN", ID_STORE_EMPTY]
+    assert errors[2]["source"] == "features"
+    # The run succeeded as far as files go: final names only, no temporary left behind.
+    assert sorted(p.name for p in out_dir.iterdir()) == ["scores.csv", "scores.csv.errors.jsonl"]
+
+
+def test_dedupe_scores_each_id_once_in_first_seen_order(run_cli: RunCli, id_store: IdStore) -> None:
+    code, out, err = run_cli(
+        "score", "-c", id_store.config_path, "--dedupe", stdin=b"C1\nC2\nC1\n007\nC2\n"
+    )
+    assert code == 0, err
+    assert [row["id"] for row in read_output(out)] == ["C1", "C2", "007"]
+
+
+def test_csv_input_with_id_column_and_kept_columns(
+    run_cli: RunCli, id_store: IdStore, tmp_path: Path
+) -> None:
+    ids = tmp_path / "accounts.csv"
+    ids.write_bytes(
+        b'\xef\xbb\xbfsegment,customer,note\r\ngold,007,"a, b"\r\nsilver,7,plain\r\n\r\n'
+        b"bronze,UNKNOWN,x\r\n"
+    )
+    out = tmp_path / "scores.csv"
+    code, _, err = run_cli(
+        "score",
+        ids,
+        "-c",
+        id_store.config_path,
+        "--id-column",
+        "customer",
+        "--keep",
+        "note",
+        "--keep",
+        "segment",
+        "-o",
+        out,
+        "--max-failed",
+        "1",
+    )
+    assert code == 0, err
+    assert read_output(out) == [
+        {"id": "007", "score": score_of(id_store, "007"), "note": "a, b", "segment": "gold"},
+        {"id": "7", "score": score_of(id_store, "7"), "note": "plain", "segment": "silver"},
+    ]
+    assert score_of(id_store, "007") != score_of(id_store, "7")  # "007" was not read as 7
+    errors = read_errors(Path(f"{out}.errors.jsonl"))
+    assert [(e["id"], e["line"]) for e in errors] == [("UNKNOWN", 5)]
+
+
+def test_jsonl_input_with_id_field_and_kept_fields(
+    run_cli: RunCli, id_store: IdStore, tmp_path: Path
+) -> None:
+    ids = tmp_path / "accounts.jsonl"
+    ids.write_text(
+        '{"acct": "007", "tier": "gold"}\n\n{"acct": 7, "tier": 2}\n{"acct": "日本"}\n',
+        encoding="utf-8",
+    )
+    out = tmp_path / "scores.jsonl"
+    code, _, err = run_cli(
+        "score", ids, "-c", id_store.config_path, "--id-field", "acct", "--keep", "tier", "-o", out
+    )
+    assert code == 0, err
+    rows = read_output(out)
+    assert [(row["id"], row["tier"]) for row in rows] == [("007", "gold"), ("7", "2"), ("日本", "")]
+    assert np.array_equal(
+        [row["score"] for row in rows], [id_store.score(i) for i in ("007", "7", "日本")]
+    )
+
+
+# -- configuration, as the process sees it --------------------------------------------------------
+
+
+def test_flag_beats_environment_beats_config_file(
+    run_cli: RunCli, id_store: IdStore, tmp_path: Path
+) -> None:
+    paths = {name: tmp_path / f"{name}.csv" for name in ("config", "env", "flag")}
+    config = write_config(
+        tmp_path / "c.toml",
+        model=id_store.model_path,
+        sources=[sqlite_source(id_store.db_path)],
+        output={"path": str(paths["config"])},
+        run={"max_failed": 0},
+    )
+    env = {"BATCHSCORE_OUTPUT": str(paths["env"]), "BATCHSCORE_MAX_FAILED": "1"}
+    code, _, err = run_cli("score", "-c", config, "-o", paths["flag"], stdin=b"C1\nNOPE\n", env=env)
+    assert code == 0, err  # the environment's allowance of one failure beat the config's zero
+    assert [p.name for p in paths.values() if p.exists()] == ["flag.csv"]
+
+
+def test_errors_file_for_a_stdout_run_goes_where_errors_says(
+    run_cli: RunCli, id_store: IdStore, tmp_path: Path
+) -> None:
+    errors = tmp_path / "failed.jsonl"
+    code, out, err = run_cli(
+        "score", "-c", id_store.config_path, "--errors", errors, stdin=b"NOPE\n\nC1\n"
+    )
+    assert code == 3, err
+    assert [row["id"] for row in read_output(out)] == ["C1"]
+    record = json.loads(errors.read_text())
+    assert record == {
+        "id": "NOPE",
+        "line": 1,
+        "stage": "fetch",
+        "source": "features",
+        "reason": "not_found",
+        "status": None,
+        "attempts": 1,
+    }
