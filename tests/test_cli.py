@@ -12,6 +12,7 @@ import importlib.metadata
 import io
 import json
 import pickle
+import re
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -23,6 +24,7 @@ from conftest import (
     ID_STORE_EMPTY,
     IdStore,
     RunCli,
+    ScoreInProcess,
     read_errors,
     read_output,
     sqlite_source,
@@ -59,14 +61,7 @@ def test_every_command_is_covered_by_the_help_test() -> None:
 @pytest.mark.parametrize(
     "command",
     [
-        pytest.param(
-            None,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="app.py: typer.Typer(help=...) replaces the main callback's docstring, "
-                "so `batchscore --help` loses its Example",
-            ),
-        ),
+        None,
         *command_names(),
     ],
 )
@@ -184,12 +179,6 @@ def test_existing_output_is_exit_2_and_left_alone_without_overwrite(
     assert read_output(existing) == [{"id": "C1", "score": score_of(id_store, "C1")}]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="pipeline.py Pipeline.run: an error raised while reading input arrives as a nested "
-    "ExceptionGroup and is re-raised as the group, so a usage error becomes exit 1",
-)
 def test_csv_input_without_the_id_column_is_exit_2_in_one_line(
     run_cli: RunCli, id_store: IdStore, tmp_path: Path
 ) -> None:
@@ -200,12 +189,6 @@ def test_csv_input_without_the_id_column_is_exit_2_in_one_line(
     assert_one_line_error(code, out, err)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="sources/sqlite.py SqliteSource.open: an error after connecting (PRAGMA on a broken "
-    "view) is not a ConfigError and leaves aiosqlite's thread running: exit 1, then a hang",
-)
 def test_feature_view_that_cannot_be_read_is_exit_2_and_the_process_ends(
     run_cli: RunCli, id_store: IdStore, tmp_path: Path
 ) -> None:
@@ -219,7 +202,7 @@ def test_feature_view_that_cannot_be_read_is_exit_2_and_the_process_ends(
         tmp_path / "c.toml", model=id_store.model_path, sources=[sqlite_source(db)]
     )
     try:
-        code, out, err = run_cli("score", "-c", config, stdin=b"C1\n", timeout=8)
+        code, out, err = run_cli("score", "-c", config, stdin=b"C1\n", timeout=6)
     except subprocess.TimeoutExpired as exc:
         raise AssertionError("the process did not end") from exc
     assert_one_line_error(code, out, err)
@@ -274,7 +257,9 @@ def test_stdout_has_only_csv_rows_and_stderr_the_summary(
         ["007", score_of(id_store, "007")],
     ]
     assert "read 3 IDs, scored 2, failed 1" in err
-    assert "not_found" in err
+    assert "failed by reason: not_found 1" in err
+    assert re.search(r"source features: .*p50 .*p95 .*p99 ", err)
+    assert re.search(r"time busy: fetch .*score .*write ", err)
     assert "--errors" in err  # where failed IDs could have been recorded
 
 
@@ -440,3 +425,21 @@ def test_errors_file_for_a_stdout_run_goes_where_errors_says(
         "status": None,
         "attempts": 1,
     }
+
+
+def test_progress_is_a_log_line_on_stderr_when_not_on_a_terminal(
+    score_in_process: ScoreInProcess, id_store: IdStore
+) -> None:
+    ids = "".join(f"{i}\n" for i in ["C1", "C2", "NOPE"] * 200).encode()
+    run = score_in_process(
+        config=id_store.config_path,
+        stdin=ids,
+        progress_interval=0.001,
+        batch_size=10,
+        max_failed=200,
+    )
+    assert run.status == 0, run.stderr
+    progress = [line for line in run.stderr.splitlines() if " done, " in line]
+    assert progress
+    assert all(re.match(r"batchscore: [\d,]+ done, [\d,]+ failed, ", line) for line in progress)
+    assert b" done, " not in run.stdout

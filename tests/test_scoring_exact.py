@@ -18,8 +18,10 @@ import pandas as pd
 import pytest
 
 from conftest import (
+    ID_STORE_EMPTY,
     ROOT,
     SAMPLE_DIR,
+    IdStore,
     RunCli,
     ScoreInProcess,
     TrainedModel,
@@ -223,3 +225,22 @@ def test_unseen_categories_missing_categories_and_numeric_strings_score_like_pan
     # The edits matter: scoring the untouched rows gives different scores for them.
     untouched = predict_like_a_pandas_user(booster, sample_rows(ids))
     assert not np.array_equal(expected[:6], untouched[:6])
+
+
+def test_allow_empty_scores_a_row_without_features_as_all_missing(
+    id_store: IdStore, score_in_process: ScoreInProcess, tmp_path: Path
+) -> None:
+    config = write_config(
+        tmp_path / "c.toml",
+        model=id_store.model_path,
+        sources=[sqlite_source(id_store.db_path)],
+        score={"allow_empty": True},
+    )
+    run = score_in_process(config=config, stdin=f"{ID_STORE_EMPTY}\nC1\n".encode())
+    assert run.status == 0, run.stderr
+    rows = read_output(run.stdout)
+    assert [row["id"] for row in rows] == [ID_STORE_EMPTY, "C1"]
+    assert np.array_equal(
+        output_scores(rows, ["score"])[:, 0],
+        [id_store.score(ID_STORE_EMPTY), id_store.score("C1")],
+    )

@@ -7,6 +7,7 @@ rules on single values are checked on :func:`batchscore.settings.resolve` direct
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -319,3 +320,17 @@ def test_bad_flag_values_are_usage_errors_naming_the_flag(
     with pytest.raises(UsageError) as error:
         settings_for(tmp_path, {}, {}, **flags)
     assert fragment in error.value.message
+
+
+def test_date_and_run_id_in_the_output_path_expand(
+    id_store: IdStore, score_in_process: ScoreInProcess, tmp_path: Path
+) -> None:
+    template = tmp_path / "scores-{date}-{run_id}.csv"
+    run = score_in_process(config=id_store.config_path, stdin=b"C1\n", output=str(template))
+    assert run.status == 0, run.stderr
+    written = [p.name for p in tmp_path.iterdir() if p.suffix == ".csv"]
+    assert len(written) == 1
+    _, year, month, day, run_id = written[0].removesuffix(".csv").split("-")
+    assert f"{year}-{month}-{day}" == datetime.date.today().isoformat()
+    assert run_id
+    assert f"scores written to {tmp_path / written[0]}" in run.stderr
