@@ -19,9 +19,8 @@ import typer
 from batchscore import __version__
 from batchscore.errors import BatchscoreError, ExitStatus, PipeClosedError, Terminated
 
-app = typer.Typer(
+app = typer.Typer(  # the help text is the main callback's docstring, with its example
     name="batchscore",
-    help="Score lists of IDs with a LightGBM model, fetching features from slow services.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

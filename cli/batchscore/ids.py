@@ -81,7 +81,11 @@ def read_text(stream: BinaryIO) -> Iterator[InputItem]:
 
 
 def read_csv(stream: BinaryIO, id_column: str, keep: tuple[str, ...]) -> Iterator[InputItem]:
-    """CSV with a header row; the ID from ``id_column``, ``keep`` columns carried through."""
+    """CSV with a header row; the ID from ``id_column``, ``keep`` columns carried through.
+
+    The header is read and checked at once (a missing column is a usage error before any
+    output is written); the rows are then read lazily.
+    """
     problems: list[InputProblem] = []
     first_line: list[int | None] = [None]  # where the record being read starts (it may span lines)
 
@@ -99,7 +103,7 @@ def read_csv(stream: BinaryIO, id_column: str, keep: tuple[str, ...]) -> Iterato
     reader = csv.reader(decoded())
     header = next(reader, None)
     if header is None:
-        return
+        return iter(())
     first_line[0] = None
     header = [h.strip() for h in header]
     missing = [c for c in (id_column, *keep) if c not in header]
@@ -110,21 +114,27 @@ def read_csv(stream: BinaryIO, id_column: str, keep: tuple[str, ...]) -> Iterato
         )
     id_index = header.index(id_column)
     keep_index = [header.index(c) for c in keep]
-    for row in reader:
+
+    def rows() -> Iterator[InputItem]:
+        for row in reader:
+            yield from problems
+            problems.clear()
+            number, first_line[0] = first_line[0] or 0, None
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) <= max((id_index, *keep_index)):
+                yield InputProblem(number, None, "short_row")
+                continue
+            value = row[id_index].strip()
+            if not value:
+                yield InputProblem(number, None, "missing_id")
+                continue
+            yield _check_id(number, value) or IdRow(
+                number, value, tuple(row[i] for i in keep_index)
+            )
         yield from problems
-        problems.clear()
-        number, first_line[0] = first_line[0] or 0, None
-        if not row or all(not c.strip() for c in row):
-            continue
-        if len(row) <= max((id_index, *keep_index)):
-            yield InputProblem(number, None, "short_row")
-            continue
-        value = row[id_index].strip()
-        if not value:
-            yield InputProblem(number, None, "missing_id")
-            continue
-        yield _check_id(number, value) or IdRow(number, value, tuple(row[i] for i in keep_index))
-    yield from problems
+
+    return rows()
 
 
 def _field_text(value: object) -> str:

@@ -38,7 +38,14 @@ from batchscore.report import RunStats, summary_lines, write_metrics, write_repo
 from batchscore.settings import Settings, parse_shard
 from batchscore.sinks import Columns, Sink, output_format
 from batchscore.sinks.errorlog import ErrorLog
-from batchscore.sinks.files import ByteTarget, FileTarget, StdoutTarget, temp_path, write_error
+from batchscore.sinks.files import (
+    ByteTarget,
+    FileTarget,
+    StdoutTarget,
+    refuse_existing,
+    temp_path,
+    write_error,
+)
 from batchscore.sources import Source, build_sources
 from batchscore.sources.limits import Limits
 from batchscore.state import Progress, RunLock, RunState
@@ -188,11 +195,8 @@ def plan(settings: Settings) -> _Plan:
     try:
         if resumable and not Path(output).parent.is_dir():
             raise UsageError(f"the folder for output {output} does not exist; create it first")
-        if resumable and Path(output).exists() and not settings.output.overwrite:
-            raise UsageError(
-                f"output {output} already exists; "
-                "pass --overwrite to replace it or choose another -o"
-            )
+        if resumable:
+            refuse_existing(Path(output), settings.output.overwrite)
     except OSError as exc:
         raise write_error(output, exc) from None
     errors_path = settings.output.errors or (output + ".errors.jsonl" if resumable else None)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from batchscore.errors import ConfigError, SourceDownError
+from batchscore.errors import BatchscoreError, ConfigError, SourceDownError
 from batchscore.ids import IdRow, InputItem, InputProblem, stable_hash
 from batchscore.model import Model
 from batchscore.progress import Progress
@@ -283,10 +283,8 @@ class Pipeline:
                 )
                 group.create_task(self._score(to_score, to_write))
                 group.create_task(self._write(to_write, window))
-        except* SourceDownError as eg:
-            raise _first_leaf(eg) from None
-        except* Exception as eg:
-            raise _first_leaf(eg) from None
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
         finally:
             if self._feed is not None:
                 self._feed.stop()
@@ -590,6 +588,22 @@ class Pipeline:
         self.stats.scored += len(scored)
         for record in errors:
             self.stats.failed[record.reason] += 1
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a (possibly nested) task group failure: ours first."""
+    leaves: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        else:
+            leaves.append(error)
+
+    walk(group)
+    ours = [e for e in leaves if isinstance(e, BatchscoreError)]
+    return (ours or leaves)[0]
 
 
 def allowed(stats: RunStats, max_failed: int, max_failed_rate: float) -> bool:

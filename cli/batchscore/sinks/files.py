@@ -45,6 +45,14 @@ def temp_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.partial")
 
 
+def refuse_existing(path: Path, overwrite: bool) -> None:
+    """An existing output is an error unless ``--overwrite``."""
+    if not overwrite and path.exists():
+        raise OutputExistsError(
+            f"output {path} already exists; pass --overwrite to replace it or choose another -o"
+        )
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY)
@@ -87,11 +95,7 @@ class FileTarget:
 
     async def open(self, resume_at: int | None = None) -> None:
         """Refuse an existing output unless overwriting; create or take over the temporary file."""
-        if self.path.exists() and not self.overwrite:
-            raise OutputExistsError(
-                f"output {self.path} already exists; "
-                "pass --overwrite to replace it or choose another -o"
-            )
+        refuse_existing(self.path, self.overwrite)
         try:
             if resume_at is not None and self.temp.exists():
                 self._file = await aiofiles.open(self.temp, "r+b")

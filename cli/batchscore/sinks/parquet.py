@@ -15,9 +15,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from batchscore.errors import OutputExistsError, UsageError
+from batchscore.errors import UsageError
 from batchscore.sinks import Columns, ScoredBatch
-from batchscore.sinks.files import fsync_dir, temp_path, write_error
+from batchscore.sinks.files import fsync_dir, refuse_existing, temp_path, write_error
 
 
 def _pyarrow() -> Any:
@@ -57,11 +57,7 @@ class ParquetSink:
 
     async def open(self, resume_at: int | None = None) -> None:
         """Create the segment folder, or cut a stopped run's back to ``resume_at`` segments."""
-        if self.path.exists() and not self.overwrite:
-            raise OutputExistsError(
-                f"output {self.path} already exists; "
-                "pass --overwrite to replace it or choose another -o"
-            )
+        refuse_existing(self.path, self.overwrite)
         try:
             if resume_at is None and self.folder.exists():
                 shutil.rmtree(self.folder)

@@ -12,9 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from batchscore.errors import OutputExistsError
 from batchscore.sinks import Columns, ScoredBatch
-from batchscore.sinks.files import fsync_dir, temp_path, write_error
+from batchscore.sinks.files import fsync_dir, refuse_existing, temp_path, write_error
 
 
 def _quote(name: str) -> str:
@@ -46,11 +45,7 @@ class SqliteSink:
         """Create the table (or take over a stopped run's database, cut back to ``resume_at``)."""
         import aiosqlite
 
-        if self.path.exists() and not self.overwrite:
-            raise OutputExistsError(
-                f"output {self.path} already exists; "
-                "pass --overwrite to replace it or choose another -o"
-            )
+        refuse_existing(self.path, self.overwrite)
         if resume_at is None:
             with contextlib.suppress(FileNotFoundError):
                 self.temp.unlink()

@@ -64,38 +64,46 @@ class SqliteSource:
         import aiosqlite
 
         path = Path(self.config.path)
-        where = f"source '{self.name}'"
         if not path.is_file():
-            raise ConfigError(f"{where}: SQLite file {self.config.path} does not exist")
-        uri = path.resolve().as_uri() + "?mode=ro"
-        try:
-            self._db = await aiosqlite.connect(uri, uri=True)
-            cursor = await self._db.execute(
-                "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')"
+            raise ConfigError(
+                f"source '{self.name}': SQLite file {self.config.path} does not exist"
             )
-            tables = [row[0] for row in await cursor.fetchall()]
-        except sqlite3.DatabaseError as exc:
+        uri = path.resolve().as_uri() + "?mode=ro"
+        self._db = await aiosqlite.connect(uri, uri=True)
+        try:
+            await self._check_schema()
+        except sqlite3.Error as exc:
             await self.close()
             raise ConfigError(
-                f"{where}: {self.config.path} is not a usable SQLite file ({exc})"
+                f"source '{self.name}': {self.config.path} cannot be read ({exc}); "
+                "check the file and the table"
             ) from None
+        except BaseException:
+            await self.close()  # aiosqlite's thread would keep the process alive
+            raise
+
+    async def _check_schema(self) -> None:
+        where = f"source '{self.name}'"
+        cursor = await self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('table', 'view')"
+        )
+        tables = [row[0] for row in await cursor.fetchall()]
         if self.config.table not in tables:
-            await self.close()
             raise ConfigError(
                 f"{where}: no table '{self.config.table}' in {self.config.path}"
                 f"{suggest(self.config.table, tables)}"
             )
         cursor = await self._db.execute(f"PRAGMA table_info({_quote(self.config.table)})")
         schema = {row[1]: str(row[2]).upper() for row in await cursor.fetchall()}
+        if not schema:  # a view whose tables are gone answers PRAGMA with nothing
+            await self._db.execute(f"SELECT * FROM {_quote(self.config.table)} LIMIT 0")
         if self.config.key not in schema:
-            await self.close()
             raise ConfigError(
                 f"{where}: table '{self.config.table}' has no key column '{self.config.key}'"
                 f"{suggest(self.config.key, schema)}"
             )
         for column in self.config.columns:
             if column not in schema:
-                await self.close()
                 raise ConfigError(
                     f"{where}: table '{self.config.table}' has no column '{column}'"
                     f"{suggest(column, schema)}"
