@@ -52,6 +52,7 @@ class Measure:
     server_cpu: float | None = None
     server_max_inflight: int | None = None
     inner: float | None = None  # seconds of the run proper (without start-up), if known
+    load: float | None = None  # 1-minute load average when the run ended (others' work shows)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -109,6 +110,7 @@ def run_measured(
             rss_kb = int(rss_path.read_text().split()[-1])
     stderr = err_path.read_text(errors="replace").strip().splitlines()
     return Measure(
+        load=os.getloadavg()[0],
         wall=wall,
         user=usage.ru_utime,
         system=usage.ru_stime,
@@ -282,5 +284,14 @@ def machine() -> dict[str, str]:
         text=True,
         check=False,
     )
-    info["git"] = commit.stdout.strip() or "unknown"
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "cli"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    info["git"] = (commit.stdout.strip() or "unknown") + (
+        " (with uncommitted changes in cli/)" if dirty.stdout.strip() else ""
+    )
     return info

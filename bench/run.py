@@ -874,6 +874,12 @@ def write_report(
         "|---|---|",
     ]
     lines += [f"| {k} | {v} |" for k, v in meta["machine"].items()]
+    loads = [m.load for sc in scenarios.values() for v in sc.variants for m in v.measures if m.load]
+    if loads:
+        lines.append(
+            f"| 1-min load average at the end of runs | median {statistics.median(loads):.2f}, "
+            f"range {min(loads):.2f}-{max(loads):.2f} (the bench alone adds ~1-2) |"
+        )
     lines += [
         "",
         "## Targets (issue 5)",
@@ -1032,6 +1038,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         RESULTS if not args.quick and not args.only else data.WORK / "RESULTS-quick.md"
     )
 
+    machine = harness.machine()  # the commit measured is the one at the start
     p = data.ensure()
     ids = {
         "p1": p.ids_p1,
@@ -1098,7 +1105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "duration": f"{elapsed / 60:.1f} min",
         "rounds": rounds,
-        "machine": harness.machine(),
+        "machine": machine,
     }
     write_report(target, scenarios, extras, meta)
     raw = {
