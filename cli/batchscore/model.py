@@ -315,8 +315,16 @@ class Encoder:
     def matrix(self, rows: Sequence[Mapping[str, Any]]) -> Matrix:
         """A float64 (len(rows), n_features) matrix; missing and unusable values are NaN."""
         out = np.empty((len(rows), len(self.names)), dtype=np.float64)
+        columns = _columns_of_records(rows)
         for j, name in enumerate(self.names):
-            column = [row.get(name) for row in rows]
+            if columns is not None:
+                index = columns[0].get(name)
+                if index is None:
+                    out[:, j] = math.nan
+                    continue
+                column: Sequence[Any] = columns[1][index]
+            else:
+                column = [row.get(name) for row in rows]
             codes = self._codes.get(j)
             if codes is not None:
                 out[:, j] = [_category_code(codes, v) for v in column]
@@ -326,6 +334,25 @@ class Encoder:
             except (TypeError, ValueError):
                 out[:, j] = [_to_float(v) for v in column]
         return out
+
+
+def _columns_of_records(
+    rows: Sequence[Mapping[str, Any]],
+) -> tuple[Mapping[str, int], list[tuple[Any, ...]]] | None:
+    """For rows that are all records of one source: its column index and the rows transposed.
+
+    Transposing with ``zip`` runs in C, so a batch from one source is assembled column-wise
+    without a Python-level lookup per value.
+    """
+    from batchscore.sources import Record
+
+    if not rows or not isinstance(rows[0], Record):
+        return None
+    layout = rows[0].columns
+    records = [r for r in rows if isinstance(r, Record) and r.columns is layout]
+    if len(records) != len(rows):
+        return None
+    return layout, list(zip(*(r.row for r in records), strict=True))
 
 
 def _category_code(codes: Mapping[Any, float], value: Any) -> float:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,7 +67,7 @@ class Row:
     line: int
     id: str
     keep: tuple[str, ...]
-    features: dict[str, Any] = field(default_factory=dict)
+    features: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -77,6 +77,7 @@ class Scored:
     rows: list[Row]
     scores: npt.NDArray[np.float64]
     explanations: list[list[tuple[str, float]]] | None
+    failed: list[tuple[int, ErrorRecord]] = field(default_factory=list)  # no_features
 
 
 @dataclass(slots=True)
@@ -163,6 +164,27 @@ def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
     return first
 
 
+class Window:
+    """Slots for rows between reading and writing; the reader takes many at once, the writer
+    gives them back as rows are written.  (One waiter, so an event is enough.)"""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._freed = asyncio.Event()
+
+    async def acquire(self, count: int) -> None:
+        """Wait until ``count`` slots are free and take them."""
+        while self.free < count:
+            self._freed.clear()
+            await self._freed.wait()
+        self.free -= count
+
+    def release(self, count: int) -> None:
+        """Give ``count`` slots back."""
+        self.free += count
+        self._freed.set()
+
+
 def feature_owners(
     sources: Sequence[Source], model_features: Sequence[str]
 ) -> dict[str, frozenset[str]]:
@@ -225,7 +247,6 @@ class Pipeline:
         self.options = options
         self.window_rows = options.window_size(self.sources)
         self._drop = feature_owners(self.sources, model.info.feature_names)
-        self._model_features = frozenset(model.info.feature_names)
         self._consecutive_failures: dict[str, int] = {s.name: 0 for s in self.sources}
         self._stopping = False
         self._dispatcher: asyncio.Task[None] | None = None
@@ -273,7 +294,7 @@ class Pipeline:
 
     async def run(self, items: Iterator[InputItem]) -> None:
         """Run every stage to the end of the input (or until stopped)."""
-        window = asyncio.Semaphore(self.window_rows)
+        window = Window(self.window_rows)
         to_score: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
         to_write: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
         try:
@@ -307,7 +328,7 @@ class Pipeline:
     async def _dispatch(
         self,
         items: Iterator[InputItem],
-        window: asyncio.Semaphore,
+        window: Window,
         to_score: asyncio.Queue[Any],
         to_write: asyncio.Queue[Any],
     ) -> None:
@@ -322,31 +343,32 @@ class Pipeline:
                     batch = await feed.take(chunk_size)
                     if batch is None:
                         break
+                    # One slot per item, taken for the whole batch; skipped items give theirs
+                    # back at once.
+                    await window.acquire(len(batch))
                     chunk: list[Row] = []
+                    problems: list[tuple[int, ErrorRecord]] = []
+                    skipped = 0
                     for item in batch:
-                        if self._stopping:
-                            break
                         if self.options.skip is not None and self.options.skip(item.line):
                             if self.options.dedupe and isinstance(item, IdRow):
                                 seen.add(item.id)
-                            continue
-                        if isinstance(item, InputProblem):
-                            self.stats.read += 1
-                            await window.acquire()
-                            record = ErrorRecord(item.id, item.line, "input", None, item.reason)
-                            await to_write.put(Failed([(seq, record)]))
-                            seq += 1
+                            skipped += 1
                             continue
                         self.stats.read += 1
-                        if not self._wanted(item, seen):
+                        if isinstance(item, InputProblem):
+                            record = ErrorRecord(item.id, item.line, "input", None, item.reason)
+                            problems.append((seq, record))
+                            seq += 1
+                        elif not self._wanted(item, seen):
                             self.stats.skipped += 1
-                            continue
-                        await window.acquire()
-                        chunk.append(Row(seq, item.line, item.id, item.keep))
-                        seq += 1
-                        if len(chunk) >= chunk_size:
-                            fetches.create_task(self._fetch_chunk(chunk, to_score, to_write))
-                            chunk = []
+                            skipped += 1
+                        else:
+                            chunk.append(Row(seq, item.line, item.id, item.keep))
+                            seq += 1
+                    window.release(skipped)
+                    if problems:
+                        await to_write.put(Failed(problems))
                     if chunk:
                         fetches.create_task(self._fetch_chunk(chunk, to_score, to_write))
         finally:
@@ -406,19 +428,20 @@ class Pipeline:
                     result.status,
                     result.attempts,
                 )
+            if len(results) == 1:
+                row.features = result  # one source: its record is the row's features, no copy
+                return None
             found = True
             drop = self._drop.get(source.name)
+            merged = row.features if isinstance(row.features, dict) else {}
             if drop:
-                row.features.update((k, v) for k, v in result.items() if k not in drop)
+                merged.update((k, v) for k, v in result.items() if k not in drop)
             else:
-                row.features.update(result)
+                merged.update(result)
+            row.features = merged
         if not found:
             name = not_found_source if len(self.sources) == 1 else None
             return ErrorRecord(row.id, row.line, "fetch", name, NOT_FOUND, None, 1)
-        if not self.options.allow_empty and all(
-            row.features.get(name) is None for name in self._model_features
-        ):
-            return ErrorRecord(row.id, row.line, "score", None, "no_features", None, 0)
         return None
 
     def _check_health(self, per_source: list[list[FetchResult]]) -> None:
@@ -470,10 +493,28 @@ class Pipeline:
         await to_write.put(_END)
 
     def _score_batch(self, rows: list[Row]) -> Scored:
-        """Runs in the scoring thread: assemble the matrix, predict, explain, count quality."""
+        """Runs in the scoring thread: assemble the matrix, predict, explain, count quality.
+
+        A row whose features are all missing (NaN once encoded) is not scored silently: it is
+        a ``no_features`` failure, unless ``allow_empty``.
+        """
         matrix = self.model.encoder.matrix([row.features for row in rows])
         for row in rows:
             row.features = {}  # the features are in the matrix now; free them early
+        empty: list[tuple[int, ErrorRecord]] = []
+        if not self.options.allow_empty:
+            all_missing = np.asarray(np.isnan(matrix).all(axis=1), dtype=np.bool_)
+            if all_missing.any():
+                lost = [bool(x) for x in all_missing]
+                empty = [
+                    (row.seq, ErrorRecord(row.id, row.line, "score", None, "no_features", None, 0))
+                    for row, gone in zip(rows, lost, strict=True)
+                    if gone
+                ]
+                rows = [row for row, gone in zip(rows, lost, strict=True) if not gone]
+                matrix = matrix[~all_missing]
+        if not rows:
+            return Scored([], np.empty((0, 1)), None, empty)
         scores = self.model.predict(matrix, raw_score=self.options.raw_score)
         if scores.ndim == 1:
             scores = scores.reshape(-1, 1)
@@ -485,7 +526,7 @@ class Pipeline:
         with np.errstate(invalid="ignore"):
             quality.out_of_range += ((matrix < self._low) | (matrix > self._high)).sum(axis=0)
         quality.rows += len(rows)
-        return Scored(rows, scores, explanations)
+        return Scored(rows, scores, explanations, empty)
 
     def _explain(
         self, matrix: npt.NDArray[np.float64], scores: npt.NDArray[np.float64]
@@ -502,7 +543,7 @@ class Pipeline:
 
     # -- stage 4: write ------------------------------------------------------------------------
 
-    async def _write(self, to_write: asyncio.Queue[Any], window: asyncio.Semaphore) -> None:
+    async def _write(self, to_write: asyncio.Queue[Any], window: Window) -> None:
         waiting: dict[int, Any] = {}
         next_seq = 0
         unordered = self.options.unordered
@@ -531,6 +572,7 @@ class Pipeline:
                     (row.seq, (row, item.scores[i], explained[i] if explained else None))
                     for i, row in enumerate(item.rows)
                 ]
+                outcomes.extend(item.failed)
             if unordered:
                 ready = outcomes
             else:
@@ -543,8 +585,7 @@ class Pipeline:
                 await self._emit([outcome for _, outcome in ready])
                 self._advance(ready)
                 self._dirty = True
-                for _ in ready:
-                    window.release()
+                window.release(len(ready))
                 self.progress.update(self.stats)
             if loop.time() >= next_checkpoint:
                 await self._checkpoint()

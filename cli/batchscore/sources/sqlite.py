@@ -14,7 +14,7 @@ from typing import Any
 
 from batchscore.configtools import build, suggest
 from batchscore.errors import ConfigError
-from batchscore.sources import NOT_FOUND, Failure, FetchResult
+from batchscore.sources import NOT_FOUND, Failure, FetchResult, Record
 from batchscore.sources.limits import Limits
 
 MAX_BATCH = 30_000  # below SQLite's limit on bound parameters (32,766)
@@ -50,6 +50,7 @@ class SqliteSource:
         self._db: Any = None
         self._columns: tuple[str, ...] = ()
         self._integer_key = False
+        self._record_columns: dict[str, int] = {}
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any], where: str, limits: Limits) -> SqliteSource:
@@ -110,6 +111,9 @@ class SqliteSource:
                 )
         self._integer_key = "INT" in schema[self.config.key]
         self._columns = self.config.columns or tuple(c for c in schema if c != self.config.key)
+        rename = self.config.rename
+        # Rows come back as (key, *columns): a record maps model names to those positions.
+        self._record_columns = {rename.get(c, c): i for i, c in enumerate(self._columns, start=1)}
         select = ", ".join(_quote(c) for c in (self.config.key, *self._columns))
         self._select = (
             f"SELECT {select} FROM {_quote(self.config.table)} WHERE {_quote(self.config.key)} IN "
@@ -131,15 +135,15 @@ class SqliteSource:
     async def fetch(self, ids: Sequence[str]) -> list[FetchResult]:
         """One ``IN (...)`` query for the batch; IDs not in the table are not found."""
         keys = {k for k in (self._key(i) for i in ids) if k is not None}
-        found: dict[str | int, dict[str, Any]] = {}
+        found: dict[str | int, Record] = {}
         if keys:
             placeholders = "(" + ",".join("?" * len(keys)) + ")"
-            names = [self.config.rename.get(c, c) for c in self._columns]
             async with self._limits.request(self.name):
                 cursor = await self._db.execute(self._select + placeholders, list(keys))
                 rows = await cursor.fetchall()
+            columns = self._record_columns
             for row in rows:
-                found[row[0]] = dict(zip(names, row[1:], strict=True))
+                found[row[0]] = Record(columns, row)
         missing = Failure(NOT_FOUND)
         return [found.get(k, missing) if (k := self._key(i)) is not None else missing for i in ids]
 
