@@ -365,7 +365,6 @@ class _Run:
             explain=settings.score.explain,
             dedupe=settings.input.dedupe,
             shard=parse_shard(settings.input.shard) if settings.input.shard else None,
-            down_after=settings.fetch.down_after,
             skip=skip,
         )
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from batchscore.errors import BatchscoreError, ConfigError, SourceDownError
+from batchscore.errors import BatchscoreError, ConfigError
 from batchscore.ids import IdRow, InputItem, InputProblem, stable_hash
 from batchscore.model import Model
 from batchscore.progress import Progress
@@ -47,7 +47,6 @@ class PipelineOptions:
     explain: int = 0
     dedupe: bool = False
     shard: tuple[int, int] | None = None
-    down_after: int = 50
     skip: Callable[[int], bool] | None = None  # resume: True for input rows already committed
     checkpoint_interval: float = 1.0  # seconds between durable commits of written rows
 
@@ -247,7 +246,6 @@ class Pipeline:
         self.options = options
         self.window_rows = options.window_size(self.sources)
         self._drop = feature_owners(self.sources, model.info.feature_names)
-        self._consecutive_failures: dict[str, int] = {s.name: 0 for s in self.sources}
         self._stopping = False
         self._dispatcher: asyncio.Task[None] | None = None
         self._feed: _Feed | None = None
@@ -405,7 +403,6 @@ class Pipeline:
                 good.append(row)
             else:
                 failed.append((row.seq, failure))
-        self._check_health(per_source)
         if failed:
             await to_write.put(Failed(failed))
         if good:
@@ -443,21 +440,6 @@ class Pipeline:
             name = not_found_source if len(self.sources) == 1 else None
             return ErrorRecord(row.id, row.line, "fetch", name, NOT_FOUND, None, 1)
         return None
-
-    def _check_health(self, per_source: list[list[FetchResult]]) -> None:
-        for source, results in zip(self.sources, per_source, strict=True):
-            hard = [r for r in results if isinstance(r, Failure) and r.reason != NOT_FOUND]
-            if len(hard) < len(results):
-                self._consecutive_failures[source.name] = 0
-                continue
-            self._consecutive_failures[source.name] += len(hard)
-            if self._consecutive_failures[source.name] >= self.options.down_after:
-                last = hard[-1]
-                raise SourceDownError(
-                    f"source '{source.name}' failed {self._consecutive_failures[source.name]} "
-                    f"requests in a row (last: {last.reason}); it looks down. Progress is kept: "
-                    f"rerun with --resume when it is back"
-                )
 
     # -- stage 3: score ------------------------------------------------------------------------
 

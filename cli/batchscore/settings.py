@@ -49,7 +49,7 @@ class FetchSettings:
     backoff_base: float = 0.1
     backoff_max: float = 10.0
     retry_after_cap: float = 60.0
-    down_after: int = 50  # consecutive failed requests of one source before the run stops
+    down_after: int = 50  # failed attempts in a row of one source before the run stops
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from batchscore.sources.retry import (
     RETRYABLE_STATUSES,
     AttemptFailed,
     RetryPolicy,
+    SourceHealth,
     call,
     parse_retry_after,
     transport_failure,
@@ -277,6 +278,7 @@ class Endpoint:
         self.policy = policy
         self.stats = stats
         self._client: FeatureClient | None = None
+        self.health = SourceHealth(source, policy.down_after)
         self._rejected: int | None = None  # the 401/403 status once credentials were refused
 
     def open(self) -> None:
@@ -351,6 +353,7 @@ class Endpoint:
             limits=self.limits,
             source=self.source,
             on_retry=self._retrying,
+            health=self.health,
         )
 
     def _retrying(self, failed: AttemptFailed, attempt: int) -> None:

@@ -29,6 +29,7 @@ from typing import TypeVar
 import aiohttp
 import httpx
 
+from batchscore.errors import SourceDownError
 from batchscore.settings import FetchSettings
 from batchscore.sources import Failure
 from batchscore.sources.limits import Limits
@@ -97,6 +98,7 @@ class RetryPolicy:
     backoff_base: float = 0.1
     backoff_max: float = 10.0
     retry_after_cap: float = 60.0
+    down_after: int = 50  # failed attempts in a row, over all IDs, before a source is down
 
     @classmethod
     def from_settings(cls, fetch: FetchSettings) -> RetryPolicy:
@@ -106,6 +108,7 @@ class RetryPolicy:
             backoff_base=fetch.backoff_base,
             backoff_max=fetch.backoff_max,
             retry_after_cap=fetch.retry_after_cap,
+            down_after=fetch.down_after,
         )
 
     @property
@@ -159,6 +162,37 @@ def transport_failure(exc: BaseException) -> AttemptFailed:
     return AttemptFailed("connection_error", retryable=True)
 
 
+class SourceHealth:
+    """Failed attempts in a row of one source; past ``down_after`` the source is down.
+
+    Counted per attempt, not per ID: a source that refuses every connection is declared down
+    after ``down_after`` quick failures, not after every ID has used up its retries.  Any
+    answer from the server (a 404 or a 400 too) shows it is up; 429 only says "slower".
+    """
+
+    def __init__(self, source: str, down_after: int) -> None:
+        self.source = source
+        self.down_after = down_after
+        self.failures = 0
+
+    def answered(self) -> None:
+        """The source answered."""
+        self.failures = 0
+
+    def failed(self, failed: AttemptFailed) -> None:
+        """An attempt failed; raise SourceDownError once too many failed in a row."""
+        if not failed.retryable or failed.status == 429:
+            self.failures = 0
+            return
+        self.failures += 1
+        if self.failures >= self.down_after:
+            raise SourceDownError(
+                f"source '{self.source}' failed {self.failures} requests in a row (last: "
+                f"{failed.reason}); it looks down. Progress is kept: rerun with --resume "
+                "when it is back"
+            )
+
+
 async def call(
     send: Callable[[], Awaitable[R]],
     interpret: Callable[[R], T],
@@ -167,6 +201,7 @@ async def call(
     limits: Limits,
     source: str,
     on_retry: Callable[[AttemptFailed, int], None] | None = None,
+    health: SourceHealth | None = None,
 ) -> T | Failure:
     """Attempt ``send`` then ``interpret`` until one answers, fails for good, or attempts run out.
 
@@ -179,8 +214,13 @@ async def call(
         try:
             async with limits.request(source):
                 raw = await send()
-            return interpret(raw)
+            answer = interpret(raw)
+            if health is not None:
+                health.answered()
+            return answer
         except AttemptFailed as failed:
+            if health is not None:
+                health.failed(failed)
             if not failed.retryable or number == policy.attempts:
                 return Failure(failed.reason, failed.status, number, failed.retryable)
             if on_retry is not None:
@@ -195,6 +235,7 @@ __all__ = [
     "RETRYABLE_STATUSES",
     "AttemptFailed",
     "RetryPolicy",
+    "SourceHealth",
     "call",
     "is_testing",
     "parse_retry_after",
