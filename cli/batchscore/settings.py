@@ -276,6 +276,13 @@ def validate(s: Settings) -> None:
         raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
     if s.input.shard is not None:
         parse_shard(s.input.shard)
+    if s.run.engine != "local" or s.run.scheduler is not None:
+        # Said plainly rather than ignored: a user asking for a cluster must not silently get
+        # one process.  --shard K/N on N hosts is the scale-out this version has.
+        raise ConfigError(
+            f"--engine {s.run.engine} / --scheduler are not available in this version; "
+            "run one process per host with --shard K/N instead"
+        )
     if s.model.path is None:
         raise ConfigError("no model given; pass -m MODEL or set [model] path in the config")
     if not s.sources:

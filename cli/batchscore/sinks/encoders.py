@@ -6,8 +6,7 @@ same algorithm), so every score reads back to the identical double.
 
 from __future__ import annotations
 
-import csv
-import io
+import re
 from typing import Any, Protocol
 
 import orjson
@@ -41,6 +40,25 @@ def rows(columns: Columns, batch: ScoredBatch) -> list[list[Any]]:
     return out
 
 
+_NEEDS_QUOTES = re.compile(r'[,"\r\n]')
+
+
+def csv_field(value: Any) -> str:
+    """One CSV field: floats by ``repr``; quoted (RFC 4180) when it holds ``,`` ``"`` CR or LF.
+
+    (The csv module, with ``\n`` line ends, leaves a lone CR unquoted, which splits the row
+    for every reader: hence this.)
+    """
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    text = str(value)
+    if _NEEDS_QUOTES.search(text):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
 class CsvEncoder:
     """CSV with a header row; RFC 4180 quoting for IDs and kept columns that need it."""
 
@@ -49,19 +67,26 @@ class CsvEncoder:
 
     def header(self) -> bytes:
         """The header row."""
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow(self.columns.names)
-        return buffer.getvalue().encode()
+        return (",".join(map(csv_field, self.columns.names)) + "\n").encode()
 
     def encode(self, batch: ScoredBatch) -> bytes:
         """CSV rows; floats via ``repr`` (shortest round-trip)."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerows(
-            [repr(v) if isinstance(v, float) else ("" if v is None else v) for v in row]
-            for row in rows(self.columns, batch)
-        )
-        return buffer.getvalue().encode()
+        ids = batch.ids
+        if (
+            not self.columns.keep
+            and not self.columns.explain
+            and batch.scores.shape[1] == 1
+            and not _NEEDS_QUOTES.search("".join(ids))
+        ):
+            # The common shape, an id and a score with nothing to quote: one f-string a row
+            # (the writer runs on the event loop; this is a fifth of the general path's CPU).
+            scores: list[float] = batch.scores[:, 0].tolist()
+            text = "".join(f"{i},{s!r}\n" for i, s in zip(ids, scores, strict=True))
+        else:
+            text = "".join(
+                ",".join(map(csv_field, row)) + "\n" for row in rows(self.columns, batch)
+            )
+        return text.encode()
 
 
 class JsonlEncoder:

@@ -65,14 +65,7 @@ class FeastConfig:
     @property
     def client_options(self) -> ClientOptions:
         """The connection settings."""
-        return ClientOptions(
-            self.timeout,
-            self.headers,
-            self.ca_bundle,
-            self.insecure,
-            self.proxy,
-            tls=self.url.lower().startswith("https:"),
-        )
+        return ClientOptions.of(self)
 
 
 class FeastSource:

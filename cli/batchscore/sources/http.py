@@ -74,14 +74,7 @@ class HttpConfig:
     @property
     def client_options(self) -> ClientOptions:
         """The connection settings."""
-        return ClientOptions(
-            self.timeout,
-            self.headers,
-            self.ca_bundle,
-            self.insecure,
-            self.proxy,
-            tls=self.url.lower().startswith("https:"),
-        )
+        return ClientOptions.of(self)
 
 
 def encode_id(id_: str) -> str:

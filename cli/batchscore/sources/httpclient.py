@@ -136,6 +136,18 @@ class ClientOptions:
     proxy: str | None = None
     tls: bool = True  # the source's URL is https (redirects are never followed to one)
 
+    @classmethod
+    def of(cls, config: Any) -> ClientOptions:
+        """The connection settings of an http or feast source's config (same key names)."""
+        return cls(
+            config.timeout,
+            config.headers,
+            config.ca_bundle,
+            config.insecure,
+            config.proxy,
+            tls=config.url.lower().startswith("https:"),
+        )
+
 
 def check_options(options: ClientOptions, where: str) -> None:
     """Config errors in the connection settings, before anything connects."""
