@@ -617,6 +617,7 @@ def profile(scenario: Scenario, work: Path) -> Path | None:
     for fmt, target, extra in runs:
         cmd = [spy, "record", "--format", fmt, "-o", str(target), "-r", "250", "--threads"]
         cmd += [*extra, "--", *variant.cmd]
+        time.sleep(1.0)  # the previous run's output lock is released when its process is reaped
         m = harness.run_measured(cmd, cpus=variant.cpus, log=Path(f"{base}.log"))
         if not m.ok:
             say(f"  py-spy failed: {m.stderr_tail}")
