@@ -27,7 +27,7 @@ import numpy as np
 
 from batchscore import ids as idmod
 from batchscore.errors import ExitStatus, UsageError
-from batchscore.model import Model, read_info
+from batchscore.model import Model, read_info, scoring_threads
 from batchscore.pipeline import feature_owners
 from batchscore.report import LatencyHistogram, RunStats
 from batchscore.settings import Settings
@@ -364,7 +364,7 @@ def run_check(settings: Settings, ids_path: str | None, sample_size: int, out: T
         raise UsageError("--sample must be at least 1")
     result = CheckResult()
     info = read_info(str(settings.model.path))
-    model = Model(info, threads=settings.score.threads)
+    model = Model(info, threads=scoring_threads(settings.score.threads))
     result.add(
         "model",
         f"{info.path}: {info.objective}, {info.num_trees} trees, {info.num_class} class(es), "

@@ -31,7 +31,7 @@ from batchscore.errors import (
     Terminated,
     UsageError,
 )
-from batchscore.model import Model, ModelInfo, read_info
+from batchscore.model import Model, ModelInfo, read_info, scoring_threads
 from batchscore.pipeline import Pipeline, PipelineOptions, allowed
 from batchscore.progress import choose
 from batchscore.report import RunStats, summary_lines, write_metrics, write_report
@@ -200,7 +200,7 @@ def plan(settings: Settings) -> _Plan:
     except OSError as exc:
         raise write_error(output, exc) from None
     errors_path = settings.output.errors or (output + ".errors.jsonl" if resumable else None)
-    model = Model(info, threads=settings.score.threads)
+    model = Model(info, threads=scoring_threads(settings.score.threads))
     columns = Columns(info.score_columns(), settings.input.keep, settings.score.explain)
     return _Plan(settings, info, model, output, fmt, gzip, errors_path, columns, run_id, resumable)
 

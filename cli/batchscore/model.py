@@ -411,6 +411,12 @@ class Model:
         return result.reshape(result.shape[0], -1, width)
 
 
-def load(path: str, threads: int = 0) -> Model:
-    """Check and load a model."""
-    return Model(read_info(path), threads=threads)
+def scoring_threads(configured: int | None) -> int:
+    """LightGBM threads: as configured (0 = all cores), else every core but one.
+
+    The event loop needs a core of its own: with all cores, OpenMP's workers take the one the
+    loop runs on (bench/RESULTS.md: --threads 1 was fastest on 2 cores, +5% in P2, +13% in P3).
+    """
+    if configured is not None:
+        return configured
+    return max(1, (os.cpu_count() or 1) - 1)

@@ -57,7 +57,7 @@ class ScoreSettings:
     """How rows are scored."""
 
     batch_size: int = 1024
-    threads: int = 0
+    threads: int | None = None  # None: one per core but one, left to the event loop; 0: all
     linger: float = 0.5
     allow_empty: bool = False
     raw_score: bool = False
@@ -252,7 +252,7 @@ def validate(s: Settings) -> None:
         raise ConfigError("--rate-limit must be 0 (no limit) or more")
     if s.score.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
-    if s.score.threads < 0:
+    if s.score.threads is not None and s.score.threads < 0:
         raise ConfigError("[score] threads must be 0 (all cores) or more")
     if s.score.explain < 0:
         raise ConfigError("--explain must be 0 or more")
