@@ -24,6 +24,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -327,7 +328,12 @@ class Encoder:
                 column = [row.get(name) for row in rows]
             codes = self._codes.get(j)
             if codes is not None:
-                out[:, j] = [_category_code(codes, v) for v in column]
+                try:  # dict lookups in C; None and unseen categories give NaN
+                    out[:, j] = np.fromiter(
+                        map(codes.get, column, repeat(math.nan)), np.float64, len(column)
+                    )
+                except TypeError:  # an unhashable value (a list or an object) is missing too
+                    out[:, j] = [_category_code(codes, v) for v in column]
                 continue
             try:
                 out[:, j] = np.asarray(column, dtype=np.float64)
