@@ -28,7 +28,7 @@ import numpy as np
 from batchscore import ids as idmod
 from batchscore.errors import ExitStatus, UsageError
 from batchscore.model import Model, read_info, scoring_threads
-from batchscore.pipeline import feature_owners
+from batchscore.pipeline import feature_owners, unite
 from batchscore.report import LatencyHistogram, RunStats
 from batchscore.settings import Settings
 from batchscore.sources import NOT_FOUND, Failure, FetchResult, Source, build_sources
@@ -268,19 +268,11 @@ def _merge(
     drop: dict[str, frozenset[str]],
 ) -> list[dict[str, Any]]:
     """Each sample ID's features, united over the sources as the pipeline does (found IDs only)."""
-    rows: list[dict[str, Any]] = []
-    for results in zip(*per_source, strict=True):
-        row: dict[str, Any] = {}
-        found = False
-        for source, answer in zip(sources, results, strict=True):
-            if isinstance(answer, Failure):
-                continue
-            found = True
-            dropped = drop.get(source.name, frozenset())
-            row.update((k, v) for k, v in answer.items() if k not in dropped)
-        if found:
-            rows.append(row)
-    return rows
+    return [
+        unite(sources, answers, drop)
+        for answers in zip(*per_source, strict=True)
+        if not all(isinstance(answer, Failure) for answer in answers)
+    ]
 
 
 def _coverage(model: Model, rows: list[dict[str, Any]], asked: int, result: CheckResult) -> None:

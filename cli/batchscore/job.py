@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
 import os
 import signal
 import stat
@@ -49,8 +48,6 @@ from batchscore.sinks.files import (
 from batchscore.sources import Source, build_sources
 from batchscore.sources.limits import Limits
 from batchscore.state import Progress, RunLock, RunState
-
-log = logging.getLogger("batchscore")
 
 GRACE_SECONDS = 5.0
 """After SIGINT/SIGTERM, how long fetches in flight may take to finish before they are dropped."""

@@ -155,14 +155,6 @@ class _Feed:
         self._ready.set()
 
 
-def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
-    """The first exception in a (nested) group: fetch tasks run in a task group of their own."""
-    first: BaseException = group
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first
-
-
 class Window:
     """Slots for rows between reading and writing; the reader takes many at once, the writer
     gives them back as rows are written.  (One waiter, so an event is enough.)"""
@@ -182,6 +174,23 @@ class Window:
         """Give ``count`` slots back."""
         self.free += count
         self._freed.set()
+
+
+def unite(
+    sources: Sequence[Source], answers: Sequence[FetchResult], drop: Mapping[str, frozenset[str]]
+) -> dict[str, Any]:
+    """One ID's features: the union of the sources' answers (failures skipped), each source
+    without the features another source wins (``drop``, from :func:`feature_owners`)."""
+    features: dict[str, Any] = {}
+    for source, answer in zip(sources, answers, strict=True):
+        if isinstance(answer, Failure):
+            continue
+        dropped = drop.get(source.name)
+        if dropped:
+            features.update((k, v) for k, v in answer.items() if k not in dropped)
+        else:
+            features.update(answer)
+    return features
 
 
 def feature_owners(
@@ -207,9 +216,7 @@ def feature_owners(
     for name, owners in providers.items():
         if len(owners) < 2:
             continue
-        winners = [
-            s.name for s in sources if name in getattr(getattr(s, "config", None), "wins", ())
-        ]
+        winners = [source for source, won in wins.items() if name in won]
         if len(winners) != 1:
             raise ConfigError(
                 f"feature '{name}' comes from sources {', '.join(owners)}; "
@@ -425,20 +432,15 @@ class Pipeline:
                     result.status,
                     result.attempts,
                 )
-            if len(results) == 1:
-                row.features = result  # one source: its record is the row's features, no copy
-                return None
             found = True
-            drop = self._drop.get(source.name)
-            merged = row.features if isinstance(row.features, dict) else {}
-            if drop:
-                merged.update((k, v) for k, v in result.items() if k not in drop)
-            else:
-                merged.update(result)
-            row.features = merged
         if not found:
             name = not_found_source if len(self.sources) == 1 else None
             return ErrorRecord(row.id, row.line, "fetch", name, NOT_FOUND, None, 1)
+        only = results[0]
+        if len(results) == 1 and not isinstance(only, Failure):
+            row.features = only  # one source: its record is the row's features, no copy
+        else:
+            row.features = unite(self.sources, results, self._drop)
         return None
 
     # -- stage 3: score ------------------------------------------------------------------------
