@@ -15,8 +15,8 @@ subprocess.  Fixtures:
     several times faster than a subprocess.
 ``trained_models``
     Session-scoped: ``{"binary" | "multiclass" | "regression": TrainedModel}``, each a small real
-    model trained on LightGBM's example data (``tests/data/lightgbm-examples``) plus a SQLite feature file holding that
-    example's test rows (some values NULL).
+    model trained on LightGBM's example data (``tests/lightgbm-examples``) plus a SQLite
+    feature file holding that example's test rows (some values NULL).
 ``id_store``
     Session-scoped: a binary model and a SQLite store keyed by awkward text IDs (``007`` and
     ``7``, commas, quotes, unicode, one row with every feature NULL) with a ready config file.
@@ -52,7 +52,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = ROOT / "sample_data"
 SAMPLE_CONFIG = ROOT / "configs" / "sample.toml"
-EXAMPLES_DIR = ROOT / "tests" / "data" / "lightgbm-examples"  # inside the clone: nothing outside it
+EXAMPLES_DIR = ROOT / "tests" / "lightgbm-examples"  # inside the clone: nothing outside it
 
 # name -> (folder, file stem, training parameters).  The parameters follow each example's
 # train.conf, with fewer trees so that the suite stays fast.
