@@ -7,6 +7,7 @@ says so), then signal it, kill it, or start a second run beside it.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -92,10 +93,13 @@ class HeldRun:
             return 0
         try:
             with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
-                row = db.execute("SELECT mark FROM run").fetchone()
+                row = db.execute("SELECT lines FROM run").fetchone()
         except sqlite3.Error:
             return 0
-        return int(row[0]) if row else 0
+        # Committed input lines are stored as [first, last] ranges; in input order the first
+        # range starts at line 1 and ends at the mark.
+        ranges = json.loads(row[0]) if row else []
+        return int(ranges[0][1]) if ranges and ranges[0][0] <= 1 else 0
 
     def wait_committed(self, line: int, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

@@ -97,7 +97,14 @@ def score(
     dedupe: Annotated[bool | None, Opt("--dedupe", help="Score each ID once.")] = None,
     explain: Annotated[int | None, Opt("--explain", help="Top K feature contributions.")] = None,
     raw_score: Annotated[bool | None, Opt("--raw-score", help="Raw margins.")] = None,
-    threads: Annotated[int | None, Opt("--threads", help="LightGBM threads, 0 = all.")] = None,
+    threads: Annotated[
+        int | None,
+        Opt(
+            "--threads",
+            help="LightGBM threads of one scoring thread (0 = all cores); "
+            "unset: a scoring thread per core.",
+        ),
+    ] = None,
     report: Annotated[str | None, Opt("--report", help="Run report JSON path.")] = None,
     metrics: Annotated[str | None, Opt("--metrics", help="Prometheus textfile path.")] = None,
     progress_interval: Annotated[

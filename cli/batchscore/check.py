@@ -26,12 +26,13 @@ from typing import Any, TextIO
 import numpy as np
 
 from batchscore import ids as idmod
+from batchscore.chunk import Matrix
 from batchscore.errors import ExitStatus, UsageError
-from batchscore.model import Model, read_info, scoring_threads
-from batchscore.pipeline import feature_owners, unite
+from batchscore.model import Model, read_info, scoring_plan
+from batchscore.pipeline import merge_answers, source_columns
 from batchscore.report import LatencyHistogram, RunStats
 from batchscore.settings import Settings
-from batchscore.sources import NOT_FOUND, Failure, FetchResult, Source, build_sources
+from batchscore.sources import Failure, Fetched, Source, build_sources
 from batchscore.sources.httpclient import CredentialsRejected
 from batchscore.sources.limits import Limits
 
@@ -114,31 +115,28 @@ def read_sample(path: str, settings: Settings, size: int) -> list[str]:
         return list(itertools.islice(dict.fromkeys(itertools.islice(ids, size * 4)), size))
 
 
-async def _fetch_sample(source: Source, ids: list[str], report: SourceCheck) -> list[FetchResult]:
-    """Fetch ``ids`` in the source's batch size; a rejection of our credentials is recorded."""
-
-    size = source.batch_size
+async def _fetch_sample(
+    source: Source, ids: list[str], names: list[str], report: SourceCheck
+) -> Fetched:
+    """Fetch ``ids`` as a run would; a rejection of our credentials is recorded."""
     try:
-        parts = await asyncio.gather(
-            *(source.fetch(ids[i : i + size]) for i in range(0, len(ids), size))
-        )
+        fetched = await source.fetch(ids, names)
     except CredentialsRejected as exc:
         report.rejected = (
             f"REJECTED our credentials (HTTP {exc.status}); check the token or headers in its "
             "config"
         )
-        return [Failure("rejected", exc.status, 1)] * len(ids)
-    results = [r for part in parts for r in part]
-    for result in results:
-        if isinstance(result, Failure):
-            if result.reason == NOT_FOUND:
-                report.not_found += 1
-            else:
-                report.failures[result.reason] += 1
-        else:
-            report.found += 1
-            report.seen.update(result)
-    return results
+        return Fetched.failed(len(ids), Failure("rejected", exc.status, 1), names)
+    report.found = int(fetched.found.sum())
+    report.failures.update(f.reason for f in fetched.failures.values())
+    report.not_found = len(ids) - report.found - len(fetched.failures)
+    found_rows = fetched.found.tolist()
+    report.seen.update(
+        name
+        for name, column in fetched.columns.items()
+        if any(v is not None for v, found in zip(column, found_rows, strict=True) if found)
+    )
+    return fetched
 
 
 def _kind(source: Source) -> str:
@@ -197,12 +195,15 @@ async def _check_sources(
             await source.open()
             opened.append(source)
         check_coverage(model, sources)
-        drop = feature_owners(sources, model.info.feature_names)
+        columns = source_columns(sources, model.info.feature_names)
         ids = sample or [PROBE_ID]
         checks = [SourceCheck(s.name, _kind(s)) for s in sources]
         cpu = time.process_time()
         per_source = await asyncio.gather(
-            *(_fetch_sample(s, ids, c) for s, c in zip(sources, checks, strict=True))
+            *(
+                _fetch_sample(s, ids, names, c)
+                for s, names, c in zip(sources, columns, checks, strict=True)
+            )
         )
         cpu = time.process_time() - cpu
     finally:
@@ -229,7 +230,9 @@ async def _check_sources(
     if not sample:
         _static_coverage(sources, model, result)
         return
-    rows = _merge(sources, per_source, drop)
+    chunk = merge_answers(sources, model, ids, per_source)
+    assert chunk.matrix is not None
+    rows = chunk.matrix[chunk.ok()]  # the sample IDs found, as the run would score them
     _coverage(model, rows, len(sample), result)
     if total is not None:
         requests = sum(c.latency.count for c in checks)
@@ -262,24 +265,11 @@ def _report_source(check: SourceCheck, asked: int, result: CheckResult) -> None:
     result.add("source", head + f"reachable; {timing}; {counts} of {asked}")
 
 
-def _merge(
-    sources: Sequence[Source],
-    per_source: Sequence[list[FetchResult]],
-    drop: dict[str, frozenset[str]],
-) -> list[dict[str, Any]]:
-    """Each sample ID's features, united over the sources as the pipeline does (found IDs only)."""
-    return [
-        unite(sources, answers, drop)
-        for answers in zip(*per_source, strict=True)
-        if not all(isinstance(answer, Failure) for answer in answers)
-    ]
-
-
-def _coverage(model: Model, rows: list[dict[str, Any]], asked: int, result: CheckResult) -> None:
-    if not rows:
+def _coverage(model: Model, matrix: Matrix, asked: int, result: CheckResult) -> None:
+    """Which model features the sample IDs found lack (``matrix``: their rows)."""
+    if not len(matrix):
         result.add("coverage", f"none of the {asked} sample IDs was found in any source")
         return
-    matrix = model.encoder.matrix(rows)
     missing = np.isnan(matrix).mean(axis=0)
     names = model.info.feature_names
     never = [n for n, share in zip(names, missing, strict=True) if share == 1.0]
@@ -288,7 +278,7 @@ def _coverage(model: Model, rows: list[dict[str, Any]], asked: int, result: Chec
         for n, share in zip(names, missing, strict=True)
         if MOSTLY_MISSING < share < 1.0
     ]
-    where = f"in the {len(rows)} sample IDs found"
+    where = f"in the {len(matrix)} sample IDs found"
     if never:
         result.add(
             "coverage", f"no source gave {len(never)} model feature(s) {where}: " + _names(never)
@@ -318,7 +308,7 @@ def _eta(
     sources: Sequence[Source],
     checks: Sequence[SourceCheck],
     model: Model,
-    rows: list[dict[str, Any]],
+    rows: Matrix,
     total: int,
     cpu_per_request: float,
     result: CheckResult,
@@ -336,9 +326,10 @@ def _eta(
         bounds[f"--rate-limit {settings.fetch.rate_limit:g}/s"] = (
             sum(requests) / settings.fetch.rate_limit
         )
-    if rows:  # time a whole scoring batch (the sample's rows repeated): per-call overhead is real
-        matrix = model.encoder.matrix(rows)
-        batch = np.resize(matrix, (min(settings.score.batch_size, total), matrix.shape[1]))
+    if len(
+        rows
+    ):  # time a whole scoring batch (the sample's rows repeated): per-call costs are real
+        batch = np.resize(rows, (min(settings.score.batch_size, total), rows.shape[1]))
         started = time.perf_counter()
         model.predict(batch)
         bounds["scoring"] = (time.perf_counter() - started) / len(batch) * total
@@ -356,7 +347,7 @@ def run_check(settings: Settings, ids_path: str | None, sample_size: int, out: T
         raise UsageError("--sample must be at least 1")
     result = CheckResult()
     info = read_info(str(settings.model.path))
-    model = Model(info, threads=scoring_threads(settings.score.threads))
+    model = Model(info, threads=scoring_plan(settings.score.threads).threads)
     result.add(
         "model",
         f"{info.path}: {info.objective}, {info.num_trees} trees, {info.num_class} class(es), "

@@ -14,7 +14,7 @@ import os
 import signal
 import stat
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +30,8 @@ from batchscore.errors import (
     Terminated,
     UsageError,
 )
-from batchscore.model import Model, ModelInfo, read_info, scoring_threads
+from batchscore.feed import Filters, StallHook, watch_stalls
+from batchscore.model import Model, ModelInfo, read_info, scoring_plan
 from batchscore.pipeline import Pipeline, PipelineOptions, allowed
 from batchscore.progress import choose
 from batchscore.report import RunStats, summary_lines, write_metrics, write_report
@@ -47,7 +48,7 @@ from batchscore.sinks.files import (
 )
 from batchscore.sources import Source, build_sources
 from batchscore.sources.limits import Limits
-from batchscore.state import Progress, RunLock, RunState
+from batchscore.state import Committed, LineRanges, RunLock, RunState
 
 GRACE_SECONDS = 5.0
 """After SIGINT/SIGTERM, how long fetches in flight may take to finish before they are dropped."""
@@ -197,8 +198,9 @@ def plan(settings: Settings) -> _Plan:
     except OSError as exc:
         raise write_error(output, exc) from None
     errors_path = settings.output.errors or (output + ".errors.jsonl" if resumable else None)
-    model = Model(info, threads=scoring_threads(settings.score.threads))
-    columns = Columns(info.score_columns(), settings.input.keep, settings.score.explain)
+    model = Model(info, threads=scoring_plan(settings.score.threads).threads)
+    explain = min(settings.score.explain, len(info.features))  # no empty explanation columns
+    columns = Columns(info.score_columns(), settings.input.keep, explain)
     return _Plan(settings, info, model, output, fmt, gzip, errors_path, columns, run_id, resumable)
 
 
@@ -309,8 +311,9 @@ class _Run:
         p, settings = self.p, self.settings
         sources = build_sources(settings.sources, self.limits, settings.fetch, self.stats)
         opened: list[Source] = []
+        stall = StallHook()
         with ExitStack() as stack:
-            stream = open_input(settings.input.path, self.env, stack)
+            stream = watch_stalls(open_input(settings.input.path, self.env, stack), stall)
             items: Iterator[idmod.InputItem] = idmod.read_ids(
                 stream,
                 idmod.detect_format(settings.input.path, settings.input.format),
@@ -333,7 +336,7 @@ class _Run:
                 )
                 errors = ErrorLog(errors_target)
                 state: RunState | None = None
-                previous = Progress()
+                previous = Committed()
                 if p.resumable:
                     state = RunState(Path(p.output), _identity(p))
                     partials = [temp_path(Path(p.output))]
@@ -345,24 +348,27 @@ class _Run:
                         partials=partials,
                     )
                     self.stats.restore(previous.counters)
-                await self._score(sources, sink, errors, state, previous, items)
+                await self._score(sources, sink, errors, state, previous, items, stall)
             finally:
                 for source in opened:
                     await source.close()
 
-    def _options(self, skip: Callable[[int], bool] | None) -> PipelineOptions:
+    def _options(self, committed: LineRanges | None) -> PipelineOptions:
         settings = self.settings
         return PipelineOptions(
             batch_size=settings.score.batch_size,
-            linger=settings.score.linger,
             window=settings.output.window,
+            workers=scoring_plan(settings.score.threads).workers,
             unordered=settings.output.unordered,
             allow_empty=settings.score.allow_empty,
             raw_score=settings.score.raw_score,
-            explain=settings.score.explain,
-            dedupe=settings.input.dedupe,
-            shard=parse_shard(settings.input.shard) if settings.input.shard else None,
-            skip=skip,
+            explain=self.p.columns.explain,
+            keep=bool(settings.input.keep),
+            filters=Filters(
+                committed=committed.__contains__ if committed else None,
+                shard=parse_shard(settings.input.shard) if settings.input.shard else None,
+                dedupe=settings.input.dedupe,
+            ),
         )
 
     async def _score(
@@ -371,23 +377,23 @@ class _Run:
         sink: Sink,
         errors: ErrorLog,
         state: RunState | None,
-        previous: Progress,
+        previous: Committed,
         items: Iterator[idmod.InputItem],
+        stall: StallHook,
     ) -> None:
         stats = self.stats
-        resuming = state is not None and (previous.mark > 0 or previous.output_bytes > 0)
+        resuming = state is not None and previous.started
         await sink.open(previous.output_bytes if resuming else None)
         await errors.open(previous.errors_bytes if resuming else None)
 
-        async def checkpoint(mark: int, beyond: frozenset[int]) -> None:
+        async def checkpoint(written: LineRanges) -> None:
             if state is None:
                 return
             out_bytes = await sink.sync()
             err_bytes = await errors.sync()
-            lines = {line for line in previous.beyond if line > mark} | set(beyond)
-            await state.record(
-                Progress(out_bytes, err_bytes, max(mark, previous.mark), lines, stats.counters())
-            )
+            lines = previous.lines.copy()
+            lines.update(written)
+            await state.record(Committed(out_bytes, err_bytes, lines, stats.counters()))
 
         progress = choose(
             self.env.stderr,
@@ -402,12 +408,12 @@ class _Run:
             errors=errors,
             progress=progress,
             stats=stats,
-            options=self._options(previous.done if resuming else None),
+            options=self._options(previous.lines if resuming else None),
             checkpoint=checkpoint,
         )
         self.stopper.watch(pipeline, self.limits)
         try:
-            await pipeline.run(items)
+            await pipeline.run(items, stall)
             if self.stopper.received is not None:
                 raise InterruptedRun(self.stopper.received, stats.done)
         except BaseException:

@@ -298,12 +298,29 @@ def _pandas_categorical(data: bytes) -> list[list[Any]] | None:
     return [list(v) for v in value]
 
 
+_PLAIN = frozenset({float, int, bool, type(None)})
+"""Value types numpy converts to float64 exactly as :func:`to_float` does."""
+
+
 class Encoder:
-    """Turns feature rows (name -> value mappings) into a model matrix, column by column."""
+    """Turns a column of raw feature values into a float64 model column.
+
+    One rule per value type, the same in every batch, so that a row's features (and its score)
+    never depend on the rows it happens to be batched with:
+
+    - a number is its float value (``bool`` is 0.0 or 1.0; an integer too large for a float
+      is missing);
+    - a string of ASCII float syntax (``"1.5"``, ``"-2e3"``, ``"nan"``) is that number; any
+      other string is missing;
+    - ``None``, bytes, lists, objects: missing (NaN);
+    - a categorical feature's value is the code LightGBM gave its category (matching the
+      category or its text); anything else, unseen categories included, is missing.
+    """
 
     def __init__(self, info: ModelInfo) -> None:
         self.info = info
         self.names = info.feature_names
+        self.index = {name: j for j, name in enumerate(self.names)}
         self._codes: dict[int, dict[Any, float]] = {}
         for j, feature in enumerate(info.features):
             if feature.categorical and feature.categories:
@@ -313,71 +330,46 @@ class Encoder:
                     codes.setdefault(str(category), float(code))
                 self._codes[j] = codes
 
-    def matrix(self, rows: Sequence[Mapping[str, Any]]) -> Matrix:
-        """A float64 (len(rows), n_features) matrix; missing and unusable values are NaN."""
-        out = np.empty((len(rows), len(self.names)), dtype=np.float64)
-        columns = _columns_of_records(rows)
-        for j, name in enumerate(self.names):
-            if columns is not None:
-                index = columns[0].get(name)
-                if index is None:
-                    out[:, j] = math.nan
-                    continue
-                column: Sequence[Any] = columns[1][index]
-            else:
-                column = [row.get(name) for row in rows]
-            codes = self._codes.get(j)
-            if codes is not None:
-                try:  # dict lookups in C; None and unseen categories give NaN
-                    out[:, j] = np.fromiter(
-                        map(codes.get, column, repeat(math.nan)), np.float64, len(column)
-                    )
-                except TypeError:  # an unhashable value (a list or an object) is missing too
-                    out[:, j] = [_category_code(codes, v) for v in column]
-                continue
+    def column(self, j: int, values: Sequence[Any]) -> npt.NDArray[np.float64]:
+        """Feature ``j``'s raw values as float64, shape (len(values),)."""
+        n = len(values)
+        codes = self._codes.get(j)
+        if codes is not None:
+            try:  # dict lookups in C; None and unseen categories give NaN
+                return np.fromiter(map(codes.get, values, repeat(math.nan)), np.float64, n)
+            except TypeError:  # an unhashable value (a list or an object) is missing too
+                return np.fromiter(map(_category_code, repeat(codes), values), np.float64, n)
+        if set(map(type, values)) <= _PLAIN:
             try:
-                out[:, j] = np.asarray(column, dtype=np.float64)
-            except (TypeError, ValueError):
-                out[:, j] = [_to_float(v) for v in column]
+                return np.array(values, dtype=np.float64)
+            except OverflowError:  # an integer beyond float range: per value, below
+                pass
+        return np.fromiter(map(to_float, values), np.float64, n)
+
+    def matrix(self, rows: Sequence[Mapping[str, Any]]) -> Matrix:
+        """A float64 (len(rows), n_features) matrix of feature mappings (``check`` uses it)."""
+        out = np.empty((len(rows), len(self.names)), dtype=np.float64)
+        for j, name in enumerate(self.names):
+            out[:, j] = self.column(j, [row.get(name) for row in rows])
         return out
 
 
-def _columns_of_records(
-    rows: Sequence[Mapping[str, Any]],
-) -> tuple[Mapping[str, int], list[tuple[Any, ...]]] | None:
-    """For rows that are all records of one source: its column index and the rows transposed.
-
-    Transposing with ``zip`` runs in C, so a batch from one source is assembled column-wise
-    without a Python-level lookup per value.
-    """
-    from batchscore.sources import Record
-
-    if not rows or not isinstance(rows[0], Record):
-        return None
-    layout = rows[0].columns
-    records = [r for r in rows if isinstance(r, Record) and r.columns is layout]
-    if len(records) != len(rows):
-        return None
-    return layout, list(zip(*(r.row for r in records), strict=True))
-
-
 def _category_code(codes: Mapping[Any, float], value: Any) -> float:
-    if value is None:
-        return math.nan
     try:
         return codes.get(value, math.nan)
     except TypeError:  # unhashable value (a list or an object)
         return math.nan
 
 
-def _to_float(value: Any) -> float:
-    if value is None:
-        return math.nan
-    if isinstance(value, bool):
-        return 1.0 if value else 0.0
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
+def to_float(value: Any) -> float:
+    """One raw feature value as a float, by the rule of :class:`Encoder` (NaN: missing)."""
+    kind = type(value)
+    if kind is float or kind is int or kind is bool:
+        try:
+            return float(value)
+        except OverflowError:
+            return math.nan
+    if kind is str and value.isascii() and "_" not in value:
         try:
             return float(value)
         except ValueError:
@@ -417,12 +409,22 @@ class Model:
         return result.reshape(result.shape[0], -1, width)
 
 
-def scoring_threads(configured: int | None) -> int:
-    """LightGBM threads: as configured (0 = all cores), else every core but one.
+@dataclass(frozen=True)
+class ScoringPlan:
+    """How many predicts run at once (``workers``), each with how many LightGBM threads."""
 
-    The event loop needs a core of its own: with all cores, OpenMP's workers take the one the
-    loop runs on (bench/RESULTS.md: --threads 1 was fastest on 2 cores, +5% in P2, +13% in P3).
+    workers: int
+    threads: int
+
+
+def scoring_plan(configured: int | None) -> ScoringPlan:
+    """Unset: one scoring thread per core, one LightGBM thread each; else one scoring thread
+    with ``configured`` LightGBM threads (0 = LightGBM's default, every core).
+
+    Predicts release the GIL, so scoring threads run beside the event loop and beside each
+    other; many OpenMP threads in one predict fight the event loop for its core instead
+    (bench/RESULTS.md measures both).
     """
-    if configured is not None:
-        return configured
-    return max(1, (os.cpu_count() or 1) - 1)
+    if configured is None:
+        return ScoringPlan(workers=max(1, os.cpu_count() or 1), threads=1)
+    return ScoringPlan(workers=1, threads=configured)

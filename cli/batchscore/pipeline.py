@@ -1,196 +1,67 @@
-"""The pipeline: read IDs, fetch features concurrently, score in batches, write in order.
+"""The pipeline: chunks of input rows flow from the reader to the output, whole.
 
-    reader thread -> dispatcher -> fetch tasks -> scorer (thread executor) -> writer
-                   (window slot per row, released when the row is written or recorded as failed)
+    reader thread --chunks--> dispatch --> per chunk: fetch (every source) -> score (thread)
+                                                                              |
+                                  commit <-- write (in chunk order) <---------+
 
-Concurrency is bounded by construction: every row in the system holds one slot of the *window*
-semaphore from the moment it is read until it is written, so reading stops when the window is
-full; requests in flight are bounded by the sources' shared :class:`Limits`; queues between
-stages are bounded.  The pipeline takes all its parts as arguments and touches no global state.
+Bounded by construction: at most ``window`` chunks are between reading and writing (reading
+waits for the writer); requests in flight are bounded by the sources' shared :class:`Limits`;
+at most ``workers`` predicts run at once.  Per-row Python work is left to where it cannot be
+avoided (a reader decoding a line, a source parsing one ID's answer, a sink formatting a row);
+everything else happens once per chunk, on arrays.  The pipeline takes all its parts as
+arguments and touches no global state.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import threading
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from batchscore.chunk import Chunk, Status
 from batchscore.errors import BatchscoreError, ConfigError
-from batchscore.ids import IdRow, InputItem, InputProblem, stable_hash
+from batchscore.feed import ChunkFeed, Filters, StallHook
+from batchscore.ids import InputItem
 from batchscore.model import Model
-from batchscore.progress import Progress
+from batchscore.progress import ProgressDisplay
 from batchscore.report import BusyClock, FeatureQuality, RunStats
 from batchscore.sinks import ScoredBatch, Sink
 from batchscore.sinks.errorlog import ErrorLog, ErrorRecord
-from batchscore.sources import NOT_FOUND, Failure, FetchResult, Source
+from batchscore.sources import NOT_FOUND, Fetched, Source
 from batchscore.sources.limits import PRIORITY
+from batchscore.state import LineRanges
 
 
 @dataclass(frozen=True)
 class PipelineOptions:
     """How the pipeline behaves (from Settings; keyword-only, checked here once)."""
 
-    batch_size: int = 1024
-    linger: float = 0.5
-    window: int = 0
+    batch_size: int = 1024  # rows per chunk: the unit of fetching, scoring and writing
+    window: int = 0  # rows between reading and writing; 0 = derived from the batch sizes
+    workers: int = 1  # predicts at once (each in its own thread)
     unordered: bool = False
     allow_empty: bool = False
     raw_score: bool = False
     explain: int = 0
-    dedupe: bool = False
-    shard: tuple[int, int] | None = None
-    skip: Callable[[int], bool] | None = None  # resume: True for input rows already committed
+    keep: bool = False  # carry --keep columns through
+    filters: Filters = field(default_factory=Filters)
     checkpoint_interval: float = 1.0  # seconds between durable commits of written rows
 
-    def window_size(self, sources: Sequence[Source]) -> int:
-        """Rows allowed between reading and writing."""
-        if self.window:
-            return self.window
-        widest = max((s.batch_size for s in sources), default=1)
-        return max(4096, 2 * self.batch_size, 8 * widest)
+    def window_chunks(self, sources: Sequence[Source]) -> int:
+        """Chunks allowed between reading and writing (never fewer than two)."""
+        rows = self.window
+        if not rows:
+            widest = max((s.batch_size for s in sources), default=1)
+            rows = max(8192, 4 * self.batch_size, 8 * widest)
+        return max(2, -(-rows // self.batch_size))
 
 
-@dataclass(slots=True)
-class Row:
-    """One input row on its way through the pipeline."""
-
-    seq: int
-    line: int
-    id: str
-    keep: tuple[str, ...]
-    features: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class Scored:
-    """A scored batch on its way to the writer."""
-
-    rows: list[Row]
-    scores: npt.NDArray[np.float64]
-    explanations: list[list[tuple[str, float]]] | None
-    failed: list[tuple[int, ErrorRecord]] = field(default_factory=list)  # no_features
-
-
-@dataclass(slots=True)
-class Failed:
-    """Rows that will not be scored."""
-
-    rows: list[tuple[int, ErrorRecord]]  # (seq, record)
-
-
-_END = object()
-
-Checkpoint = Callable[[int, frozenset[int]], Awaitable[None]]
-"""Makes everything written so far durable: called with the input line up to which every row
-is written (the mark) and the lines written above it (only in ``--unordered`` runs)."""
-
-
-class _Feed:
-    """Hands input items from a reader thread to the event loop, bounded, without per-item hops."""
-
-    def __init__(self, items: Iterator[InputItem], capacity: int) -> None:
-        self._items = items
-        self._capacity = capacity
-        self._buffer: deque[InputItem] = deque()
-        self._lock = threading.Condition()
-        self._ready = asyncio.Event()
-        self._loop = asyncio.get_running_loop()
-        self._done = False
-        self._stopped = False
-        self._error: BaseException | None = None
-        self.lines_read = 0
-        threading.Thread(target=self._run, name="batchscore-reader", daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            for item in self._items:
-                with self._lock:
-                    while len(self._buffer) >= self._capacity and not self._stopped:
-                        self._lock.wait()
-                    if self._stopped:
-                        return
-                    was_empty = not self._buffer
-                    self._buffer.append(item)
-                if was_empty:
-                    self._loop.call_soon_threadsafe(self._ready.set)
-        except BaseException as exc:
-            self._error = exc
-        finally:
-            with self._lock:
-                self._done = True
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
-                self._loop.call_soon_threadsafe(self._ready.set)
-
-    async def take(self, limit: int) -> list[InputItem] | None:
-        """Up to ``limit`` items that are ready now (waiting for at least one); None at the end."""
-        while True:
-            with self._lock:
-                if self._buffer:
-                    count = min(limit, len(self._buffer))
-                    items = [self._buffer.popleft() for _ in range(count)]
-                    self._lock.notify()
-                    return items
-                self._ready.clear()
-                if self._stopped:
-                    return None
-                if self._done:
-                    if self._error is not None:
-                        raise self._error
-                    return None
-            await self._ready.wait()
-
-    def stop(self) -> None:
-        """Stop reading (the thread may stay blocked on its input; it is a daemon)."""
-        with self._lock:
-            self._stopped = True
-            self._lock.notify_all()
-        self._ready.set()
-
-
-class Window:
-    """Slots for rows between reading and writing; the reader takes many at once, the writer
-    gives them back as rows are written.  (One waiter, so an event is enough.)"""
-
-    def __init__(self, size: int) -> None:
-        self.free = size
-        self._freed = asyncio.Event()
-
-    async def acquire(self, count: int) -> None:
-        """Wait until ``count`` slots are free and take them."""
-        while self.free < count:
-            self._freed.clear()
-            await self._freed.wait()
-        self.free -= count
-
-    def release(self, count: int) -> None:
-        """Give ``count`` slots back."""
-        self.free += count
-        self._freed.set()
-
-
-def unite(
-    sources: Sequence[Source], answers: Sequence[FetchResult], drop: Mapping[str, frozenset[str]]
-) -> dict[str, Any]:
-    """One ID's features: the union of the sources' answers (failures skipped), each source
-    without the features another source wins (``drop``, from :func:`feature_owners`)."""
-    features: dict[str, Any] = {}
-    for source, answer in zip(sources, answers, strict=True):
-        if isinstance(answer, Failure):
-            continue
-        dropped = drop.get(source.name)
-        if dropped:
-            features.update((k, v) for k, v in answer.items() if k not in dropped)
-        else:
-            features.update(answer)
-    return features
+Checkpoint = Callable[[LineRanges], Awaitable[None]]
+"""Makes everything written so far durable; called with the input lines it covers."""
 
 
 def feature_owners(
@@ -228,6 +99,262 @@ def feature_owners(
     return {k: frozenset(v) for k, v in drop.items()}
 
 
+def source_columns(sources: Sequence[Source], model_features: Sequence[str]) -> list[list[str]]:
+    """Per source, the model features it fills, in model order (see :func:`feature_owners`)."""
+    drop = feature_owners(sources, model_features)
+    columns = []
+    for source in sources:
+        provided = source.provides()
+        columns.append(
+            [
+                name
+                for name in model_features
+                if name not in drop[source.name] and (provided is None or name in provided)
+            ]
+        )
+    return columns
+
+
+class Assembler:
+    """Merges the sources' answers for a chunk: row statuses and the feature matrix."""
+
+    def __init__(self, sources: Sequence[Source], model: Model) -> None:
+        self.sources = list(sources)
+        self.encoder = model.encoder
+        self.width = len(model.info.features)
+        self.columns = source_columns(self.sources, model.info.feature_names)
+        owners: dict[str, int] = {}
+        for columns in self.columns:
+            for name in columns:
+                owners[name] = owners.get(name, 0) + 1
+        # A column that more than one source may fill (sources that name their features only
+        # in answers): later sources fill it only where they have a value.
+        self.shared = frozenset(name for name, count in owners.items() if count > 1)
+
+    def assemble(
+        self, chunk: Chunk, rows: npt.NDArray[np.intp], answers: Sequence[Fetched]
+    ) -> None:
+        """Fill ``chunk.matrix`` at ``rows`` (the rows fetched) and mark rows that failed."""
+        matrix = np.full((len(chunk), self.width), np.nan, dtype=np.float64)
+        everything = len(rows) == len(chunk)
+        found = np.zeros(len(rows), dtype=np.bool_)
+        for source, names, fetched in zip(self.sources, self.columns, answers, strict=True):
+            found |= fetched.found
+            for position in sorted(fetched.failures):
+                row = int(rows[position])
+                if chunk.status[row] != Status.OK:
+                    continue
+                failure = fetched.failures[position]
+                chunk.fail(
+                    row,
+                    Status.FAILED,
+                    ErrorRecord(
+                        chunk.ids[row],
+                        int(chunk.lines[row]),
+                        "fetch",
+                        source.name,
+                        failure.reason,
+                        failure.status,
+                        failure.attempts,
+                    ),
+                )
+            for name in names:
+                j = self.encoder.index[name]
+                values = self.encoder.column(j, fetched.columns[name])
+                if name in self.shared:
+                    current = matrix[:, j] if everything else matrix[rows, j]
+                    values = np.where(np.isnan(values), current, values)
+                if everything:
+                    matrix[:, j] = values
+                else:
+                    matrix[rows, j] = values
+        missing = rows[~found]
+        single = self.sources[0].name if len(self.sources) == 1 else None
+        for row in missing.tolist():
+            if chunk.status[row] == Status.OK:
+                chunk.fail(
+                    row,
+                    Status.NOT_FOUND,
+                    ErrorRecord(
+                        chunk.ids[row], int(chunk.lines[row]), "fetch", single, NOT_FOUND, None, 1
+                    ),
+                )
+        chunk.matrix = matrix
+
+
+class Scorer:
+    """Predicts a chunk's matrix (in a scoring thread), explains it, counts data quality."""
+
+    def __init__(self, model: Model, options: PipelineOptions) -> None:
+        self.model = model
+        self.options = options
+        features = model.info.features
+        self.low = np.array(
+            [f.low if f.low is not None and not f.categorical else -np.inf for f in features]
+        )
+        self.high = np.array(
+            [f.high if f.high is not None and not f.categorical else np.inf for f in features]
+        )
+        self.width = len(model.info.score_columns())
+
+    def score(self, chunk: Chunk) -> FeatureQuality:
+        """Score the chunk's OK rows in place; returns the chunk's data-quality counts.
+
+        A row whose features are all missing is not scored silently: it is a ``no_features``
+        failure, unless ``allow_empty``.
+        """
+        matrix = chunk.matrix
+        assert matrix is not None
+        ok = chunk.ok()
+        if not self.options.allow_empty:
+            empty = ok & np.isnan(matrix).all(axis=1)
+            for row in np.flatnonzero(empty).tolist():
+                chunk.fail(
+                    row,
+                    Status.NO_FEATURES,
+                    ErrorRecord(
+                        chunk.ids[row], int(chunk.lines[row]), "score", None, "no_features", None, 0
+                    ),
+                )
+            ok &= ~empty
+        rows = np.flatnonzero(ok)
+        x = matrix if len(rows) == len(chunk) else matrix[rows]
+        scores = np.full((len(chunk), self.width), np.nan, dtype=np.float64)
+        quality = FeatureQuality(np.zeros(x.shape[1], np.int64), np.zeros(x.shape[1], np.int64))
+        if len(rows):
+            predicted = self.model.predict(x, raw_score=self.options.raw_score)
+            scores[rows] = predicted.reshape(len(rows), -1)
+            if self.options.explain:
+                chunk.explanations = self._explain(x, scores[rows], rows, len(chunk))
+            quality.missing += np.isnan(x).sum(axis=0)
+            with np.errstate(invalid="ignore"):
+                quality.out_of_range += ((x < self.low) | (x > self.high)).sum(axis=0)
+            quality.rows = len(rows)
+        chunk.scores = scores
+        chunk.matrix = None  # the features are scored; free them before the chunk waits
+        return quality
+
+    def _explain(
+        self,
+        x: npt.NDArray[np.float64],
+        scores: npt.NDArray[np.float64],
+        rows: npt.NDArray[np.intp],
+        n: int,
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
+        """The top-K features by |contribution| per row (of the predicted class for
+        multiclass), as (features (n, K), contributions (n, K))."""
+        contrib = self.model.contributions(x)[:, :, :-1]  # drop the bias column
+        cls = np.argmax(scores, axis=1) if contrib.shape[1] > 1 else np.zeros(len(x), dtype=int)
+        per_row = contrib[np.arange(len(x)), cls]
+        k = min(self.options.explain, per_row.shape[1])
+        order = np.argsort(-np.abs(per_row), axis=1, kind="stable")[:, :k]
+        features = np.zeros((n, k), dtype=np.intp)
+        values = np.full((n, k), np.nan, dtype=np.float64)
+        features[rows] = order
+        values[rows] = np.take_along_axis(per_row, order, axis=1)
+        return features, values
+
+
+class Writer:
+    """Writes chunks in index order (or as they come, ``unordered``) and commits them."""
+
+    def __init__(
+        self,
+        *,
+        sink: Sink,
+        errors: ErrorLog,
+        stats: RunStats,
+        progress: ProgressDisplay,
+        feature_names: Sequence[str],
+        unordered: bool,
+        checkpoint: Checkpoint | None,
+        clock: BusyClock,
+    ) -> None:
+        self.sink = sink
+        self.errors = errors
+        self.stats = stats
+        self.progress = progress
+        self.names = np.array(feature_names, dtype=object)
+        self.unordered = unordered
+        self.checkpoint = checkpoint
+        self.clock = clock
+        self.written = LineRanges()
+        self._waiting: dict[int, Chunk] = {}
+        self._next = 0
+        self._dirty = False
+
+    def ready(self, chunk: Chunk) -> list[Chunk]:
+        """The chunks that can be written now that ``chunk`` is done."""
+        if self.unordered:
+            return [chunk]
+        self._waiting[chunk.index] = chunk
+        out = []
+        while self._next in self._waiting:
+            out.append(self._waiting.pop(self._next))
+            self._next += 1
+        return out
+
+    async def write(self, chunk: Chunk, quality: FeatureQuality | None) -> None:
+        """Write one chunk's scores and errors; count it."""
+        stats = self.stats
+        with self.clock:
+            if chunk.scores is not None and len(chunk.failures) < len(chunk):
+                await self.sink.write(self._batch(chunk))
+            records = chunk.error_records()
+            if records:
+                await self.errors.write(records)
+        stats.read += chunk.read
+        stats.skipped += chunk.filtered
+        stats.scored += len(chunk) - len(chunk.failures)
+        for record in records:
+            stats.failed[record.reason] += 1
+        if quality is not None and stats.quality is not None:
+            stats.quality.missing += quality.missing
+            stats.quality.out_of_range += quality.out_of_range
+            stats.quality.rows += quality.rows
+        self.written.add(chunk.first_line, chunk.last_line)
+        self._dirty = True
+        self.progress.update(stats)
+
+    def _batch(self, chunk: Chunk) -> ScoredBatch:
+        assert chunk.scores is not None
+        explain = chunk.explanations
+        if not chunk.failures:
+            ids: Sequence[str] = chunk.ids
+            keep = chunk.keep
+            scores = chunk.scores
+        else:
+            ok = chunk.ok()
+            rows = np.flatnonzero(ok)
+            ids = [chunk.ids[r] for r in rows.tolist()]
+            keep = None if chunk.keep is None else [chunk.keep[r] for r in rows.tolist()]
+            scores = chunk.scores[rows]
+            if explain is not None:
+                explain = (explain[0][rows], explain[1][rows])
+        return ScoredBatch(
+            ids=ids,
+            scores=scores,
+            keep=keep,
+            explain_features=None if explain is None else self.names[explain[0]],
+            explain_values=None if explain is None else explain[1],
+        )
+
+    async def commit(self) -> None:
+        """Make what is written durable (when anything was written since the last commit)."""
+        if self.checkpoint is not None and self._dirty:
+            self._dirty = False
+            with self.clock:
+                await self.checkpoint(self.written)
+
+
+@dataclass(slots=True)
+class _Done:
+    """A chunk that went through fetching and scoring, on its way to the writer."""
+
+    chunk: Chunk
+    quality: FeatureQuality | None
+
+
 class Pipeline:
     """One run of the stages over an input."""
 
@@ -238,49 +365,37 @@ class Pipeline:
         model: Model,
         sink: Sink,
         errors: ErrorLog,
-        progress: Progress,
+        progress: ProgressDisplay,
         stats: RunStats,
         options: PipelineOptions,
         checkpoint: Checkpoint | None = None,
     ) -> None:
         self.sources = list(sources)
-        self.checkpoint = checkpoint
         self.model = model
-        self.sink = sink
-        self.errors = errors
-        self.progress = progress
         self.stats = stats
         self.options = options
-        self.window_rows = options.window_size(self.sources)
-        self._drop = feature_owners(self.sources, model.info.feature_names)
-        self._stopping = False
-        self._dispatcher: asyncio.Task[None] | None = None
-        self._feed: _Feed | None = None
-        # Commit bookkeeping: rows are numbered by seq; the mark is the input line of the last
-        # row of the longest written prefix; rows written beyond it are kept by seq -> line.
-        self._prefix = 0
-        self._mark = 0
-        self._beyond: dict[int, int] = {}
-        self._dirty = False  # rows written since the last checkpoint
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchscore-score")
+        self.assembler = Assembler(self.sources, model)
+        self.scorer = Scorer(model, options)
         n = len(model.info.features)
-        self.stats.quality = FeatureQuality(np.zeros(n, np.int64), np.zeros(n, np.int64))
-        lows = [
-            f.low if f.low is not None and not f.categorical else -np.inf
-            for f in model.info.features
-        ]
-        highs = [
-            f.high if f.high is not None and not f.categorical else np.inf
-            for f in model.info.features
-        ]
-        self._low = np.array(lows, dtype=np.float64)
-        self._high = np.array(highs, dtype=np.float64)
+        stats.quality = FeatureQuality(np.zeros(n, np.int64), np.zeros(n, np.int64))
         self._clocks = {stage: BusyClock(stats, stage) for stage in ("fetch", "score", "write")}
-
-    @property
-    def stopping(self) -> bool:
-        """Whether :meth:`stop` was called."""
-        return self._stopping
+        self.writer = Writer(
+            sink=sink,
+            errors=errors,
+            stats=stats,
+            progress=progress,
+            feature_names=model.info.feature_names,
+            unordered=options.unordered,
+            checkpoint=checkpoint,
+            clock=self._clocks["write"],
+        )
+        self._executor = ThreadPoolExecutor(
+            max_workers=options.workers, thread_name_prefix="batchscore-score"
+        )
+        self._scoring = asyncio.Semaphore(options.workers)
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._feed: ChunkFeed | None = None
+        self._stopping = False
 
     def stop(self) -> None:
         """Stop taking new IDs; what is in flight finishes and is written."""
@@ -289,26 +404,22 @@ class Pipeline:
             self._feed.stop()
 
     def cancel_in_flight(self) -> None:
-        """Give up on reading and fetching (after a grace period); those rows stay uncommitted.
+        """Give up on what is being fetched (after a grace period); those rows stay uncommitted.
 
-        Cancelling the dispatcher cancels its fetch tasks too (they run in its task group); the
-        scorer and writer then finish what already arrived.
+        Cancelling the dispatcher cancels its chunk tasks too (they run in its task group);
+        the writer then finishes what already arrived.
         """
         if self._dispatcher is not None and not self._dispatcher.done():
             self._dispatcher.cancel()
 
-    async def run(self, items: Iterator[InputItem]) -> None:
+    async def run(self, items: Iterator[InputItem], stall: StallHook | None = None) -> None:
         """Run every stage to the end of the input (or until stopped)."""
-        window = Window(self.window_rows)
-        to_score: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
-        to_write: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
+        done: asyncio.Queue[_Done | None] = asyncio.Queue()
+        window = asyncio.Semaphore(self.options.window_chunks(self.sources))
         try:
             async with asyncio.TaskGroup() as group:
-                self._dispatcher = group.create_task(
-                    self._dispatch(items, window, to_score, to_write)
-                )
-                group.create_task(self._score(to_score, to_write))
-                group.create_task(self._write(to_write, window))
+                self._dispatcher = group.create_task(self._dispatch(items, stall, window, done))
+                group.create_task(self._write(done, window))
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
         finally:
@@ -316,303 +427,89 @@ class Pipeline:
                 self._feed.stop()
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    # -- stage 1: read and dispatch ------------------------------------------------------------
-
-    def _wanted(self, row: IdRow, seen: set[str]) -> bool:
-        opts = self.options
-        if opts.shard is not None:
-            k, n = opts.shard
-            if stable_hash(row.id) % n != k:
-                return False
-        if opts.dedupe:
-            if row.id in seen:
-                return False
-            seen.add(row.id)
-        return True
-
     async def _dispatch(
         self,
         items: Iterator[InputItem],
-        window: Window,
-        to_score: asyncio.Queue[Any],
-        to_write: asyncio.Queue[Any],
+        stall: StallHook | None,
+        window: asyncio.Semaphore,
+        done: asyncio.Queue[_Done | None],
     ) -> None:
-        chunk_size = max(s.batch_size for s in self.sources)
-        chunk_size = max(chunk_size, 64)
-        self._feed = feed = _Feed(items, capacity=max(chunk_size * 4, 4096))
-        seen: set[str] = set()
-        seq = 0
+        self._feed = feed = ChunkFeed(
+            items,
+            size=self.options.batch_size,
+            filters=self.options.filters,
+            keep=self.options.keep,
+            stall=stall,
+        )
+        if self._stopping:
+            feed.stop()
         try:
-            async with asyncio.TaskGroup() as fetches:
+            async with asyncio.TaskGroup() as chunks:
                 while not self._stopping:
-                    batch = await feed.take(chunk_size)
-                    if batch is None:
+                    await window.acquire()
+                    chunk = await feed.next()
+                    if chunk is None:
+                        window.release()
                         break
-                    # One slot per item, taken for the whole batch; skipped items give theirs
-                    # back at once.
-                    await window.acquire(len(batch))
-                    chunk: list[Row] = []
-                    problems: list[tuple[int, ErrorRecord]] = []
-                    skipped = 0
-                    for item in batch:
-                        if self.options.skip is not None and self.options.skip(item.line):
-                            if self.options.dedupe and isinstance(item, IdRow):
-                                seen.add(item.id)
-                            skipped += 1
-                            continue
-                        self.stats.read += 1
-                        if isinstance(item, InputProblem):
-                            record = ErrorRecord(item.id, item.line, "input", None, item.reason)
-                            problems.append((seq, record))
-                            seq += 1
-                        elif not self._wanted(item, seen):
-                            self.stats.skipped += 1
-                            skipped += 1
-                        else:
-                            chunk.append(Row(seq, item.line, item.id, item.keep))
-                            seq += 1
-                    window.release(skipped)
-                    if problems:
-                        await to_write.put(Failed(problems))
-                    if chunk:
-                        fetches.create_task(self._fetch_chunk(chunk, to_score, to_write))
+                    chunks.create_task(self._process(chunk, done))
         finally:
-            await to_score.put(_END)
+            done.put_nowait(None)
 
-    # -- stage 2: fetch ------------------------------------------------------------------------
+    async def _process(self, chunk: Chunk, done: asyncio.Queue[_Done | None]) -> None:
+        """Fetch and score one chunk, then hand it to the writer."""
+        quality = None
+        ok = chunk.ok()
+        if ok.any():
+            await self._fetch(chunk, ok)
+            if chunk.ok().any():
+                async with self._scoring:
+                    with self._clocks["score"]:
+                        loop = asyncio.get_running_loop()
+                        quality = await loop.run_in_executor(
+                            self._executor, self.scorer.score, chunk
+                        )
+        done.put_nowait(_Done(chunk, quality))
 
-    async def _fetch_source(self, source: Source, ids: list[str]) -> list[FetchResult]:
-        size = source.batch_size
-        if len(ids) <= size:
-            return await self._timed_fetch(source, ids)
-        parts = await asyncio.gather(
-            *(self._timed_fetch(source, ids[i : i + size]) for i in range(0, len(ids), size))
-        )
-        return [result for part in parts for result in part]
-
-    async def _timed_fetch(self, source: Source, ids: list[str]) -> list[FetchResult]:
-        # Latency is observed per request by the shared Limits (time holding a slot), so that
-        # queueing for a slot does not count as the source being slow.
-        return await source.fetch(ids)
-
-    async def _fetch_chunk(
-        self, rows: list[Row], to_score: asyncio.Queue[Any], to_write: asyncio.Queue[Any]
-    ) -> None:
-        ids = [row.id for row in rows]
-        PRIORITY.set(rows[0].seq)  # this task's requests (and retries) queue by input position
+    async def _fetch(self, chunk: Chunk, ok: npt.NDArray[np.bool_]) -> None:
+        rows = np.flatnonzero(ok)
+        ids = chunk.ids if len(rows) == len(chunk) else [chunk.ids[r] for r in rows.tolist()]
+        PRIORITY.set(chunk.index)  # this chunk's requests (and retries) queue by input position
         with self._clocks["fetch"]:
-            per_source = await asyncio.gather(*(self._fetch_source(s, ids) for s in self.sources))
-        good: list[Row] = []
-        failed: list[tuple[int, ErrorRecord]] = []
-        for i, row in enumerate(rows):
-            failure = self._merge(row, [results[i] for results in per_source])
-            if failure is None:
-                good.append(row)
-            else:
-                failed.append((row.seq, failure))
-        if failed:
-            await to_write.put(Failed(failed))
-        if good:
-            await to_score.put(good)
-
-    def _merge(self, row: Row, results: list[FetchResult]) -> ErrorRecord | None:
-        found = False
-        not_found_source: str | None = None
-        for source, result in zip(self.sources, results, strict=True):
-            if isinstance(result, Failure):
-                if result.reason == NOT_FOUND:
-                    not_found_source = source.name
-                    continue
-                return ErrorRecord(
-                    row.id,
-                    row.line,
-                    "fetch",
-                    source.name,
-                    result.reason,
-                    result.status,
-                    result.attempts,
+            answers = await asyncio.gather(
+                *(
+                    source.fetch(ids, names)
+                    for source, names in zip(self.sources, self.assembler.columns, strict=True)
                 )
-            found = True
-        if not found:
-            name = not_found_source if len(self.sources) == 1 else None
-            return ErrorRecord(row.id, row.line, "fetch", name, NOT_FOUND, None, 1)
-        only = results[0]
-        if len(results) == 1 and not isinstance(only, Failure):
-            row.features = only  # one source: its record is the row's features, no copy
-        else:
-            row.features = unite(self.sources, results, self._drop)
-        return None
+            )
+        self.assembler.assemble(chunk, rows, answers)
 
-    # -- stage 3: score ------------------------------------------------------------------------
-
-    async def _score(self, to_score: asyncio.Queue[Any], to_write: asyncio.Queue[Any]) -> None:
+    async def _write(self, done: asyncio.Queue[_Done | None], window: asyncio.Semaphore) -> None:
+        writer = self.writer
         loop = asyncio.get_running_loop()
-        pending: list[Row] = []
-        deadline: float | None = None
-        finished = False
-        while not finished:
-            timeout = None if deadline is None else max(deadline - loop.time(), 0)
-            try:
-                item = await asyncio.wait_for(to_score.get(), timeout)
-            except TimeoutError:
-                item = None
-            if item is _END:
-                finished = True
-            elif item is not None:
-                if not pending:
-                    deadline = loop.time() + self.options.linger
-                pending.extend(item)
-            # Score whole batches as soon as they fill; a partial batch once its oldest row has
-            # waited `linger` seconds (a slow trickle of rows is never held back longer).
-            due = finished or (deadline is not None and loop.time() >= deadline)
-            size = self.options.batch_size
-            while len(pending) >= size or (pending and due):
-                batch = pending[:size]
-                del pending[:size]
-                with self._clocks["score"]:
-                    scored = await loop.run_in_executor(self._executor, self._score_batch, batch)
-                await to_write.put(scored)
-            if not pending:
-                deadline = None
-        await to_write.put(_END)
-
-    def _score_batch(self, rows: list[Row]) -> Scored:
-        """Runs in the scoring thread: assemble the matrix, predict, explain, count quality.
-
-        A row whose features are all missing (NaN once encoded) is not scored silently: it is
-        a ``no_features`` failure, unless ``allow_empty``.
-        """
-        matrix = self.model.encoder.matrix([row.features for row in rows])
-        for row in rows:
-            row.features = {}  # the features are in the matrix now; free them early
-        empty: list[tuple[int, ErrorRecord]] = []
-        if not self.options.allow_empty:
-            all_missing = np.asarray(np.isnan(matrix).all(axis=1), dtype=np.bool_)
-            if all_missing.any():
-                lost = [bool(x) for x in all_missing]
-                empty = [
-                    (row.seq, ErrorRecord(row.id, row.line, "score", None, "no_features", None, 0))
-                    for row, gone in zip(rows, lost, strict=True)
-                    if gone
-                ]
-                rows = [row for row, gone in zip(rows, lost, strict=True) if not gone]
-                matrix = matrix[~all_missing]
-        if not rows:
-            return Scored([], np.empty((0, 1)), None, empty)
-        scores = self.model.predict(matrix, raw_score=self.options.raw_score)
-        if scores.ndim == 1:
-            scores = scores.reshape(-1, 1)
-        explanations = self._explain(matrix, scores) if self.options.explain else None
-        quality = self.stats.quality
-        assert quality is not None
-        missing = np.isnan(matrix)
-        quality.missing += missing.sum(axis=0)
-        with np.errstate(invalid="ignore"):
-            quality.out_of_range += ((matrix < self._low) | (matrix > self._high)).sum(axis=0)
-        quality.rows += len(rows)
-        return Scored(rows, scores, explanations, empty)
-
-    def _explain(
-        self, matrix: npt.NDArray[np.float64], scores: npt.NDArray[np.float64]
-    ) -> list[list[tuple[str, float]]]:
-        contrib = self.model.contributions(matrix)[:, :, :-1]  # drop the bias column
-        cls = (
-            np.argmax(scores, axis=1) if contrib.shape[1] > 1 else np.zeros(len(matrix), dtype=int)
-        )
-        per_row = contrib[np.arange(len(matrix)), cls]
-        k = min(self.options.explain, per_row.shape[1])
-        order = np.argsort(-np.abs(per_row), axis=1, kind="stable")[:, :k]
-        names = self.model.info.feature_names
-        return [[(names[j], float(per_row[i, j])) for j in order[i]] for i in range(len(matrix))]
-
-    # -- stage 4: write ------------------------------------------------------------------------
-
-    async def _write(self, to_write: asyncio.Queue[Any], window: Window) -> None:
-        waiting: dict[int, Any] = {}
-        next_seq = 0
-        unordered = self.options.unordered
-        loop = asyncio.get_running_loop()
-        next_checkpoint = loop.time() + self.options.checkpoint_interval
+        interval = self.options.checkpoint_interval
+        next_commit = loop.time() + interval
+        quality: dict[int, FeatureQuality | None] = {}
         while True:
             try:
-                item = to_write.get_nowait()
-            except asyncio.QueueEmpty:
-                # Nothing to write now: wait, but commit what is written when a commit is due,
-                # so a stalled input (a slow stdin) never leaves written rows uncommitted.
-                try:
-                    timeout = max(next_checkpoint - loop.time(), 0.001)
-                    item = await asyncio.wait_for(to_write.get(), timeout)
-                except TimeoutError:
-                    await self._checkpoint()
-                    next_checkpoint = loop.time() + self.options.checkpoint_interval
-                    continue
-            if item is _END:
+                # Nothing to write: wait, but commit what is written when a commit is due, so
+                # a stalled input (a slow stdin) never leaves written rows uncommitted.
+                item = await asyncio.wait_for(done.get(), max(next_commit - loop.time(), 0.001))
+            except TimeoutError:
+                await writer.commit()
+                next_commit = loop.time() + interval
+                continue
+            if item is None:
                 break
-            if isinstance(item, Failed):
-                outcomes: list[tuple[int, Any]] = list(item.rows)
-            else:
-                explained = item.explanations
-                outcomes = [
-                    (row.seq, (row, item.scores[i], explained[i] if explained else None))
-                    for i, row in enumerate(item.rows)
-                ]
-                outcomes.extend(item.failed)
-            if unordered:
-                ready = outcomes
-            else:
-                ready = []
-                waiting.update(outcomes)
-                while next_seq in waiting:
-                    ready.append((next_seq, waiting.pop(next_seq)))
-                    next_seq += 1
-            if ready:
-                await self._emit([outcome for _, outcome in ready])
-                self._advance(ready)
-                self._dirty = True
-                window.release(len(ready))
-                self.progress.update(self.stats)
-            if loop.time() >= next_checkpoint:
-                await self._checkpoint()
-                next_checkpoint = loop.time() + self.options.checkpoint_interval
-        # Rows still waiting sit behind a row whose fetch was cancelled by a stop: they are not
-        # written, so a resumed run does them again.
-        await self._checkpoint()
-
-    def _advance(self, written: list[tuple[int, Any]]) -> None:
-        for seq, outcome in written:
-            line = outcome.line if isinstance(outcome, ErrorRecord) else outcome[0].line
-            if seq == self._prefix:
-                self._mark = line
-                self._prefix += 1
-                while self._prefix in self._beyond:
-                    self._mark = self._beyond.pop(self._prefix)
-                    self._prefix += 1
-            else:
-                self._beyond[seq] = line
-
-    async def _checkpoint(self) -> None:
-        if self.checkpoint is not None and self._dirty:
-            self._dirty = False
-            with self._clocks["write"]:
-                await self.checkpoint(self._mark, frozenset(self._beyond.values()))
-
-    async def _emit(self, outcomes: list[Any]) -> None:
-        errors = [o for o in outcomes if isinstance(o, ErrorRecord)]
-        scored = [o for o in outcomes if not isinstance(o, ErrorRecord)]
-        with self._clocks["write"]:
-            if scored:
-                batch = ScoredBatch(
-                    ids=[row.id for row, _, _ in scored],
-                    scores=np.stack([s for _, s, _ in scored]),
-                    keep=[row.keep for row, _, _ in scored],
-                    explanations=[e or [] for _, _, e in scored] if self.options.explain else None,
-                )
-                await self.sink.write(batch)
-            if errors:
-                await self.errors.write(errors)
-        self.stats.scored += len(scored)
-        for record in errors:
-            self.stats.failed[record.reason] += 1
+            quality[item.chunk.index] = item.quality
+            for chunk in writer.ready(item.chunk):
+                await writer.write(chunk, quality.pop(chunk.index))
+                window.release()
+            if loop.time() >= next_commit:
+                await writer.commit()
+                next_commit = loop.time() + interval
+        # Chunks still waiting sit behind a chunk whose fetch was cancelled by a stop: they
+        # are not written, so a resumed run does them again.
+        await writer.commit()
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -640,4 +537,32 @@ def allowed(stats: RunStats, max_failed: int, max_failed_rate: float) -> bool:
     return attempted > 0 and failed / attempted <= max_failed_rate
 
 
-__all__ = ["Checkpoint", "Pipeline", "PipelineOptions", "allowed", "feature_owners"]
+def merge_answers(
+    sources: Sequence[Source], model: Model, ids: list[str], answers: Sequence[Fetched]
+) -> Chunk:
+    """The chunk ``batchscore check`` sees: the sample's rows assembled as a run would."""
+    chunk = Chunk(
+        index=0,
+        first_line=1,
+        last_line=len(ids),
+        lines=np.arange(1, len(ids) + 1, dtype=np.int64),
+        ids=ids,
+        keep=None,
+        status=np.zeros(len(ids), np.uint8),
+    )
+    Assembler(sources, model).assemble(chunk, np.arange(len(ids)), answers)
+    return chunk
+
+
+__all__ = [
+    "Assembler",
+    "Checkpoint",
+    "Pipeline",
+    "PipelineOptions",
+    "Scorer",
+    "Writer",
+    "allowed",
+    "feature_owners",
+    "merge_answers",
+    "source_columns",
+]

@@ -12,7 +12,7 @@ from typing import Any, Protocol, TextIO
 from batchscore.report import RunStats
 
 
-class Progress(Protocol):
+class ProgressDisplay(Protocol):
     """Shows how a run is going."""
 
     def update(self, stats: RunStats) -> None:
@@ -119,7 +119,7 @@ class BarProgress:
         self._bar.stop()
 
 
-def choose(stream: TextIO, *, quiet: bool, interval: float, is_tty: bool) -> Progress:
+def choose(stream: TextIO, *, quiet: bool, interval: float, is_tty: bool) -> ProgressDisplay:
     """The display for this run."""
     if quiet:
         return NoProgress()

@@ -57,8 +57,9 @@ class ScoreSettings:
     """How rows are scored."""
 
     batch_size: int = 1024
-    threads: int | None = None  # None: one per core but one, left to the event loop; 0: all
-    linger: float = 0.5
+    threads: int | None = (
+        None  # None: a scoring thread per core (1 LightGBM thread each); N: one, N threads
+    )
     allow_empty: bool = False
     raw_score: bool = False
     explain: int = 0

@@ -9,17 +9,20 @@ For an output ``out/scores.csv`` a run keeps, in ``out/``:
 
 A *commit* makes everything written so far durable in one step: fsync the output and the errors
 file, then record, in one SQLite transaction, their byte lengths and which input lines they
-cover.  On ``--resume`` both files are truncated back to the recorded lengths (dropping anything
-written after the last commit) and the input lines already covered are skipped, so every ID ends
-up in the output exactly once, in the same order as an uninterrupted run.
+cover (:class:`LineRanges`).  On ``--resume`` both files are truncated back to the recorded
+lengths (dropping anything written after the last commit) and the input lines already covered
+are skipped, so every ID ends up in the output exactly once, in the same order as an
+uninterrupted run.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime as dt
 import fcntl
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,19 +99,81 @@ def _read_holder(fd: int) -> str:
     return text or "pid unknown"
 
 
+class LineRanges:
+    """A set of input lines kept as sorted, disjoint, inclusive ``[first, last]`` ranges.
+
+    Chunks commit whole spans of consecutive lines, and spans of neighbouring chunks touch, so
+    however long a run is, the set stays a handful of ranges: one in input order, one more per
+    chunk still missing in ``--unordered`` runs.
+    """
+
+    __slots__ = ("_firsts", "_lasts")
+
+    def __init__(self, ranges: Iterable[Sequence[int]] = ()) -> None:
+        self._firsts: list[int] = []
+        self._lasts: list[int] = []
+        for first, last in ranges:
+            self.add(first, last)
+
+    def add(self, first: int, last: int) -> None:
+        """Add lines ``first`` to ``last`` (nothing when ``last < first``)."""
+        if last < first:
+            return
+        # Ranges that overlap or touch [first, last] are merged with it.
+        lo = bisect.bisect_left(self._lasts, first - 1)
+        hi = bisect.bisect_right(self._firsts, last + 1)
+        if lo < hi:
+            first = min(first, self._firsts[lo])
+            last = max(last, self._lasts[hi - 1])
+        self._firsts[lo:hi] = [first]
+        self._lasts[lo:hi] = [last]
+
+    def update(self, other: LineRanges) -> None:
+        """Add every range of ``other``."""
+        for first, last in other.ranges():
+            self.add(first, last)
+
+    def __contains__(self, line: object) -> bool:
+        if not isinstance(line, int):
+            return False
+        if self._lasts and self._firsts[0] <= line <= self._lasts[0]:  # the common case
+            return True
+        i = bisect.bisect_left(self._lasts, line)
+        return i < len(self._firsts) and self._firsts[i] <= line
+
+    def __bool__(self) -> bool:
+        return bool(self._firsts)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LineRanges) and self.ranges() == other.ranges()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """The ranges, in order."""
+        return list(zip(self._firsts, self._lasts, strict=True))
+
+    def copy(self) -> LineRanges:
+        """An independent copy."""
+        return LineRanges(self.ranges())
+
+    def __repr__(self) -> str:
+        return f"LineRanges({self.ranges()!r})"
+
+
 @dataclass
-class Progress:
-    """What earlier runs committed."""
+class Committed:
+    """What earlier runs committed: how long the outputs were, which input lines they cover."""
 
     output_bytes: int = 0
     errors_bytes: int = 0
-    mark: int = 0  # every input row with line <= mark is committed
-    beyond: set[int] = field(default_factory=set)  # committed lines above the mark (unordered)
+    lines: LineRanges = field(default_factory=LineRanges)
     counters: dict[str, Any] = field(default_factory=dict)
 
-    def done(self, line: int) -> bool:
-        """Whether the input row at ``line`` was committed by an earlier run."""
-        return line <= self.mark or line in self.beyond
+    @property
+    def started(self) -> bool:
+        """Whether anything was committed."""
+        return bool(self.lines) or self.output_bytes > 0 or self.errors_bytes > 0
 
 
 _SCHEMA = """
@@ -117,8 +182,7 @@ CREATE TABLE IF NOT EXISTS run (
     identity TEXT NOT NULL,
     output_bytes INTEGER NOT NULL,
     errors_bytes INTEGER NOT NULL,
-    mark INTEGER NOT NULL,
-    beyond TEXT NOT NULL,
+    lines TEXT NOT NULL,
     counters TEXT NOT NULL
 )
 """
@@ -137,7 +201,7 @@ class RunState:
         """Files a stopped run left behind."""
         return [p for p in (self.path, *partials) if p.exists()]
 
-    async def open(self, *, resume: bool, overwrite: bool, partials: list[Path]) -> Progress:
+    async def open(self, *, resume: bool, overwrite: bool, partials: list[Path]) -> Committed:
         """Load what an earlier run committed (``resume``), or start afresh.
 
         Without ``resume``, leftovers are an error, unless ``overwrite`` removes them.
@@ -153,47 +217,46 @@ class RunState:
                 )
             for path in left:
                 path.unlink()
-        progress = Progress()
+        progress = Committed()
         fresh = not self.path.exists()
         try:
             self._db = await aiosqlite.connect(self.path)
             await self._db.execute("PRAGMA synchronous = FULL")
             await self._db.execute(_SCHEMA)
             cursor = await self._db.execute(
-                "SELECT identity, output_bytes, errors_bytes, mark, beyond, counters FROM run"
+                "SELECT identity, output_bytes, errors_bytes, lines, counters FROM run"
             )
             row = await cursor.fetchone()
         except OSError as exc:
             raise OutputWriteError(f"cannot write the state file {self.path}: {exc}") from None
         if row is not None and not fresh:
-            identity, out_bytes, err_bytes, mark, beyond, counters = row
+            identity, out_bytes, err_bytes, lines, counters = row
             if identity != self.identity:
                 await self.close()
                 raise LeftoverStateError(
                     f"the stopped run for {self.output} used another input, model or output "
                     "format; rerun it with the same arguments, or pass --overwrite to start over"
                 )
-            progress = Progress(
-                out_bytes, err_bytes, mark, set(orjson.loads(beyond)), orjson.loads(counters)
+            progress = Committed(
+                out_bytes, err_bytes, LineRanges(orjson.loads(lines)), orjson.loads(counters)
             )
         else:
             await self._db.execute(
-                "INSERT OR REPLACE INTO run VALUES (1, ?, 0, 0, 0, '[]', '{}')", (self.identity,)
+                "INSERT OR REPLACE INTO run VALUES (1, ?, 0, 0, '[]', '{}')", (self.identity,)
             )
             await self._db.commit()
         return progress
 
-    async def record(self, progress: Progress) -> None:
+    async def record(self, progress: Committed) -> None:
         """Record committed progress durably (the output and errors file are already synced)."""
         try:
             await self._db.execute(
-                "UPDATE run SET output_bytes = ?, errors_bytes = ?, mark = ?, beyond = ?, "
-                "counters = ? WHERE id = 1",
+                "UPDATE run SET output_bytes = ?, errors_bytes = ?, lines = ?, counters = ? "
+                "WHERE id = 1",
                 (
                     progress.output_bytes,
                     progress.errors_bytes,
-                    progress.mark,
-                    orjson.dumps(sorted(progress.beyond)).decode(),
+                    orjson.dumps(progress.lines.ranges()).decode(),
                     orjson.dumps(progress.counters).decode(),
                 ),
             )

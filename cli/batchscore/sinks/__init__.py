@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -17,15 +17,35 @@ import numpy.typing as npt
 
 @dataclass(frozen=True, slots=True)
 class ScoredBatch:
-    """Scored rows: ``scores`` is float64 of shape (rows, score columns)."""
+    """Scored rows, column by column.
+
+    ``scores`` is float64 of shape (rows, score columns); ``keep`` has one tuple of kept input
+    columns per row (None when nothing is kept); with ``--explain K``, ``explain_features``
+    (object array of str) and ``explain_values`` (float64) have shape (rows, K).
+    """
 
     ids: Sequence[str]
     scores: npt.NDArray[np.float64]
-    keep: Sequence[tuple[str, ...]]
-    explanations: Sequence[Sequence[tuple[str, float]]] | None = None
+    keep: Sequence[tuple[str, ...]] | None = None
+    explain_features: npt.NDArray[np.object_] | None = None
+    explain_values: npt.NDArray[np.float64] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def columns(self, columns: Columns) -> list[Sequence[Any]]:
+        """The output columns as Python values, in ``columns.names`` order."""
+        out: list[Sequence[Any]] = [self.ids]
+        out.extend(self.scores.T.tolist())
+        if columns.keep:
+            kept = self.keep or []
+            out.extend(zip(*kept, strict=True) if kept else [[]] * len(columns.keep))
+        if columns.explain:
+            assert self.explain_features is not None and self.explain_values is not None
+            for k in range(columns.explain):
+                out.append(self.explain_features[:, k].tolist())
+                out.append(self.explain_values[:, k].tolist())
+        return out
 
 
 @dataclass(frozen=True)

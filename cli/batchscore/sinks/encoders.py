@@ -24,22 +24,6 @@ class RowEncoder(Protocol):
         """The bytes for a batch of rows."""
 
 
-def rows(columns: Columns, batch: ScoredBatch) -> list[list[Any]]:
-    """The output rows of a batch as lists of Python values, in column order."""
-    scores: list[list[float]] = batch.scores.tolist()
-    out: list[list[Any]] = []
-    for i, ident in enumerate(batch.ids):
-        row: list[Any] = [ident, *scores[i]]
-        if columns.keep:
-            row.extend(batch.keep[i])
-        if columns.explain and batch.explanations is not None:
-            for name, value in batch.explanations[i]:
-                row.extend((name, value))
-            row.extend([None, None] * (columns.explain - len(batch.explanations[i])))
-        out.append(row)
-    return out
-
-
 _NEEDS_QUOTES = re.compile(r'[,"\r\n]')
 
 
@@ -72,21 +56,15 @@ class CsvEncoder:
     def encode(self, batch: ScoredBatch) -> bytes:
         """CSV rows; floats via ``repr`` (shortest round-trip)."""
         ids = batch.ids
-        if (
-            not self.columns.keep
-            and not self.columns.explain
-            and batch.scores.shape[1] == 1
-            and not _NEEDS_QUOTES.search("".join(ids))
-        ):
-            # The common shape, an id and a score with nothing to quote: one f-string a row
-            # (the writer runs on the event loop; this is a fifth of the general path's CPU).
+        plain_ids = not _NEEDS_QUOTES.search("".join(ids))
+        if not self.columns.keep and not self.columns.explain and batch.scores.shape[1] == 1:
+            # The common shape, an id and a score: one f-string a row.
             scores: list[float] = batch.scores[:, 0].tolist()
-            text = "".join(f"{i},{s!r}\n" for i, s in zip(ids, scores, strict=True))
-        else:
-            text = "".join(
-                ",".join(map(csv_field, row)) + "\n" for row in rows(self.columns, batch)
-            )
-        return text.encode()
+            if not plain_ids:
+                ids = list(map(csv_field, ids))
+            return "".join(f"{i},{s!r}\n" for i, s in zip(ids, scores, strict=True)).encode()
+        fields = [list(map(csv_field, column)) for column in batch.columns(self.columns)]
+        return "".join(f"{line}\n" for line in map(",".join, zip(*fields, strict=True))).encode()
 
 
 class JsonlEncoder:
@@ -102,7 +80,9 @@ class JsonlEncoder:
     def encode(self, batch: ScoredBatch) -> bytes:
         """One object per row, keys in column order."""
         names = self.columns.names
+        dumps = orjson.dumps
+        newline = orjson.OPT_APPEND_NEWLINE
         return b"".join(
-            orjson.dumps(dict(zip(names, row, strict=True)), option=orjson.OPT_APPEND_NEWLINE)
-            for row in rows(self.columns, batch)
+            dumps(dict(zip(names, row, strict=True)), option=newline)
+            for row in zip(*batch.columns(self.columns), strict=True)
         )

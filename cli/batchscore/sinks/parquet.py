@@ -49,7 +49,7 @@ class ParquetSink:
                 self.pa.field(f"explain_{i}_contribution", self.pa.float64()),
             ]
         self.schema = self.pa.schema(fields)
-        self._pending: list[list[Any]] = []
+        self._pending: list[Any] = []  # pyarrow tables, one per batch, until the next sync
         self._segments = 0
 
     def _segment(self, index: int) -> Path:
@@ -70,17 +70,25 @@ class ParquetSink:
             raise write_error(self.path, exc) from None
 
     async def write(self, batch: ScoredBatch) -> None:
-        """Keep the rows until the next sync writes them as a segment."""
-        from batchscore.sinks.encoders import rows
+        """Keep the batch (as a table of columns) until the next sync writes a segment."""
+        pa = self.pa
+        arrays = [pa.array(batch.ids, type=pa.string())]
+        arrays += [pa.array(batch.scores[:, k]) for k in range(batch.scores.shape[1])]
+        if self.columns.keep:
+            kept = list(zip(*batch.keep, strict=True)) if batch.keep else []
+            arrays += [
+                pa.array(kept[k] if kept else [], type=pa.string())
+                for k in range(len(self.columns.keep))
+            ]
+        if self.columns.explain:
+            assert batch.explain_features is not None and batch.explain_values is not None
+            for k in range(self.columns.explain):
+                arrays.append(pa.array(batch.explain_features[:, k].tolist(), type=pa.string()))
+                arrays.append(pa.array(batch.explain_values[:, k]))
+        self._pending.append(pa.Table.from_arrays(arrays, schema=self.schema))
 
-        self._pending.extend(rows(self.columns, batch))
-
-    def _write_segment(self, rows: list[list[Any]], index: int) -> None:
-        columns = list(zip(*rows, strict=True))
-        table = self.pa.Table.from_arrays(
-            [self.pa.array(col, type=f.type) for col, f in zip(columns, self.schema, strict=True)],
-            schema=self.schema,
-        )
+    def _write_segment(self, tables: list[Any], index: int) -> None:
+        table = self.pa.concat_tables(tables)
         temp = self._segment(index).with_suffix(".tmp")
         self.pa.parquet.write_table(table, temp)
         with open(temp, "rb+") as f:
@@ -92,9 +100,9 @@ class ParquetSink:
         import asyncio
 
         if self._pending:
-            rows, self._pending = self._pending, []
+            tables, self._pending = self._pending, []
             try:
-                await asyncio.to_thread(self._write_segment, rows, self._segments)
+                await asyncio.to_thread(self._write_segment, tables, self._segments)
                 await asyncio.to_thread(fsync_dir, self.folder)
             except OSError as exc:
                 raise write_error(self.path, exc) from None

@@ -63,13 +63,12 @@ class SqliteSink:
 
     async def write(self, batch: ScoredBatch) -> None:
         """Insert the batch's rows (committed at the next sync)."""
-        from batchscore.sinks.encoders import rows
-
         width = len(self.columns.names)
         placeholders = ",".join("?" * width)
         try:
             await self._db.executemany(
-                f"INSERT INTO {self.TABLE} VALUES ({placeholders})", rows(self.columns, batch)
+                f"INSERT INTO {self.TABLE} VALUES ({placeholders})",
+                zip(*batch.columns(self.columns), strict=True),
             )
         except Exception as exc:
             raise write_error(self.path, OSError(str(exc))) from None

@@ -1,52 +1,28 @@
 """Feature sources: one module per kind, behind the small :class:`Source` protocol.
 
-A source answers ``fetch(ids)`` with one entry per requested ID, in order: a mapping of feature
-name (already renamed to the model's names) to raw value, or a :class:`Failure`.  Every request a
-source makes goes through the shared :class:`~batchscore.sources.limits.Limits`, so the bound on
-requests in flight and the rate limit hold over all sources together.
+A source answers ``fetch(ids, names)`` column-wise, with one :class:`Fetched`: which IDs it
+found, why it failed for others, and for each requested feature name (the model's names, after
+``rename``) one raw value per ID.  The pipeline turns those columns into the chunk's float
+matrix; a source never sees the model.  Every request a source makes goes through the shared
+:class:`~batchscore.sources.limits.Limits`, so the bound on requests in flight and the rate
+limit hold over all sources together.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import numpy as np
+import numpy.typing as npt
 
 if TYPE_CHECKING:
     from batchscore.report import RunStats
     from batchscore.settings import FetchSettings
     from batchscore.sources.limits import Limits
 
-Features = Mapping[str, Any]
-
-
-class Record(Mapping[str, Any]):
-    """One ID's features as a row of a source's columns: a read-only view, not a dict.
-
-    ``columns`` (name -> position in ``row``) is shared by every record of a source, so a
-    record costs one small object, and a batch of records can be transposed column-wise at C
-    speed (:meth:`batchscore.model.Encoder.matrix` does).
-    """
-
-    __slots__ = ("columns", "row")
-
-    def __init__(self, columns: Mapping[str, int], row: Sequence[Any]) -> None:
-        self.columns = columns
-        self.row = row
-
-    def __getitem__(self, name: str) -> Any:
-        return self.row[self.columns[name]]
-
-    def get(self, name: str, default: Any = None) -> Any:
-        """The value of ``name``, or ``default`` when the source has no such column."""
-        index = self.columns.get(name)
-        return default if index is None else self.row[index]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.columns)
-
-    def __len__(self) -> int:
-        return len(self.columns)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,21 +37,98 @@ class Failure:
 
 NOT_FOUND = "not_found"
 
-FetchResult = Features | Failure
+
+@dataclass(slots=True)
+class Fetched:
+    """One source's answer for ``n`` IDs, column-wise.
+
+    A row is found (``found[i]``), failed (``failures[i]``), or else not found.  ``columns``
+    holds, for each requested feature name, ``n`` raw values (None where missing: rows not
+    found or failed, and features a found row lacks).
+    """
+
+    found: npt.NDArray[np.bool_]
+    failures: dict[int, Failure] = field(default_factory=dict)
+    columns: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+
+    @classmethod
+    def of_mappings(
+        cls,
+        answers: Sequence[Mapping[str, Any] | Failure | None],
+        names: Sequence[str],
+        source_names: Mapping[str, str] | None = None,
+    ) -> Fetched:
+        """From one answer per ID: a feature mapping, a Failure, or None (not found).
+
+        ``source_names`` maps a model name to the name the source uses (``rename`` inverted).
+        """
+        found = np.zeros(len(answers), np.bool_)
+        failures: dict[int, Failure] = {}
+        rows: list[Mapping[str, Any]] = []
+        empty: dict[str, Any] = {}
+        for i, answer in enumerate(answers):
+            if isinstance(answer, Failure):
+                if answer.reason != NOT_FOUND:
+                    failures[i] = answer
+                rows.append(empty)
+            elif answer is None:
+                rows.append(empty)
+            else:
+                found[i] = True
+                rows.append(answer)
+        lookup = source_names or {}
+        columns = {
+            name: [row.get(key) for row in rows]
+            for name in names
+            for key in (lookup.get(name, name),)
+        }
+        return cls(found, failures, columns)
+
+    @classmethod
+    def failed(cls, n: int, failure: Failure, names: Sequence[str]) -> Fetched:
+        """The same failure (or not found) for all ``n`` IDs."""
+        failures = {} if failure.reason == NOT_FOUND else dict.fromkeys(range(n), failure)
+        return cls(np.zeros(n, np.bool_), failures, {name: [None] * n for name in names})
+
+    @classmethod
+    def concat(cls, parts: Sequence[Fetched], names: Sequence[str]) -> Fetched:
+        """The answers of consecutive parts of an ID list, as one."""
+        if len(parts) == 1:
+            return parts[0]
+        failures: dict[int, Failure] = {}
+        offset = 0
+        for part in parts:
+            failures.update((offset + i, f) for i, f in part.failures.items())
+            offset += len(part.found)
+        columns: dict[str, Sequence[Any]] = {}
+        for name in names:
+            column: list[Any] = []
+            for part in parts:
+                column.extend(part.columns[name])
+            columns[name] = column
+        found = np.concatenate([p.found for p in parts]) if parts else np.zeros(0, np.bool_)
+        return cls(found, failures, columns)
+
+
+def split(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    """``items`` in consecutive parts of at most ``size``: the one place requests are cut."""
+    if len(items) <= size:
+        return [items]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 class Source(Protocol):
-    """A feature source: open once, fetch batches of IDs, close once."""
+    """A feature source: open once, fetch lists of IDs, close once."""
 
     name: str
     batch_size: int
-    """IDs per ``fetch`` call the source prefers (1 for per-ID HTTP)."""
+    """IDs per request (1 for per-ID HTTP)."""
 
     async def open(self) -> None:
         """Connect and validate (schema, reachability of config); raise ConfigError if unusable."""
 
-    async def fetch(self, ids: Sequence[str]) -> list[FetchResult]:
-        """Features or a Failure for each ID, in the order given."""
+    async def fetch(self, ids: Sequence[str], names: Sequence[str]) -> Fetched:
+        """The ``names`` features (model names) of every ID, split into requests as needed."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -84,12 +137,9 @@ class Source(Protocol):
         """Model feature names this source can give, if known before fetching (else None)."""
 
 
-def apply_rename(features: dict[str, Any], rename: Mapping[str, str]) -> dict[str, Any]:
-    """Rename source feature names to model names (the mapping itself when nothing renames:
-    parsed answers are owned by the source, and a copy per ID costs on the event loop)."""
-    if not rename:
-        return features
-    return {rename.get(k, k): v for k, v in features.items()}
+def inverse_rename(rename: Mapping[str, str]) -> dict[str, str]:
+    """Model name -> the source's name, from a source's ``rename`` (source name -> model name)."""
+    return {model: source for source, model in rename.items()}
 
 
 def build_sources(

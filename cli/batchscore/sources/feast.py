@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import httpx
+import numpy as np
 import orjson
 
 from batchscore.configtools import build, suggest
 from batchscore.errors import ConfigError
 from batchscore.report import RunStats
-from batchscore.sources import NOT_FOUND, Failure, FetchResult
+from batchscore.sources import Failure, Fetched, inverse_rename, split
 from batchscore.sources.httpclient import (
     ClientOptions,
     Endpoint,
@@ -76,7 +76,8 @@ class FeastSource:
         self.name = config.name
         self.batch_size = config.batch_size
         self._endpoint = endpoint
-        self._url = httpx.URL(config.url.rstrip("/") + "/get-online-features")
+        self._url = config.url.rstrip("/") + "/get-online-features"
+        self._source_names = inverse_rename(config.rename)
         self._stats = stats
         self._request: dict[str, Any] = (
             {"feature_service": config.feature_service}
@@ -146,43 +147,56 @@ class FeastSource:
         except ValueError:
             return None
 
-    async def fetch(self, ids: Sequence[str]) -> list[FetchResult]:
-        """Features or a Failure per ID, in order (IDs that are no valid key: not found)."""
+    async def fetch(self, ids: Sequence[str], names: Sequence[str]) -> Fetched:
+        """The features of every ID, ``batch_size`` IDs per request (IDs that are no valid
+        entity key are not found, and not sent)."""
         unique = [i for i in dict.fromkeys(ids) if self._entity(i) is not None]
-        size = self.batch_size
         parts = await asyncio.gather(
-            *(self._fetch_batch(unique[i : i + size]) for i in range(0, len(unique), size))
+            *(self._fetch_batch(p, names) for p in split(unique, self.batch_size))
         )
-        answers: dict[str, FetchResult] = {}
-        for part in parts:
-            answers.update(part)
-        missing = Failure(NOT_FOUND)
-        return [answers.get(i, missing) for i in ids]
+        if len(unique) == len(ids) and len(parts) == 1:
+            return parts[0]
+        answered = Fetched.concat(parts, names) if parts else None
+        position = {ident: i for i, ident in enumerate(unique)}
+        at = [position.get(i, -1) for i in ids]
+        found = np.zeros(len(ids), np.bool_)
+        failures: dict[int, Failure] = {}
+        columns: dict[str, list[Any]] = {name: [None] * len(ids) for name in names}
+        if answered is not None:
+            for row, source_row in enumerate(at):
+                if source_row < 0:
+                    continue
+                found[row] = answered.found[source_row]
+                failure = answered.failures.get(source_row)
+                if failure is not None:
+                    failures[row] = failure
+                for name in names:
+                    columns[name][row] = answered.columns[name][source_row]
+        return Fetched(found, failures, dict(columns))
 
-    async def _fetch_batch(self, ids: list[str]) -> dict[str, FetchResult]:
+    async def _fetch_batch(self, ids: Sequence[str], names: Sequence[str]) -> Fetched:
         entities = [self._entity(i) for i in ids]
         body = orjson.dumps({**self._request, "entities": {self.config.entity_key: entities}})
         answer = await self._endpoint.request(
-            "POST", self._url, partial(self._parse, len(ids)), body=body
+            "POST", self._url, partial(self._parse, len(ids), names), body=body
         )
         if isinstance(answer, Failure):
-            return dict.fromkeys(ids, answer)
-        return dict(zip(ids, answer, strict=True))
+            return Fetched.failed(len(ids), answer, names)
+        return answer
 
-    def _parse(self, n: int, content: bytes) -> list[FetchResult]:
+    def _parse(self, n: int, names: Sequence[str], content: bytes) -> Fetched:
         body = orjson.loads(content)
-        names = body.get("metadata", {}).get("feature_names") if isinstance(body, dict) else None
+        metadata = body.get("metadata") if isinstance(body, dict) else None
+        feature_names = metadata.get("feature_names") if isinstance(metadata, dict) else None
         results = body.get("results") if isinstance(body, dict) else None
-        if not isinstance(names, list) or not isinstance(results, list):
+        if not isinstance(feature_names, list) or not isinstance(results, list):
             raise Malformed("no metadata.feature_names or results in the Feast response")
-        if len(names) != len(results):
+        if len(feature_names) != len(results):
             raise Malformed("metadata.feature_names and results differ in length")
-        rows: list[dict[str, Any]] = [{} for _ in range(n)]
-        not_found = [0] * n
+        not_found = np.zeros(n, np.int64)
         counts: Counter[str] = Counter()
-        rename = self.config.rename
-        columns = 0
-        for name, column in zip(names, results, strict=True):
+        answered: dict[str, list[Any]] = {}
+        for name, column in zip(feature_names, results, strict=True):
             if name == self.config.entity_key:
                 continue
             values = column.get("values") if isinstance(column, dict) else None
@@ -191,22 +205,23 @@ class FeastSource:
                 raise Malformed(f"column '{name}' has no values and statuses lists")
             if len(values) != n or len(statuses) != n:
                 raise Malformed(f"column '{name}' does not have one entry per requested ID")
-            if not all(isinstance(status, str) for status in statuses):
+            tally = Counter(statuses) if all(type(s) is str for s in statuses) else None
+            if tally is None:
                 raise Malformed(f"column '{name}' has a status that is not a string")
-            feature = rename.get(name, name) if isinstance(name, str) else str(name)
-            columns += 1
-            counts.update(statuses)
-            for i, (value, status) in enumerate(zip(values, statuses, strict=True)):
-                if status == PRESENT:
-                    rows[i][feature] = value
-                else:
-                    rows[i][feature] = None
-                    if status == FEAST_NOT_FOUND:
-                        not_found[i] += 1
+            counts.update(tally)
+            if tally.get(FEAST_NOT_FOUND):
+                not_found += np.fromiter(map(FEAST_NOT_FOUND.__eq__, statuses), np.bool_, n)
+            if tally.get(PRESENT) != n:  # a value counts only when PRESENT
+                values = [
+                    v if s == PRESENT else None for v, s in zip(values, statuses, strict=True)
+                ]
+            answered[str(name)] = values
         # Only answers that parsed are counted; a source that never answered shows no line.
         self._stats.statuses.setdefault(self.name, Counter()).update(counts)
-        missing = Failure(NOT_FOUND)
-        return [missing if columns and not_found[i] == columns else rows[i] for i in range(n)]
+        found = not_found < len(answered) if answered else np.ones(n, np.bool_)
+        empty: list[Any] = [None] * n
+        columns = {name: answered.get(self._source_names.get(name, name), empty) for name in names}
+        return Fetched(np.asarray(found, dtype=np.bool_), {}, columns)
 
 
 __all__ = ["FeastConfig", "FeastSource"]

@@ -26,13 +26,12 @@ from functools import partial
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import httpx
 import orjson
 
 from batchscore.configtools import build, suggest
 from batchscore.errors import ConfigError
 from batchscore.report import RunStats
-from batchscore.sources import NOT_FOUND, Failure, FetchResult, apply_rename
+from batchscore.sources import Failure, Fetched, inverse_rename, split
 from batchscore.sources.httpclient import (
     ClientOptions,
     Endpoint,
@@ -113,7 +112,8 @@ class HttpSource:
         self._features_path = (
             config.features_path if config.features_path is not None else default_path
         )
-        self._batch_url = httpx.URL(config.url)
+        self._batch_url = config.url
+        self._source_names = inverse_rename(config.rename)
 
     @classmethod
     def from_table(
@@ -169,62 +169,61 @@ class HttpSource:
         """Unknown until a response arrives."""
         return None
 
-    async def fetch(self, ids: Sequence[str]) -> list[FetchResult]:
-        """Features or a Failure per ID, in order."""
+    async def fetch(self, ids: Sequence[str], names: Sequence[str]) -> Fetched:
+        """The features of every ID: one GET each, or one POST per ``batch_size`` IDs."""
+        answers: Sequence[dict[str, Any] | Failure | None]
         if self.per_id:
-            if len(ids) == 1:
-                return [await self._fetch_one(ids[0])]
-            return list(await asyncio.gather(*(self._fetch_one(i) for i in ids)))
-        unique = list(dict.fromkeys(ids))
-        size = self.batch_size
-        parts = await asyncio.gather(
-            *(self._fetch_batch(unique[i : i + size]) for i in range(0, len(unique), size))
-        )
-        answers: dict[str, FetchResult] = {}
-        for part in parts:
-            answers.update(part)
-        return [answers[i] for i in ids]
+            answers = await asyncio.gather(*(self._fetch_one(i) for i in ids))
+        else:
+            found: dict[str, dict[str, Any] | Failure] = {}
+            unique = list(dict.fromkeys(ids))  # duplicates are sent once
+            for part in await asyncio.gather(
+                *(self._fetch_batch(p) for p in split(unique, self.batch_size))
+            ):
+                found.update(part)
+            answers = [found.get(i) for i in ids]
+        return Fetched.of_mappings(answers, names, self._source_names)
 
     # -- per ID
 
-    async def _fetch_one(self, id_: str) -> FetchResult:
-        url = httpx.URL(encode_id(id_).join(self._template))
+    async def _fetch_one(self, id_: str) -> dict[str, Any] | Failure:
+        url = encode_id(id_).join(self._template)
         return await self._endpoint.request("GET", url, self._parse_one, per_id=True)
 
     def _parse_one(self, content: bytes) -> dict[str, Any]:
-        body = orjson.loads(content)
-        return apply_rename(features_at(body, self._features_path, "response"), self.config.rename)
+        return features_at(orjson.loads(content), self._features_path, "response")
 
     # -- batch
 
-    async def _fetch_batch(self, ids: list[str]) -> dict[str, FetchResult]:
-        body = orjson.dumps({self.config.ids_key: ids})
+    async def _fetch_batch(self, ids: Sequence[str]) -> dict[str, dict[str, Any] | Failure]:
+        """Features (or the request's Failure) for the IDs the answer has; absent: not found."""
+        body = orjson.dumps({self.config.ids_key: list(ids)})
         answer = await self._endpoint.request(
             "POST", self._batch_url, partial(self._parse_batch, frozenset(ids)), body=body
         )
         if isinstance(answer, Failure):
             return dict.fromkeys(ids, answer)
-        missing = Failure(NOT_FOUND)
-        return {i: answer.get(i, missing) for i in ids}
+        return answer
 
-    def _parse_batch(self, asked: frozenset[str], content: bytes) -> dict[str, FetchResult]:
+    def _parse_batch(
+        self, asked: frozenset[str], content: bytes
+    ) -> dict[str, dict[str, Any] | Failure]:
         results = dig(orjson.loads(content), self.config.results_path, "batch response")
-        rename = self.config.rename
-        found: dict[str, FetchResult] = {}
+        found: dict[str, dict[str, Any] | Failure] = {}
         if isinstance(results, list):
             id_field = self.config.id_field
+            path = self._features_path
             for record in results:
                 if not isinstance(record, dict) or id_field not in record:
                     raise Malformed(f"a result record has no '{id_field}'")
                 key = _id_text(record[id_field])
                 if key in asked:
-                    features = features_at(record, self._features_path, "batch response")
-                    found[key] = apply_rename(features, rename)
+                    found[key] = features_at(record, path, "batch response")
         elif isinstance(results, dict):
             path = self.config.features_path or ""
             for key, value in results.items():
                 if key in asked:
-                    found[key] = apply_rename(features_at(value, path, "batch response"), rename)
+                    found[key] = features_at(value, path, "batch response")
         else:
             raise Malformed(f"'{self.config.results_path}' is neither a list nor an object")
         return found

@@ -6,15 +6,18 @@ they are never pasted into SQL as given.  Integer and text keys both work.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from batchscore.configtools import build, suggest
 from batchscore.errors import ConfigError
-from batchscore.sources import NOT_FOUND, Failure, FetchResult, Record
+from batchscore.sources import Fetched, split
 from batchscore.sources.limits import Limits
 
 MAX_BATCH = 30_000  # below SQLite's limit on bound parameters (32,766)
@@ -50,7 +53,7 @@ class SqliteSource:
         self._db: Any = None
         self._columns: tuple[str, ...] = ()
         self._integer_key = False
-        self._record_columns: dict[str, int] = {}
+        self._selects: dict[tuple[str, ...], str] = {}
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any], where: str, limits: Limits) -> SqliteSource:
@@ -112,12 +115,19 @@ class SqliteSource:
         self._integer_key = "INT" in schema[self.config.key]
         self._columns = self.config.columns or tuple(c for c in schema if c != self.config.key)
         rename = self.config.rename
-        # Rows come back as (key, *columns): a record maps model names to those positions.
-        self._record_columns = {rename.get(c, c): i for i, c in enumerate(self._columns, start=1)}
-        select = ", ".join(_quote(c) for c in (self.config.key, *self._columns))
-        self._select = (
-            f"SELECT {select} FROM {_quote(self.config.table)} WHERE {_quote(self.config.key)} IN "
-        )
+        self._column_of = {rename.get(c, c): c for c in self._columns}  # model name -> column
+
+    def _select(self, names: tuple[str, ...]) -> str:
+        """``SELECT key, <the columns of names> FROM table WHERE key IN `` (made once per set)."""
+        select = self._selects.get(names)
+        if select is None:
+            columns = [self._column_of[n] for n in names if n in self._column_of]
+            quoted = ", ".join(_quote(c) for c in (self.config.key, *columns))
+            select = self._selects[names] = (
+                f"SELECT {quoted} FROM {_quote(self.config.table)} "
+                f"WHERE {_quote(self.config.key)} IN "
+            )
+        return select
 
     def provides(self) -> frozenset[str]:
         """The feature columns, renamed to model names."""
@@ -132,20 +142,35 @@ class SqliteSource:
         except ValueError:
             return None
 
-    async def fetch(self, ids: Sequence[str]) -> list[FetchResult]:
-        """One ``IN (...)`` query for the batch; IDs not in the table are not found."""
-        keys = {k for k in (self._key(i) for i in ids) if k is not None}
-        found: dict[str | int, Record] = {}
-        if keys:
-            placeholders = "(" + ",".join("?" * len(keys)) + ")"
+    async def fetch(self, ids: Sequence[str], names: Sequence[str]) -> Fetched:
+        """One ``IN (...)`` query per ``batch_size`` IDs; IDs not in the table are not found."""
+        wanted = tuple(names)
+        parts = await asyncio.gather(
+            *(self._fetch_part(part, wanted) for part in split(ids, self.batch_size))
+        )
+        return Fetched.concat(parts, wanted)
+
+    async def _fetch_part(self, ids: Sequence[str], names: tuple[str, ...]) -> Fetched:
+        keys = [self._key(i) for i in ids]
+        unique = {k for k in keys if k is not None}
+        rows: list[Any] = []
+        if unique:
+            placeholders = "(" + ",".join("?" * len(unique)) + ")"
             async with self._limits.request(self.name):
-                cursor = await self._db.execute(self._select + placeholders, list(keys))
+                cursor = await self._db.execute(self._select(names) + placeholders, list(unique))
                 rows = await cursor.fetchall()
-            columns = self._record_columns
-            for row in rows:
-                found[row[0]] = Record(columns, row)
-        missing = Failure(NOT_FOUND)
-        return [found.get(k, missing) if (k := self._key(i)) is not None else missing for i in ids]
+        found_rows = {row[0]: row for row in rows}
+        ordered = [found_rows.get(k) for k in keys]
+        found = np.fromiter((row is not None for row in ordered), np.bool_, len(ordered))
+        provided = [n for n in names if n in self._column_of]
+        width = 1 + len(provided)
+        blank = (None,) * width
+        columns: dict[str, Sequence[Any]] = dict.fromkeys(names, [None] * len(ids))
+        if ordered:
+            # Rows to columns with zip, in C: no Python work per value.
+            transposed = list(zip(*(row or blank for row in ordered), strict=True))
+            columns.update(zip(provided, transposed[1:], strict=True))
+        return Fetched(found, {}, columns)
 
     async def close(self) -> None:
         """Close the connection."""

@@ -1,0 +1,77 @@
+"""The unit of work from input to output: a :class:`Chunk` of consecutive input rows.
+
+Every stage moves whole chunks: the reader thread fills their ID columns, sources fill the
+feature columns they own, the scorer predicts the whole matrix at once, and the writer writes
+chunks in index order.  Per-row state lives in arrays (``status``, the feature ``matrix``, the
+``scores``); only what is rare is kept per row, sparsely (``failures``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from batchscore.sinks.errorlog import ErrorRecord
+
+Matrix = npt.NDArray[np.float64]
+"""float64, shape (rows, columns); NaN where a value is missing."""
+
+
+class Status(enum.IntEnum):
+    """What became of one row of a chunk (stored as ``uint8`` in :attr:`Chunk.status`)."""
+
+    OK = 0  # features found; scored (or to be scored)
+    INPUT = 1  # the input line is unusable (invalid UTF-8, ID too long, ...)
+    NOT_FOUND = 2  # no source knows the ID
+    FAILED = 3  # a source failed for the ID (timeout, http_500, malformed_response, ...)
+    NO_FEATURES = 4  # found, but every model feature is missing
+
+
+@dataclass(slots=True, eq=False)
+class Chunk:
+    """Consecutive input rows, from ``first_line`` to ``last_line`` of the input (inclusive).
+
+    The span counts every physical line the reader consumed for this chunk, blank lines and
+    rows filtered out (``--shard``, ``--dedupe``, committed by an earlier run) included, so the
+    spans of consecutive chunks tile the input: committing a chunk commits its whole span.
+    """
+
+    index: int  # dense, from 0: the order chunks are written in (unless --unordered)
+    first_line: int
+    last_line: int
+    lines: npt.NDArray[np.int64]  # (rows,) input line of each row, as an editor numbers them
+    ids: list[str]  # (rows,) the IDs; "" where the input gave none
+    keep: list[tuple[str, ...]] | None  # (rows,) kept input columns, when --keep is given
+    status: npt.NDArray[np.uint8]  # (rows,) a Status per row
+    failures: dict[int, ErrorRecord] = field(default_factory=dict)  # row -> why, sparse
+    filtered: int = 0  # rows --shard / --dedupe left out (counted, never written)
+    matrix: Matrix | None = None  # (rows, model features), filled by the sources
+    scores: Matrix | None = None  # (rows, score columns); rows not OK hold NaN
+    explanations: tuple[npt.NDArray[np.intp], Matrix] | None = None  # (rows, K) each
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def read(self) -> int:
+        """Input rows this chunk accounts for (filtered ones included)."""
+        return len(self.ids) + self.filtered
+
+    def ok(self) -> npt.NDArray[np.bool_]:
+        """Mask of the rows that are (to be) scored."""
+        return np.asarray(self.status == Status.OK, dtype=np.bool_)
+
+    def fail(self, row: int, status: Status, record: ErrorRecord) -> None:
+        """Mark one row as not scored, and why."""
+        self.status[row] = status
+        self.failures[row] = record
+
+    def error_records(self) -> list[ErrorRecord]:
+        """The rows that were not scored, in input order."""
+        return [self.failures[row] for row in sorted(self.failures)]
+
+
+__all__ = ["Chunk", "Matrix", "Status"]

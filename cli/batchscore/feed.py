@@ -1,0 +1,224 @@
+"""The reader thread: input rows into :class:`~batchscore.chunk.Chunk` s, handed to the event loop.
+
+Reading is synchronous (files, pipes), so it runs in a thread of its own.  The thread does all
+the per-line work: it drops the rows an earlier run committed (``--resume``), the rows of other
+shards (``--shard``) and repeats (``--dedupe``), and fills a chunk's ID columns; the event loop
+receives whole chunks, one hand-over each.
+
+A chunk is handed over when it is full, or early when the input stalls (a pipe or a terminal
+with nothing to read yet): rows that have arrived are never held back waiting for more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import select
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+
+from batchscore.chunk import Chunk, Status
+from batchscore.ids import IdRow, InputItem, stable_hash
+from batchscore.sinks.errorlog import ErrorRecord
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which input rows the run leaves out."""
+
+    committed: Callable[[int], bool] | None = None  # True for a line an earlier run committed
+    shard: tuple[int, int] | None = None  # (k, n): keep IDs whose stable hash % n == k
+    dedupe: bool = False
+
+
+class StallHook:
+    """Called by an input stream just before a read that would wait for data."""
+
+    def __init__(self) -> None:
+        self.callback: Callable[[], None] | None = None
+
+    def __call__(self) -> None:
+        if self.callback is not None:
+            self.callback()
+
+
+class _StallAwareRaw(io.RawIOBase):
+    """A pipe or terminal that calls a hook before each read that would block."""
+
+    def __init__(self, fd: int, hook: StallHook) -> None:
+        self.fd = fd
+        self.hook = hook
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        ready, _, _ = select.select([self.fd], [], [], 0)
+        if not ready:
+            self.hook()
+        data = os.read(self.fd, len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def watch_stalls(stream: BinaryIO, hook: StallHook) -> BinaryIO:
+    """``stream``, made to call ``hook`` before it waits for data (pipes and terminals only:
+    a regular file never stalls)."""
+    try:
+        fd = stream.fileno()
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return stream
+    if regular:
+        return stream
+    return io.BufferedReader(_StallAwareRaw(fd, hook), buffer_size=1 << 16)
+
+
+class _End:
+    """The input is exhausted (or reading failed with ``error``)."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.error = error
+
+
+class ChunkFeed:
+    """Reads ``items`` into chunks of up to ``size`` rows in a thread; at most ``capacity``
+    chunks wait for the event loop to take them."""
+
+    def __init__(
+        self,
+        items: Iterator[InputItem],
+        *,
+        size: int,
+        filters: Filters,
+        keep: bool,
+        capacity: int = 4,
+        stall: StallHook | None = None,
+    ) -> None:
+        self._items = items
+        self._size = size
+        self._filters = filters
+        self._keep = keep
+        self._slots = threading.Semaphore(capacity)
+        self._queue: asyncio.Queue[Chunk | _End] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        self._stopped = False
+        self._index = 0
+        self._first_line = 1
+        self._reset()
+        if stall is not None:
+            stall.callback = self._flush
+        threading.Thread(target=self._run, name="batchscore-reader", daemon=True).start()
+
+    def _reset(self) -> None:
+        self._lines: list[int] = []
+        self._ids: list[str] = []
+        self._kept: list[tuple[str, ...]] = []
+        self._problems: list[tuple[int, ErrorRecord]] = []
+        self._filtered = 0
+        self._last_line = self._first_line - 1
+
+    def _run(self) -> None:
+        committed = self._filters.committed
+        shard = self._filters.shard
+        seen: set[str] | None = set() if self._filters.dedupe else None
+        size = self._size
+        # The lists are looked up on self for every row: a stall hands them over (and
+        # replaces them) from inside the input's read.
+        try:
+            for item in self._items:
+                if self._stopped:
+                    return
+                line = item.line
+                if committed is not None and committed(line):
+                    if seen is not None and isinstance(item, IdRow):
+                        seen.add(item.id)
+                    self._last_line = line
+                    continue
+                if isinstance(item, IdRow):
+                    ident = item.id
+                    if shard is not None and stable_hash(ident) % shard[1] != shard[0]:
+                        self._filtered += 1
+                        self._last_line = line
+                        continue
+                    if seen is not None:
+                        if ident in seen:
+                            self._filtered += 1
+                            self._last_line = line
+                            continue
+                        seen.add(ident)
+                    self._ids.append(ident)
+                    if self._keep:
+                        self._kept.append(item.keep)
+                else:
+                    record = ErrorRecord(item.id, line, "input", None, item.reason)
+                    self._problems.append((len(self._ids), record))
+                    self._ids.append(item.id or "")
+                    if self._keep:
+                        self._kept.append(())
+                self._lines.append(line)
+                self._last_line = line
+                if len(self._ids) >= size:
+                    self._flush()
+            self._flush()
+            self._hand_over(_End())
+        except BaseException as exc:
+            self._hand_over(_End(exc))
+
+    def _flush(self) -> None:
+        """Hand over the rows read so far as a chunk (nothing if there are none)."""
+        if not self._ids and not self._filtered and self._last_line < self._first_line:
+            return
+        n = len(self._ids)
+        chunk = Chunk(
+            index=self._index,
+            first_line=self._first_line,
+            last_line=self._last_line,
+            lines=np.array(self._lines, dtype=np.int64),
+            ids=self._ids,
+            keep=self._kept if self._keep else None,
+            status=np.zeros(n, dtype=np.uint8),
+            filtered=self._filtered,
+        )
+        for row, record in self._problems:
+            chunk.fail(row, Status.INPUT, record)
+        self._index += 1
+        self._first_line = self._last_line + 1
+        self._reset()
+        self._hand_over(chunk)
+
+    def _hand_over(self, message: Chunk | _End) -> None:
+        self._slots.acquire()
+        if self._stopped and isinstance(message, Chunk):
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, message)
+
+    async def next(self) -> Chunk | None:
+        """The next chunk, or None at the end of the input (or once stopped)."""
+        if self._stopped:
+            return None
+        message = await self._queue.get()
+        self._slots.release()
+        if isinstance(message, _End):
+            if message.error is not None:
+                raise message.error
+            return None
+        return message
+
+    def stop(self) -> None:
+        """Stop reading (the thread may stay blocked on its input; it is a daemon)."""
+        self._stopped = True
+        self._slots.release()
+        with contextlib.suppress(RuntimeError):
+            self._queue.put_nowait(_End())
+
+
+__all__ = ["ChunkFeed", "Filters", "StallHook", "watch_stalls"]
