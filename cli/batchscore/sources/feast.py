@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import httpx
 import orjson
 
 from batchscore.configtools import build, suggest
@@ -76,7 +75,7 @@ class FeastSource:
         self.name = config.name
         self.batch_size = config.batch_size
         self._endpoint = endpoint
-        self._url = httpx.URL(config.url.rstrip("/") + "/get-online-features")
+        self._url = config.url.rstrip("/") + "/get-online-features"
         self._stats = stats
         self._request: dict[str, Any] = (
             {"feature_service": config.feature_service}

@@ -26,7 +26,6 @@ from functools import partial
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import httpx
 import orjson
 
 from batchscore.configtools import build, suggest
@@ -113,7 +112,7 @@ class HttpSource:
         self._features_path = (
             config.features_path if config.features_path is not None else default_path
         )
-        self._batch_url = httpx.URL(config.url)
+        self._batch_url = config.url
 
     @classmethod
     def from_table(
@@ -188,7 +187,7 @@ class HttpSource:
     # -- per ID
 
     async def _fetch_one(self, id_: str) -> FetchResult:
-        url = httpx.URL(encode_id(id_).join(self._template))
+        url = encode_id(id_).join(self._template)
         return await self._endpoint.request("GET", url, self._parse_one, per_id=True)
 
     def _parse_one(self, content: bytes) -> dict[str, Any]:
