@@ -7,7 +7,9 @@ ID encoding, Retry-After) use the in-thread server and the source directly.
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import logging
 import random
 import shutil
 import ssl
@@ -35,7 +37,10 @@ __all__ = ["no_backoff_waits"]  # a fixture, used by name
 
 pytestmark = pytest.mark.usefixtures("no_backoff_waits")
 
-AWKWARD_IDS = ["a/b", "with space", "q?x=1", "hash#frag", "../etc/passwd", "..", ".", "%41", "ü"]
+AWKWARD_IDS = [
+    *("a/b", "a/b c", "with space", "q?x=1", "hash#frag", "../etc/passwd", "..", ".", "..."),
+    *("%41", "%2E", "%2E%2E", "%2F", "ü"),
+]
 
 
 def http_source(url: str, mode: str = "per_id", **extra: Any) -> dict[str, Any]:
@@ -321,6 +326,39 @@ def test_awkward_ids_reach_the_server_intact_as_one_segment() -> None:
     assert all(path.count("/") == 2 for path in stats["paths"])  # /features/<one segment>
 
 
+def test_a_dropped_connection_is_one_counted_attempt_never_a_hidden_one() -> None:
+    # aiohttp would resend a GET once on a reset connection by itself; every attempt must be
+    # the retry policy's (counted, rate-limited, backed off).
+    with FeatureServer({"a": {"f0": 1.0}}, faults=Faults(p_reset=1.0)) as srv:
+        [[result]], stats = fetch_all([http_source(srv.url)], ["a"], fetch=FetchSettings(retries=2))
+        served = srv.stats()
+    assert result == Failure("connection_error", None, 3, True)
+    assert stats.retries == 2
+    assert served["requests_total"] == 3
+
+
+def test_url_credentials_become_basic_auth_and_leave_the_url(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    data = {"a": {"f0": 1.0}, "b": {"f0": 2.0}}
+    basic = "Basic " + base64.b64encode(b"us@er:p:ss w").decode()
+    with FeatureServer(data) as srv:
+        base = srv.url
+        url = base.replace("http://", "http://us%40er:p%3Ass%20w@")
+        with caplog.at_level(logging.DEBUG, logger="batchscore"):
+            results, _ = fetch_all(
+                [http_source(url), http_source(url, "batch", name="batch")], ["a", "b"]
+            )
+        stats = srv.stats()
+        assert srv.auth_seen(basic)
+    assert results == [[{"f0": 1.0}, {"f0": 2.0}]] * 2
+    assert stats["requests_without_auth"] == 0 and stats["distinct_auth_values"] == 1
+    assert not any("us" in path for path in stats["paths"])
+    logged = [r.getMessage() for r in caplog.records if "HTTP Request" in r.getMessage()]
+    assert len(logged) == 3  # two GETs, one POST: the URLs as sent, credentials not in them
+    assert all(f"{base}/" in line and "p%3Ass" not in line for line in logged)
+
+
 def test_encode_id_keeps_every_id_one_opaque_segment() -> None:
     assert encode_id("a/b c") == "a%2Fb%20c"
     assert encode_id("..") == "%2E%2E"
@@ -469,12 +507,54 @@ def test_an_explicit_proxy_gets_the_request(tmp_path: Path) -> None:
     assert stats["paths"] == ["http://features.invalid/features/a%2Fb"]
 
 
+@pytest.mark.parametrize("credentials", ["", "pu:pp-secret@"])
+def test_proxy_credentials_are_the_proxys_and_the_services_stay_the_services(
+    credentials: str,
+) -> None:
+    seen: list[dict[str, str]] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(dict(self.headers))
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        proxy = f"http://{credentials}127.0.0.1:{server.server_address[1]}"
+        source = http_source(
+            "http://features.invalid", proxy=proxy, headers={"Authorization": "Bearer svc-tok"}
+        )
+        [[result]], _ = fetch_all([source], ["a"], fetch=FetchSettings(retries=0))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result == Failure(NOT_FOUND, 404, 1, False)
+    [headers] = seen
+    assert headers["Authorization"] == "Bearer svc-tok"
+    if credentials:
+        assert (
+            headers["Proxy-Authorization"] == "Basic " + base64.b64encode(b"pu:pp-secret").decode()
+        )
+    else:
+        assert "Proxy-Authorization" not in headers  # never the service's token
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         ({"url": "http://h/features"}, r"url needs \{id\}"),
         ({"url": "http://{id}.example/x"}, "not its host"),
         ({"url": "ftp://h/{id}"}, "http:// or https://"),
+        ({"url": "http://h/features/{id}?q=a b"}, "must be percent-encoded"),
+        ({"url": "http://h/café/{id}"}, "must be percent-encoded"),
+        ({"url": "http://h:port/{id}"}, "not a valid URL"),
         ({"mode": "batch", "url": "http://h/batch/{id}"}, "POSTs the IDs in the body"),
         ({"batch_size": 10}, 'applies to mode = "batch" only'),
         ({"ca_bundle": "/nonexistent/ca.pem"}, "no file /nonexistent/ca.pem"),

@@ -2,8 +2,8 @@
 
 Each run is the installed command as a subprocess, and afterwards no byte of its stdout, its
 stderr or any file it left behind (output, errors file, report, metrics, resume state) holds a
-secret.  The runs are built so that the secrets had every chance to leak: httpx logs each URL
-at INFO (shown at --debug), retries log their reasons, a rejected token ends the run with a
+secret.  The runs are built so that the secrets had every chance to leak: each request's URL
+is logged at --debug, retries log their reasons, a rejected token ends the run with a
 traceback, and each test checks that the masked text was really written.
 """
 
@@ -105,7 +105,7 @@ def test_bearer_and_query_tokens_never_appear(
     assert status == 0, stderr
     assert stats["requests_without_auth"] == 0 and stats["distinct_auth_values"] == 1
     assert all(f"token={QUERY}" in path for path in stats["paths"])  # the token was sent
-    # The URLs were logged (httpx, at --debug), with the token masked; retries were logged too.
+    # The URLs were logged (at --debug), with the token masked; retries were logged too.
     assert "HTTP Request: GET" in stderr and "?token=***" in stderr
     assert "retrying" in stderr
     assert_no_secret_anywhere(tmp_path, stdout, stderr)

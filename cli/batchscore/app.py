@@ -52,7 +52,7 @@ def main(
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:
-    """One stderr handler for every logger (httpx's included), secrets masked in every line."""
+    """One stderr handler for every logger (third-party ones too), secrets masked in every line."""
     from batchscore.redact import RedactingFormatter
 
     level = logging.DEBUG if debug else (logging.ERROR if quiet else logging.WARNING)

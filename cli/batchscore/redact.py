@@ -3,8 +3,9 @@
 Sources register what is secret in their config when they are built (header values, the
 password and user of URL credentials, query-string values); from then on every log record that
 reaches the stderr handler, every error message and every ``--debug`` traceback passes through
-:func:`redact`.  Redaction works on the final text, so it also covers what third-party code
-writes: httpx logs full URLs at INFO and puts them in exception messages.
+:func:`redact`.  Redaction works on the final text, so it also covers text we do not compose:
+the per-request ``HTTP Request: GET <url>`` line at ``--debug`` (the URL with its query tokens),
+and aiohttp's exception messages and tracebacks, which can hold a URL.
 
 Each secret is also redacted in its percent-encoded and ``+``-for-space forms, because that is
 how it appears inside a URL.  Strings shorter than :data:`MIN_SECRET_LENGTH` are not registered:

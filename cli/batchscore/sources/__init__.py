@@ -180,7 +180,7 @@ def build_sources(
 
 def _policy(fetch: FetchSettings) -> Any:
     """The retry policy of HTTP sources (imported only when one is configured: it brings
-    httpx and aiohttp, ~0.3 s of start-up that a SQLite-only run does not need)."""
+    aiohttp, start-up time that a SQLite-only run does not need)."""
     from batchscore.sources.retry import RetryPolicy
 
     return RetryPolicy.from_settings(fetch)

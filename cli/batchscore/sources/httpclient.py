@@ -1,19 +1,19 @@
-"""The HTTP client of the http and feast sources: one pooled ``httpx.AsyncClient`` per source.
+"""The HTTP client of the http and feast sources: one pooled ``aiohttp.ClientSession`` per source.
 
-httpx is the client API; aiohttp's connection pool is the transport, because httpcore's pool
-collapses under concurrency (about 100 requests/s at 64 connections where 3,200/s is possible:
-``bench/results/http-clients.md``).  :class:`Transport` is ``httpx_aiohttp.AiohttpTransport``
-with two changes: the URL goes to aiohttp exactly as httpx encoded it (``encoded=True``), because
-yarl otherwise decodes ``%2E`` and removes ``.``/``..`` segments, and an ID must never change the
-path (URL credentials are dropped there: httpx has already turned them into a Basic
-``Authorization`` header, and aiohttp refuses to see both); and aiohttp's hidden second attempt
-on a dropped keep-alive connection is off, so that every attempt is the retry policy's.
+aiohttp is the one HTTP client, chosen by measurement (``bench/results/http-clients.md``): at 64
+connections and 20 ms of latency it does ~2,400 requests/s where httpx on aiohttp's pool did
+~1,500 and httpx's own pool ~60, because httpx's request and response objects cost ~125 us of
+event-loop time per request and the loop is the bottleneck of a per-ID run.
 
 :class:`Endpoint` makes one source's requests: every attempt holds a slot of the shared
 :class:`~batchscore.sources.limits.Limits`, the per-source ``timeout`` bounds the whole attempt
 (connect, headers and body: a server that stalls or drips bytes is cut off), statuses become
 answers or failures as SPEC.md says, and :mod:`~batchscore.sources.retry` decides what to retry.
-Redirects are never followed; TLS is verified unless the config says ``insecure = true``.
+URLs are sent exactly as given (already percent-encoded: ``%2F`` and ``%2E`` stay one path
+segment); credentials in a URL leave it for a Basic ``Authorization`` header.  Redirects are never
+followed; TLS is verified unless the config says ``insecure = true``; proxy variables from the
+environment are never read.  Everything that does not change per request (the session, its
+headers, the no-timeout :class:`aiohttp.ClientTimeout`) is built once, in :meth:`Endpoint.open`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,11 +29,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
-import httpx
 import orjson
 import yarl
-from httpx_aiohttp import AiohttpTransport
-from httpx_aiohttp.transport import map_aiohttp_exceptions
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from batchscore import __version__
 from batchscore.errors import ConfigError, SourceDownError
@@ -52,10 +51,16 @@ from batchscore.sources.retry import (
 log = logging.getLogger("batchscore.sources")
 
 T = TypeVar("T")
+Headers = CIMultiDictProxy[str]
 
 MALFORMED = "malformed_response"
 USER_AGENT = f"batchscore/{__version__}"
 KEEPALIVE_SECONDS = 30.0
+NO_TIMEOUTS = aiohttp.ClientTimeout()  # aiohttp's own limits off: asyncio.timeout bounds attempts
+
+# What may appear in a URL that is sent as written: RFC 3986's unreserved and reserved characters
+# and %XX escapes.  Anything else (a space, a quote, non-ASCII, a lone %) needs percent-encoding.
+_NOT_ENCODED = re.compile(r"[^A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]|%(?![0-9A-Fa-f]{2})")
 
 
 class Malformed(ValueError):
@@ -74,55 +79,30 @@ class CredentialsRejected(SourceDownError):
         self.status = status
 
 
-class Transport(AiohttpTransport):
-    """``AiohttpTransport`` that sends the URL exactly as httpx encoded it."""
+class ConnectionDropped(aiohttp.ClientConnectionError):
+    """The connection closed or reset before the response (see :func:`no_hidden_retry`)."""
 
-    def get_client(self) -> aiohttp.ClientSession:
-        """aiohttp's session, without its hidden retry.
 
-        aiohttp quietly sends an idempotent request a second time when a kept-alive connection
-        turns out closed.  That attempt would bypass the retry policy: not counted, not limited
-        by ``--rate-limit``.  The retry policy retries connection errors itself.
-        """
-        session: aiohttp.ClientSession = super().get_client()
-        session._retry_connection = False  # private (aiohttp 3.10+), no public switch exists
-        return session
+async def no_hidden_retry(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """Client middleware: aiohttp never sends a request a second time behind our back.
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send one request on aiohttp's pool; the body is streamed back through httpx."""
-        if not isinstance(self.client, aiohttp.ClientSession):
-            self.client = self.get_client()
-        url = yarl.URL(str(request.url), encoded=True)
-        if url.user is not None:
-            url = url.with_user(None)
-        with map_aiohttp_exceptions():
-            response = await self.client.request(
-                method=request.method,
-                url=url,
-                headers=request.headers,
-                data=request.content or None,
-                allow_redirects=False,
-                auto_decompress=False,
-                compress=False,
-                timeout=aiohttp.ClientTimeout(),  # the caller's asyncio.timeout bounds attempts
-                proxy=str(self.proxy.url) if self.proxy else None,
-                proxy_auth=aiohttp.BasicAuth(*self.proxy.auth)
-                if self.proxy and self.proxy.auth
-                else None,
-            ).__aenter__()
-            # Feature answers are small: read the body here, in one piece, and hand httpx
-            # the bytes (streaming it through an async iterator cost ~15% of a request's CPU).
-            try:
-                content = await response.read()
-            finally:
-                response.release()
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.raw_headers,
-            content=content,
-            request=request,
-            extensions={"http_version": b"HTTP/1.1"},
-        )
+    aiohttp quietly repeats an idempotent request (a per-ID GET) once when its connection fails
+    before the response, raising ``ClientOSError`` or ``ServerDisconnectedError`` (meant for a
+    kept-alive connection the server has just closed).  That attempt would bypass the retry
+    policy: not counted, not rate-limited, no backoff.  There is no public switch for it
+    (aio-libs/aiohttp#10790; ``ClientSession._retry_connection`` is private), but the retry
+    only catches those two types from the request handler, which middlewares wrap: re-raised as
+    :class:`ConnectionDropped`, the failure reaches :mod:`~batchscore.sources.retry` as one
+    failed attempt (``connection_error``), counted and retried with backoff like any other.
+    """
+    try:
+        return await handler(request)
+    except aiohttp.ClientConnectorError:
+        raise  # connecting failed: aiohttp does not retry these; keep the type
+    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+        raise ConnectionDropped(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -163,13 +143,25 @@ def check_options(options: ClientOptions, where: str) -> None:
         check_url(options.proxy, f"{where}.proxy")
 
 
-def check_url(url: str, where: str) -> httpx.URL:
-    """An absolute http(s) URL, or a ConfigError that does not repeat it (it may hold secrets)."""
+def check_url(url: str, where: str) -> yarl.URL:
+    """An absolute, percent-encoded http(s) URL, or a ConfigError that does not repeat it (it
+    may hold secrets).
+
+    URLs are sent exactly as written (an ID's ``%2F`` or ``%2E`` must stay one path segment), so a
+    character that needs percent-encoding is refused here rather than guessed at later.
+    """
+    if _NOT_ENCODED.search(url.replace("{id}", "")):  # a misplaced {id} has its own message
+        raise ConfigError(
+            f"{where} has a character that must be percent-encoded (a space as %20, a lone % as "
+            "%25, non-ASCII as its UTF-8 bytes %XX, a non-ASCII host in its xn-- form)"
+        )
     try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
+        parsed = yarl.URL(url, encoded=True)
+        # .port raises for a bad port here, not at the first request
+        valid = parsed.scheme in ("http", "https") and bool(parsed.raw_host) and bool(parsed.port)
+    except ValueError:
         raise ConfigError(f"{where} is not a valid URL") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    if not valid:
         raise ConfigError(f"{where} must be an absolute http:// or https:// URL")
     return parsed
 
@@ -184,73 +176,29 @@ def _ssl_context(options: ClientOptions) -> ssl.SSLContext | bool:
         raise ConfigError(f"ca_bundle {options.ca_bundle} is not a usable CA file: {exc}") from None
 
 
-def build_client(options: ClientOptions, *, connections: int) -> FeatureClient:
-    """One pooled, keep-alive client for one source; no redirects, no proxies from the env."""
-    transport = Transport(
-        verify=_ssl_context(options),
-        trust_env=False,
-        limits=httpx.Limits(
-            max_connections=connections,
-            max_keepalive_connections=connections,
-            keepalive_expiry=KEEPALIVE_SECONDS,
-        ),
-        proxy=httpx.Proxy(options.proxy) if options.proxy else None,
-    )
-    return FeatureClient(
-        transport=transport,
-        headers={"User-Agent": USER_AGENT, **options.headers},
-        timeout=None,  # Endpoint bounds every whole attempt with asyncio.timeout
-        follow_redirects=False,
-        trust_env=False,
-    )
+def open_session(options: ClientOptions, *, connections: int) -> aiohttp.ClientSession:
+    """One pooled keep-alive session for one source (on the running loop).
 
-
-class FeatureClient(httpx.AsyncClient):
-    """An ``httpx.AsyncClient`` whose ``send`` goes straight to its transport.
-
-    A feature request needs none of what ``AsyncClient.send`` wraps around the transport: no
-    auth flow (credentials are headers from the config), no redirects (never followed), no
-    cookie jar.  Those layers were a quarter of the event loop's CPU per request (profile in
-    bench/RESULTS.md), so they are skipped; requests are built with :meth:`feature_request`.
+    No default headers (:class:`Endpoint` passes its prepared ones per request: aiohttp merges
+    session headers into a proxy's headers and would send our ``Authorization`` to the proxy as
+    ``Proxy-Authorization``), no cookies, no timeouts of its own, no proxies or netrc from the
+    environment.
     """
+    connector = aiohttp.TCPConnector(
+        limit=connections, keepalive_timeout=KEEPALIVE_SECONDS, ssl=_ssl_context(options)
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        proxy=options.proxy,  # credentials in it become a Proxy-Authorization header
+        timeout=NO_TIMEOUTS,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+        middlewares=(no_hidden_retry,),
+    )
 
-    def feature_request(self, method: str, url: httpx.URL, body: bytes | None) -> httpx.Request:
-        """A request with this client's headers (and a JSON content type when there is a body).
 
-        Credentials in the URL become a Basic ``Authorization`` header, as httpx's auth flow
-        would make them, and leave the URL.
-        """
-        headers = self.headers
-        if body is not None or url.userinfo:
-            headers = httpx.Headers(headers)
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        if url.userinfo:
-            pair = f"{url.username}:{url.password}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-            url = url.copy_with(username=None, password=None)
-        return httpx.Request(method, url, headers=headers, content=body)
-
-    async def send(
-        self,
-        request: httpx.Request,
-        *,
-        stream: bool = False,
-        auth: Any = None,
-        follow_redirects: Any = None,
-    ) -> httpx.Response:
-        """Send on the transport; the body is read whole (see :class:`Transport`)."""
-        del stream, auth, follow_redirects
-        response = await self._transport.handle_async_request(request)
-        if log.isEnabledFor(logging.DEBUG):  # what httpx logs (at INFO); secrets are masked
-            log.debug(
-                'HTTP Request: %s %s "HTTP/1.1 %d %s"',
-                request.method,
-                request.url,
-                response.status_code,
-                response.reason_phrase,
-            )
-        return response
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 def dig(body: Any, path: str, what: str) -> Any:
@@ -273,7 +221,7 @@ def features_at(body: Any, path: str, what: str) -> dict[str, Any]:
 
 
 class Endpoint:
-    """One source's requests: the pooled client, limits, timeout, statuses, retries."""
+    """One source's requests: the pooled session, limits, timeout, statuses, retries."""
 
     def __init__(
         self,
@@ -289,14 +237,21 @@ class Endpoint:
         self.limits = limits
         self.policy = policy
         self.stats = stats
-        self._client: FeatureClient | None = None
+        self._session: aiohttp.ClientSession | None = None
+        # Request headers, built once: [0] without a body, [1] with a JSON body.
+        plain: CIMultiDict[str] = CIMultiDict({"User-Agent": USER_AGENT})
+        plain.update(options.headers)
+        with_body = CIMultiDict(plain)
+        with_body["Content-Type"] = "application/json"
+        self._headers = (CIMultiDictProxy(plain), CIMultiDictProxy(with_body))
+        self._with_credentials: dict[tuple[str, str, bool], Headers] = {}
         self.health = SourceHealth(source, policy.down_after)
         self._rejected: int | None = None  # the 401/403 status once credentials were refused
 
     def open(self) -> None:
-        """Create the pooled client (on the running loop)."""
-        if self._client is None:
-            self._client = build_client(self.options, connections=self.limits.concurrency)
+        """Create the pooled session (on the running loop)."""
+        if self._session is None:
+            self._session = open_session(self.options, connections=self.limits.concurrency)
             if self.options.insecure:
                 log.warning(
                     "source '%s': TLS certificates are not verified (insecure = true)", self.source
@@ -304,14 +259,24 @@ class Endpoint:
 
     async def close(self) -> None:
         """Close the pool."""
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    def _credentials_to_header(self, url: yarl.URL, has_body: bool) -> tuple[yarl.URL, Headers]:
+        """``url`` without its credentials, and headers that carry them as Basic auth."""
+        key = (url.user or "", url.password or "", has_body)
+        headers = self._with_credentials.get(key)
+        if headers is None:
+            merged = CIMultiDict(self._headers[has_body])
+            merged["Authorization"] = _basic(key[0], key[1])
+            headers = self._with_credentials[key] = CIMultiDictProxy(merged)
+        return url.with_user(None), headers
 
     async def request(
         self,
         method: str,
-        url: httpx.URL,
+        url: str,
         parse: Callable[[bytes], T],
         *,
         body: bytes | None = None,
@@ -319,29 +284,49 @@ class Endpoint:
     ) -> T | Failure:
         """Send with retries; ``parse`` turns a 2xx body into the answer or raises Malformed.
 
+        ``url`` is sent exactly as given, so it must be fully percent-encoded already (the
+        config's URL, checked by :func:`check_url`, with IDs put in by ``encode_id``).
         ``per_id``: the URL names one ID, so 404 means that ID is not found (for a batch or
         Feast endpoint a 404 means the URL is wrong, an ordinary permanent failure).
         """
-        client = self._client
-        if client is None:
+        session = self._session
+        if session is None:
             raise RuntimeError(f"source '{self.source}' was not opened")
+        target = yarl.URL(url, encoded=True)
+        if target.raw_user is None and target.raw_password is None:
+            headers = self._headers[body is not None]
+        else:
+            target, headers = self._credentials_to_header(target, body is not None)
+        timeout = self.options.timeout
 
-        async def send() -> httpx.Response:
+        async def send() -> tuple[aiohttp.ClientResponse, bytes]:
             if self._rejected is not None:  # credentials were refused: send nothing more
                 raise CredentialsRejected(self.source, self._rejected)
             try:
-                async with asyncio.timeout(self.options.timeout):
-                    return await client.send(client.feature_request(method, url, body))
+                async with asyncio.timeout(timeout):
+                    response = await session.request(
+                        method, target, headers=headers, data=body, allow_redirects=False
+                    )
+                    content = await response.read()  # whole; closes the connection on failure
             except TimeoutError:
                 raise AttemptFailed("timeout", retryable=True) from None
-            except (httpx.TransportError, aiohttp.ClientError, OSError) as exc:
+            except (aiohttp.ClientError, OSError) as exc:
                 raise transport_failure(exc) from None
+            log.debug(  # secrets in the URL are masked by the log handler
+                'HTTP Request: %s %s "HTTP/1.1 %d %s"',
+                method,
+                target,
+                response.status,
+                response.reason,
+            )
+            return response, content
 
-        def interpret(response: httpx.Response) -> T:
-            status = response.status_code
+        def interpret(answer: tuple[aiohttp.ClientResponse, bytes]) -> T:
+            response, content = answer
+            status = response.status
             if 200 <= status < 300:
                 try:
-                    return parse(response.content)
+                    return parse(content)
                 except (orjson.JSONDecodeError, Malformed) as exc:
                     log.debug("source '%s': status %d, %s", self.source, status, exc)
                     raise AttemptFailed(MALFORMED, status=status, retryable=True) from None
@@ -350,12 +335,14 @@ class Endpoint:
                 raise CredentialsRejected(self.source, status)
             if status == 404 and per_id:
                 raise AttemptFailed(NOT_FOUND, status=404, retryable=False)
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            retryable = status in RETRYABLE_STATUSES
             raise AttemptFailed(
                 f"http_{status}",
                 status=status,
-                retryable=status in RETRYABLE_STATUSES,
-                retry_after=retry_after if status in RETRYABLE_STATUSES else None,
+                retryable=retryable,
+                retry_after=parse_retry_after(response.headers.get("Retry-After"))
+                if retryable
+                else None,
             )
 
         return await call(
@@ -378,13 +365,14 @@ class Endpoint:
 __all__ = [
     "MALFORMED",
     "ClientOptions",
+    "ConnectionDropped",
     "CredentialsRejected",
     "Endpoint",
     "Malformed",
-    "Transport",
-    "build_client",
     "check_options",
     "check_url",
     "dig",
     "features_at",
+    "no_hidden_retry",
+    "open_session",
 ]

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import aiohttp
-import httpx
 
 from batchscore.errors import SourceDownError
 from batchscore.settings import FetchSettings
@@ -132,7 +131,9 @@ _rng = random.Random()
 
 # Transport failures, most specific first: (exception type, reason, retryable).  A certificate
 # the source's CA bundle does not accept will not change on a retry; everything else here is
-# the network or the server having a bad moment.
+# the network or the server having a bad moment.  aiohttp's types cover what it raises (its
+# ClientConnectorError includes proxy connection failures; ServerDisconnectedError and
+# httpclient.ConnectionDropped are ClientConnectionErrors); ssl and OSError what escapes it.
 TRANSPORT_FAILURES: tuple[tuple[type[BaseException], str, bool], ...] = (
     (aiohttp.ClientConnectorCertificateError, "tls_error", False),
     (aiohttp.ClientSSLError, "tls_error", False),
@@ -141,10 +142,6 @@ TRANSPORT_FAILURES: tuple[tuple[type[BaseException], str, bool], ...] = (
     (aiohttp.ClientPayloadError, "truncated_response", True),
     (aiohttp.ServerTimeoutError, "timeout", True),
     (aiohttp.ClientConnectionError, "connection_error", True),
-    (httpx.TimeoutException, "timeout", True),
-    (httpx.ConnectError, "connect_error", True),
-    (httpx.RemoteProtocolError, "truncated_response", True),
-    (httpx.TransportError, "connection_error", True),
     (OSError, "connection_error", True),
 )
 
