@@ -1,10 +1,11 @@
 """The bar batchscore must clear: an expert's afternoon script for scoring IDs over HTTP.
 
 aiohttp with an ``asyncio.Semaphore(concurrency)`` around every request, orjson, feature rows
-assembled into a numpy matrix column by column, ``predict`` on batches of ~1,024 rows in a
-one-thread executor (LightGBM releases the GIL, so scoring runs beside the event loop), rows
-written to CSV as they are scored.  No retries, no input order, no resume, no error file: an ID
-whose request fails is skipped and counted.  Two modes:
+assembled into a numpy matrix column by column, ``predict`` on batches of ~1,024 rows in an
+executor of ``--workers`` threads (LightGBM releases the GIL, so predicts run beside the event
+loop and, with two workers, beside each other), rows written to CSV as they are scored.  No
+retries, no input order, no resume, no error file: an ID whose request fails is skipped and counted.
+Two modes:
 
 * ``get``: ``GET {url}`` per ID (``url`` contains ``{id}``), body ``{"id", "features": {...}}``;
 * ``batch``: ``POST {url}`` with ``{"ids": [...]}`` per ``--batch-size`` IDs, body
@@ -14,6 +15,7 @@ Usage::
 
     python bench/baseline_expert.py get  IDS URL MODEL OUT [--concurrency 64]
     python bench/baseline_expert.py batch IDS URL MODEL OUT [--concurrency 16] [--batch-size 100]
+    (both: [--threads LIGHTGBM_THREADS] [--workers SCORING_THREADS])
 
 Prints one JSON line on stdout: ``{"scored": N, "failed": N, "seconds": S}`` (``seconds``
 excludes interpreter start-up and imports).
@@ -26,6 +28,7 @@ import asyncio
 import csv
 import math
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +59,7 @@ class Scorer:
         self.writer = csv.writer(self.file, lineterminator="\n")
         self.writer.writerow(["id", "score"])
         self.scored = 0
+        self.lock = threading.Lock()
 
     def score(self, ids: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
         """Runs in the executor thread."""
@@ -69,8 +73,9 @@ class Scorer:
                 matrix[:, j] = [codes.get(v, math.nan) for v in column]
         kwargs = {"num_threads": self.threads} if self.threads else {}
         scores = self.booster.predict(matrix, **kwargs)
-        self.writer.writerows(zip(ids, scores.tolist(), strict=True))
-        self.scored += len(ids)
+        with self.lock:  # several scoring threads write one file
+            self.writer.writerows(zip(ids, scores.tolist(), strict=True))
+            self.scored += len(ids)
 
     def close(self) -> None:
         self.file.close()
@@ -78,7 +83,7 @@ class Scorer:
 
 async def run(args: argparse.Namespace, ids: list[str]) -> tuple[int, int]:
     scorer = Scorer(args.model, args.out, args.threads)
-    pool = ThreadPoolExecutor(max_workers=1)
+    pool = ThreadPoolExecutor(max_workers=args.workers)
     loop = asyncio.get_running_loop()
     scoring: list[asyncio.Future[None]] = []
     buf_ids: list[str] = []
@@ -162,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=100, help="IDs per POST (batch mode)")
     parser.add_argument("--threads", type=int, default=1, help="LightGBM threads, 0 = all cores")
+    parser.add_argument("--workers", type=int, default=1, help="scoring threads (executor size)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     with open(args.ids, encoding="utf-8") as f:

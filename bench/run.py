@@ -419,8 +419,12 @@ def p2(ctx: Context) -> Scenario:
                     layout,
                 )
             )
-        experts = [("expert --threads 0", "0"), ("expert --threads 1", "1")]
-        for key, threads in experts if layout == "shared" else experts[:1]:
+        experts = [
+            ("expert --threads 0", "0", "1"),
+            ("expert --threads 1", "1", "1"),
+            ("expert --threads 1 --workers 2", "1", "2"),
+        ]
+        for key, threads, workers in experts if layout == "shared" else experts[:1]:
             target = out / f"p2-{slug(key)}-{layout}.csv"
             variants.append(
                 Variant(
@@ -440,6 +444,8 @@ def p2(ctx: Context) -> Scenario:
                         "100",
                         "--threads",
                         threads,
+                        "--workers",
+                        workers,
                     ],
                     ctx.sizes.p2,
                     target,

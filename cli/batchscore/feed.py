@@ -52,8 +52,9 @@ class StallHook:
 class _StallAwareRaw(io.RawIOBase):
     """A pipe or terminal that calls a hook before each read that would block."""
 
-    def __init__(self, fd: int, hook: StallHook) -> None:
-        self.fd = fd
+    def __init__(self, stream: BinaryIO, hook: StallHook) -> None:
+        self.stream = stream  # owns the descriptor: kept alive (and open) as long as we are
+        self.fd = stream.fileno()
         self.hook = hook
 
     def readable(self) -> bool:
@@ -72,13 +73,12 @@ def watch_stalls(stream: BinaryIO, hook: StallHook) -> BinaryIO:
     """``stream``, made to call ``hook`` before it waits for data (pipes and terminals only:
     a regular file never stalls)."""
     try:
-        fd = stream.fileno()
-        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
     except (OSError, ValueError, io.UnsupportedOperation):
         return stream
     if regular:
         return stream
-    return io.BufferedReader(_StallAwareRaw(fd, hook), buffer_size=1 << 16)
+    return io.BufferedReader(_StallAwareRaw(stream, hook), buffer_size=1 << 16)
 
 
 class _End:
