@@ -25,7 +25,7 @@ import pytest
 
 from batchscore.report import RunStats
 from batchscore.settings import FetchSettings
-from batchscore.sources import FetchResult, build_sources, retry
+from batchscore.sources import NOT_FOUND, Failure, Fetched, build_sources, retry
 from batchscore.sources.limits import Limits
 from conftest import ScoreInProcess, TrainedModel, read_output
 from conftest import write_config as write_config_file
@@ -98,14 +98,34 @@ def run_scoring(
     return run, read_output(out), Path(f"{out}.errors.jsonl")
 
 
+FetchResult = dict[str, Any] | Failure
+
+
+def per_id(fetched: Fetched, names: Sequence[str]) -> list[FetchResult]:
+    """A source's column-wise answer as one result per ID: its features (every name asked,
+    None where missing), or why not."""
+    results: list[FetchResult] = []
+    for i, found in enumerate(fetched.found.tolist()):
+        if i in fetched.failures:
+            results.append(fetched.failures[i])
+        elif not found:
+            results.append(Failure(NOT_FOUND))
+        else:
+            results.append({name: fetched.columns[name][i] for name in names})
+    return results
+
+
 def fetch_all(
     sources: Sequence[dict[str, Any]],
     ids: Sequence[str],
     *,
     concurrency: int = 8,
     fetch: FetchSettings | None = None,
+    names: Sequence[str] = ("f0",),
 ) -> tuple[list[list[FetchResult]], RunStats]:
-    """Build, open and fetch ``ids`` from each source directly; results per source."""
+    """Build, open and fetch ``ids`` from each source directly, as a run would; results per
+    source and ID (the features asked are the source's own when it names them, else
+    ``names``)."""
     stats = RunStats()
 
     async def main() -> list[list[FetchResult]]:
@@ -114,7 +134,11 @@ def fetch_all(
         for source in built:
             await source.open()
         try:
-            return [await source.fetch(list(ids)) for source in built]
+            results = []
+            for source in built:
+                asked = sorted(source.provides() or names)
+                results.append(per_id(await source.fetch(list(ids), asked), asked))
+            return results
         finally:
             for source in built:
                 await source.close()

@@ -153,6 +153,8 @@ def test_second_signal_stops_at_once_and_stays_resumable(
             str(ids_file),
             "--max-failed",
             "100",
+            "--batch-size",  # small chunks: one stalled request holds back few rows
+            "64",
             "-c",
             str(http_config(tmp_path, server.url)),
             "-o",

@@ -32,7 +32,7 @@ from batchscore.model import Model, read_info, scoring_plan
 from batchscore.pipeline import merge_answers, source_columns
 from batchscore.report import LatencyHistogram, RunStats
 from batchscore.settings import Settings
-from batchscore.sources import Failure, Fetched, Source, build_sources
+from batchscore.sources import NOT_FOUND, Failure, Fetched, Source, build_sources
 from batchscore.sources.httpclient import CredentialsRejected
 from batchscore.sources.limits import Limits
 
@@ -127,9 +127,10 @@ async def _fetch_sample(
             "config"
         )
         return Fetched.failed(len(ids), Failure("rejected", exc.status, 1), names)
+    failed = [f.reason for f in fetched.failures.values() if f.reason != NOT_FOUND]
     report.found = int(fetched.found.sum())
-    report.failures.update(f.reason for f in fetched.failures.values())
-    report.not_found = len(ids) - report.found - len(fetched.failures)
+    report.failures.update(failed)
+    report.not_found = len(ids) - report.found - len(failed)
     found_rows = fetched.found.tolist()
     report.seen.update(
         name

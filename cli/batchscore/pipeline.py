@@ -142,9 +142,9 @@ class Assembler:
             found |= fetched.found
             for position in sorted(fetched.failures):
                 row = int(rows[position])
-                if chunk.status[row] != Status.OK:
-                    continue
                 failure = fetched.failures[position]
+                if failure.reason == NOT_FOUND or chunk.status[row] != Status.OK:
+                    continue
                 chunk.fail(
                     row,
                     Status.FAILED,

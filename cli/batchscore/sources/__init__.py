@@ -42,9 +42,10 @@ NOT_FOUND = "not_found"
 class Fetched:
     """One source's answer for ``n`` IDs, column-wise.
 
-    A row is found (``found[i]``), failed (``failures[i]``), or else not found.  ``columns``
-    holds, for each requested feature name, ``n`` raw values (None where missing: rows not
-    found or failed, and features a found row lacks).
+    A row is found (``found[i]``), failed (``failures[i]``), or else not found (a source may
+    say why in ``failures[i]`` with reason ``not_found``, e.g. its 404).  ``columns`` holds, for
+    each requested feature name, ``n`` raw values (None where missing: rows not found or
+    failed, and features a found row lacks).
     """
 
     found: npt.NDArray[np.bool_]
@@ -68,8 +69,7 @@ class Fetched:
         empty: dict[str, Any] = {}
         for i, answer in enumerate(answers):
             if isinstance(answer, Failure):
-                if answer.reason != NOT_FOUND:
-                    failures[i] = answer
+                failures[i] = answer
                 rows.append(empty)
             elif answer is None:
                 rows.append(empty)
@@ -87,7 +87,7 @@ class Fetched:
     @classmethod
     def failed(cls, n: int, failure: Failure, names: Sequence[str]) -> Fetched:
         """The same failure (or not found) for all ``n`` IDs."""
-        failures = {} if failure.reason == NOT_FOUND else dict.fromkeys(range(n), failure)
+        failures = dict.fromkeys(range(n), failure)
         return cls(np.zeros(n, np.bool_), failures, {name: [None] * n for name in names})
 
     @classmethod
