@@ -273,6 +273,19 @@ def run_scenario(scenario: Scenario, rounds: int, log_dir: Path) -> None:
             verify(scenario, reference)
 
 
+def warm_up(server: FeatureServer, ids: dict[str, Path], out: Path, model: Path) -> None:
+    """One untimed pass of every ID over both endpoints: the server encodes an ID's answer
+    the first time it is asked and caches it, so without this the first variant measured
+    against a server pays for the server's own warm-up (5 s of server CPU in P2)."""
+    for mode, path, url in (
+        ("batch", ids["p2"], server.url + "/batch"),
+        ("get", ids["p1"], server.url + "/features/{id}"),
+    ):
+        cmd = [PY, "bench/baseline_expert.py", mode, str(path), url, str(model), str(out)]
+        subprocess.run(cmd, cwd=ROOT, capture_output=True, check=True)
+    say(f"  warmed up the server at {server.url}")
+
+
 def slug(text: str) -> str:
     """A file-name-safe version of a variant key."""
     return "".join(c if c.isalnum() else "_" for c in text).strip("_")
@@ -1077,6 +1090,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, server in servers.items():
                 server.wait_ready()
                 say(f"feature server ({name}) at {server.url}")
+                warm_up(server, ids, p.work / "out" / f"warm-up-{name}.csv", p.model_300)
             extras["servers"] = {
                 "split: pinned to CPU " + SERVER_CPUS: servers["split"].command,
                 "shared: not pinned": servers["shared"].command,

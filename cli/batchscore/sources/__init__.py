@@ -10,6 +10,7 @@ limit hold over all sources together.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -63,26 +64,28 @@ class Fetched:
 
         ``source_names`` maps a model name to the name the source uses (``rename`` inverted).
         """
-        found = np.zeros(len(answers), np.bool_)
+        n = len(answers)
         failures: dict[int, Failure] = {}
-        rows: list[Mapping[str, Any]] = []
-        empty: dict[str, Any] = {}
-        for i, answer in enumerate(answers):
-            if isinstance(answer, Failure):
-                failures[i] = answer
-                rows.append(empty)
-            elif answer is None:
-                rows.append(empty)
-            else:
-                found[i] = True
-                rows.append(answer)
+        rows: Sequence[Mapping[str, Any]]
+        if set(map(type, answers)) == {dict}:  # the common case: every ID answered
+            found = np.ones(n, np.bool_)
+            rows = answers  # type: ignore[assignment]  # all dicts, checked above
+        else:
+            found = np.zeros(n, np.bool_)
+            empty: dict[str, Any] = {}
+            rows = []
+            for i, answer in enumerate(answers):
+                if isinstance(answer, Failure):
+                    failures[i] = answer
+                    rows.append(empty)
+                elif answer is None:
+                    rows.append(empty)
+                else:
+                    found[i] = True
+                    rows.append(answer)
         lookup = source_names or {}
-        columns = {
-            name: [row.get(key) for row in rows]
-            for name in names
-            for key in (lookup.get(name, name),)
-        }
-        return cls(found, failures, columns)
+        keys = [lookup.get(name, name) for name in names]
+        return cls(found, failures, _columns_of(rows, names, keys))
 
     @classmethod
     def failed(cls, n: int, failure: Failure, names: Sequence[str]) -> Fetched:
@@ -108,6 +111,19 @@ class Fetched:
             columns[name] = column
         found = np.concatenate([p.found for p in parts]) if parts else np.zeros(0, np.bool_)
         return cls(found, failures, columns)
+
+
+def _columns_of(
+    rows: Sequence[Mapping[str, Any]], names: Sequence[str], keys: Sequence[str]
+) -> dict[str, Sequence[Any]]:
+    """``names[k]`` -> the value of ``keys[k]`` in every row (None where a row lacks it)."""
+    if len(keys) > 1 and rows:
+        try:  # rows that have every key: tuples by itemgetter, transposed by zip, all in C
+            tuples = map(operator.itemgetter(*keys), rows)
+            return dict(zip(names, zip(*tuples, strict=True), strict=True))
+        except KeyError:
+            pass
+    return {name: [row.get(key) for row in rows] for name, key in zip(names, keys, strict=True)}
 
 
 def split(items: Sequence[T], size: int) -> list[Sequence[T]]:
