@@ -155,6 +155,32 @@ def test_signal_commits_what_is_done_and_resume_finishes_identically(
     assert leftovers(tmp_path) == ["scores.csv", "scores.csv.errors.jsonl"]
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="with stdin still open at exit the interpreter aborts at shutdown ('Fatal Python "
+    "error: _enter_buffered_busy', exit -6 / 134) after the summary: the stdin reader thread "
+    "is still blocked in read()",
+)
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_run_stopped_while_its_input_is_still_open_exits_with_the_signal_status(
+    tmp_path: Path, held_runs: list[HeldRun], sig: int, status: int
+) -> None:
+    """``producer | batchscore score - ...`` where only batchscore is signalled (``kill PID``, a
+    supervisor): the producer still holds the pipe open, and the run must stop all the same."""
+    out = tmp_path / "scores.csv"
+    held = HeldRun(out)
+    held_runs.append(held)
+    held.feed(300)
+    held.wait_committed(1)
+    held.proc.send_signal(sig)
+    code = held.proc.wait(timeout=30)  # its stdin is still open
+    _, err = held.finish()
+    assert code == status, err
+    assert "Fatal Python error" not in err and "Traceback" not in err
+    assert "--resume" in err
+    assert not out.exists()
+
+
 def test_kill_9_at_random_points_then_resume_gives_each_id_exactly_once(
     tmp_path: Path, held_runs: list[HeldRun], reference: tuple[bytes, bytes]
 ) -> None:
@@ -165,12 +191,11 @@ def test_kill_9_at_random_points_then_resume_gives_each_id_exactly_once(
         held = HeldRun(out, "--resume")
         held_runs.append(held)
         # Feed from the start (a resumed run skips what is committed) up to a random line, so
-        # the run cannot finish; let it commit something of its own, then kill it at a random
-        # moment.
+        # the run cannot finish; kill it once it has committed up to a random line of its own
+        # (a state of the run, not a time).
         stop_at = rng.randrange(mark + 300, len(ID_LINES) - 1)
         held.feed(stop_at)
-        held.wait_committed(mark + 1)
-        time.sleep(rng.uniform(0, 0.3))
+        held.wait_committed(rng.randint(mark + 1, stop_at))
         held.kill()
         assert not out.exists(), "no file at the final path before the run succeeds"
         mark = held.committed_mark()
