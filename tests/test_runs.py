@@ -155,12 +155,6 @@ def test_signal_commits_what_is_done_and_resume_finishes_identically(
     assert leftovers(tmp_path) == ["scores.csv", "scores.csv.errors.jsonl"]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="with stdin still open at exit the interpreter aborts at shutdown ('Fatal Python "
-    "error: _enter_buffered_busy', exit -6 / 134) after the summary: the stdin reader thread "
-    "is still blocked in read()",
-)
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_run_stopped_while_its_input_is_still_open_exits_with_the_signal_status(
     tmp_path: Path, held_runs: list[HeldRun], sig: int, status: int

@@ -18,7 +18,7 @@ import os
 import select
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -49,36 +49,47 @@ class StallHook:
             self.callback()
 
 
-class _StallAwareRaw(io.RawIOBase):
-    """A pipe or terminal that calls a hook before each read that would block."""
+class _PipeLines:
+    """The lines of a pipe or terminal, read with ``os.read``; calls a hook before each read
+    that would wait for data.
+
+    No buffered reader sits in between on purpose: the reader thread may still be waiting
+    here when the process exits, and a buffered reader's lock held by a thread at exit makes
+    the interpreter abort ("could not acquire lock ... at interpreter shutdown").
+    """
 
     def __init__(self, stream: BinaryIO, hook: StallHook) -> None:
         self.stream = stream  # owns the descriptor: kept alive (and open) as long as we are
         self.fd = stream.fileno()
         self.hook = hook
 
-    def readable(self) -> bool:
-        return True
+    def __iter__(self) -> Iterator[bytes]:
+        rest = b""
+        while True:
+            ready, _, _ = select.select([self.fd], [], [], 0)
+            if not ready:
+                self.hook()
+            data = os.read(self.fd, 1 << 16)
+            if not data:
+                break
+            lines = (rest + data).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                yield line + b"\n"
+        if rest:
+            yield rest
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        ready, _, _ = select.select([self.fd], [], [], 0)
-        if not ready:
-            self.hook()
-        data = os.read(self.fd, len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
-
-def watch_stalls(stream: BinaryIO, hook: StallHook) -> BinaryIO:
-    """``stream``, made to call ``hook`` before it waits for data (pipes and terminals only:
-    a regular file never stalls)."""
+def watch_stalls(stream: BinaryIO, hook: StallHook) -> Iterable[bytes]:
+    """The lines of ``stream``, made to call ``hook`` before waiting for data (pipes and
+    terminals only: a regular file never stalls)."""
     try:
         regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
     except (OSError, ValueError, io.UnsupportedOperation):
         return stream
     if regular:
         return stream
-    return io.BufferedReader(_StallAwareRaw(stream, hook), buffer_size=1 << 16)
+    return _PipeLines(stream, hook)
 
 
 class _End:

@@ -9,8 +9,8 @@ in a worker thread so the event loop never waits on a disk or a pipe.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
-from typing import BinaryIO, NamedTuple
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import orjson
 
@@ -61,13 +61,13 @@ def _check_id(line: int, value: str) -> InputItem | None:
     return None
 
 
-def _physical_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
+def _physical_lines(stream: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
     """Number the raw lines of ``stream``, stripping a leading UTF-8 BOM."""
     for number, raw in enumerate(stream, start=1):
         yield number, (raw[3:] if number == 1 and raw.startswith(_BOM) else raw)
 
 
-def read_text(stream: BinaryIO) -> Iterator[InputItem]:
+def read_text(stream: Iterable[bytes]) -> Iterator[InputItem]:
     """One ID per line; blanks skipped; whitespace, CRLF and a BOM stripped."""
     for number, raw in _physical_lines(stream):
         try:
@@ -81,7 +81,7 @@ def read_text(stream: BinaryIO) -> Iterator[InputItem]:
         yield _check_id(number, value) or IdRow(number, value)
 
 
-def read_csv(stream: BinaryIO, id_column: str, keep: tuple[str, ...]) -> Iterator[InputItem]:
+def read_csv(stream: Iterable[bytes], id_column: str, keep: tuple[str, ...]) -> Iterator[InputItem]:
     """CSV with a header row; the ID from ``id_column``, ``keep`` columns carried through.
 
     The header is read and checked at once (a missing column is a usage error before any
@@ -146,7 +146,9 @@ def _field_text(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
-def read_jsonl(stream: BinaryIO, id_field: str, keep: tuple[str, ...]) -> Iterator[InputItem]:
+def read_jsonl(
+    stream: Iterable[bytes], id_field: str, keep: tuple[str, ...]
+) -> Iterator[InputItem]:
     """One JSON object per line; the ID from ``id_field`` (a string or an integer)."""
     for number, raw in _physical_lines(stream):
         if not raw.strip():
@@ -178,7 +180,7 @@ def read_jsonl(stream: BinaryIO, id_field: str, keep: tuple[str, ...]) -> Iterat
 
 
 def read_ids(
-    stream: BinaryIO, fmt: str, id_column: str, id_field: str, keep: tuple[str, ...]
+    stream: Iterable[bytes], fmt: str, id_column: str, id_field: str, keep: tuple[str, ...]
 ) -> Iterator[InputItem]:
     """Dispatch to the reader for ``fmt``."""
     if fmt == "csv":
