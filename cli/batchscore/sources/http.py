@@ -45,6 +45,7 @@ from batchscore.sources.limits import Limits
 from batchscore.sources.retry import RetryPolicy
 
 MODES = ("per_id", "batch")
+_UNSET = Failure("not_fetched")  # a placeholder; every one is replaced before use
 MAX_BATCH = 10_000
 PLACEHOLDER = "{id}"
 
@@ -173,7 +174,7 @@ class HttpSource:
         """The features of every ID: one GET each, or one POST per ``batch_size`` IDs."""
         answers: Sequence[dict[str, Any] | Failure | None]
         if self.per_id:
-            answers = await asyncio.gather(*(self._fetch_one(i) for i in ids))
+            answers = await self._fetch_each(ids)
         else:
             found: dict[str, dict[str, Any] | Failure] = {}
             unique = list(dict.fromkeys(ids))  # duplicates are sent once
@@ -185,6 +186,23 @@ class HttpSource:
         return Fetched.of_mappings(answers, names, self._source_names)
 
     # -- per ID
+
+    async def _fetch_each(self, ids: Sequence[str]) -> list[dict[str, Any] | Failure]:
+        """One request per ID, made by at most ``concurrency`` workers pulling from the list.
+
+        (Not a task per ID: a chunk's thousand tasks made at once would hold up the event loop
+        for milliseconds, delaying every answer in flight; the workers cost a task each.)
+        """
+        answers: list[dict[str, Any] | Failure] = [_UNSET] * len(ids)
+        todo = iter(enumerate(ids))
+
+        async def worker() -> None:
+            for i, id_ in todo:
+                answers[i] = await self._fetch_one(id_)
+
+        workers = min(len(ids), self._endpoint.limits.concurrency)
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        return answers
 
     async def _fetch_one(self, id_: str) -> dict[str, Any] | Failure:
         url = encode_id(id_).join(self._template)
