@@ -15,6 +15,9 @@ arguments and touches no global state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,13 +54,20 @@ class PipelineOptions:
     filters: Filters = field(default_factory=Filters)
     checkpoint_interval: float = 1.0  # seconds between durable commits of written rows
 
+    def chunk_rows(self, sources: Sequence[Source]) -> int:
+        """Rows per chunk: ``batch_size``, rounded to a whole number of requests of the source
+        with the largest ones, so no request goes out part-empty (1,024 rows and batches of
+        100 IDs make chunks of 1,000: 10 requests, not 10 and one of 24)."""
+        widest = max((s.batch_size for s in sources), default=1)
+        return max(1, round(self.batch_size / widest)) * widest
+
     def window_chunks(self, sources: Sequence[Source]) -> int:
         """Chunks allowed between reading and writing (never fewer than two)."""
+        size = self.chunk_rows(sources)
         rows = self.window
         if not rows:
-            widest = max((s.batch_size for s in sources), default=1)
-            rows = max(8192, 4 * self.batch_size, 8 * widest)
-        return max(2, -(-rows // self.batch_size))
+            rows = max(8192, 4 * size)
+        return max(2, -(-rows // size))
 
 
 Checkpoint = Callable[[LineRanges], Awaitable[None]]
@@ -390,7 +400,9 @@ class Pipeline:
             clock=self._clocks["write"],
         )
         self._executor = ThreadPoolExecutor(
-            max_workers=options.workers, thread_name_prefix="batchscore-score"
+            max_workers=options.workers,
+            thread_name_prefix="batchscore-score",
+            initializer=_yield_to_the_loop,
         )
         self._scoring = asyncio.Semaphore(options.workers)
         self._dispatcher: asyncio.Task[None] | None = None
@@ -436,7 +448,7 @@ class Pipeline:
     ) -> None:
         self._feed = feed = ChunkFeed(
             items,
-            size=self.options.batch_size,
+            size=self.options.chunk_rows(self.sources),
             filters=self.options.filters,
             keep=self.options.keep,
             stall=stall,
@@ -510,6 +522,21 @@ class Pipeline:
         # Chunks still waiting sit behind a chunk whose fetch was cancelled by a stop: they
         # are not written, so a resumed run does them again.
         await writer.commit()
+
+
+SCORING_NICENESS = 10
+"""How much lower the scoring threads' CPU priority is than the event loop's."""
+
+
+def _yield_to_the_loop() -> None:
+    """Lower this scoring thread's CPU priority (Linux: per thread).
+
+    The event loop is the bottleneck of a run: everything but ``predict`` happens there, under
+    the GIL.  When cores are short, the kernel should run the loop and let predicts take the
+    time left over, not the other way round (bench/RESULTS.md measures it).
+    """
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SCORING_NICENESS)
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

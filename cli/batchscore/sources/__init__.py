@@ -117,6 +117,11 @@ def _columns_of(
     rows: Sequence[Mapping[str, Any]], names: Sequence[str], keys: Sequence[str]
 ) -> dict[str, Sequence[Any]]:
     """``names[k]`` -> the value of ``keys[k]`` in every row (None where a row lacks it)."""
+    if rows:
+        # Look keys up with the key objects of the answers themselves: orjson reuses one str
+        # object per key name, and a lookup by the same object skips comparing the text.
+        own = {key: key for key in rows[0]}
+        keys = [own.get(key, key) for key in keys]
     if len(keys) > 1 and rows:
         try:  # rows that have every key: tuples by itemgetter, transposed by zip, all in C
             tuples = map(operator.itemgetter(*keys), rows)
