@@ -57,9 +57,12 @@ class PipelineOptions:
     def chunk_rows(self, sources: Sequence[Source]) -> int:
         """Rows per chunk: ``batch_size``, rounded to a whole number of requests of the source
         with the largest ones, so no request goes out part-empty (1,024 rows and batches of
-        100 IDs make chunks of 1,000: 10 requests, not 10 and one of 24)."""
+        100 IDs make chunks of 1,000: 10 requests, not 10 and one of 24).  A batch size below
+        one request's is kept as given."""
         widest = max((s.batch_size for s in sources), default=1)
-        return max(1, round(self.batch_size / widest)) * widest
+        if self.batch_size <= widest:
+            return self.batch_size
+        return round(self.batch_size / widest) * widest
 
     def window_chunks(self, sources: Sequence[Source]) -> int:
         """Chunks allowed between reading and writing (never fewer than two)."""
