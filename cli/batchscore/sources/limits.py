@@ -90,8 +90,6 @@ class Limits:
         self._slots = PrioritySlots(concurrency)
         self._rate = RateLimiter(rate_limit) if rate_limit > 0 else None
         self._observe = observe
-        self.in_flight = 0
-        self.max_in_flight = 0
         self._closed = False
 
     def close(self) -> None:
@@ -113,13 +111,10 @@ class Limits:
                 # Cancels the fetch this request belongs to; its rows stay uncommitted and a
                 # resumed run fetches them again.
                 raise asyncio.CancelledError
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
             started = time.monotonic()
             try:
                 yield
             finally:
-                self.in_flight -= 1
                 if self._observe is not None and source is not None:
                     self._observe(source, time.monotonic() - started)
         finally:

@@ -48,11 +48,6 @@ def set_testing(testing: bool) -> None:
     _testing = testing
 
 
-def is_testing() -> bool:
-    """Whether waits between attempts are removed."""
-    return _testing
-
-
 class AttemptFailed(Exception):
     """One attempt did not give an answer: why, and whether another attempt may help."""
 
@@ -234,7 +229,6 @@ __all__ = [
     "RetryPolicy",
     "SourceHealth",
     "call",
-    "is_testing",
     "parse_retry_after",
     "set_testing",
     "transport_failure",
