@@ -52,6 +52,7 @@ class Measure:
     server_cpu: float | None = None
     server_max_inflight: int | None = None
     inner: float | None = None  # seconds of the run proper (without start-up), if known
+    main_thread_cpu: float | None = None  # CPU s of the measured process's main thread
     load: float | None = None  # 1-minute load average when the run ended (others' work shows)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -100,6 +101,10 @@ def run_measured(
         killer.start()
         if GNU_TIME is None:
             threading.Thread(target=_poll_hwm, args=(proc.pid, peak), daemon=True).start()
+        main_cpu = [0.0]
+        threading.Thread(
+            target=_poll_main_thread_cpu, args=(proc.pid, main_cpu), daemon=True
+        ).start()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
         killer.cancel()
@@ -118,7 +123,27 @@ def run_measured(
         returncode=proc.returncode,
         stderr_tail=" | ".join(stderr[-3:])[-400:],
         stdout=log.read_text(errors="replace")[-2000:],
+        main_thread_cpu=main_cpu[0] or None,
     )
+
+
+def _poll_main_thread_cpu(pid: int, cpu: list[float]) -> None:
+    """Keep ``cpu[0]`` at the CPU seconds of the main thread of the measured process (the
+    event loop's thread, for batchscore and the expert scripts): ``pid`` itself, or its
+    child when GNU time or taskset runs it.  Polled every 20 ms until it exits."""
+    tick = os.sysconf("SC_CLK_TCK")
+    target = pid
+    while True:
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            if children:  # /usr/bin/time -> (taskset execs) -> the command
+                target = int(children[0])
+            stat = Path(f"/proc/{target}/task/{target}/stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+        except (OSError, ValueError):
+            return
+        cpu[0] = (int(fields[11]) + int(fields[12])) / tick
+        time.sleep(0.02)
 
 
 def _poll_hwm(pid: int, peak: list[int]) -> None:

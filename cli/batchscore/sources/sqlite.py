@@ -145,32 +145,32 @@ class SqliteSource:
     async def fetch(self, ids: Sequence[str], names: Sequence[str]) -> Fetched:
         """One ``IN (...)`` query per ``batch_size`` IDs; IDs not in the table are not found."""
         wanted = tuple(names)
-        parts = await asyncio.gather(
-            *(self._fetch_part(part, wanted) for part in split(ids, self.batch_size))
-        )
-        return Fetched.concat(parts, wanted)
-
-    async def _fetch_part(self, ids: Sequence[str], names: tuple[str, ...]) -> Fetched:
         keys = [self._key(i) for i in ids]
-        unique = {k for k in keys if k is not None}
-        rows: list[Any] = []
-        if unique:
-            placeholders = "(" + ",".join("?" * len(unique)) + ")"
-            async with self._limits.request(self.name):
-                cursor = await self._db.execute(self._select(names) + placeholders, list(unique))
-                rows = await cursor.fetchall()
-        found_rows = {row[0]: row for row in rows}
+        parts = await asyncio.gather(
+            *(self._query(part, wanted) for part in split(keys, self.batch_size))
+        )
+        found_rows: dict[Any, tuple[Any, ...]] = {}
+        for rows in parts:
+            found_rows.update((row[0], row) for row in rows)
         ordered = [found_rows.get(k) for k in keys]
         found = np.fromiter((row is not None for row in ordered), np.bool_, len(ordered))
-        provided = [n for n in names if n in self._column_of]
-        width = 1 + len(provided)
-        blank = (None,) * width
-        columns: dict[str, Sequence[Any]] = dict.fromkeys(names, [None] * len(ids))
+        provided = [n for n in wanted if n in self._column_of]
+        blank = (None,) * (1 + len(provided))
+        columns: dict[str, Sequence[Any]] = dict.fromkeys(wanted, [None] * len(ids))
         if ordered:
             # Rows to columns with zip, in C: no Python work per value.
             transposed = list(zip(*(row or blank for row in ordered), strict=True))
             columns.update(zip(provided, transposed[1:], strict=True))
         return Fetched(found, {}, columns)
+
+    async def _query(self, keys: Sequence[Any], names: tuple[str, ...]) -> list[Any]:
+        """The rows (key first) of the keys that are in the table."""
+        unique = list({k for k in keys if k is not None})
+        if not unique:
+            return []
+        placeholders = "(" + ",".join("?" * len(unique)) + ")"
+        async with self._limits.request(self.name):
+            return list(await self._db.execute_fetchall(self._select(names) + placeholders, unique))
 
     async def close(self) -> None:
         """Close the connection."""
