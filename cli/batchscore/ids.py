@@ -102,7 +102,10 @@ def read_csv(stream: Iterable[bytes], id_column: str, keep: tuple[str, ...]) -> 
             yield text
 
     reader = csv.reader(decoded())
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise UsageError(f"the input's CSV header cannot be read ({exc}); check the file") from None
     if header is None:
         return iter(())
     first_line[0] = None
@@ -117,7 +120,17 @@ def read_csv(stream: Iterable[bytes], id_column: str, keep: tuple[str, ...]) -> 
     keep_index = [header.index(c) for c in keep]
 
     def rows() -> Iterator[InputItem]:
-        for row in reader:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error:  # a bare CR outside quotes, a NUL: this record is unreadable
+                yield from problems
+                problems.clear()
+                number, first_line[0] = first_line[0] or 0, None
+                yield InputProblem(number, None, "invalid_csv")
+                continue
             yield from problems
             problems.clear()
             number, first_line[0] = first_line[0] or 0, None

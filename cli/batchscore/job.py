@@ -9,13 +9,14 @@ committed work stays resumable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import logging
 import os
 import signal
 import stat
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
@@ -32,11 +33,11 @@ from batchscore.errors import (
 )
 from batchscore.feed import Filters, StallHook, watch_stalls
 from batchscore.model import Model, ModelInfo, read_info, scoring_plan
-from batchscore.pipeline import Pipeline, PipelineOptions, allowed
+from batchscore.pipeline import Pipeline, PipelineOptions, allowed, source_columns
 from batchscore.progress import choose
 from batchscore.report import RunStats, summary_lines, write_metrics, write_report
 from batchscore.settings import Settings, parse_shard
-from batchscore.sinks import Columns, Sink, output_format
+from batchscore.sinks import EXTENSIONS, Columns, Sink, format_of_name, output_format
 from batchscore.sinks.errorlog import ErrorLog
 from batchscore.sinks.files import (
     ByteTarget,
@@ -48,7 +49,9 @@ from batchscore.sinks.files import (
 )
 from batchscore.sources import Source, build_sources
 from batchscore.sources.limits import Limits
-from batchscore.state import Committed, LineRanges, RunLock, RunState
+from batchscore.state import Committed, LineRanges, RunFiles, RunLock, RunState, state_path
+
+log = logging.getLogger("batchscore")
 
 GRACE_SECONDS = 5.0
 """After SIGINT/SIGTERM, how long fetches in flight may take to finish before they are dropped."""
@@ -80,7 +83,9 @@ def expand_path(template: str, run_id: str, now: dt.datetime) -> str:
     return template.replace("{date}", now.strftime("%Y-%m-%d")).replace("{run_id}", run_id)
 
 
-def open_input(path: str, env: Environment, stack: ExitStack) -> BinaryIO:
+def open_input(
+    path: str, env: Environment, stack: contextlib.AsyncExitStack[bool | None]
+) -> BinaryIO:
     """The ID input as a binary stream (stdin for ``-``)."""
     if path == "-":
         return env.stdin
@@ -186,28 +191,77 @@ def plan(settings: Settings) -> _Plan:
     run_id = uuid.uuid4().hex[:12]
     output = expand_path(settings.output.path, run_id, dt.datetime.now())
     fmt, gzip = output_format(output, settings.output.format)
+    named, _ = format_of_name(output)
+    if named is None and not settings.output.format and not is_stream_path(output):
+        raise UsageError(
+            f"cannot tell the output format of {output} from its name; end it with "
+            f"{', '.join(EXTENSIONS)} (optionally .gz), or pass --format"
+        )
+    if named is not None and settings.output.format and named != settings.output.format:
+        log.warning(
+            "writing %s into %s, whose name says %s (as --format asked)", fmt, output, named
+        )
     in_format = idmod.detect_format(settings.input.path, settings.input.format)
     if settings.input.keep and in_format == "text":
         raise UsageError("--keep needs a CSV or JSON-lines input; plain text has only IDs")
+    if output != "-" and Path(output).is_dir():
+        raise UsageError(f"-o {output} is a folder; name a file in it, e.g. {output}/scores.csv")
+    if settings.output.resume and "{run_id}" in settings.output.path:
+        raise UsageError(
+            "an output path with {run_id} names a new file on every run, so --resume can never "
+            "continue one; use a fixed name (or {date}, which resumes within the same day)"
+        )
     resumable = not is_stream_path(output)
     try:
         if resumable and not Path(output).parent.is_dir():
             raise UsageError(f"the folder for output {output} does not exist; create it first")
-        if resumable:
+        # A stopped run's state may belong to a run that renamed its output already: --resume
+        # finishes it (the state is checked when it is opened).
+        if resumable and not (settings.output.resume and state_path(Path(output)).exists()):
             refuse_existing(Path(output), settings.output.overwrite)
     except OSError as exc:
         raise write_error(output, exc) from None
     errors_path = settings.output.errors or (output + ".errors.jsonl" if resumable else None)
+    if errors_path is not None:
+        where = Path(errors_path)
+        if where.is_dir():
+            raise UsageError(f"--errors {errors_path} is a folder; name a file in it")
+        if not where.parent.is_dir():
+            raise UsageError(
+                f"the folder for the errors file {errors_path} does not exist; create it first"
+            )
     model = Model(info, threads=scoring_plan(settings.score.threads).threads)
     explain = min(settings.score.explain, len(info.features))  # no empty explanation columns
     columns = Columns(info.score_columns(), settings.input.keep, explain)
+    _check_kept_names(columns)
     return _Plan(settings, info, model, output, fmt, gzip, errors_path, columns, run_id, resumable)
 
 
+def _check_kept_names(columns: Columns) -> None:
+    """A kept input column may not share a name with another output column."""
+    names = list(columns.names)
+    for name in columns.keep:
+        if names.count(name) > 1:
+            raise UsageError(
+                f"--keep {name} would give the output two columns named '{name}'; keep each "
+                "column once, and not one named like an output column (id, score, explain_...)"
+            )
+
+
 def run_job(settings: Settings, env: Environment) -> Outcome:
-    """Run a scoring job and say how it ended; errors after the start are reported, then raised."""
-    p = plan(settings)
+    """Run a scoring job and say how it ended; errors after the start are reported, then raised.
+
+    ``--metrics`` and ``--report`` are written however the run ends, so a monitor never reads
+    the status of an older run (a run refused before it started included).
+    """
     stats = RunStats()
+    try:
+        p = plan(settings)
+    except BatchscoreError as exc:
+        with contextlib.suppress(OSError):  # the refusal is what the user must see
+            _write_outcome_files(settings, stats, exc.exit_status, "", {}, ())
+        raise
+    run = _Run(p, env, stats)
     in_path = settings.input.path
     if in_path != "-" and os.path.isfile(in_path):
         stats.total = idmod.count_lines(in_path)
@@ -216,15 +270,14 @@ def run_job(settings: Settings, env: Environment) -> Outcome:
         lock.acquire()
     error: BaseException | None = None
     try:
-        asyncio.run(_Run(p, env, stats).run())
+        asyncio.run(run.run())
     except BaseException as exc:
         error = exc
     finally:
         if lock is not None:
             lock.release()
     status = _status(error, stats, settings)
-    if status not in (ExitStatus.USAGE, ExitStatus.LOCKED):  # those stop before any work
-        _finish(p, env, stats, status)
+    _finish(p, env, stats, status, finished_earlier=run.finished_earlier)
     if error is not None:
         raise error
     return Outcome(status, stats, p.output)
@@ -243,9 +296,17 @@ def _status(error: BaseException | None, stats: RunStats, settings: Settings) ->
     return ExitStatus.INTERNAL
 
 
-def _finish(p: _Plan, env: Environment, stats: RunStats, status: ExitStatus) -> None:
+def _finish(
+    p: _Plan, env: Environment, stats: RunStats, status: ExitStatus, *, finished_earlier: bool
+) -> None:
     settings = p.settings
-    if not settings.run.quiet and status != ExitStatus.PIPE_CLOSED:
+    started = status not in (ExitStatus.USAGE, ExitStatus.LOCKED)  # those stop before any work
+    if started and not settings.run.quiet and status != ExitStatus.PIPE_CLOSED:
+        if finished_earlier:
+            print(
+                "the stopped run had written every row already; its files are now in place",
+                file=env.stderr,
+            )
         for line in summary_lines(stats):
             print(line, file=env.stderr)
         if status in (ExitStatus.OK, ExitStatus.PARTIAL) and p.output != "-":
@@ -253,19 +314,39 @@ def _finish(p: _Plan, env: Environment, stats: RunStats, status: ExitStatus) -> 
         if stats.failed_total and status in (ExitStatus.OK, ExitStatus.PARTIAL):
             where = f"see {p.errors_path}" if p.errors_path else "pass --errors PATH to keep them"
             print(f"{stats.failed_total:,} IDs were not scored; {where}", file=env.stderr)
+        if status == ExitStatus.PARTIAL:
+            run = settings.run
+            allowance = f"--max-failed {run.max_failed}" + (
+                f" / --max-failed-rate {run.max_failed_rate:g}" if run.max_failed_rate else ""
+            )
+            print(
+                f"exit 3: {stats.failed_total:,} failed IDs are more than {allowance} allows; "
+                "raise the allowance if they are expected",
+                file=env.stderr,
+            )
     identity = {"model_version": p.info.version, "config_fingerprint": settings.fingerprint}
     try:
-        if settings.output.report:
-            write_report(
-                settings.output.report, stats, p.info.feature_names, status, p.run_id, identity
-            )
-        if settings.output.metrics:
-            write_metrics(settings.output.metrics, stats, status, identity)
+        _write_outcome_files(settings, stats, status, p.run_id, identity, p.info.feature_names)
     except OSError as exc:
         print(
             f"batchscore: error: cannot write the report or metrics: {exc.strerror}",
             file=env.stderr,
         )
+
+
+def _write_outcome_files(
+    settings: Settings,
+    stats: RunStats,
+    status: ExitStatus,
+    run_id: str,
+    identity: dict[str, Any],
+    features: tuple[str, ...],
+) -> None:
+    """``--report`` and ``--metrics``, if asked for."""
+    if settings.output.report:
+        write_report(settings.output.report, stats, features, status, run_id, identity)
+    if settings.output.metrics:
+        write_metrics(settings.output.metrics, stats, status, identity)
 
 
 def _identity(p: _Plan) -> dict[str, Any]:
@@ -279,6 +360,7 @@ def _identity(p: _Plan) -> dict[str, Any]:
         "unordered": s.output.unordered,
         "shard": s.input.shard,
         "dedupe": s.input.dedupe,
+        "errors": os.path.abspath(p.errors_path) if p.errors_path else None,
     }
 
 
@@ -296,6 +378,7 @@ class _Run:
             observe=stats.observe,
         )
         self.stopper = Stopper()
+        self.finished_earlier = False  # --resume found a complete run: only renames were left
 
     async def run(self) -> None:
         """Open the sources, the input, the outputs and the state; score; close."""
@@ -310,9 +393,10 @@ class _Run:
     async def _open_and_score(self) -> None:
         p, settings = self.p, self.settings
         sources = build_sources(settings.sources, self.limits, settings.fetch, self.stats)
-        opened: list[Source] = []
         stall = StallHook()
-        with ExitStack() as stack:
+        # Everything opened here is closed on every path (an aiosqlite connection left open
+        # keeps the process from exiting).
+        async with contextlib.AsyncExitStack() as stack:
             stream = watch_stalls(open_input(settings.input.path, self.env, stack), stall)
             items: Iterator[idmod.InputItem] = idmod.read_ids(
                 stream,
@@ -321,37 +405,37 @@ class _Run:
                 settings.input.id_field,
                 settings.input.keep,
             )
-            try:
-                for source in sources:
-                    await source.open()
-                    opened.append(source)
-                check_coverage(p.model, sources)
-                sink = make_sink(
-                    p.output, p.fmt, p.gzip, p.columns, settings.output.overwrite, self.env
-                )
-                errors_target = (
-                    None
-                    if p.errors_path is None
-                    else make_target(p.errors_path, False, True, self.env)
-                )
-                errors = ErrorLog(errors_target)
-                state: RunState | None = None
-                previous = Committed()
-                if p.resumable:
-                    state = RunState(Path(p.output), _identity(p))
-                    partials = [temp_path(Path(p.output))]
-                    if isinstance(errors_target, FileTarget):
-                        partials.append(errors_target.temp)
-                    previous = await state.open(
-                        resume=settings.output.resume,
-                        overwrite=settings.output.overwrite,
-                        partials=partials,
-                    )
-                    self.stats.restore(previous.counters)
-                await self._score(sources, sink, errors, state, previous, items, stall)
-            finally:
-                for source in opened:
-                    await source.close()
+            for source in sources:
+                await source.open()
+                stack.push_async_callback(source.close)
+            check_coverage(p.model, sources)
+            source_columns(sources, p.model.info.feature_names)  # conflicts: before any file
+            files = self._files()
+            previous = await files.open(
+                resume=settings.output.resume, overwrite=settings.output.overwrite
+            )
+            if previous.complete:
+                await files.finish()
+                self.stats.restore(previous.counters)
+                self.finished_earlier = True
+                return
+            self.stats.restore(previous.counters)
+            await self._score(sources, files, previous, items, stall)
+
+    def _files(self) -> RunFiles:
+        """The output, the errors file and the run state (nothing is opened yet)."""
+        p, settings = self.p, self.settings
+        sink = make_sink(p.output, p.fmt, p.gzip, p.columns, settings.output.overwrite, self.env)
+        errors_target = (
+            None if p.errors_path is None else make_target(p.errors_path, False, True, self.env)
+        )
+        return RunFiles(
+            sink=sink,
+            errors=ErrorLog(errors_target),
+            state=RunState(Path(p.output), _identity(p)) if p.resumable else None,
+            output_partial=temp_path(Path(p.output)) if p.resumable else None,
+            errors_partial=errors_target.temp if isinstance(errors_target, FileTarget) else None,
+        )
 
     def _options(self, committed: LineRanges | None) -> PipelineOptions:
         settings = self.settings
@@ -374,26 +458,15 @@ class _Run:
     async def _score(
         self,
         sources: list[Source],
-        sink: Sink,
-        errors: ErrorLog,
-        state: RunState | None,
+        files: RunFiles,
         previous: Committed,
         items: Iterator[idmod.InputItem],
         stall: StallHook,
     ) -> None:
         stats = self.stats
-        resuming = state is not None and previous.started
-        await sink.open(previous.output_bytes if resuming else None)
-        await errors.open(previous.errors_bytes if resuming else None)
 
         async def checkpoint(written: LineRanges) -> None:
-            if state is None:
-                return
-            out_bytes = await sink.sync()
-            err_bytes = await errors.sync()
-            lines = previous.lines.copy()
-            lines.update(written)
-            await state.record(Committed(out_bytes, err_bytes, lines, stats.counters()))
+            await files.checkpoint(written, stats.counters())
 
         progress = choose(
             self.env.stderr,
@@ -404,11 +477,11 @@ class _Run:
         pipeline = Pipeline(
             sources=sources,
             model=self.p.model,
-            sink=sink,
-            errors=errors,
+            sink=files.sink,
+            errors=files.errors,
             progress=progress,
             stats=stats,
-            options=self._options(previous.lines if resuming else None),
+            options=self._options(previous.lines if previous.started else None),
             checkpoint=checkpoint,
         )
         self.stopper.watch(pipeline, self.limits)
@@ -416,18 +489,12 @@ class _Run:
             await pipeline.run(items, stall)
             if self.stopper.received is not None:
                 raise InterruptedRun(self.stopper.received, stats.done)
+            await files.commit(pipeline.writer.written, stats.counters())
         except BaseException:
-            await sink.abort()
-            await errors.abort()
-            if state is not None:
-                await state.close()
+            await files.abort()
             raise
         finally:
             progress.close(stats)
-        await errors.commit()
-        await sink.commit()
-        if state is not None:
-            await state.remove()
 
 
 class Stopper:

@@ -22,14 +22,20 @@ import contextlib
 import datetime as dt
 import fcntl
 import os
+import shutil
+import signal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from batchscore.errors import LeftoverStateError, LockedError, OutputWriteError
+
+if TYPE_CHECKING:
+    from batchscore.sinks import Sink
+    from batchscore.sinks.errorlog import ErrorLog
 
 
 def state_path(output: Path) -> Path:
@@ -169,6 +175,7 @@ class Committed:
     errors_bytes: int = 0
     lines: LineRanges = field(default_factory=LineRanges)
     counters: dict[str, Any] = field(default_factory=dict)
+    complete: bool = False  # every row was written: only the final renames may be missing
 
     @property
     def started(self) -> bool:
@@ -183,9 +190,40 @@ CREATE TABLE IF NOT EXISTS run (
     output_bytes INTEGER NOT NULL,
     errors_bytes INTEGER NOT NULL,
     lines TEXT NOT NULL,
-    counters TEXT NOT NULL
+    counters TEXT NOT NULL,
+    complete INTEGER NOT NULL DEFAULT 0
 )
 """
+
+
+_IDENTITY_NAMES = {
+    "input": "input file",
+    "model": "model",
+    "columns": "set of output columns",
+    "format": "output format",
+    "unordered": "ordering (--unordered)",
+    "shard": "--shard",
+    "dedupe": "--dedupe",
+    "errors": "errors file (--errors)",
+}
+
+
+def _difference(stored: str, current: str) -> str:
+    """What differs between a stopped run's identity and this run's, in words."""
+    try:
+        before, now = orjson.loads(stored), orjson.loads(current)
+    except orjson.JSONDecodeError:
+        return "set of arguments"
+    keys = sorted(k for k in {*before, *now} if before.get(k) != now.get(k))
+    if not keys:
+        return "set of arguments"
+    shown = [
+        f"{_IDENTITY_NAMES.get(k, k)} ({before.get(k)!r}, now {now.get(k)!r})"
+        if k not in ("model", "columns")
+        else _IDENTITY_NAMES.get(k, k)
+        for k in keys
+    ]
+    return " and ".join(shown)
 
 
 class RunState:
@@ -216,7 +254,10 @@ class RunState:
                     "--resume to continue it, or --overwrite to start over"
                 )
             for path in left:
-                path.unlink()
+                if path.is_dir():  # a Parquet run's segment folder
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
         progress = Committed()
         fresh = not self.path.exists()
         try:
@@ -224,25 +265,30 @@ class RunState:
             await self._db.execute("PRAGMA synchronous = FULL")
             await self._db.execute(_SCHEMA)
             cursor = await self._db.execute(
-                "SELECT identity, output_bytes, errors_bytes, lines, counters FROM run"
+                "SELECT identity, output_bytes, errors_bytes, lines, counters, complete FROM run"
             )
             row = await cursor.fetchone()
         except OSError as exc:
             raise OutputWriteError(f"cannot write the state file {self.path}: {exc}") from None
         if row is not None and not fresh:
-            identity, out_bytes, err_bytes, lines, counters = row
+            identity, out_bytes, err_bytes, lines, counters, complete = row
             if identity != self.identity:
                 await self.close()
                 raise LeftoverStateError(
-                    f"the stopped run for {self.output} used another input, model or output "
-                    "format; rerun it with the same arguments, or pass --overwrite to start over"
+                    f"the stopped run for {self.output} used another "
+                    f"{_difference(identity, self.identity)}; rerun it with the same arguments, "
+                    "or pass --overwrite to start over"
                 )
             progress = Committed(
-                out_bytes, err_bytes, LineRanges(orjson.loads(lines)), orjson.loads(counters)
+                out_bytes,
+                err_bytes,
+                LineRanges(orjson.loads(lines)),
+                orjson.loads(counters),
+                bool(complete),
             )
         else:
             await self._db.execute(
-                "INSERT OR REPLACE INTO run VALUES (1, ?, 0, 0, '[]', '{}')", (self.identity,)
+                "INSERT OR REPLACE INTO run VALUES (1, ?, 0, 0, '[]', '{}', 0)", (self.identity,)
             )
             await self._db.commit()
         return progress
@@ -267,6 +313,17 @@ class RunState:
                 "free space, then rerun with --resume"
             ) from None
 
+    async def mark_complete(self) -> None:
+        """Every row is written and synced: from here a resume only finishes the renames."""
+        try:
+            await self._db.execute("UPDATE run SET complete = 1 WHERE id = 1")
+            await self._db.commit()
+        except Exception as exc:
+            raise OutputWriteError(
+                f"cannot record progress in {self.path} ({exc}); "
+                "free space, then rerun with --resume"
+            ) from None
+
     async def close(self) -> None:
         """Close the state database."""
         if self._db is not None:
@@ -280,3 +337,129 @@ class RunState:
             self.path.unlink()
         with contextlib.suppress(FileNotFoundError):
             self.path.with_name(self.path.name + "-journal").unlink()
+
+
+def _crash_point(step: str) -> None:
+    """Tests only: die here, as a kill -9 would, when ``_BATCHSCORE_CRASH_AT`` names this step
+    of the commit (the tests prove a kill at every step leaves a resumable run)."""
+    if os.environ.get("_BATCHSCORE_CRASH_AT") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RunFiles:
+    """The files one run writes, opened, committed and left for ``--resume`` together: the
+    output (a sink), the errors file, and (for file outputs) the run state.
+
+    The success path commits in an order that leaves the run resumable whatever instant a kill
+    comes:
+
+    1. sync the output and the errors file, and record their lengths and lines in the state;
+    2. mark the state complete (every row is written and durable);
+    3. rename the errors file into place, then the output;
+    4. remove the state.
+
+    A kill before 2 resumes as any stopped run.  A kill after 2 resumes by finishing 3 and 4
+    (:meth:`finish`): nothing is fetched again.  A resume that finds a partial file missing
+    where the state says rows were written refuses, instead of starting that file afresh.
+    """
+
+    def __init__(
+        self,
+        *,
+        sink: Sink,
+        errors: ErrorLog,
+        state: RunState | None,
+        output_partial: Path | None,
+        errors_partial: Path | None,
+    ) -> None:
+        self.sink = sink
+        self.errors = errors
+        self.state = state
+        self.output_partial = output_partial
+        self.errors_partial = errors_partial
+        self.previous = Committed()
+
+    async def open(self, *, resume: bool, overwrite: bool) -> Committed:
+        """Take over what a stopped run committed (``resume``), or start afresh; open the files
+        (unless the stopped run was complete: then :meth:`finish` is all that is left)."""
+        state = self.state
+        if state is not None:
+            partials = [p for p in (self.output_partial, self.errors_partial) if p is not None]
+            self.previous = await state.open(resume=resume, overwrite=overwrite, partials=partials)
+        previous = self.previous
+        if previous.complete:
+            return previous
+        resuming = previous.started
+        if resuming:
+            self._check_partials(previous)
+        try:
+            await self.sink.open(previous.output_bytes if resuming else None)
+            try:
+                await self.errors.open(previous.errors_bytes if resuming else None)
+            except BaseException:
+                await self.sink.abort()
+                raise
+        except BaseException:
+            if state is not None:
+                await state.close()
+            raise
+        return previous
+
+    def _check_partials(self, previous: Committed) -> None:
+        missing = [
+            path
+            for path, written in (
+                (self.output_partial, previous.output_bytes or bool(previous.lines)),
+                (self.errors_partial, previous.errors_bytes),
+            )
+            if path is not None and written and not path.exists()
+        ]
+        if missing:
+            raise LeftoverStateError(
+                f"the stopped run's partial file {missing[0]} is missing, so its rows cannot "
+                "be recovered; pass --overwrite to start over"
+            )
+
+    async def checkpoint(self, written: LineRanges, counters: dict[str, Any]) -> None:
+        """Make everything written so far durable and record it (step 1)."""
+        out_bytes = await self.sink.sync()
+        err_bytes = await self.errors.sync()
+        if self.state is not None:
+            lines = self.previous.lines.copy()
+            lines.update(written)
+            await self.state.record(Committed(out_bytes, err_bytes, lines, counters))
+
+    async def commit(self, written: LineRanges, counters: dict[str, Any]) -> None:
+        """The run succeeded: steps 1 to 4."""
+        await self.checkpoint(written, counters)
+        _crash_point("synced")
+        if self.state is not None:
+            await self.state.mark_complete()
+        _crash_point("complete")
+        await self.errors.commit()
+        _crash_point("errors-renamed")
+        await self.sink.commit()
+        _crash_point("output-renamed")
+        if self.state is not None:
+            await self.state.remove()
+
+    async def finish(self) -> None:
+        """A complete run was stopped during its renames: do the ones left (steps 3, 4)."""
+        for partial, file, resume_at in (
+            (self.errors_partial, self.errors, self.previous.errors_bytes),
+            (self.output_partial, self.sink, self.previous.output_bytes),
+        ):
+            if partial is not None and partial.exists():
+                await file.open(resume_at)
+                await file.commit()
+        if self.state is not None:
+            await self.state.remove()
+
+    async def abort(self) -> None:
+        """The run stopped: keep what is committed for ``--resume``; close everything."""
+        with contextlib.suppress(Exception):
+            await self.sink.abort()
+        with contextlib.suppress(Exception):
+            await self.errors.abort()
+        if self.state is not None:
+            await self.state.close()

@@ -86,22 +86,31 @@ class Sink(Protocol):
         """The run stopped: flush what is written and leave it for ``--resume``."""
 
 
-def output_format(path: str, given: str | None) -> tuple[str, bool]:
-    """The output format and whether to gzip, from ``--format`` or the extension."""
+EXTENSIONS = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".db": "sqlite",
+    ".sqlite": "sqlite",
+}
+"""Output formats by file extension (before an optional ``.gz``)."""
+
+
+def format_of_name(path: str) -> tuple[str | None, bool]:
+    """The format an output's name says (None: no known extension) and whether it is gzipped."""
     lower = path.lower()
     gzip = lower.endswith(".gz")
     if gzip:
         lower = lower[:-3]
-    if given:
-        return given, gzip
-    for ext, fmt in (
-        (".csv", "csv"),
-        (".jsonl", "jsonl"),
-        (".ndjson", "jsonl"),
-        (".parquet", "parquet"),
-        (".db", "sqlite"),
-        (".sqlite", "sqlite"),
-    ):
+    for ext, fmt in EXTENSIONS.items():
         if lower.endswith(ext):
             return fmt, gzip
-    return "csv", gzip
+    return None, gzip
+
+
+def output_format(path: str, given: str | None) -> tuple[str, bool]:
+    """The output format and whether to gzip, from ``--format`` or the extension (CSV when
+    neither says: stdout, a device)."""
+    named, gzip = format_of_name(path)
+    return given or named or "csv", gzip

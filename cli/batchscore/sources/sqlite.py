@@ -1,12 +1,23 @@
-"""SQLite feature source: a read-only table, IDs fetched in batches with ``IN (...)`` via aiosqlite.
+"""SQLite feature source: a read-only table, IDs fetched in batches via aiosqlite.
 
 Table, key and column names come from config, so they are checked against the schema and quoted;
-they are never pasted into SQL as given.  Integer and text keys both work.
+they are never pasted into SQL as given.
+
+SQLite decides which row an ID finds, never Python: a batch of IDs is joined to the table as a
+list of text values (``json_each``, or a ``VALUES`` list where SQLite has no JSON functions),
+and each answer row carries the ID it was found for.  So keys of every declared type and
+collation work exactly as SQLite compares them (an ``INTEGER`` key finds ``42`` for the ID
+``42``; a ``COLLATE NOCASE`` key finds ``abc`` for ``ABC``; a ``REAL`` key finds ``1.5``), and an
+ID that is not a value of the key's type (``1_0``, ``٣``, ``99999999999999999999`` for an
+integer key) finds nothing: it is not found, never another row.  Where one ID matches several
+rows (a ``NOCASE`` key holding ``abc`` and ``ABC``), the first row SQLite returns is used.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,13 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from batchscore.configtools import build, suggest
 from batchscore.errors import ConfigError
-from batchscore.sources import Fetched, split
+from batchscore.sources import Failure, Fetched, split
 from batchscore.sources.limits import Limits
 
-MAX_BATCH = 30_000  # below SQLite's limit on bound parameters (32,766)
+log = logging.getLogger("batchscore.sources")
+
+MAX_BATCH = 30_000
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,12 @@ class SqliteConfig:
     wins: tuple[str, ...] = ()
 
 
+def _reason(exc: sqlite3.Error) -> str:
+    """A failure reason for an SQLite error (``sqlite_busy`` for a locked database)."""
+    text = str(exc).lower()
+    return "sqlite_busy" if "locked" in text or "busy" in text else "sqlite_error"
+
+
 def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
@@ -52,7 +72,7 @@ class SqliteSource:
         self._limits = limits
         self._db: Any = None
         self._columns: tuple[str, ...] = ()
-        self._integer_key = False
+        self._json = True
         self._selects: dict[tuple[str, ...], str] = {}
 
     @classmethod
@@ -112,47 +132,67 @@ class SqliteSource:
                     f"{where}: table '{self.config.table}' has no column '{column}'"
                     f"{suggest(column, schema)}"
                 )
-        self._integer_key = "INT" in schema[self.config.key]
+        self._json = await self._has_json()
+        if not self._json:  # one bound parameter per ID: stay within this build's limit
+            self.batch_size = min(self.batch_size, await self._variable_limit())
         self._columns = self.config.columns or tuple(c for c in schema if c != self.config.key)
         rename = self.config.rename
         self._column_of = {rename.get(c, c): c for c in self._columns}  # model name -> column
 
-    def _select(self, names: tuple[str, ...]) -> str:
-        """``SELECT key, <the columns of names> FROM table WHERE key IN `` (made once per set)."""
-        select = self._selects.get(names)
-        if select is None:
-            columns = [self._column_of[n] for n in names if n in self._column_of]
-            quoted = ", ".join(_quote(c) for c in (self.config.key, *columns))
-            select = self._selects[names] = (
-                f"SELECT {quoted} FROM {_quote(self.config.table)} "
-                f"WHERE {_quote(self.config.key)} IN "
+    async def _has_json(self) -> bool:
+        """Whether this SQLite has ``json_each`` (built in since 3.38; most builds before)."""
+        try:
+            await self._db.execute_fetchall("SELECT value FROM json_each('[]')")
+        except sqlite3.Error:
+            return False
+        return True
+
+    async def _variable_limit(self) -> int:
+        """This SQLite build's limit on bound parameters (999 on some old builds)."""
+
+        def read() -> int:
+            with contextlib.closing(sqlite3.connect(":memory:")) as db:
+                return db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+
+        return await asyncio.to_thread(read)
+
+    def _select(self, names: tuple[str, ...], count: int) -> str:
+        """``SELECT asked, <the columns of names>``, joining the asked IDs to the table."""
+        columns = [self._column_of[n] for n in names if n in self._column_of]
+        quoted = ", ".join(f"t.{_quote(c)}" for c in columns)
+        select = f"SELECT ids.value{', ' if quoted else ''}{quoted} FROM "
+        if self._json:
+            asked = "json_each(?) AS ids"
+        else:  # one bound text value per ID
+            asked = (
+                "(SELECT column1 AS value FROM (VALUES " + ",".join(["(?)"] * count) + ")) AS ids"
             )
-        return select
+        # CROSS JOIN keeps SQLite from reordering: it looks each ID up in the key's index.
+        return (
+            f"{select}{asked} CROSS JOIN {_quote(self.config.table)} AS t "
+            f"ON t.{_quote(self.config.key)} = ids.value"
+        )
 
     def provides(self) -> frozenset[str]:
         """The feature columns, renamed to model names."""
         rename = self.config.rename
         return frozenset(rename.get(c, c) for c in self._columns)
 
-    def _key(self, value: str) -> str | int | None:
-        if not self._integer_key:
-            return value
-        try:
-            return int(value)
-        except ValueError:
-            return None
-
     async def fetch(self, ids: Sequence[str], names: Sequence[str]) -> Fetched:
-        """One ``IN (...)`` query per ``batch_size`` IDs; IDs not in the table are not found."""
+        """One query per ``batch_size`` IDs; IDs not in the table are not found."""
         wanted = tuple(names)
-        keys = [self._key(i) for i in ids]
-        parts = await asyncio.gather(
-            *(self._query(part, wanted) for part in split(keys, self.batch_size))
-        )
-        found_rows: dict[Any, tuple[Any, ...]] = {}
-        for rows in parts:
-            found_rows.update((row[0], row) for row in rows)
-        ordered = [found_rows.get(k) for k in keys]
+        parts = split(ids, self.batch_size)
+        answers = await asyncio.gather(*(self._query(part, wanted) for part in parts))
+        found_rows: dict[str, tuple[Any, ...]] = {}
+        failures: dict[int, Failure] = {}
+        offset = 0
+        for part, (rows, failure) in zip(parts, answers, strict=True):
+            for row in rows:
+                found_rows.setdefault(row[0], row)  # the first row SQLite matched
+            if failure is not None:
+                failures.update((offset + i, failure) for i in range(len(part)))
+            offset += len(part)
+        ordered = [found_rows.get(i) for i in ids]
         found = np.fromiter((row is not None for row in ordered), np.bool_, len(ordered))
         provided = [n for n in wanted if n in self._column_of]
         blank = (None,) * (1 + len(provided))
@@ -161,16 +201,21 @@ class SqliteSource:
             # Rows to columns with zip, in C: no Python work per value.
             transposed = list(zip(*(row or blank for row in ordered), strict=True))
             columns.update(zip(provided, transposed[1:], strict=True))
-        return Fetched(found, {}, columns)
+        return Fetched(found, failures, columns)
 
-    async def _query(self, keys: Sequence[Any], names: tuple[str, ...]) -> list[Any]:
-        """The rows (key first) of the keys that are in the table."""
-        unique = list({k for k in keys if k is not None})
-        if not unique:
-            return []
-        placeholders = "(" + ",".join("?" * len(unique)) + ")"
+    async def _query(
+        self, ids: Sequence[str], names: tuple[str, ...]
+    ) -> tuple[list[Any], Failure | None]:
+        """The rows, each led by the asked ID that found it (or why the query failed)."""
+        unique = list(dict.fromkeys(ids))
+        params: list[str] = [orjson.dumps(unique).decode()] if self._json else unique
         async with self._limits.request(self.name):
-            return list(await self._db.execute_fetchall(self._select(names) + placeholders, unique))
+            try:
+                rows = await self._db.execute_fetchall(self._select(names, len(unique)), params)
+            except sqlite3.Error as exc:  # a locked or damaged database: these IDs fail
+                log.debug("source '%s': %s", self.name, exc)
+                return [], Failure(_reason(exc))
+        return list(rows), None
 
     async def close(self) -> None:
         """Close the connection."""

@@ -1,0 +1,355 @@
+"""Hostile input and crash windows: each test is a finding of issue 10, run as a user meets it.
+
+Real SQLite files, the real command where exit codes and processes matter, and a kill at every
+step of the commit (``_BATCHSCORE_CRASH_AT`` stops the process there, as a kill -9 would).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import (
+    ROOT,
+    SAMPLE_CONFIG,
+    SAMPLE_DIR,
+    RunCli,
+    TrainedModel,
+    batchscore_command,
+    clean_environ,
+    read_errors,
+    read_output,
+    sqlite_source,
+    write_config,
+)
+
+# -- SQLite keys: SQLite decides what an ID finds --------------------------------------------------
+
+
+def _keyed_store(tmp_path: Path, model: TrainedModel, declared: str, keys: list[object]) -> Path:
+    """The first len(keys) rows of the model's features under ``keys`` of type ``declared``."""
+    db = tmp_path / f"store-{abs(hash(declared))}.db"
+    names = [f"f{j}" for j in range(model.features.shape[1])]
+    with sqlite3.connect(db) as con:
+        columns = ", ".join(f'"{n}" REAL' for n in names)
+        con.execute(f'CREATE TABLE features ("id" {declared}, {columns})')
+        rows = [(k, *map(float, model.features[i])) for i, k in enumerate(keys)]
+        con.executemany(f"INSERT INTO features VALUES ({','.join('?' * (1 + len(names)))})", rows)
+    return db
+
+
+def _score_ids(
+    tmp_path: Path, run_cli: RunCli, model: TrainedModel, db: Path, ids: list[str]
+) -> tuple[int, dict[str, float], dict[str, str]]:
+    config = write_config(tmp_path / "c.toml", model=model.model_path, sources=[sqlite_source(db)])
+    (tmp_path / "ids.txt").write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
+    out = tmp_path / "out.csv"
+    result = run_cli("score", "ids.txt", "-c", config, "-o", out, "--max-failed", "100")
+    assert "Traceback" not in result.stderr and result.returncode != 1, result.stderr
+    scores = {row["id"]: float(row["score"]) for row in read_output(out)}
+    errors = {r["id"]: r["reason"] for r in read_errors(Path(f"{out}.errors.jsonl"))}
+    return result.returncode, scores, errors
+
+
+def test_an_integer_key_finds_only_what_sqlite_matches(
+    tmp_path: Path, run_cli: RunCli, trained_models: dict[str, TrainedModel]
+) -> None:
+    model = trained_models["binary"]
+    db = _keyed_store(tmp_path, model, "INTEGER PRIMARY KEY", [10, 7])
+    ids = ["10", "1_0", "٣", "99999999999999999999", "-", "7"]
+    status, scores, errors = _score_ids(tmp_path, run_cli, model, db, ids)
+    expected = model.booster.predict(model.features[:2])
+    assert status == 0
+    assert scores == {"10": expected[0], "7": expected[1]}  # never another row for odd digits
+    assert errors == dict.fromkeys(["1_0", "٣", "99999999999999999999", "-"], "not_found")
+
+
+@pytest.mark.parametrize("declared", ["NUMERIC", "REAL", "DECIMAL(10, 2)"])
+def test_numeric_keys_are_found(
+    tmp_path: Path, run_cli: RunCli, trained_models: dict[str, TrainedModel], declared: str
+) -> None:
+    model = trained_models["binary"]
+    db = _keyed_store(tmp_path, model, declared, [10, 1.5])
+    status, scores, errors = _score_ids(tmp_path, run_cli, model, db, ["10", "1.5", "2"])
+    assert (status, errors) == (0, {"2": "not_found"})
+    assert scores == dict(
+        zip(["10", "1.5"], model.booster.predict(model.features[:2]), strict=True)
+    )
+
+
+def test_a_nocase_key_finds_its_row_in_any_case(
+    tmp_path: Path, run_cli: RunCli, trained_models: dict[str, TrainedModel]
+) -> None:
+    model = trained_models["binary"]
+    db = _keyed_store(tmp_path, model, "TEXT COLLATE NOCASE", ["abc", "Def"])
+    status, scores, errors = _score_ids(tmp_path, run_cli, model, db, ["ABC", "def", "gh"])
+    expected = model.booster.predict(model.features[:2])
+    assert (status, errors) == (0, {"gh": "not_found"})
+    assert scores == {"ABC": expected[0], "def": expected[1]}
+
+
+# -- input ---------------------------------------------------------------------------------------
+
+
+def test_a_bare_cr_in_a_csv_line_is_an_input_error_and_the_run_goes_on(
+    tmp_path: Path, run_cli: RunCli
+) -> None:
+    (tmp_path / "ids.csv").write_bytes(b"id,x\nC000858,1\nb\rc,2\nC004769,3\n")
+    result = run_cli(
+        "score",
+        tmp_path / "ids.csv",
+        "-c",
+        SAMPLE_CONFIG,
+        "-o",
+        tmp_path / "out.csv",
+        "--max-failed",
+        "1",
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [r["id"] for r in read_output(tmp_path / "out.csv")] == ["C000858", "C004769"]
+    errors = read_errors(tmp_path / "out.csv.errors.jsonl")
+    assert [(e["line"], e["reason"]) for e in errors] == [(3, "invalid_csv")]
+
+
+def test_a_window_smaller_than_a_batch_still_finishes(tmp_path: Path, run_cli: RunCli) -> None:
+    config = tmp_path / "small.toml"
+    config.write_text(SAMPLE_CONFIG.read_text() + "\n[output]\nwindow = 10\n")
+    result = run_cli(
+        "score",
+        SAMPLE_DIR / "ids_small.txt",
+        "-c",
+        config,
+        "-o",
+        tmp_path / "out.csv",
+        "--max-failed",
+        "100",
+        cwd=ROOT,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(read_output(tmp_path / "out.csv")) > 0
+
+
+# -- refusals that are usage errors, said up front ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-o", "{folder}"], "is a folder"),
+        (["-o", "{folder}/out.csv", "--errors", "{folder}/missing/e.jsonl"], "does not exist"),
+        (["-o", "{folder}/{{run_id}}.csv", "--resume"], "--resume can never"),
+        (["-o", "{folder}/o.csv", "--keep", "id", "--input-format", "csv"], "two columns named"),
+    ],
+)
+def test_usage_errors_exit_2_in_one_line_and_leave_nothing(
+    tmp_path: Path, run_cli: RunCli, args: list[str], message: str
+) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (tmp_path / "ids.csv").write_text("id\nC000858\n")
+    filled = [a.format(folder=folder) for a in args]
+    result = run_cli("score", tmp_path / "ids.csv", "-c", SAMPLE_CONFIG, *filled, cwd=ROOT)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert list(folder.iterdir()) == []
+
+
+def test_two_sources_giving_one_feature_exit_2_and_the_process_exits(tmp_path: Path) -> None:
+    source = sqlite_source(SAMPLE_DIR / "features.db", table="customer_features", key="customer_id")
+    config = write_config(
+        tmp_path / "c.toml",
+        model=SAMPLE_DIR / "model.txt",
+        sources=[{**source, "name": "a"}, {**source, "name": "b"}],
+    )
+    out = tmp_path / "out.csv"
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            *batchscore_command(),
+            "score",
+            str(SAMPLE_DIR / "ids_small.txt"),
+            "-c",
+            str(config),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        env=clean_environ(),
+        cwd=ROOT,
+        timeout=30,
+        check=False,
+    )
+    assert time.monotonic() - started < 20, "the process must exit, not hang on a thread"
+    assert result.returncode == 2 and b"wins" in result.stderr
+    assert list(tmp_path.iterdir()) == [tmp_path / "c.toml"], "no state left to --resume"
+
+
+def test_metrics_say_how_a_run_refused_at_the_start_ended(tmp_path: Path, run_cli: RunCli) -> None:
+    metrics = tmp_path / "batchscore.prom"
+    metrics.write_text("batchscore_exit_code 0\n")  # what an earlier, good run left
+    result = run_cli(
+        "score",
+        SAMPLE_DIR / "ids_small.txt",
+        "-m",
+        tmp_path / "missing.txt",
+        "-c",
+        SAMPLE_CONFIG,
+        "-o",
+        tmp_path / "o.csv",
+        "--metrics",
+        metrics,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2
+    lines = [
+        line for line in metrics.read_text().splitlines() if line.startswith("batchscore_exit")
+    ]
+    assert lines and lines[0].endswith(" 2")
+
+
+# -- the commit protocol: a kill at every step, then --resume ---------------------------------
+
+
+def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*batchscore_command(), *args],
+        capture_output=True,
+        env=clean_environ(env),
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
+    out = tmp_path_factory.mktemp("reference") / "scores.csv"
+    done = _run(
+        [
+            "score",
+            str(SAMPLE_DIR / "ids.txt"),
+            "-c",
+            str(SAMPLE_CONFIG),
+            "-o",
+            str(out),
+            "--max-failed",
+            "100",
+        ]
+    )
+    assert done.returncode == 0, done.stderr
+    return out.read_bytes(), Path(f"{out}.errors.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("step", ["synced", "complete", "errors-renamed", "output-renamed"])
+def test_a_kill_at_any_step_of_the_commit_resumes_to_the_same_files(
+    tmp_path: Path, reference: tuple[bytes, bytes], step: str
+) -> None:
+    out = tmp_path / "scores.csv"
+    args = [
+        "score",
+        str(SAMPLE_DIR / "ids.txt"),
+        "-c",
+        str(SAMPLE_CONFIG),
+        "-o",
+        str(out),
+        "--max-failed",
+        "100",
+    ]
+    killed = _run(args, {"_BATCHSCORE_CRASH_AT": step})
+    assert killed.returncode == -9, killed.stderr
+    resumed = _run([*args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert out.read_bytes() == reference[0]
+    assert Path(f"{out}.errors.jsonl").read_bytes() == reference[1], "no failure is lost"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.csv", "scores.csv.errors.jsonl"]
+
+
+def test_a_changed_errors_path_is_refused_naming_it(tmp_path: Path) -> None:
+    out = tmp_path / "scores.csv"
+    args = [
+        "score",
+        str(SAMPLE_DIR / "ids.txt"),
+        "-c",
+        str(SAMPLE_CONFIG),
+        "-o",
+        str(out),
+        "--max-failed",
+        "100",
+    ]
+    assert _run(args, {"_BATCHSCORE_CRASH_AT": "synced"}).returncode == -9
+    moved = _run([*args, "--resume", "--errors", str(tmp_path / "elsewhere.jsonl")])
+    assert moved.returncode == 2
+    assert b"errors file" in moved.stderr and b"elsewhere.jsonl" in moved.stderr
+
+
+def test_a_missing_partial_errors_file_is_refused_not_started_afresh(tmp_path: Path) -> None:
+    out = tmp_path / "scores.csv"
+    args = [
+        "score",
+        str(SAMPLE_DIR / "ids.txt"),
+        "-c",
+        str(SAMPLE_CONFIG),
+        "-o",
+        str(out),
+        "--max-failed",
+        "100",
+    ]
+    assert _run(args, {"_BATCHSCORE_CRASH_AT": "synced"}).returncode == -9
+    (tmp_path / ".scores.csv.errors.jsonl.partial").unlink()
+    resumed = _run([*args, "--resume"])
+    assert resumed.returncode == 2
+    assert b"missing" in resumed.stderr and b"--overwrite" in resumed.stderr
+
+
+def test_overwrite_after_a_stopped_parquet_run_starts_over(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    out = tmp_path / "scores.parquet"
+    args = [
+        "score",
+        str(SAMPLE_DIR / "ids.txt"),
+        "-c",
+        str(SAMPLE_CONFIG),
+        "-o",
+        str(out),
+        "--max-failed",
+        "100",
+    ]
+    assert _run(args, {"_BATCHSCORE_CRASH_AT": "synced"}).returncode == -9
+    assert (tmp_path / ".scores.parquet.partial").is_dir()
+    again = _run([*args, "--overwrite"])
+    assert again.returncode == 0, again.stderr
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out)
+    assert table.num_rows == 5000 and np.isfinite(table.column("score").to_numpy()).all()
+
+
+def test_resume_of_a_finished_run_that_lost_only_its_state_removal(tmp_path: Path) -> None:
+    """A nightly cron line always passes --resume: a run killed after its renames finishes."""
+    out = tmp_path / "scores.csv"
+    args = [
+        "score",
+        str(SAMPLE_DIR / "ids.txt"),
+        "-c",
+        str(SAMPLE_CONFIG),
+        "-o",
+        str(out),
+        "--max-failed",
+        "100",
+        "--report",
+        str(tmp_path / "r.json"),
+    ]
+    assert _run(args, {"_BATCHSCORE_CRASH_AT": "output-renamed"}).returncode == -9
+    resumed = _run([*args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert b"written every row already" in resumed.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert (report["scored"], report["failed"]) == (5000, 10)
