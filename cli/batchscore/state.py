@@ -24,6 +24,7 @@ import fcntl
 import os
 import shutil
 import signal
+import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,8 +269,12 @@ class RunState:
                 "SELECT identity, output_bytes, errors_bytes, lines, counters, complete FROM run"
             )
             row = await cursor.fetchone()
-        except OSError as exc:
-            raise OutputWriteError(f"cannot write the state file {self.path}: {exc}") from None
+        except (OSError, sqlite3.Error) as exc:
+            await self.close()
+            raise OutputWriteError(
+                f"cannot use the state file {self.path} ({exc}); check the folder, or pass "
+                "--overwrite to start over"
+            ) from None
         if row is not None and not fresh:
             identity, out_bytes, err_bytes, lines, counters, complete = row
             if identity != self.identity:
@@ -390,9 +395,9 @@ class RunFiles:
         if previous.complete:
             return previous
         resuming = previous.started
-        if resuming:
-            self._check_partials(previous)
         try:
+            if resuming:
+                self._check_partials(previous)
             await self.sink.open(previous.output_bytes if resuming else None)
             try:
                 await self.errors.open(previous.errors_bytes if resuming else None)
@@ -401,7 +406,7 @@ class RunFiles:
                 raise
         except BaseException:
             if state is not None:
-                await state.close()
+                await state.close()  # an open connection's thread keeps the process alive
             raise
         return previous
 
