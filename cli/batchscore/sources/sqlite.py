@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +194,8 @@ class SqliteSource:
             if failure is not None:
                 failures.update((offset + i, failure) for i in range(len(part)))
             offset += len(part)
-        ordered = [found_rows.get(i) for i in ids]
-        found = np.fromiter((row is not None for row in ordered), np.bool_, len(ordered))
+        ordered = list(map(found_rows.get, ids))
+        found = np.fromiter(map(operator.is_not, ordered, repeat(None)), np.bool_, len(ordered))
         provided = [n for n in wanted if n in self._column_of]
         blank = (None,) * (1 + len(provided))
         columns: dict[str, Sequence[Any]] = dict.fromkeys(wanted, [None] * len(ids))
