@@ -353,3 +353,34 @@ def test_resume_of_a_finished_run_that_lost_only_its_state_removal(tmp_path: Pat
     assert b"written every row already" in resumed.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert (report["scored"], report["failed"]) == (5000, 10)
+
+
+def test_ctrl_c_stops_a_run_waiting_for_a_csv_header_on_a_silent_stdin(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            *batchscore_command(),
+            "score",
+            "-",
+            "--input-format",
+            "csv",
+            "-c",
+            str(SAMPLE_CONFIG),
+            "-o",
+            str(tmp_path / "out.csv"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_environ(),
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        time.sleep(1.5)  # nothing to wait for: the header never comes
+        proc.send_signal(2)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err and b"--resume" in err

@@ -15,11 +15,12 @@ import logging
 import os
 import signal
 import stat
+import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO, TypeVar
 
 from batchscore import ids as idmod
 from batchscore.errors import (
@@ -52,6 +53,8 @@ from batchscore.sources.limits import Limits
 from batchscore.state import Committed, LineRanges, RunFiles, RunLock, RunState, state_path
 
 log = logging.getLogger("batchscore")
+
+T = TypeVar("T")
 
 GRACE_SECONDS = 5.0
 """After SIGINT/SIGTERM, how long fetches in flight may take to finish before they are dropped."""
@@ -386,6 +389,11 @@ class _Run:
             self.stopper.install()
         try:
             await self._open_and_score()
+        except asyncio.CancelledError:
+            if self.stopper.received is None:
+                raise
+            # Stopped while starting (waiting for a CSV header on a silent stdin, say).
+            raise InterruptedRun(self.stopper.received, self.stats.done) from None
         finally:
             if self.env.handle_signals:
                 self.stopper.remove()
@@ -398,13 +406,19 @@ class _Run:
         # keeps the process from exiting).
         async with contextlib.AsyncExitStack() as stack:
             stream = watch_stalls(open_input(settings.input.path, self.env, stack), stall)
-            items: Iterator[idmod.InputItem] = idmod.read_ids(
+            # A CSV header is read (and checked) here: off the loop, so that a signal still
+            # stops a run whose stdin is silent.
+            reading = in_daemon_thread(
+                idmod.read_ids,
                 stream,
                 idmod.detect_format(settings.input.path, settings.input.format),
                 settings.input.id_column,
                 settings.input.id_field,
                 settings.input.keep,
             )
+            self.stopper.cancel_on_signal(reading)
+            items: Iterator[idmod.InputItem] = await reading
+            self.stopper.cancel_on_signal(None)
             for source in sources:
                 await source.open()
                 stack.push_async_callback(source.close)
@@ -497,6 +511,34 @@ class _Run:
             progress.close(stats)
 
 
+def in_daemon_thread(function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """``function(*args)`` in a daemon thread, as a future (cancellable, unlike ``to_thread``:
+    a thread blocked on a silent pipe must neither hold up a stop nor the process's exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = function(*args)
+        except BaseException as exc:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
+                loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name="batchscore-open-input", daemon=True).start()
+    return future
+
+
 class Stopper:
     """SIGINT/SIGTERM while a job runs: the first stops it gently, the second at once.
 
@@ -509,6 +551,7 @@ class Stopper:
         self._pipeline: Pipeline | None = None
         self._limits: Limits | None = None
         self._previous: dict[signal.Signals, Any] = {}
+        self._waiting: asyncio.Future[Any] | None = None  # cancelled by a signal, if set
 
     def install(self) -> None:
         """Take over SIGINT and SIGTERM on the running loop."""
@@ -525,6 +568,10 @@ class Stopper:
             if previous is not None:
                 signal.signal(sig, previous)  # ... so put back what was there
         self._previous.clear()
+
+    def cancel_on_signal(self, waiting: asyncio.Future[Any] | None) -> None:
+        """A wait that a signal should cancel (None: no longer)."""
+        self._waiting = waiting
 
     def watch(self, pipeline: Pipeline, limits: Limits) -> None:
         """The pipeline to stop (at once, if a signal came before it existed)."""
@@ -546,3 +593,5 @@ class Stopper:
         os.write(2, b"batchscore: stopping: finishing requests in flight (again to stop at once)\n")
         if self._pipeline is not None:
             self._stop()
+        elif self._waiting is not None:  # waiting for the input to start: stop waiting
+            self._waiting.cancel()
