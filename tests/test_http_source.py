@@ -254,6 +254,34 @@ def test_401_stops_the_run_at_once_with_exit_4(
     assert stats["requests_total"] <= 4  # what was in flight; nothing after, no retries
 
 
+def test_nothing_is_sent_after_a_401_is_seen_but_what_was_in_flight(
+    trained_models: dict[str, TrainedModel], score_in_process: ScoreInProcess, tmp_path: Path
+) -> None:
+    # One ID's 401 arrives while the other workers keep getting answers; its body comes 0.5 s
+    # after its head.  The status is what counts: from the moment the head is read, no
+    # request may be sent, however long the body takes (before, ~350 more were sent).
+    model = trained_models["binary"]
+    ids = [f"i{n}" for n in range(3000)]
+    data = rows_as_data(ids, np.resize(model.features, (len(ids), model.features.shape[1])))
+    flags = ("--fail-id", "i0=401", "--error-body-delay", "0.5", "--latency", "0.01")
+    concurrency = 8
+    with server_process(tmp_path, data, *flags) as srv:
+        with pytest.raises(SourceDownError, match="rejected our credentials"):
+            run_scoring(
+                score_in_process,
+                tmp_path,
+                model,
+                [http_source(srv.url)],
+                ids=ids,
+                concurrency=concurrency,
+            )
+        stats = srv.stats()
+    # Received after the 401's head was sent: only requests the client had sent before it
+    # read that head (at most the others in flight).
+    assert stats["requests_after_rejection"] <= concurrency - 1
+    assert stats["requests_total"] <= 2 * concurrency
+
+
 def test_404_is_not_found_and_other_4xx_are_not_retried() -> None:
     data = {"ok": {"f0": 1.0}, "bad": {"f0": 2.0}, "gone": {"f0": 3.0}}
     faults = Faults(fail_ids={"bad": 400, "gone": 410})

@@ -31,6 +31,8 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 import yarl
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from batchscore import __version__
@@ -176,16 +178,53 @@ def _ssl_context(options: ClientOptions) -> ssl.SSLContext | bool:
         raise ConfigError(f"ca_bundle {options.ca_bundle} is not a usable CA file: {exc}") from None
 
 
-def open_session(options: ClientOptions, *, connections: int) -> aiohttp.ClientSession:
+class GatedConnector(aiohttp.TCPConnector):
+    """A connector that stops handing out connections once its source is refused.
+
+    A request holds its slot and passes :class:`Endpoint`'s own check before it waits for a
+    connection; opening one takes a round trip (more with TLS), during which another request's
+    401 may arrive.  Checking again here, the last step before aiohttp writes the request,
+    means nothing is sent after a refusal is seen: the connection goes back to the pool unused.
+    """
+
+    def __init__(self, *, refusal: Callable[[], BaseException | None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._refusal = refusal
+
+    async def connect(
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's signature)
+    ) -> Connection:
+        """A pooled or new connection, unless the source has been refused meanwhile."""
+        connection = await super().connect(req, traces, timeout)
+        refused = self._refusal()
+        if refused is not None:
+            connection.release()  # nothing was written on it: it stays reusable
+            raise refused
+        return connection
+
+
+def open_session(
+    options: ClientOptions,
+    *,
+    connections: int,
+    refusal: Callable[[], BaseException | None] = lambda: None,
+) -> aiohttp.ClientSession:
     """One pooled keep-alive session for one source (on the running loop).
 
     No default headers (:class:`Endpoint` passes its prepared ones per request: aiohttp merges
     session headers into a proxy's headers and would send our ``Authorization`` to the proxy as
     ``Proxy-Authorization``), no cookies, no timeouts of its own, no proxies or netrc from the
-    environment.
+    environment.  ``refusal`` returns the error to raise instead of sending (see
+    :class:`GatedConnector`), or None.
     """
-    connector = aiohttp.TCPConnector(
-        limit=connections, keepalive_timeout=KEEPALIVE_SECONDS, ssl=_ssl_context(options)
+    connector = GatedConnector(
+        refusal=refusal,
+        limit=connections,
+        keepalive_timeout=KEEPALIVE_SECONDS,
+        ssl=_ssl_context(options),
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -251,11 +290,19 @@ class Endpoint:
     def open(self) -> None:
         """Create the pooled session (on the running loop)."""
         if self._session is None:
-            self._session = open_session(self.options, connections=self.limits.concurrency)
+            self._session = open_session(
+                self.options, connections=self.limits.concurrency, refusal=self._refusal
+            )
             if self.options.insecure:
                 log.warning(
                     "source '%s': TLS certificates are not verified (insecure = true)", self.source
                 )
+
+    def _refusal(self) -> CredentialsRejected | None:
+        """Why nothing more may be sent to this source, once its credentials were refused."""
+        if self._rejected is None:
+            return None
+        return CredentialsRejected(self.source, self._rejected)
 
     async def close(self) -> None:
         """Close the pool."""
@@ -307,6 +354,8 @@ class Endpoint:
                     response = await session.request(
                         method, target, headers=headers, data=body, allow_redirects=False
                     )
+                    if response.status in (401, 403):  # stop other sends now, not after the body
+                        self._rejected = response.status
                     content = await response.read()  # whole; closes the connection on failure
             except TimeoutError:
                 raise AttemptFailed("timeout", retryable=True) from None
@@ -368,6 +417,7 @@ __all__ = [
     "ConnectionDropped",
     "CredentialsRejected",
     "Endpoint",
+    "GatedConnector",
     "Malformed",
     "check_options",
     "check_url",
