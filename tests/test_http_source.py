@@ -150,6 +150,56 @@ def test_mixed_faults_every_id_scored_once_within_the_retry_budget(
         assert stats["requests_total"] - retried >= -(-len(model.ids) // 16)
 
 
+@pytest.mark.parametrize("retry_after", [True, False], ids=["retry_after", "plain"])
+def test_a_burst_of_503s_to_the_requests_in_flight_does_not_stop_the_run(
+    trained_models: dict[str, TrainedModel],
+    score_in_process: ScoreInProcess,
+    tmp_path: Path,
+    retry_after: bool,
+) -> None:
+    # The defaults: 64 requests in flight, down after 50 failed attempts in a row.  The first
+    # 64 requests (all of them in flight together) get 503; their retries succeed.  Before,
+    # the 50th of those answers stopped the run (exit 4) before any retry.
+    model = trained_models["binary"]
+    flags = ["--fail-first", "64", "--latency", "0.05"]
+    if retry_after:
+        flags += ["--retry-after-on", "503", "--retry-after", "1"]
+    with server_process(tmp_path, rows_as_data(model.ids, model.features), *flags) as srv:
+        run, rows, _ = run_scoring(
+            score_in_process, tmp_path, model, [http_source(srv.url)], concurrency=64
+        )
+        stats = srv.stats()
+    assert run.status == 0, run.stderr
+    assert [row["id"] for row in rows] == list(model.ids)
+    assert stats["faults"] == {"fail_first": 64}
+    assert run.outcome.stats.retries == 64
+
+
+@pytest.mark.parametrize("concurrency", [1, 64])
+def test_a_source_that_fails_every_request_still_stops_the_run_early(
+    trained_models: dict[str, TrainedModel],
+    score_in_process: ScoreInProcess,
+    tmp_path: Path,
+    concurrency: int,
+) -> None:
+    model = trained_models["binary"]
+    ids = [f"i{n}" for n in range(3000)]
+    with server_process(tmp_path, {}, "--fail-all") as srv:
+        with pytest.raises(SourceDownError, match=r"failed 50 requests in a row \(last: http_503"):
+            run_scoring(
+                score_in_process,
+                tmp_path,
+                model,
+                [http_source(srv.url)],
+                ids=ids,
+                concurrency=concurrency,
+            )
+        stats = srv.stats()
+    # What was in flight when the first failure came back, 49 more sent after it, and what
+    # was in flight when the 50th came back; nothing after that, and not 3,000 IDs.
+    assert stats["requests_total"] <= 50 + 2 * (concurrency - 1)
+
+
 # -- bounds ------------------------------------------------------------------------------------
 
 

@@ -298,11 +298,12 @@ class Endpoint:
                     "source '%s': TLS certificates are not verified (insecure = true)", self.source
                 )
 
-    def _refusal(self) -> CredentialsRejected | None:
-        """Why nothing more may be sent to this source, once its credentials were refused."""
-        if self._rejected is None:
-            return None
-        return CredentialsRejected(self.source, self._rejected)
+    def _refusal(self) -> SourceDownError | None:
+        """Why nothing more may be sent to this source: its credentials were refused, or it
+        is down (a new error each time, see :meth:`SourceHealth.refusal`)."""
+        if self._rejected is not None:
+            return CredentialsRejected(self.source, self._rejected)
+        return self.health.refusal()
 
     async def close(self) -> None:
         """Close the pool."""
@@ -347,8 +348,9 @@ class Endpoint:
         timeout = self.options.timeout
 
         async def send() -> tuple[aiohttp.ClientResponse, bytes]:
-            if self._rejected is not None:  # credentials were refused: send nothing more
-                raise CredentialsRejected(self.source, self._rejected)
+            refused = self._refusal()
+            if refused is not None:  # credentials refused, or the source is down
+                raise refused
             try:
                 async with asyncio.timeout(timeout):
                     response = await session.request(
