@@ -659,6 +659,34 @@ def test_retry_after_is_parsed_from_seconds_and_http_dates() -> None:
     assert parse_retry_after(None) is None
 
 
+def test_a_retry_after_date_without_a_zone_is_gmt(monkeypatch: pytest.MonkeyPatch) -> None:
+    # HTTP dates are GMT (RFC 9110); "-0000" and no zone at all parse as naive datetimes,
+    # which Python would read as local time: hours off anywhere but in UTC.
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        now = 1_800_000_000.0
+        stamp = email.utils.formatdate(now + 30, usegmt=True)  # "..., 15 Jan 2027 08:00:30 GMT"
+        for text in (stamp, stamp.replace("GMT", "-0000"), stamp.removesuffix(" GMT")):
+            assert parse_retry_after(text, now=now) == 30.0, text
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_retry_after_zero_still_waits_the_backoff() -> None:
+    # "Retry-After: 0" (or a date in the past) must not turn retries into a tight loop: the
+    # wait is the larger of the server's (capped) and our own jittered backoff.
+    policy = RetryPolicy(retries=6, backoff_base=0.1, backoff_max=1.0, retry_after_cap=5.0)
+    rng = random.Random(2)
+    for attempt, ceiling in [(1, 0.1), (3, 0.4), (6, 1.0)]:
+        delays = [policy.delay(attempt, 0.0, rng) for _ in range(500)]
+        assert max(delays) <= ceiling
+        assert sum(delays) / len(delays) > 0.4 * ceiling  # the jittered backoff, not 0
+    assert 0.0 < policy.delay(1, 0.05, rng) <= 0.1
+    assert policy.delay(1, 3.0, rng) == 3.0  # a longer Retry-After wins over the backoff
+
+
 def test_backoff_is_full_jitter_under_an_exponential_ceiling_and_retry_after_is_capped() -> None:
     policy = RetryPolicy(retries=6, backoff_base=0.1, backoff_max=1.0, retry_after_cap=5.0)
     rng = random.Random(1)

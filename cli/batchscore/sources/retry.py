@@ -17,6 +17,7 @@ mocking ``asyncio.sleep`` (the idea comes from hynek/stamina).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import math
 import random
@@ -67,7 +68,11 @@ class AttemptFailed(Exception):
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date), or None.
+
+    An HTTP date is GMT (RFC 9110) even when it says ``-0000`` or no zone at all (which
+    :func:`email.utils.parsedate_to_datetime` leaves naive, and Python would read as local).
+    """
     if value is None:
         return None
     value = value.strip()
@@ -76,9 +81,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=datetime.UTC)
+            seconds = when.timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
     if math.isnan(seconds):
         return None
     return max(seconds, 0.0)
@@ -113,13 +120,17 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based).
 
-        A server's ``Retry-After`` is honoured up to ``retry_after_cap``; otherwise full jitter:
-        uniform in ``[0, min(backoff_max, backoff_base * 2 ** (attempt - 1))]``.
+        The backoff is full jitter: uniform in ``[0, min(backoff_max, backoff_base * 2 **
+        (attempt - 1))]``.  A server's ``Retry-After`` is honoured up to ``retry_after_cap``,
+        but never waits less than that backoff: ``max(min(retry_after, retry_after_cap),
+        backoff)``, so ``Retry-After: 0`` (or a date already past) cannot make the retries a
+        tight loop.
         """
-        if retry_after is not None:
-            return min(retry_after, self.retry_after_cap)
         ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
-        return rng.uniform(0.0, ceiling)
+        backoff = rng.uniform(0.0, ceiling)
+        if retry_after is not None:
+            return max(min(retry_after, self.retry_after_cap), backoff)
+        return backoff
 
 
 _rng = random.Random()
