@@ -13,6 +13,7 @@ says (Feast returns a stored NaN as ``null`` with status ``PRESENT``).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,23 @@ class FeastConfig:
     def client_options(self) -> ClientOptions:
         """The connection settings."""
         return ClientOptions.of(self)
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def int64_key(id_: str) -> int | None:
+    """An ID as an int64 entity key: ASCII digits with an optional sign, within int64.
+
+    Not ``int()`` alone: it also takes ``1_0`` (10), other scripts' digits (``٣`` is 3) and
+    surrounding whitespace, which would give such an ID another entity's features; and a
+    number beyond int64 cannot be a key (nor be sent: orjson refuses it).
+    """
+    if not _INTEGER.fullmatch(id_):
+        return None
+    value = int(id_)
+    return value if INT64_MIN <= value <= INT64_MAX else None
 
 
 class FeastSource:
@@ -140,12 +158,10 @@ class FeastSource:
         return frozenset(rename.get(n, n) for n in names)
 
     def _entity(self, id_: str) -> str | int | None:
+        """The entity key value of an ID, or None when it is no valid key (never sent)."""
         if self.config.entity_type == "string":
             return id_
-        try:
-            return int(id_)
-        except ValueError:
-            return None
+        return int64_key(id_)
 
     async def fetch(self, ids: Sequence[str], names: Sequence[str]) -> Fetched:
         """The features of every ID, ``batch_size`` IDs per request (IDs that are no valid
