@@ -21,9 +21,9 @@ Endpoints (faults apply to the first three only):
 ``GET /_stats`` (``?brief=1`` omits the big lists) and ``POST /_reset``
     Statistics as JSON (see :meth:`FeatureServer.stats`) and their reset.
 ``POST /_raw-body?route=features|batch|feast``
-    From now on answer that route 200 with exactly the request's body (an empty body goes
-    back to normal answers): how a test serves arbitrary JSON, or anything else, to a
-    client run in another process.  See :attr:`Faults.raw_bodies`.
+    From now on answer that route 200 with exactly the request's body (even an empty one;
+    ``&clear=1`` goes back to normal answers): how a test serves arbitrary JSON, or anything
+    else, to a client run in another process.  See :attr:`Faults.raw_bodies`.
 
 In-process use (pytest)::
 
@@ -966,10 +966,10 @@ class FeatureServer:
             if route not in _ROUTES[:3]:
                 return _send(400, _error_body("route must be features, batch or feast"), close)
             bodies = dict(self._faults.raw_bodies)
-            if body:
-                bodies[route] = body
-            else:
+            if parse_qs(query).get("clear"):
                 bodies.pop(route, None)
+            else:
+                bodies[route] = body
             self._faults = replace(self._faults, raw_bodies=bodies)
             return _send(200, b'{"ok":true}', close)
         return _send(405, _error_body("method not allowed"), close)

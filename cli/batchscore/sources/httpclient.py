@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
+import math
 import re
 import ssl
 from collections.abc import Callable, Mapping
@@ -240,6 +242,53 @@ def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
+def parse_json(content: bytes) -> Any:
+    """A response body as JSON, or :class:`Malformed`.
+
+    orjson reads it (the hot path).  What orjson refuses is read again by the standard library,
+    for two things JSON services do send: numbers beyond the double range (``1e400``) and
+    Python's ``NaN``/``Infinity`` (``json.dumps`` writes them by default).  Both become ``null``,
+    a missing value, instead of failing every ID the answer was for.  Anything else refused
+    (not UTF-8, not JSON, a lone surrogate, nesting too deep) is malformed.
+    """
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        body = json.loads(
+            content.decode("utf-8"), parse_float=_finite_or_none, parse_constant=_none
+        )
+        _check_text(body)
+    except (ValueError, RecursionError):  # UnicodeError and JSONDecodeError are ValueErrors
+        raise Malformed("the body is not JSON") from None
+    return body
+
+
+def _finite_or_none(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def _none(_constant: str) -> None:
+    return None
+
+
+def _check_text(body: Any) -> None:
+    """Raise UnicodeEncodeError for a string that is not text (a lone surrogate escape, which
+    orjson refuses and the standard library lets through)."""
+    stack = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            value.encode("utf-8")
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
 def dig(body: Any, path: str, what: str) -> Any:
     """The value at a dotted ``path`` in parsed JSON (empty path: the body itself)."""
     value = body
@@ -330,7 +379,8 @@ class Endpoint:
         body: bytes | None = None,
         per_id: bool = False,
     ) -> T | Failure:
-        """Send with retries; ``parse`` turns a 2xx body into the answer or raises Malformed.
+        """Send with retries; ``parse`` turns a 2xx body into the answer or raises Malformed
+        (reading the JSON with :func:`parse_json`).
 
         ``url`` is sent exactly as given, so it must be fully percent-encoded already (the
         config's URL, checked by :func:`check_url`, with IDs put in by ``encode_id``).
@@ -378,7 +428,7 @@ class Endpoint:
             if 200 <= status < 300:
                 try:
                     return parse(content)
-                except (orjson.JSONDecodeError, Malformed) as exc:
+                except (Malformed, orjson.JSONDecodeError) as exc:
                     log.debug("source '%s': status %d, %s", self.source, status, exc)
                     raise AttemptFailed(MALFORMED, status=status, retryable=True) from None
             if status in (401, 403):
@@ -427,4 +477,5 @@ __all__ = [
     "features_at",
     "no_hidden_retry",
     "open_session",
+    "parse_json",
 ]
