@@ -175,6 +175,26 @@ def test_a_burst_of_503s_to_the_requests_in_flight_does_not_stop_the_run(
     assert run.outcome.stats.retries == 64
 
 
+def test_503s_with_retry_after_are_pacing_not_a_source_down(
+    trained_models: dict[str, TrainedModel], score_in_process: ScoreInProcess, tmp_path: Path
+) -> None:
+    # One request at a time: 100 answers in a row are 503 with Retry-After, twice the default
+    # down_after.  The server is alive and saying when to come back: the IDs whose retries
+    # all fell in that stretch fail, the run goes on (without Retry-After it would stop).
+    model = trained_models["binary"]
+    flags = ["--fail-first", "100", "--retry-after-on", "503", "--retry-after", "0"]
+    with server_process(tmp_path, rows_as_data(model.ids, model.features), *flags) as srv:
+        run, rows, errors = run_scoring(
+            score_in_process, tmp_path, model, [http_source(srv.url)], concurrency=1
+        )
+    assert run.status == 3, run.stderr  # failed IDs beyond the allowance, not exit 4
+    failed = read_errors(errors)
+    assert [(e["id"], e["reason"], e["attempts"]) for e in failed] == [
+        (i, "http_503", 5) for i in model.ids[:20]
+    ]
+    assert [row["id"] for row in rows] == list(model.ids[20:])
+
+
 @pytest.mark.parametrize("concurrency", [1, 64])
 def test_a_source_that_fails_every_request_still_stops_the_run_early(
     trained_models: dict[str, TrainedModel],
