@@ -329,12 +329,13 @@ def test_nothing_is_sent_after_a_401_is_seen_but_what_was_in_flight(
 ) -> None:
     # One ID's 401 arrives while the other workers keep getting answers; its body comes 0.5 s
     # after its head.  The status is what counts: from the moment the head is read, no
-    # request may be sent, however long the body takes (before, ~350 more were sent).
+    # request may be sent, however long the body takes (before: ~2,400 more at concurrency
+    # 64, every ID of the input).
     model = trained_models["binary"]
     ids = [f"i{n}" for n in range(3000)]
     data = rows_as_data(ids, np.resize(model.features, (len(ids), model.features.shape[1])))
     flags = ("--fail-id", "i0=401", "--error-body-delay", "0.5", "--latency", "0.01")
-    concurrency = 8
+    concurrency = 64
     with server_process(tmp_path, data, *flags) as srv:
         with pytest.raises(SourceDownError, match="rejected our credentials"):
             run_scoring(
