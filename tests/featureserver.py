@@ -20,6 +20,10 @@ Endpoints (faults apply to the first three only):
     and ``event_timestamps`` for column ``i`` (one entry per requested id).
 ``GET /_stats`` (``?brief=1`` omits the big lists) and ``POST /_reset``
     Statistics as JSON (see :meth:`FeatureServer.stats`) and their reset.
+``POST /_raw-body?route=features|batch|feast``
+    From now on answer that route 200 with exactly the request's body (even an empty one;
+    ``&clear=1`` goes back to normal answers): how a test serves arbitrary JSON, or anything
+    else, to a client run in another process.  See :attr:`Faults.raw_bodies`.
 
 In-process use (pytest)::
 
@@ -104,8 +108,9 @@ class Faults:
 
     Fields may be changed on a running server (``srv.faults.p_500 = 0.1``); the
     next request sees them.  Per request, in this order: the ``latency`` delay is
-    applied to every answer; then ``redirect_to``, ``required_token``, ``fail_all``
-    and ``fail_ids`` (deterministic) win; otherwise ONE uniform draw from a
+    applied to every answer; then ``redirect_to``, ``required_token``, ``fail_all``,
+    ``fail_first``, ``fail_ids`` and ``raw_bodies`` (deterministic) win; otherwise ONE
+    uniform draw from a
     ``random.Random(seed)`` picks at most one of the probabilistic faults, tried in
     the order ``p_reset, p_truncate, p_malformed, p_wrong_shape, p_500, p_502,
     p_503, p_504, p_429, p_stall, p_drip`` (the probabilities add up; keep the sum
@@ -123,7 +128,9 @@ class Faults:
     p_504: float = 0.0
     p_429: float = 0.0
     retry_after: str = "1"
-    """``Retry-After`` for 429s: seconds, as a string."""
+    """``Retry-After`` for 429s (and ``retry_after_on``): seconds, as a string."""
+    retry_after_on: frozenset[int] = frozenset({429})
+    """The statuses whose answers carry ``Retry-After``."""
     retry_after_date: bool = False
     """Send ``Retry-After`` as an HTTP-date ``retry_after`` seconds from now."""
     p_reset: float = 0.0
@@ -142,12 +149,22 @@ class Faults:
     """Seconds between the single bytes of a dripped response."""
     fail_all: bool = False
     """Every request gets 503 (a source that is down)."""
+    fail_first: int = 0
+    """The first this many requests get 503 (a burst: a backend restarting); counted from
+    the start or the last statistics reset."""
     required_token: str | None = None
     """If set, requests without ``Authorization: Bearer <token>`` get 401."""
     redirect_to: str | None = None
     """If set, every request gets 302 with this ``Location``."""
     fail_ids: dict[str, int] = field(default_factory=dict)
     """``GET /features/{id}`` for these (decoded) ids always answers this status."""
+    error_body_delay: float = 0.0
+    """Seconds between the head and the body of the deterministic error answers
+    (``required_token``, ``fail_all``, ``fail_first``, ``fail_ids``): the client knows the
+    status long before the answer is complete."""
+    raw_bodies: dict[str, bytes] = field(default_factory=dict)
+    """Route (``features``, ``batch``, ``feast``) -> a body every request to it is answered
+    with, status 200, sent as is (any bytes: JSON of any shape, or not JSON)."""
     outside_max_age_ids: set[str] = field(default_factory=set)
     """Feast: known ids answered with status ``OUTSIDE_MAX_AGE`` (values still sent)."""
     seed: int = 0
@@ -234,6 +251,8 @@ class _Stats:
         self.dropped = 0
         self.auth_values: set[str] = set()
         self.no_auth = 0
+        self.rejected = False  # a 401 or 403 has been written
+        self.after_rejection = 0
 
     def reset(self) -> None:
         with self._lock:
@@ -243,6 +262,7 @@ class _Stats:
         with self._lock:
             self.total += 1
             self.by_endpoint[route] += 1
+            self.after_rejection += self.rejected
             self.inflight += 1
             self.max_inflight = max(self.max_inflight, self.inflight)
             if len(self.paths) < self._max:
@@ -271,6 +291,7 @@ class _Stats:
     def status(self, code: int) -> None:
         with self._lock:
             self.by_status[code] += 1
+            self.rejected = self.rejected or code in (401, 403)
 
     def fault(self, kind: str) -> None:
         with self._lock:
@@ -287,6 +308,7 @@ class _Stats:
                 "max_inflight": self.max_inflight,
                 "distinct_auth_values": len(self.auth_values),
                 "requests_without_auth": self.no_auth,
+                "requests_after_rejection": self.after_rejection,
                 "distinct_ids": len(self.id_requests),
                 "paths_dropped": self.dropped,
             }
@@ -341,7 +363,7 @@ class _Request:
 class _Plan:
     """What to do with a request once its delay has passed."""
 
-    action: str  # "send" | "reset" | "truncate" | "drip" | "hang"
+    action: str  # "send" | "reset" | "truncate" | "drip" | "hang" | "split"
     data: bytes = b""
     head_len: int = 0
     status: int = 0
@@ -376,6 +398,14 @@ def _send(
 ) -> _Plan:
     data, head_len = _response(status, body, close=close, headers=headers)
     return _Plan("send", data, head_len, status, delay, close)
+
+
+def _split(plan: _Plan, body_delay: float) -> _Plan:
+    """``plan`` with its body sent ``body_delay`` seconds after its head (if > 0)."""
+    if body_delay > 0 and plan.action == "send":
+        plan.action = "split"
+        plan.interval = body_delay
+    return plan
 
 
 def _error_body(message: str) -> bytes:
@@ -597,6 +627,17 @@ class _HttpProtocol(asyncio.Protocol):
             self._finish(close=True)
         elif plan.action == "drip":
             self._drip = self._loop.create_task(self._drip_out(plan))
+        elif plan.action == "split":  # the head now, the body after plan.interval
+            transport.write(plan.data[: plan.head_len])
+            self._timer = self._loop.call_later(plan.interval, self._send_body, plan)
+
+    def _send_body(self, plan: _Plan) -> None:
+        self._timer = None
+        transport = self._transport
+        if self._closed or transport is None or transport.is_closing():
+            return
+        transport.write(plan.data[plan.head_len :])
+        self._finish(plan.close)
 
     async def _drip_out(self, plan: _Plan) -> None:
         transport = self._transport
@@ -641,6 +682,7 @@ class FeatureServer:
         self._get_cache: dict[str, tuple[bytes, int]] = {}
         self._faults = faults if faults is not None else Faults()
         self._rng = random.Random(self._faults.seed)
+        self._burst = 0  # requests answered 503 by fail_first so far
         self.feast_null_status = feast_null_status
         self._requested_port = port
         self._port: int | None = None
@@ -688,7 +730,8 @@ class FeatureServer:
         other), ``responses_by_status`` (status code as a string -> count; truncated,
         dripped and stalled answers count under their status), ``faults`` (kind ->
         count), ``inflight``, ``max_inflight``, ``distinct_auth_values``,
-        ``requests_without_auth``, ``distinct_ids``, ``paths_dropped``, and unless
+        ``requests_without_auth``, ``requests_after_rejection`` (requests received after
+        the first 401 or 403 was sent), ``distinct_ids``, ``paths_dropped``, and unless
         ``brief``: ``id_requests`` (id -> times asked, all endpoints), ``paths``
         (raw request targets in arrival order) and ``decoded_ids`` (ids decoded
         from ``GET /features/...``, in order).  ``/_stats`` and ``/_reset`` are
@@ -701,6 +744,7 @@ class FeatureServer:
         count) and re-seed the fault draws."""
         self._stats.reset()
         self._rng = random.Random(self._faults.seed)
+        self._burst = 0
 
     def auth_seen(self, value: str) -> bool:
         """Whether some request carried exactly this ``Authorization`` value."""
@@ -787,7 +831,7 @@ class FeatureServer:
         if req.error:
             return False
         path = req.target.partition("?")[0]
-        if path in ("/_stats", "/_reset"):
+        if path in ("/_stats", "/_reset", "/_raw-body"):
             req.route = "admin"
             return False
         if path.startswith("/features/"):
@@ -816,7 +860,7 @@ class FeatureServer:
         path, _, query = req.target.partition("?")
         route = req.route
         if route == "admin":
-            return self._plan_admin(req.method, path, query, close)
+            return self._plan_admin(req.method, path, query, close, req.body)
         if route == "other":
             return _send(404, _error_body("no such route"), close)
         method = "GET" if route == "features" else "POST"
@@ -845,16 +889,25 @@ class FeatureServer:
             return _send(302, _error_body("moved"), close, delay, [("Location", f.redirect_to)])
         if f.required_token is not None and req.auth != f"Bearer {f.required_token}":
             stats.fault("unauthorized")
-            return _send(
+            plan = _send(
                 401, _error_body("unauthorized"), close, delay, [("WWW-Authenticate", "Bearer")]
             )
+            return _split(plan, f.error_body_delay)
         if f.fail_all:
             stats.fault("fail_all")
-            return _send(503, _error_body("service unavailable"), close, delay)
+            return _split(self._plan_status(503, f, close, delay), f.error_body_delay)
+        if self._burst < f.fail_first:
+            self._burst += 1
+            stats.fault("fail_first")
+            return _split(self._plan_status(503, f, close, delay), f.error_body_delay)
         if route == "features" and f.fail_ids and key in f.fail_ids:
             status = f.fail_ids[key]
             stats.fault("fail_id")
-            return self._plan_status(status, f, close, delay)
+            return _split(self._plan_status(status, f, close, delay), f.error_body_delay)
+        raw = f.raw_bodies.get(route)
+        if raw is not None:
+            stats.fault("raw_body")
+            return _send(200, raw, close, delay)
 
         kind, frac = _pick(f, draw)
         if kind is not None:
@@ -888,8 +941,9 @@ class FeatureServer:
         return self._plan_status(int(kind[-3:]), f, close, delay)  # "http_NNN"
 
     def _plan_status(self, status: int, f: Faults, close: bool, delay: float) -> _Plan:
+        """An error answer of ``status`` (with ``Retry-After`` if ``f`` says so)."""
         headers: list[tuple[str, str]] = []
-        if status == 429:
+        if status in f.retry_after_on:
             retry_after = f.retry_after
             if f.retry_after_date:
                 with contextlib.suppress(ValueError):
@@ -898,12 +952,25 @@ class FeatureServer:
         body = _NOT_FOUND if status == 404 else _error_body(f"injected {status}")
         return _send(status, body, close, delay, headers)
 
-    def _plan_admin(self, method: str, path: str, query: str, close: bool) -> _Plan:
+    def _plan_admin(
+        self, method: str, path: str, query: str, close: bool, body: bytes = b""
+    ) -> _Plan:
         if path == "/_stats" and method == "GET":
             brief = parse_qs(query).get("brief", ["0"])[-1] not in ("", "0", "false")
             return _send(200, orjson.dumps(self.stats(brief)), close)
         if path == "/_reset" and method == "POST":
             self.reset_stats()
+            return _send(200, b'{"ok":true}', close)
+        if path == "/_raw-body" and method == "POST":
+            route = parse_qs(query).get("route", [""])[-1]
+            if route not in _ROUTES[:3]:
+                return _send(400, _error_body("route must be features, batch or feast"), close)
+            bodies = dict(self._faults.raw_bodies)
+            if parse_qs(query).get("clear"):
+                bodies.pop(route, None)
+            else:
+                bodies[route] = body
+            self._faults = replace(self._faults, raw_bodies=bodies)
             return _send(200, b'{"ok":true}', close)
         return _send(405, _error_body("method not allowed"), close)
 
@@ -1127,6 +1194,30 @@ def _build_parser() -> argparse.ArgumentParser:
         "--drip-interval", type=float, default=d.drip_interval, help="seconds between dripped bytes"
     )
     fg.add_argument("--fail-all", action="store_true", help="answer every request 503")
+    fg.add_argument(
+        "--fail-first", type=int, default=0, metavar="N", help="answer the first N requests 503"
+    )
+    fg.add_argument(
+        "--retry-after-on",
+        type=int,
+        action="append",
+        default=[],
+        metavar="STATUS",
+        help="also send Retry-After with this status (repeatable; 429 always has it)",
+    )
+    fg.add_argument(
+        "--error-body-delay",
+        type=float,
+        default=0.0,
+        help="seconds between head and body of the deterministic error answers",
+    )
+    fg.add_argument(
+        "--raw-body",
+        action="append",
+        default=[],
+        metavar="ROUTE=PATH",
+        help="answer ROUTE (features, batch, feast) 200 with the bytes of PATH (repeatable)",
+    )
     fg.add_argument("--required-token", help="require 'Authorization: Bearer TOKEN', else 401")
     fg.add_argument("--redirect-to", help="answer every request 302 to this Location")
     fg.add_argument(
@@ -1168,6 +1259,13 @@ def _faults_from_args(args: argparse.Namespace) -> Faults:
         p_drip=args.p_drip,
         drip_interval=args.drip_interval,
         fail_all=args.fail_all,
+        fail_first=args.fail_first,
+        retry_after_on=frozenset({429, *args.retry_after_on}),
+        error_body_delay=args.error_body_delay,
+        raw_bodies={
+            route: Path(path).read_bytes()
+            for route, _, path in (text.partition("=") for text in args.raw_body)
+        },
         required_token=args.required_token,
         redirect_to=args.redirect_to,
         fail_ids=dict(args.fail_id),

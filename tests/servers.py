@@ -54,6 +54,13 @@ class ServerProcess:
             body: dict[str, Any] = client.get(f"{self.url}/_stats").json()
         return body
 
+    def raw_body(self, route: str, body: bytes | None) -> None:
+        """Answer ``route`` (features, batch, feast) 200 with ``body`` from now on (None:
+        normal answers again)."""
+        params = {"route": route, **({"clear": "1"} if body is None else {})}
+        with httpx.Client(trust_env=False, timeout=10) as client:
+            client.post(f"{self.url}/_raw-body", params=params, content=body or b"")
+
 
 @contextmanager
 def server_process(

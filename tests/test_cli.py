@@ -386,6 +386,24 @@ def test_jsonl_input_with_id_field_and_kept_fields(
     )
 
 
+def test_jsonl_input_without_the_id_field_stops_with_exit_2_naming_the_fields(
+    run_cli: RunCli, id_store: IdStore, tmp_path: Path
+) -> None:
+    ids = tmp_path / "accounts.jsonl"
+    ids.write_text("".join(f'{{"acct": "{n}", "tier": 1}}\n' for n in range(500)))
+    out = tmp_path / "scores.csv"
+    code, _, err = run_cli("score", ids, "-c", id_store.config_path, "-o", out)
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "'id'" in err and "acct, tier" in err and "--id-field" in err
+    assert not out.exists()
+    # Nothing left behind that the fixed command would have to --resume or --overwrite.
+    code, _, err = run_cli(
+        "score", ids, "-c", id_store.config_path, "-o", out, "--id-field", "acct"
+    )
+    assert code == 3, err  # the IDs are not in the store: not_found, but a real run
+
+
 # -- configuration, as the process sees it --------------------------------------------------------
 
 

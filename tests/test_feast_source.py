@@ -147,6 +147,21 @@ def test_integer_entity_keys() -> None:
     assert stats["id_requests"] == {"1002": 1, "1001": 1}  # "abc" is no int64 key: not sent
 
 
+def test_integer_entity_keys_accept_only_plain_ascii_int64() -> None:
+    # int() takes "1_0" as 10 and "٣" as 3: those IDs would get another entity's features.
+    # An integer beyond int64 made orjson.dumps raise: a crash of the whole run.
+    data = {"10": {"x": 1.0}, "3": {"x": 2.0}, "12": {"x": 3.0}, "-7": {"x": 4.0}}
+    data[str(2**63 - 1)] = {"x": 5.0}
+    odd = ["1_0", "٣", " 12", "12 ", "+-3", "1e1", "", "0x10", "99999999999999999999", str(2**63)]
+    odd.append(str(-(2**63) - 1))
+    good = ["10", "-7", str(2**63 - 1)]
+    with FeatureServer(data) as srv:
+        [results], _ = fetch_all([feast_source(srv.url, ["x"], entity_type="int")], odd + good)
+        stats = srv.stats()
+    assert results == [Failure(NOT_FOUND)] * len(odd) + [{"x": 1.0}, {"x": 4.0}, {"x": 5.0}]
+    assert stats["id_requests"] == dict.fromkeys(good, 1)  # nothing else was sent
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

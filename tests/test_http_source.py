@@ -150,6 +150,76 @@ def test_mixed_faults_every_id_scored_once_within_the_retry_budget(
         assert stats["requests_total"] - retried >= -(-len(model.ids) // 16)
 
 
+@pytest.mark.parametrize("retry_after", [True, False], ids=["retry_after", "plain"])
+def test_a_burst_of_503s_to_the_requests_in_flight_does_not_stop_the_run(
+    trained_models: dict[str, TrainedModel],
+    score_in_process: ScoreInProcess,
+    tmp_path: Path,
+    retry_after: bool,
+) -> None:
+    # The defaults: 64 requests in flight, down after 50 failed attempts in a row.  The first
+    # 64 requests (all of them in flight together) get 503; their retries succeed.  Before,
+    # the 50th of those answers stopped the run (exit 4) before any retry.
+    model = trained_models["binary"]
+    flags = ["--fail-first", "64", "--latency", "0.05"]
+    if retry_after:
+        flags += ["--retry-after-on", "503", "--retry-after", "1"]
+    with server_process(tmp_path, rows_as_data(model.ids, model.features), *flags) as srv:
+        run, rows, _ = run_scoring(
+            score_in_process, tmp_path, model, [http_source(srv.url)], concurrency=64
+        )
+        stats = srv.stats()
+    assert run.status == 0, run.stderr
+    assert [row["id"] for row in rows] == list(model.ids)
+    assert stats["faults"] == {"fail_first": 64}
+    assert run.outcome.stats.retries == 64
+
+
+def test_503s_with_retry_after_are_pacing_not_a_source_down(
+    trained_models: dict[str, TrainedModel], score_in_process: ScoreInProcess, tmp_path: Path
+) -> None:
+    # One request at a time: 100 answers in a row are 503 with Retry-After, twice the default
+    # down_after.  The server is alive and saying when to come back: the IDs whose retries
+    # all fell in that stretch fail, the run goes on (without Retry-After it would stop).
+    model = trained_models["binary"]
+    flags = ["--fail-first", "100", "--retry-after-on", "503", "--retry-after", "0"]
+    with server_process(tmp_path, rows_as_data(model.ids, model.features), *flags) as srv:
+        run, rows, errors = run_scoring(
+            score_in_process, tmp_path, model, [http_source(srv.url)], concurrency=1
+        )
+    assert run.status == 3, run.stderr  # failed IDs beyond the allowance, not exit 4
+    failed = read_errors(errors)
+    assert [(e["id"], e["reason"], e["attempts"]) for e in failed] == [
+        (i, "http_503", 5) for i in model.ids[:20]
+    ]
+    assert [row["id"] for row in rows] == list(model.ids[20:])
+
+
+@pytest.mark.parametrize("concurrency", [1, 64])
+def test_a_source_that_fails_every_request_still_stops_the_run_early(
+    trained_models: dict[str, TrainedModel],
+    score_in_process: ScoreInProcess,
+    tmp_path: Path,
+    concurrency: int,
+) -> None:
+    model = trained_models["binary"]
+    ids = [f"i{n}" for n in range(3000)]
+    with server_process(tmp_path, {}, "--fail-all") as srv:
+        with pytest.raises(SourceDownError, match=r"failed 50 requests in a row \(last: http_503"):
+            run_scoring(
+                score_in_process,
+                tmp_path,
+                model,
+                [http_source(srv.url)],
+                ids=ids,
+                concurrency=concurrency,
+            )
+        stats = srv.stats()
+    # What was in flight when the first failure came back, 49 more sent after it, and what
+    # was in flight when the 50th came back; nothing after that, and not 3,000 IDs.
+    assert stats["requests_total"] <= 50 + 2 * (concurrency - 1)
+
+
 # -- bounds ------------------------------------------------------------------------------------
 
 
@@ -252,6 +322,35 @@ def test_401_stops_the_run_at_once_with_exit_4(
     assert "rejected our credentials" in caught.value.message
     assert "wrong" not in caught.value.message
     assert stats["requests_total"] <= 4  # what was in flight; nothing after, no retries
+
+
+def test_nothing_is_sent_after_a_401_is_seen_but_what_was_in_flight(
+    trained_models: dict[str, TrainedModel], score_in_process: ScoreInProcess, tmp_path: Path
+) -> None:
+    # One ID's 401 arrives while the other workers keep getting answers; its body comes 0.5 s
+    # after its head.  The status is what counts: from the moment the head is read, no
+    # request may be sent, however long the body takes (before: ~2,400 more at concurrency
+    # 64, every ID of the input).
+    model = trained_models["binary"]
+    ids = [f"i{n}" for n in range(3000)]
+    data = rows_as_data(ids, np.resize(model.features, (len(ids), model.features.shape[1])))
+    flags = ("--fail-id", "i0=401", "--error-body-delay", "0.5", "--latency", "0.01")
+    concurrency = 64
+    with server_process(tmp_path, data, *flags) as srv:
+        with pytest.raises(SourceDownError, match="rejected our credentials"):
+            run_scoring(
+                score_in_process,
+                tmp_path,
+                model,
+                [http_source(srv.url)],
+                ids=ids,
+                concurrency=concurrency,
+            )
+        stats = srv.stats()
+    # Received after the 401's head was sent: only requests the client had sent before it
+    # read that head (at most the others in flight).
+    assert stats["requests_after_rejection"] <= concurrency - 1
+    assert stats["requests_total"] <= 2 * concurrency
 
 
 def test_404_is_not_found_and_other_4xx_are_not_retried() -> None:
@@ -579,6 +678,34 @@ def test_retry_after_is_parsed_from_seconds_and_http_dates() -> None:
     assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now=now) == 0.0
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+
+
+def test_a_retry_after_date_without_a_zone_is_gmt(monkeypatch: pytest.MonkeyPatch) -> None:
+    # HTTP dates are GMT (RFC 9110); "-0000" and no zone at all parse as naive datetimes,
+    # which Python would read as local time: hours off anywhere but in UTC.
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        now = 1_800_000_000.0
+        stamp = email.utils.formatdate(now + 30, usegmt=True)  # "..., 15 Jan 2027 08:00:30 GMT"
+        for text in (stamp, stamp.replace("GMT", "-0000"), stamp.removesuffix(" GMT")):
+            assert parse_retry_after(text, now=now) == 30.0, text
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_retry_after_zero_still_waits_the_backoff() -> None:
+    # "Retry-After: 0" (or a date in the past) must not turn retries into a tight loop: the
+    # wait is the larger of the server's (capped) and our own jittered backoff.
+    policy = RetryPolicy(retries=6, backoff_base=0.1, backoff_max=1.0, retry_after_cap=5.0)
+    rng = random.Random(2)
+    for attempt, ceiling in [(1, 0.1), (3, 0.4), (6, 1.0)]:
+        delays = [policy.delay(attempt, 0.0, rng) for _ in range(500)]
+        assert max(delays) <= ceiling
+        assert sum(delays) / len(delays) > 0.4 * ceiling  # the jittered backoff, not 0
+    assert 0.0 < policy.delay(1, 0.05, rng) <= 0.1
+    assert policy.delay(1, 3.0, rng) == 3.0  # a longer Retry-After wins over the backoff
 
 
 def test_backoff_is_full_jitter_under_an_exponential_ceiling_and_retry_after_is_capped() -> None:

@@ -164,6 +164,33 @@ def test_jsonl_bad_lines_become_problems_with_their_line_numbers() -> None:
     ]
 
 
+@pytest.mark.parametrize("lines", [3, 100, 5000])
+def test_jsonl_whose_first_lines_all_lack_the_id_field_is_a_usage_error(lines: int) -> None:
+    # A wrong --id-field made every line a missing_id and churned through the whole file.
+    data = b"".join(b'{"account": "A%d", "tier": "gold"}\n\n' % n for n in range(lines))
+    with pytest.raises(UsageError) as caught:
+        read(data, "jsonl", id_field="acct")
+    message = caught.value.message
+    assert "'acct'" in message and "account, tier" in message and "--id-field" in message
+
+
+def test_jsonl_lines_lacking_the_id_field_before_one_that_has_it_are_problems_in_order() -> None:
+    data = b"".join(b'{"other": %d}\n' % n for n in range(99)) + b'{"id": "A"}\n{"x": 1}\n'
+    items = read(data, "jsonl")
+    assert [(item.line, getattr(item, "reason", None)) for item in items] == [
+        *((n, "missing_id") for n in range(1, 100)),
+        (100, None),
+        (101, "missing_id"),
+    ]
+    assert items[99] == IdRow(100, "A")
+
+
+@pytest.mark.parametrize("lines", [2, 150])
+def test_jsonl_bad_json_alone_is_not_taken_for_a_wrong_id_field(lines: int) -> None:
+    items = read(b"not json\n[1]\n" * (lines // 2), "jsonl")
+    assert [getattr(item, "reason", None) for item in items] == ["invalid_json"] * lines
+
+
 # -- formats and counting -------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ in a worker thread so the event loop never waits on a disk or a pipe.
 from __future__ import annotations
 
 import csv
+import itertools
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
@@ -159,37 +160,86 @@ def _field_text(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
+ID_FIELD_PROBE = 100
+"""Non-blank JSON lines read before a wrong ``--id-field`` is told from missing IDs."""
+
+
 def read_jsonl(
     stream: Iterable[bytes], id_field: str, keep: tuple[str, ...]
 ) -> Iterator[InputItem]:
-    """One JSON object per line; the ID from ``id_field`` (a string or an integer)."""
+    """One JSON object per line; the ID from ``id_field`` (a string or an integer).
+
+    Like the CSV header, the field is checked at once (before any output is written): the
+    lines are read up to the first one that has ``id_field``.  If the first
+    :data:`ID_FIELD_PROBE` non-blank lines (or all, if fewer) are objects none of which has it,
+    the field is wrong, not the data: a UsageError naming the fields seen, instead of a
+    ``missing_id`` record for every line of the file.  The rest is read lazily.
+    """
+    items = _jsonl_items(stream, id_field, keep)
+    held: list[InputItem] = []
+    objects = 0
+    fields: dict[str, None] = {}  # the keys seen, in order
+    found = False
+    for item, keys in items:
+        held.append(item)
+        if keys is None:  # a line with the field: the field is right
+            found = True
+            break
+        if isinstance(item, InputProblem) and item.reason == "missing_id":
+            objects += 1
+            fields.update(dict.fromkeys(keys))
+        if len(held) >= ID_FIELD_PROBE:
+            break
+    if not found and objects:  # objects were read (not only bad lines), none with the field
+        names = list(fields)
+        shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "") or "no fields"
+        raise UsageError(
+            f"no line of the input has the field '{id_field}' (the first {len(held)} non-blank "
+            f"lines have: {shown}); pass --id-field with the field that holds the ID"
+        )
+    return itertools.chain(held, (item for item, _ in items))
+
+
+def _jsonl_items(
+    stream: Iterable[bytes], id_field: str, keep: tuple[str, ...]
+) -> Iterator[tuple[InputItem, tuple[str, ...] | None]]:
+    """Each non-blank line's item, with the keys of its object when it lacks ``id_field``
+    (None when it has it; empty for a line that is no object)."""
     for number, raw in _physical_lines(stream):
         if not raw.strip():
             continue
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError:
-            yield InputProblem(number, None, "invalid_utf8")
+            yield InputProblem(number, None, "invalid_utf8"), ()
             continue
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            yield InputProblem(number, None, "invalid_json")
+            yield InputProblem(number, None, "invalid_json"), ()
             continue
         if not isinstance(obj, dict):
-            yield InputProblem(number, None, "invalid_json")
+            yield InputProblem(number, None, "invalid_json"), ()
             continue
-        value = obj.get(id_field)
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            yield InputProblem(number, None, "missing_id")
+        if id_field not in obj:
+            yield InputProblem(number, None, "missing_id"), tuple(obj)
             continue
-        text = str(value).strip()
-        if not text:
-            yield InputProblem(number, None, "missing_id")
-            continue
-        yield _check_id(number, text) or IdRow(
-            number, text, tuple(_field_text(obj.get(k)) for k in keep)
-        )
+        yield _jsonl_item(number, obj, id_field, keep), None
+
+
+def _jsonl_item(
+    number: int, obj: dict[str, object], id_field: str, keep: tuple[str, ...]
+) -> InputItem:
+    """The item of one JSON object that has ``id_field``."""
+    value = obj.get(id_field)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return InputProblem(number, None, "missing_id")
+    text = str(value).strip()
+    if not text:
+        return InputProblem(number, None, "missing_id")
+    return _check_id(number, text) or IdRow(
+        number, text, tuple(_field_text(obj.get(k)) for k in keep)
+    )
 
 
 def read_ids(

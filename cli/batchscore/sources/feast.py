@@ -7,12 +7,16 @@ is column-major: ``results[i]`` holds ``values`` and ``statuses`` for
 column is skipped).  ``PRESENT`` is a value; ``NULL_VALUE``, ``NOT_FOUND`` and
 ``OUTSIDE_MAX_AGE`` are missing values, counted per status in the run's statistics; an ID whose
 every feature is ``NOT_FOUND`` is not found.  A ``null`` value is missing whatever its status
-says (Feast returns a stored NaN as ``null`` with status ``PRESENT``).
+says (Feast returns a stored NaN as ``null`` with status ``PRESENT``).  The entity key's column,
+when the answer has it, must name the IDs asked, in order (as sent, or as strings: protobuf's
+JSON writes int64 as strings): an answer about other IDs, or in another order, is malformed
+rather than read as features of the wrong IDs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +36,7 @@ from batchscore.sources.httpclient import (
     Malformed,
     check_options,
     check_url,
+    parse_json,
 )
 from batchscore.sources.limits import Limits
 from batchscore.sources.retry import RetryPolicy
@@ -66,6 +71,23 @@ class FeastConfig:
     def client_options(self) -> ClientOptions:
         """The connection settings."""
         return ClientOptions.of(self)
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def int64_key(id_: str) -> int | None:
+    """An ID as an int64 entity key: ASCII digits with an optional sign, within int64.
+
+    Not ``int()`` alone: it also takes ``1_0`` (10), other scripts' digits (``٣`` is 3) and
+    surrounding whitespace, which would give such an ID another entity's features; and a
+    number beyond int64 cannot be a key (nor be sent: orjson refuses it).
+    """
+    if not _INTEGER.fullmatch(id_):
+        return None
+    value = int(id_)
+    return value if INT64_MIN <= value <= INT64_MAX else None
 
 
 class FeastSource:
@@ -140,12 +162,10 @@ class FeastSource:
         return frozenset(rename.get(n, n) for n in names)
 
     def _entity(self, id_: str) -> str | int | None:
+        """The entity key value of an ID, or None when it is no valid key (never sent)."""
         if self.config.entity_type == "string":
             return id_
-        try:
-            return int(id_)
-        except ValueError:
-            return None
+        return int64_key(id_)
 
     async def fetch(self, ids: Sequence[str], names: Sequence[str]) -> Fetched:
         """The features of every ID, ``batch_size`` IDs per request (IDs that are no valid
@@ -178,14 +198,17 @@ class FeastSource:
         entities = [self._entity(i) for i in ids]
         body = orjson.dumps({**self._request, "entities": {self.config.entity_key: entities}})
         answer = await self._endpoint.request(
-            "POST", self._url, partial(self._parse, len(ids), names), body=body
+            "POST", self._url, partial(self._parse, entities, names), body=body
         )
         if isinstance(answer, Failure):
             return Fetched.failed(len(ids), answer, names)
         return answer
 
-    def _parse(self, n: int, names: Sequence[str], content: bytes) -> Fetched:
-        body = orjson.loads(content)
+    def _parse(
+        self, entities: Sequence[str | int | None], names: Sequence[str], content: bytes
+    ) -> Fetched:
+        n = len(entities)
+        body = parse_json(content)
         metadata = body.get("metadata") if isinstance(body, dict) else None
         feature_names = metadata.get("feature_names") if isinstance(metadata, dict) else None
         results = body.get("results") if isinstance(body, dict) else None
@@ -197,9 +220,11 @@ class FeastSource:
         counts: Counter[str] = Counter()
         answered: dict[str, list[Any]] = {}
         for name, column in zip(feature_names, results, strict=True):
-            if name == self.config.entity_key:
-                continue
             values = column.get("values") if isinstance(column, dict) else None
+            if name == self.config.entity_key:
+                if isinstance(values, list) and not _same_ids(values, entities):
+                    raise Malformed("the entity column names other IDs than were asked")
+                continue
             statuses = column.get("statuses") if isinstance(column, dict) else None
             if not isinstance(values, list) or not isinstance(statuses, list):
                 raise Malformed(f"column '{name}' has no values and statuses lists")
@@ -222,6 +247,14 @@ class FeastSource:
         empty: list[Any] = [None] * n
         columns = {name: answered.get(self._source_names.get(name, name), empty) for name in names}
         return Fetched(np.asarray(found, dtype=np.bool_), {}, columns)
+
+
+def _same_ids(echoed: list[Any], entities: Sequence[str | int | None]) -> bool:
+    """Whether the entity column of an answer names the IDs asked, in order (as sent, or as
+    strings: protobuf's JSON mapping writes int64 values as strings)."""
+    return echoed == entities or (
+        len(echoed) == len(entities) and list(map(str, echoed)) == list(map(str, entities))
+    )
 
 
 __all__ = ["FeastConfig", "FeastSource"]

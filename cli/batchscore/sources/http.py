@@ -11,7 +11,10 @@ batch
     The response's ``results_path`` (default ``results``) is a list of records, each with
     ``id_field`` and the features at ``features_path`` (default ``features``), or an object keyed
     by ID whose values are the features (or hold them at ``features_path`` when it is set).
-    IDs absent from the response are not found.
+    IDs absent from the response are not found; IDs not asked for are ignored.  An answer is
+    malformed (every ID of its request fails, retried first) when its shape is wrong: no
+    ``results_path``, a record that is no object or has no ``id_field``, features of an asked
+    ID that are no object, or two different records for one ID.
 
 Requests, limits, timeouts, statuses and retries are :class:`~batchscore.sources.httpclient.
 Endpoint`'s business; this module only knows URLs, bodies and response shapes.
@@ -40,6 +43,7 @@ from batchscore.sources.httpclient import (
     check_url,
     dig,
     features_at,
+    parse_json,
 )
 from batchscore.sources.limits import Limits
 from batchscore.sources.retry import RetryPolicy
@@ -212,7 +216,7 @@ class HttpSource:
         return await self._endpoint.request("GET", url, self._parse_one, per_id=True)
 
     def _parse_one(self, content: bytes) -> dict[str, Any]:
-        return features_at(orjson.loads(content), self._features_path, "response")
+        return features_at(parse_json(content), self._features_path, "response")
 
     # -- batch
 
@@ -229,7 +233,7 @@ class HttpSource:
     def _parse_batch(
         self, asked: frozenset[str], content: bytes
     ) -> dict[str, dict[str, Any] | Failure]:
-        results = dig(orjson.loads(content), self.config.results_path, "batch response")
+        results = dig(parse_json(content), self.config.results_path, "batch response")
         found: dict[str, dict[str, Any] | Failure] = {}
         if isinstance(results, list) and self._single_key_path:
             quick = _records_quickly(results, self.config.id_field, self._features_path, asked)
@@ -242,8 +246,11 @@ class HttpSource:
                 if not isinstance(record, dict) or id_field not in record:
                     raise Malformed(f"a result record has no '{id_field}'")
                 key = _id_text(record[id_field])
-                if key in asked:
-                    found[key] = features_at(record, path, "batch response")
+                if key is None or key not in asked:
+                    continue  # not an ID we asked for
+                features = features_at(record, path, "batch response")
+                if found.setdefault(key, features) != features:
+                    raise Malformed("two different records for one ID")
         elif isinstance(results, dict):
             path = self.config.features_path or ""
             for key, value in results.items():
@@ -274,13 +281,14 @@ def _records_quickly(
     return None
 
 
-def _id_text(value: Any) -> str:
-    """An ID from a response as the string it was asked as (services may echo numbers)."""
+def _id_text(value: Any) -> str | None:
+    """An ID from a response as the string it was asked as (services may echo numbers), or
+    None for a value that cannot be an ID we asked for (a float, a boolean, null, ...)."""
     if isinstance(value, str):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    raise Malformed(f"a result record has an ID of type {type(value).__name__}")
+    return None
 
 
 __all__ = ["HttpConfig", "HttpSource", "encode_id"]

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
+import math
 import re
 import ssl
 from collections.abc import Callable, Mapping
@@ -31,6 +33,8 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 import yarl
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from batchscore import __version__
@@ -176,16 +180,53 @@ def _ssl_context(options: ClientOptions) -> ssl.SSLContext | bool:
         raise ConfigError(f"ca_bundle {options.ca_bundle} is not a usable CA file: {exc}") from None
 
 
-def open_session(options: ClientOptions, *, connections: int) -> aiohttp.ClientSession:
+class GatedConnector(aiohttp.TCPConnector):
+    """A connector that stops handing out connections once its source is refused.
+
+    A request holds its slot and passes :class:`Endpoint`'s own check before it waits for a
+    connection; opening one takes a round trip (more with TLS), during which another request's
+    401 may arrive.  Checking again here, the last step before aiohttp writes the request,
+    means nothing is sent after a refusal is seen: the connection goes back to the pool unused.
+    """
+
+    def __init__(self, *, refusal: Callable[[], BaseException | None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._refusal = refusal
+
+    async def connect(
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[Trace],
+        timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 (aiohttp's signature)
+    ) -> Connection:
+        """A pooled or new connection, unless the source has been refused meanwhile."""
+        connection = await super().connect(req, traces, timeout)
+        refused = self._refusal()
+        if refused is not None:
+            connection.release()  # nothing was written on it: it stays reusable
+            raise refused
+        return connection
+
+
+def open_session(
+    options: ClientOptions,
+    *,
+    connections: int,
+    refusal: Callable[[], BaseException | None] = lambda: None,
+) -> aiohttp.ClientSession:
     """One pooled keep-alive session for one source (on the running loop).
 
     No default headers (:class:`Endpoint` passes its prepared ones per request: aiohttp merges
     session headers into a proxy's headers and would send our ``Authorization`` to the proxy as
     ``Proxy-Authorization``), no cookies, no timeouts of its own, no proxies or netrc from the
-    environment.
+    environment.  ``refusal`` returns the error to raise instead of sending (see
+    :class:`GatedConnector`), or None.
     """
-    connector = aiohttp.TCPConnector(
-        limit=connections, keepalive_timeout=KEEPALIVE_SECONDS, ssl=_ssl_context(options)
+    connector = GatedConnector(
+        refusal=refusal,
+        limit=connections,
+        keepalive_timeout=KEEPALIVE_SECONDS,
+        ssl=_ssl_context(options),
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -199,6 +240,53 @@ def open_session(options: ClientOptions, *, connections: int) -> aiohttp.ClientS
 
 def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+def parse_json(content: bytes) -> Any:
+    """A response body as JSON, or :class:`Malformed`.
+
+    orjson reads it (the hot path).  What orjson refuses is read again by the standard library,
+    for two things JSON services do send: numbers beyond the double range (``1e400``) and
+    Python's ``NaN``/``Infinity`` (``json.dumps`` writes them by default).  Both become ``null``,
+    a missing value, instead of failing every ID the answer was for.  Anything else refused
+    (not UTF-8, not JSON, a lone surrogate, nesting too deep) is malformed.
+    """
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        body = json.loads(
+            content.decode("utf-8"), parse_float=_finite_or_none, parse_constant=_none
+        )
+        _check_text(body)
+    except (ValueError, RecursionError):  # UnicodeError and JSONDecodeError are ValueErrors
+        raise Malformed("the body is not JSON") from None
+    return body
+
+
+def _finite_or_none(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def _none(_constant: str) -> None:
+    return None
+
+
+def _check_text(body: Any) -> None:
+    """Raise UnicodeEncodeError for a string that is not text (a lone surrogate escape, which
+    orjson refuses and the standard library lets through)."""
+    stack = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            value.encode("utf-8")
+        elif isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def dig(body: Any, path: str, what: str) -> Any:
@@ -251,11 +339,20 @@ class Endpoint:
     def open(self) -> None:
         """Create the pooled session (on the running loop)."""
         if self._session is None:
-            self._session = open_session(self.options, connections=self.limits.concurrency)
+            self._session = open_session(
+                self.options, connections=self.limits.concurrency, refusal=self._refusal
+            )
             if self.options.insecure:
                 log.warning(
                     "source '%s': TLS certificates are not verified (insecure = true)", self.source
                 )
+
+    def _refusal(self) -> SourceDownError | None:
+        """Why nothing more may be sent to this source: its credentials were refused, or it
+        is down (a new error each time, see :meth:`SourceHealth.refusal`)."""
+        if self._rejected is not None:
+            return CredentialsRejected(self.source, self._rejected)
+        return self.health.refusal()
 
     async def close(self) -> None:
         """Close the pool."""
@@ -282,7 +379,8 @@ class Endpoint:
         body: bytes | None = None,
         per_id: bool = False,
     ) -> T | Failure:
-        """Send with retries; ``parse`` turns a 2xx body into the answer or raises Malformed.
+        """Send with retries; ``parse`` turns a 2xx body into the answer or raises Malformed
+        (reading the JSON with :func:`parse_json`).
 
         ``url`` is sent exactly as given, so it must be fully percent-encoded already (the
         config's URL, checked by :func:`check_url`, with IDs put in by ``encode_id``).
@@ -300,13 +398,16 @@ class Endpoint:
         timeout = self.options.timeout
 
         async def send() -> tuple[aiohttp.ClientResponse, bytes]:
-            if self._rejected is not None:  # credentials were refused: send nothing more
-                raise CredentialsRejected(self.source, self._rejected)
+            refused = self._refusal()
+            if refused is not None:  # credentials refused, or the source is down
+                raise refused
             try:
                 async with asyncio.timeout(timeout):
                     response = await session.request(
                         method, target, headers=headers, data=body, allow_redirects=False
                     )
+                    if response.status in (401, 403):  # stop other sends now, not after the body
+                        self._rejected = response.status
                     content = await response.read()  # whole; closes the connection on failure
             except TimeoutError:
                 raise AttemptFailed("timeout", retryable=True) from None
@@ -327,7 +428,7 @@ class Endpoint:
             if 200 <= status < 300:
                 try:
                     return parse(content)
-                except (orjson.JSONDecodeError, Malformed) as exc:
+                except (Malformed, orjson.JSONDecodeError) as exc:
                     log.debug("source '%s': status %d, %s", self.source, status, exc)
                     raise AttemptFailed(MALFORMED, status=status, retryable=True) from None
             if status in (401, 403):
@@ -368,6 +469,7 @@ __all__ = [
     "ConnectionDropped",
     "CredentialsRejected",
     "Endpoint",
+    "GatedConnector",
     "Malformed",
     "check_options",
     "check_url",
@@ -375,4 +477,5 @@ __all__ = [
     "features_at",
     "no_hidden_retry",
     "open_session",
+    "parse_json",
 ]

@@ -17,6 +17,7 @@ mocking ``asyncio.sleep`` (the idea comes from hynek/stamina).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import math
 import random
@@ -67,7 +68,11 @@ class AttemptFailed(Exception):
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date), or None.
+
+    An HTTP date is GMT (RFC 9110) even when it says ``-0000`` or no zone at all (which
+    :func:`email.utils.parsedate_to_datetime` leaves naive, and Python would read as local).
+    """
     if value is None:
         return None
     value = value.strip()
@@ -76,9 +81,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=datetime.UTC)
+            seconds = when.timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, IndexError, OverflowError):
             return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
     if math.isnan(seconds):
         return None
     return max(seconds, 0.0)
@@ -113,13 +120,17 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based).
 
-        A server's ``Retry-After`` is honoured up to ``retry_after_cap``; otherwise full jitter:
-        uniform in ``[0, min(backoff_max, backoff_base * 2 ** (attempt - 1))]``.
+        The backoff is full jitter: uniform in ``[0, min(backoff_max, backoff_base * 2 **
+        (attempt - 1))]``.  A server's ``Retry-After`` is honoured up to ``retry_after_cap``,
+        but never waits less than that backoff: ``max(min(retry_after, retry_after_cap),
+        backoff)``, so ``Retry-After: 0`` (or a date already past) cannot make the retries a
+        tight loop.
         """
-        if retry_after is not None:
-            return min(retry_after, self.retry_after_cap)
         ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
-        return rng.uniform(0.0, ceiling)
+        backoff = rng.uniform(0.0, ceiling)
+        if retry_after is not None:
+            return max(min(retry_after, self.retry_after_cap), backoff)
+        return backoff
 
 
 _rng = random.Random()
@@ -158,31 +169,63 @@ class SourceHealth:
     """Failed attempts in a row of one source; past ``down_after`` the source is down.
 
     Counted per attempt, not per ID: a source that refuses every connection is declared down
-    after ``down_after`` quick failures, not after every ID has used up its retries.  Any
-    answer from the server (a 404 or a 400 too) shows it is up; 429 only says "slower".
+    after ``down_after`` quick failures, not after every ID has used up its retries.
+
+    What counts: connection failures, timeouts, 5xx answers and unusable bodies (a load
+    balancer in front of a dead backend answers 502 or 503 to everything: that source is
+    down, although something answers).  What shows the source is up: any other answer (a 404
+    or a 400 too), a 429, and any answer with ``Retry-After``: the server is alive and pacing
+    us, so it is retried when it says, never declared down.
+
+    "In a row" is in the order requests were sent: once a failure starts a run of failures,
+    only attempts sent after it count.  The answers to requests that were already in flight
+    together are one event: a burst of 503s to the 64 requests in flight (a backend
+    restarting) counts once, and their retries decide.  Once down, the source sends nothing
+    more (:meth:`refusal`).
     """
 
     def __init__(self, source: str, down_after: int) -> None:
         self.source = source
         self.down_after = down_after
         self.failures = 0
+        self._sent = 0  # attempts numbered so far
+        self._counted_from: int | None = None  # attempts from this number on count
+        self._down: str | None = None  # the message, once the source is down
+
+    def sending(self) -> int:
+        """The number of the attempt about to be sent (give it to :meth:`failed`)."""
+        self._sent += 1
+        return self._sent
 
     def answered(self) -> None:
         """The source answered."""
         self.failures = 0
+        self._counted_from = None
 
-    def failed(self, failed: AttemptFailed) -> None:
-        """An attempt failed; raise SourceDownError once too many failed in a row."""
-        if not failed.retryable or failed.status == 429:
-            self.failures = 0
+    def failed(self, failed: AttemptFailed, attempt: int) -> None:
+        """Attempt number ``attempt`` failed; raise SourceDownError once too many failed in a
+        row."""
+        if not failed.retryable or failed.status == 429 or failed.retry_after is not None:
+            self.answered()
             return
-        self.failures += 1
-        if self.failures >= self.down_after:
-            raise SourceDownError(
+        if self._counted_from is None:
+            self.failures = 1
+            self._counted_from = self._sent + 1  # what is in flight now does not count
+        elif attempt >= self._counted_from:
+            self.failures += 1
+        if self.failures >= self.down_after and self._down is None:
+            self._down = (
                 f"source '{self.source}' failed {self.failures} requests in a row (last: "
                 f"{failed.reason}); it looks down. Progress is kept: rerun with --resume "
                 "when it is back"
             )
+        if self._down is not None:
+            raise SourceDownError(self._down)
+
+    def refusal(self) -> SourceDownError | None:
+        """The error to raise instead of sending, once the source is down (a new one each
+        time: one exception object raised in many tasks would chain their tracebacks)."""
+        return None if self._down is None else SourceDownError(self._down)
 
 
 async def call(
@@ -203,8 +246,11 @@ async def call(
     attempts happen outside it.
     """
     for number in range(1, policy.attempts + 1):
+        sent = 0
         try:
             async with limits.request(source):
+                if health is not None:
+                    sent = health.sending()
                 raw = await send()
             answer = interpret(raw)
             if health is not None:
@@ -212,7 +258,7 @@ async def call(
             return answer
         except AttemptFailed as failed:
             if health is not None:
-                health.failed(failed)
+                health.failed(failed, sent)
             if not failed.retryable or number == policy.attempts:
                 return Failure(failed.reason, failed.status, number, failed.retryable)
             if on_retry is not None:

@@ -1,0 +1,62 @@
+"""The Prometheus textfile: every value exact, as the textfile collector will read it."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import Counter
+from pathlib import Path
+
+from batchscore.report import RunStats, write_metrics
+
+# name{labels} value: the text exposition format's sample line (no timestamps are written).
+SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?P<labels>\{.*\})? (?P<value>\S+)$")
+WORDS = {"NaN": math.nan, "+Inf": math.inf, "-Inf": -math.inf}
+
+
+def parse_textfile(text: str) -> dict[str, float]:
+    """``name{labels}`` -> value, parsed as Prometheus does (Go's ParseFloat: exact)."""
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = SAMPLE.match(line)
+        assert match, line
+        raw = match["value"]
+        value = WORDS[raw] if raw in WORDS else float(raw)
+        samples[match["name"] + (match["labels"] or "")] = value
+    return samples
+
+
+def test_counters_and_the_timestamp_survive_exactly(tmp_path: Path) -> None:
+    # "{:g}" kept six digits: 1,234,567 came back as 1,234,570, and the run's timestamp
+    # (1.79612e+09) was off by over an hour, so no alert could use it.
+    stats = RunStats(read=1_234_567, scored=1_234_560, retries=12_345_678_901)
+    stats.failed = Counter({"not_found": 7})
+    stats.seconds["fetch"] = 1234.5678901234567
+    path = tmp_path / "batchscore.prom"
+    before = time.time()
+    write_metrics(str(path), stats, 3, {"model_version": "f43e807ca2550579"})
+    after = time.time()
+    text = path.read_text()
+    samples = parse_textfile(text)
+    assert samples["batchscore_ids_read"] == 1_234_567
+    assert "batchscore_ids_read 1234567\n" in text  # integers as integers
+    assert samples["batchscore_ids_scored"] == 1_234_560
+    assert samples['batchscore_ids_failed{reason="not_found"}'] == 7
+    assert samples["batchscore_retries"] == 12_345_678_901
+    assert samples['batchscore_stage_busy_seconds{stage="fetch"}'] == 1234.5678901234567
+    assert samples['batchscore_exit_code{model_version="f43e807ca2550579"}'] == 3
+    assert before <= samples["batchscore_last_run_timestamp_seconds"] <= after
+
+
+def test_values_that_are_not_finite_use_the_formats_own_words(tmp_path: Path) -> None:
+    stats = RunStats()
+    stats.seconds["score"] = math.inf
+    stats.seconds["write"] = math.nan
+    path = tmp_path / "batchscore.prom"
+    write_metrics(str(path), stats, 0, {})
+    text = path.read_text()
+    assert 'batchscore_stage_busy_seconds{stage="score"} +Inf\n' in text
+    assert 'batchscore_stage_busy_seconds{stage="write"} NaN\n' in text
