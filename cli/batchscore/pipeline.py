@@ -490,12 +490,14 @@ class Pipeline:
         ids = chunk.ids if len(rows) == len(chunk) else [chunk.ids[r] for r in rows.tolist()]
         PRIORITY.set(chunk.index)  # this chunk's requests (and retries) queue by input position
         with self._clocks["fetch"]:
-            answers = await asyncio.gather(
-                *(
-                    source.fetch(ids, names)
+            # A task group: when one source stops the run (down, credentials refused), the
+            # other sources' requests for this chunk are cancelled, not left running.
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(source.fetch(ids, names))
                     for source, names in zip(self.sources, self.assembler.columns, strict=True)
-                )
-            )
+                ]
+            answers = [task.result() for task in tasks]
         self.assembler.assemble(chunk, rows, answers)
 
     async def _write(self, done: asyncio.Queue[_Done | None], window: asyncio.Semaphore) -> None:

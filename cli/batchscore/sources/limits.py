@@ -9,6 +9,7 @@ queueing, not latency): :meth:`Limits.request` reports it to ``observe`` per sou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import heapq
 import itertools
@@ -91,10 +92,21 @@ class Limits:
         self._rate = RateLimiter(rate_limit) if rate_limit > 0 else None
         self._observe = observe
         self._closed = False
+        self._closing = asyncio.Event()
 
     def close(self) -> None:
         """The run is stopping: requests not yet started are cancelled instead of sent."""
         self._closed = True
+        self._closing.set()
+
+    async def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` between attempts, or stop waiting when the run stops: a retry that
+        would start after the stop is cancelled at once, not after its backoff."""
+        if not self._closed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), seconds)
+        if self._closed:
+            raise asyncio.CancelledError
 
     @asynccontextmanager
     async def request(self, source: str | None = None) -> AsyncIterator[None]:

@@ -16,7 +16,6 @@ mocking ``asyncio.sleep`` (the idea comes from hynek/stamina).
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import email.utils
 import math
@@ -265,7 +264,7 @@ async def call(
                 on_retry(failed, number)
             wait = 0.0 if _testing else policy.delay(number, failed.retry_after, _rng)
             if wait > 0:
-                await asyncio.sleep(wait)
+                await limits.pause(wait)
     raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
 
 
