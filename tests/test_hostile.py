@@ -218,6 +218,12 @@ def test_metrics_say_how_a_run_refused_at_the_start_ended(tmp_path: Path, run_cl
 # -- the commit protocol: a kill at every step, then --resume ---------------------------------
 
 
+def _sample_run(out: Path, *extra: str) -> list[str]:
+    """``score`` of the sample's IDs into ``out`` (its 10 unknown IDs allowed)."""
+    ids, config = str(SAMPLE_DIR / "ids.txt"), str(SAMPLE_CONFIG)
+    return ["score", ids, "-c", config, "-o", str(out), "--max-failed", "100", *extra]
+
+
 def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [*batchscore_command(), *args],
@@ -232,18 +238,7 @@ def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Compl
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
     out = tmp_path_factory.mktemp("reference") / "scores.csv"
-    done = _run(
-        [
-            "score",
-            str(SAMPLE_DIR / "ids.txt"),
-            "-c",
-            str(SAMPLE_CONFIG),
-            "-o",
-            str(out),
-            "--max-failed",
-            "100",
-        ]
-    )
+    done = _run(_sample_run(out))
     assert done.returncode == 0, done.stderr
     return out.read_bytes(), Path(f"{out}.errors.jsonl").read_bytes()
 
@@ -253,16 +248,7 @@ def test_a_kill_at_any_step_of_the_commit_resumes_to_the_same_files(
     tmp_path: Path, reference: tuple[bytes, bytes], step: str
 ) -> None:
     out = tmp_path / "scores.csv"
-    args = [
-        "score",
-        str(SAMPLE_DIR / "ids.txt"),
-        "-c",
-        str(SAMPLE_CONFIG),
-        "-o",
-        str(out),
-        "--max-failed",
-        "100",
-    ]
+    args = _sample_run(out)
     killed = _run(args, {"_BATCHSCORE_CRASH_AT": step})
     assert killed.returncode == -9, killed.stderr
     resumed = _run([*args, "--resume"])
@@ -274,16 +260,7 @@ def test_a_kill_at_any_step_of_the_commit_resumes_to_the_same_files(
 
 def test_a_changed_errors_path_is_refused_naming_it(tmp_path: Path) -> None:
     out = tmp_path / "scores.csv"
-    args = [
-        "score",
-        str(SAMPLE_DIR / "ids.txt"),
-        "-c",
-        str(SAMPLE_CONFIG),
-        "-o",
-        str(out),
-        "--max-failed",
-        "100",
-    ]
+    args = _sample_run(out)
     assert _run(args, {"_BATCHSCORE_CRASH_AT": "synced"}).returncode == -9
     moved = _run([*args, "--resume", "--errors", str(tmp_path / "elsewhere.jsonl")])
     assert moved.returncode == 2
@@ -292,16 +269,7 @@ def test_a_changed_errors_path_is_refused_naming_it(tmp_path: Path) -> None:
 
 def test_a_missing_partial_errors_file_is_refused_not_started_afresh(tmp_path: Path) -> None:
     out = tmp_path / "scores.csv"
-    args = [
-        "score",
-        str(SAMPLE_DIR / "ids.txt"),
-        "-c",
-        str(SAMPLE_CONFIG),
-        "-o",
-        str(out),
-        "--max-failed",
-        "100",
-    ]
+    args = _sample_run(out)
     assert _run(args, {"_BATCHSCORE_CRASH_AT": "synced"}).returncode == -9
     (tmp_path / ".scores.csv.errors.jsonl.partial").unlink()
     resumed = _run([*args, "--resume"])
@@ -312,16 +280,7 @@ def test_a_missing_partial_errors_file_is_refused_not_started_afresh(tmp_path: P
 def test_overwrite_after_a_stopped_parquet_run_starts_over(tmp_path: Path) -> None:
     pytest.importorskip("pyarrow")
     out = tmp_path / "scores.parquet"
-    args = [
-        "score",
-        str(SAMPLE_DIR / "ids.txt"),
-        "-c",
-        str(SAMPLE_CONFIG),
-        "-o",
-        str(out),
-        "--max-failed",
-        "100",
-    ]
+    args = _sample_run(out)
     assert _run(args, {"_BATCHSCORE_CRASH_AT": "synced"}).returncode == -9
     assert (tmp_path / ".scores.parquet.partial").is_dir()
     again = _run([*args, "--overwrite"])
@@ -335,18 +294,7 @@ def test_overwrite_after_a_stopped_parquet_run_starts_over(tmp_path: Path) -> No
 def test_resume_of_a_finished_run_that_lost_only_its_state_removal(tmp_path: Path) -> None:
     """A nightly cron line always passes --resume: a run killed after its renames finishes."""
     out = tmp_path / "scores.csv"
-    args = [
-        "score",
-        str(SAMPLE_DIR / "ids.txt"),
-        "-c",
-        str(SAMPLE_CONFIG),
-        "-o",
-        str(out),
-        "--max-failed",
-        "100",
-        "--report",
-        str(tmp_path / "r.json"),
-    ]
+    args = _sample_run(out, "--report", str(tmp_path / "r.json"))
     assert _run(args, {"_BATCHSCORE_CRASH_AT": "output-renamed"}).returncode == -9
     resumed = _run([*args, "--resume"])
     assert resumed.returncode == 0, resumed.stderr

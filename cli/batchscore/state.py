@@ -300,28 +300,24 @@ class RunState:
 
     async def record(self, progress: Committed) -> None:
         """Record committed progress durably (the output and errors file are already synced)."""
-        try:
-            await self._db.execute(
-                "UPDATE run SET output_bytes = ?, errors_bytes = ?, lines = ?, counters = ? "
-                "WHERE id = 1",
-                (
-                    progress.output_bytes,
-                    progress.errors_bytes,
-                    orjson.dumps(progress.lines.ranges()).decode(),
-                    orjson.dumps(progress.counters).decode(),
-                ),
-            )
-            await self._db.commit()
-        except Exception as exc:
-            raise OutputWriteError(
-                f"cannot record progress in {self.path} ({exc}); "
-                "free space, then rerun with --resume"
-            ) from None
+        await self._update(
+            "UPDATE run SET output_bytes = ?, errors_bytes = ?, lines = ?, counters = ? "
+            "WHERE id = 1",
+            (
+                progress.output_bytes,
+                progress.errors_bytes,
+                orjson.dumps(progress.lines.ranges()).decode(),
+                orjson.dumps(progress.counters).decode(),
+            ),
+        )
 
     async def mark_complete(self) -> None:
         """Every row is written and synced: from here a resume only finishes the renames."""
+        await self._update("UPDATE run SET complete = 1 WHERE id = 1", ())
+
+    async def _update(self, sql: str, params: tuple[Any, ...]) -> None:
         try:
-            await self._db.execute("UPDATE run SET complete = 1 WHERE id = 1")
+            await self._db.execute(sql, params)
             await self._db.commit()
         except Exception as exc:
             raise OutputWriteError(
