@@ -1,4 +1,4 @@
-"""A real PostgreSQL server for the tests: initdb in a temporary folder, a free port, stop at the end.
+"""A real PostgreSQL server for tests: initdb in a temporary folder, a free port, stop at the end.
 
 Where the server binaries come from, first that runs:
 
@@ -207,9 +207,7 @@ class PostgresServer:
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def dsn(
-        self, *, user: str = USER, password: str = PASSWORD, database: str = DATABASE
-    ) -> str:
+    def dsn(self, *, user: str = USER, password: str = PASSWORD, database: str = DATABASE) -> str:
         """A connection URI (the password is in it: tests pass it through ``${VAR}``)."""
         return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{database}"
 
@@ -242,6 +240,7 @@ class PostgresServer:
         *,
         primary_key: bool = True,
         schema: str = "public",
+        database: str = DATABASE,
     ) -> None:
         """Create ``schema.table`` with ``columns`` (name, SQL type; the first is the key) and
         copy ``rows`` into it."""
@@ -249,7 +248,7 @@ class PostgresServer:
         key = f', PRIMARY KEY ("{columns[0][0]}")' if primary_key else ""
 
         async def run() -> None:
-            conn = await self._connect(DATABASE)
+            conn = await self._connect(database)
             try:
                 await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
                 await conn.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO {USER}')

@@ -197,7 +197,8 @@ async def _check_sources(
             try:
                 await source.open()
             except SourceDownError as exc:  # a database that is down or refuses us
-                result.add("source", f"{source.name} ({_kind(source)}): {exc.message}")
+                problem = getattr(exc, "problem", exc.message)
+                result.add("source", f"{source.name} ({_kind(source)}): {problem}")
                 result.fail(ExitStatus.STOPPED)
                 return
             opened.append(source)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -99,12 +99,25 @@ class PostgresConfig:
         return "query" if self.query is not None else "table"
 
 
-class PostgresRejected(SourceDownError):
+class PostgresUnavailable(SourceDownError):
+    """The server cannot be reached or has gone away: the run stops (exit 4), resumable."""
+
+    def __init__(self, source: str, problem: str, fix: str) -> None:
+        super().__init__(f"source '{source}': {problem}; {fix}, then rerun with --resume")
+        self.source = source
+        self.problem = f"{problem}; {fix}"  # what ``batchscore check`` shows beside the source
+
+
+class PostgresRejected(PostgresUnavailable):
     """PostgreSQL refused our credentials or permissions: every query would fail (exit 4)."""
 
-    def __init__(self, source: str, what: str, fix: str) -> None:
-        super().__init__(f"source '{source}': PostgreSQL {what}; {fix}, then rerun with --resume")
-        self.source = source
+
+def _suggest(name: str, valid: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)``; a name that differs only in case first (PostgreSQL folds
+    unquoted names to lower case, so ``ID`` in SQL is ``id`` in the catalog)."""
+    valid = list(valid)
+    same = [v for v in valid if v.lower() == name.lower()]
+    return f" (did you mean '{same[0]}'?)" if same else suggest(name, valid)
 
 
 def _quote(identifier: str) -> str:
@@ -250,19 +263,25 @@ class PostgresSource:
         last: list[str] = []
 
         async def send() -> Any:
+            # No floor of open connections (min_size 0): asyncpg would keep reconnecting a lost
+            # server in the background, logging a traceback each time; the retry policy decides.
+            pool = asyncpg.create_pool(
+                self.config.dsn,
+                min_size=0,
+                max_size=self._limits.concurrency,
+                timeout=self.config.timeout,
+                server_settings=settings,
+                init=_init_connection,
+            )
             try:
-                return await asyncpg.create_pool(
-                    self.config.dsn,
-                    min_size=1,
-                    max_size=self._limits.concurrency,
-                    timeout=self.config.timeout,
-                    server_settings=settings,
-                    init=_init_connection,
-                )
+                await pool
+                async with pool.acquire() as conn:  # connect now: a refusal is known at open
+                    await conn.fetchval("SELECT 1")
             except Exception as exc:
-                failed = self._attempt_failed(exc, connecting=True)
+                pool.terminate()
                 last.append(_describe(exc))
-                raise failed from None
+                raise self._attempt_failed(exc, connecting=True) from None
+            return pool
 
         # A limits object of its own: connecting is not a request of the run (no latency).
         pool = await call(
@@ -274,10 +293,11 @@ class PostgresSource:
             on_retry=self._retrying,
         )
         if isinstance(pool, Failure):
-            raise SourceDownError(
-                f"source '{self.name}': cannot connect to PostgreSQL at {self._server} "
-                f"({last[-1] if last else pool.reason}, {pool.attempts} attempts); check that "
-                "it is running and the dsn's host and port, then rerun with --resume"
+            raise PostgresUnavailable(
+                self.name,
+                f"cannot connect to PostgreSQL at {self._server} "
+                f"({last[-1] if last else pool.reason}; {pool.attempts} attempts)",
+                "check that it is running and the dsn's host and port",
             )
         return pool
 
@@ -317,7 +337,7 @@ class PostgresSource:
             if config.schema not in schemas:
                 raise ConfigError(
                     f"{where}: no schema '{config.schema}' in {self._server}"
-                    f"{suggest(config.schema, schemas)}"
+                    f"{_suggest(config.schema, schemas)}"
                 )
         tables = [
             row[0]
@@ -333,7 +353,7 @@ class PostgresSource:
         place = f"schema '{config.schema}'" if config.schema else "the search_path"
         raise ConfigError(
             f"{where}: no table '{config.table}' in {place} of {self._server}"
-            f"{suggest(config.table, tables)}"
+            f"{_suggest(config.table, tables)}"
         )
 
     async def _check_query(self, conn: Any) -> None:
@@ -368,7 +388,7 @@ class PostgresSource:
     def _use_columns(self, types: Mapping[str, str], key: str, what: str) -> None:
         where = f"source '{self.name}'"
         if key not in types:
-            raise ConfigError(f"{where}: {what} has no key column '{key}'{suggest(key, types)}")
+            raise ConfigError(f"{where}: {what} has no key column '{key}'{_suggest(key, types)}")
         if types[key] not in KEY_TYPES:
             raise ConfigError(
                 f"{where}: the key column '{key}' is {types[key]}; keys must be {KEY_TYPE_NAMES} "
@@ -377,7 +397,7 @@ class PostgresSource:
         for column in self.config.columns:
             if column not in types:
                 raise ConfigError(
-                    f"{where}: {what} has no column '{column}'{suggest(column, types)}"
+                    f"{where}: {what} has no column '{column}'{_suggest(column, types)}"
                 )
         self._key = key
         self._key_type = KEY_TYPES[types[key]]
@@ -496,10 +516,11 @@ class PostgresSource:
         )
         if isinstance(answer, Failure):
             if answer.reason in LOST:
-                raise SourceDownError(
-                    f"source '{self.name}': lost PostgreSQL at {self._server} ({answer.reason} "
-                    f"after {answer.attempts} attempts); it looks down. Progress is kept: rerun "
-                    "with --resume when it is back"
+                raise PostgresUnavailable(
+                    self.name,
+                    f"lost PostgreSQL at {self._server} ({answer.reason} after "
+                    f"{answer.attempts} attempts); it looks down",
+                    "progress is kept: when it is back",
                 )
             return {}, dict.fromkeys(asked, answer)
         if isinstance(answer, _Refused):
@@ -566,13 +587,13 @@ class PostgresSource:
         if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):  # 28000, 28P01
             raise PostgresRejected(
                 self.name,
-                f"at {self._server} rejected our credentials ({_describe(exc)})",
+                f"PostgreSQL at {self._server} rejected our credentials ({_describe(exc)})",
                 "check the user and password of its dsn",
             ) from None
         if isinstance(exc, asyncpg.InsufficientPrivilegeError):
             raise PostgresRejected(
                 self.name,
-                f"refused access ({_describe(exc)})",
+                f"PostgreSQL refused access ({_describe(exc)})",
                 "grant SELECT on the table to the dsn's user",
             ) from None
 
@@ -606,4 +627,10 @@ def _describe(exc: BaseException) -> str:
     return text
 
 
-__all__ = ["PostgresConfig", "PostgresRejected", "PostgresSource", "key_filter"]
+__all__ = [
+    "PostgresConfig",
+    "PostgresRejected",
+    "PostgresSource",
+    "PostgresUnavailable",
+    "key_filter",
+]
