@@ -192,6 +192,19 @@ def score_in_process() -> ScoreInProcess:
 REQUIRE_POSTGRES = "TEST_REQUIRE_POSTGRES"  # not BATCHSCORE_*: those are batchscore's settings
 
 
+def skip_without_postgres() -> None:
+    """At the top of a PostgreSQL test module: skip it all, in one line saying why, where no
+    server can be had (a failure instead under ``TEST_REQUIRE_POSTGRES=1``)."""
+    from pgserver import why_no_server
+
+    why = why_no_server()
+    if why is None:
+        return
+    if os.environ.get(REQUIRE_POSTGRES) == "1":
+        pytest.fail(f"{REQUIRE_POSTGRES}=1 but no PostgreSQL server can be had: {why}", False)
+    pytest.skip(f"no PostgreSQL server: {why}", allow_module_level=True)
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Any]:
     """A running :class:`pgserver.PostgresServer` with the test database and user set up."""

