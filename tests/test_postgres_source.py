@@ -503,7 +503,7 @@ def test_a_wrong_password_stops_at_once_with_exit_4_and_appears_nowhere(
             assert secret.encode() not in blob
 
 
-def test_a_missing_table_or_column_is_exit_2_with_a_suggestion(
+def test_a_missing_table_or_column_is_exit_2_with_a_suggestion_and_no_grant_is_exit_4(
     binary_tables: None,
     postgres: PostgresServer,
     trained_models: dict[str, TrainedModel],
@@ -512,20 +512,31 @@ def test_a_missing_table_or_column_is_exit_2_with_a_suggestion(
 ) -> None:
     model = trained_models["binary"]
     ids = model.ids_file(tmp_path / "ids.txt")
-    for keys, message in [
-        ({"table": "featuers", "key": "id"}, "no table 'featuers' in the search_path"),
-        ({"table": "features", "key": "ID"}, "no key column 'ID' (did you mean 'id'?)"),
-        ({"table": "features", "key": "id", "columns": ["f0", "f_1"]}, "no column 'f_1'"),
-        ({"table": "features", "key": "id", "schema": "pubic"}, "no schema 'pubic'"),
+    postgres.load("private", [("id", "text"), *((f, "real") for f in FEATURES)], [])
+    postgres.execute("REVOKE SELECT ON private FROM scorer")
+    for keys, code, message in [
+        ({"table": "featuers", "key": "id"}, 2, "no table 'featuers' in the search_path"),
+        ({"table": "features", "key": "ID"}, 2, "no key column 'ID' (did you mean 'id'?)"),
+        ({"table": "features", "key": "id", "columns": ["f0", "f_1"]}, 2, "no column 'f_1'"),
+        ({"table": "features", "key": "id", "schema": "pubic"}, 2, "no schema 'pubic'"),
+        ({"table": "features", "key": "f0"}, 2, "the key column 'f0' is float8; keys must be"),
+        ({"table": "private", "key": "id"}, 4, "refused access (permission denied for table"),
     ]:
         config = write_config(
             tmp_path / "c.toml", model=model.model_path, sources=[pg_source(postgres, **keys)]
         )
-        code, _, err = run_cli("score", ids, "-c", config, "-o", "out.csv", env=ENV)
-        assert code == 2, err
-        assert message in err and "did you mean" in err
+        code_seen, _, err = run_cli("score", ids, "-c", config, "-o", "out.csv", env=ENV)
+        assert code_seen == code, err
+        assert message in err
+        assert code == 4 or "did you mean" in err or "keys must be" in err
         assert "Traceback" not in err
         assert not (tmp_path / "out.csv").exists()
+    source = pg_source(postgres, table="features", key="id")
+    source["dsn"] = source["dsn"].replace(f"/{DATABASE}", "/featurs")
+    config = write_config(tmp_path / "c.toml", model=model.model_path, sources=[source])
+    code_seen, _, err = run_cli("score", ids, "-c", config, "-o", "out.csv", env=ENV)
+    assert code_seen == 2, err
+    assert 'database "featurs" does not exist' in err
 
 
 def test_the_server_stopped_mid_run_exit_4_then_resume_scores_each_id_exactly_once(
