@@ -35,6 +35,8 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import is_not, itemgetter
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -450,20 +452,25 @@ class PostgresSource:
         provided = tuple(n for n in wanted if n in self._column_of)
         select = self._select(provided)
         parts = split(ids, self.batch_size)
-        answers = await asyncio.gather(*(self._part(part, select) for part in parts))
-        found_rows: dict[str, Any] = {}
-        failed: dict[str, Failure] = {}
-        for rows, failed_ids in answers:
-            for asked, row in rows.items():
-                found_rows.setdefault(asked, row)
-            failed.update(failed_ids)
-        ordered = [found_rows.get(i) for i in ids]
-        found = np.fromiter((row is not None for row in ordered), np.bool_, len(ordered))
-        failures = {
-            i: failed[asked]
-            for i, asked in enumerate(ids)
-            if asked in failed and asked not in found_rows
-        }
+        if len(parts) == 1:  # the usual case: a chunk is one query
+            found_rows, failed = await self._part(parts[0], select)
+        else:
+            found_rows, failed = {}, {}
+            for rows, failed_ids in await asyncio.gather(
+                *(self._part(part, select) for part in parts)
+            ):
+                for asked, row in rows.items():
+                    found_rows.setdefault(asked, row)
+                failed.update(failed_ids)
+        ordered = list(map(found_rows.get, ids))
+        found = np.fromiter(map(is_not, ordered, repeat(None)), np.bool_, len(ordered))
+        failures = {}
+        if failed:
+            failures = {
+                i: failed[asked]
+                for i, asked in enumerate(ids)
+                if asked in failed and asked not in found_rows
+            }
         columns: dict[str, Sequence[Any]] = dict.fromkeys(wanted, [None] * len(ids))
         if ordered and provided:
             blank = (None,) * (1 + len(provided))
@@ -525,10 +532,12 @@ class PostgresSource:
             return {}, dict.fromkeys(asked, answer)
         if isinstance(answer, _Refused):
             return await self._refused(asked, select, answer)
-        rows: dict[str, Any] = {}
-        for row in answer:
-            rows.setdefault(asked[row[0] - 1], row)  # the first row PostgreSQL matched
-        return rows, {}
+        # Asked ID -> its row, in C; reversed, so that where one ID matched several rows the
+        # first row PostgreSQL returned is the one kept.
+        by_position = ["", *asked].__getitem__  # ord counts from 1
+        answer.reverse()
+        asked_ids = map(by_position, map(itemgetter(0), answer))
+        return dict(zip(asked_ids, answer, strict=True)), {}
 
     async def _refused(
         self, asked: list[str], select: str, refused: _Refused
