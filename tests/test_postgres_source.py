@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -23,6 +25,8 @@ import pytest
 
 from batchscore.errors import ConfigError
 from conftest import (
+    ROOT,
+    SAMPLE_CONFIG,
     SAMPLE_DIR,
     RunCli,
     ScoreInProcess,
@@ -453,9 +457,35 @@ def test_check_covers_a_postgres_source(
     assert "eta" in text
 
 
+def test_the_example_config_on_the_loaded_sample_scores_like_the_sqlite_sample(
+    postgres: PostgresServer, run_cli: RunCli, tmp_path: Path
+) -> None:
+    postgres.execute("CREATE DATABASE sample", database="postgres")  # its own customer_features
+    owner = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{postgres.port}/sample"
+    loaded = subprocess.run(
+        [sys.executable, str(ROOT / "sample_data" / "load_postgres.py"), owner],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert "copied 6,000 rows into customer_features" in loaded.stdout
+    example = (ROOT / "configs" / "postgres.toml").read_text()
+    config = tmp_path / "postgres.toml"
+    server = f"127.0.0.1:{postgres.port}/sample"
+    config.write_text(example.replace("127.0.0.1:5432/features", server))
+    ids = ROOT / "sample_data" / "ids_small.txt"
+    code, out, err = run_cli("check", "-c", config, ids, env=ENV, cwd=ROOT)
+    assert code == 0, out.decode() + err
+    pg = run_cli("score", ids, "-c", config, "-o", tmp_path / "pg.csv", env=ENV, cwd=ROOT)
+    lite = run_cli("score", ids, "-c", SAMPLE_CONFIG, "-o", tmp_path / "lite.csv", cwd=ROOT)
+    assert pg.returncode == lite.returncode == 3, pg.stderr  # one ID is in neither store
+    assert (tmp_path / "pg.csv").read_bytes() == (tmp_path / "lite.csv").read_bytes()
+
+
 # -- failures, through the real command ------------------------------------------------------------
 
-WRONG = "wr0ng-pa55-e4c1b7"
+WRONG = "wr0ng/pa55@e4c1b7"  # in a dsn it must be percent-encoded: both forms must stay hidden
 
 
 def test_a_wrong_password_stops_at_once_with_exit_4_and_appears_nowhere(
@@ -485,18 +515,18 @@ def test_a_wrong_password_stops_at_once_with_exit_4_and_appears_nowhere(
         "report.json",
         "--metrics",
         "run.prom",
-        env={"PGPASSWORD": WRONG},
+        env={"PGPASSWORD": quote(WRONG, safe="")},
     )
     assert code == 4, err
     assert time.monotonic() - started < 20  # no retries, no backoff
     assert 'rejected our credentials (password authentication failed for user "scorer")' in err
     assert "Traceback" in err  # --debug: the traceback is shown, and it is masked too
     assert json.loads((tmp_path / "report.json").read_text())["exit_code"] == 4
-    checked = run_cli("check", "-c", config, env={"PGPASSWORD": WRONG})
+    checked = run_cli("check", "-c", config, env={"PGPASSWORD": quote(WRONG, safe="")})
     assert checked.returncode == 4
     assert "pg (postgres, table): PostgreSQL at 127.0.0.1" in checked.stdout.decode()
     assert "rejected our credentials" in checked.stdout.decode()
-    for secret in (WRONG, PASSWORD):
+    for secret in (WRONG, quote(WRONG, safe=""), PASSWORD):
         for blob in [out, err.encode(), checked.stdout, checked.stderr.encode()] + [
             p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()
         ]:
