@@ -339,7 +339,7 @@ def test_a_query_source_joins_two_tables_and_casts_the_id_array(
     columns = ", ".join(f"{'a' if j < 14 else 'b'}.f{j}" for j in range(28))
     query = (
         f"SELECT a.id AS account, {columns} FROM first_half a JOIN second_half b USING (id) "
-        "WHERE a.id = ANY($1::bigint[]);"
+        "WHERE a.id = ANY($1::bigint[]) -- a comment to the end of the query"
     )
     source = pg_source(postgres, query=query, key="account", batch_size=16)
     asked = [str(1000 + i) for i in range(60)] + ["01000", "abc", "5", "1e3"]
@@ -384,7 +384,7 @@ def test_statement_timeout_fails_the_slow_queries_ids_after_retries(
     score_in_process: ScoreInProcess,
     tmp_path: Path,
 ) -> None:
-    query = "SELECT t.* FROM unnest(slow_ids($1, 0.5)) AS a(id) JOIN features t ON t.id = a.id"
+    query = "SELECT t.* FROM unnest(slow_ids($1, 0.5)) AS a(id) JOIN features t ON t.id = a.id;\n"
     model = trained_models["binary"]
     source = pg_source(postgres, query=query, statement_timeout=0.05)
     status, scores, errors, _ = score(

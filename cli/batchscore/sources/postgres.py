@@ -384,7 +384,7 @@ class PostgresSource:
                 "give each an alias of its own"
             )
         key = self.config.key or names[0]
-        self._relation = f"({query})"
+        self._relation = f"({query}\n)"  # a newline: the query may end in a -- comment
         self._use_columns({a.name: a.type.name for a in attributes}, key, "the query")
 
     def _use_columns(self, types: Mapping[str, str], key: str, what: str) -> None:
