@@ -4,7 +4,7 @@ Generates the data (``bench/data.py``, cached in ``bench/work/``), starts the fe
 (``tests/featureserver.py``) in its own processes, runs every scenario's variants alternately
 (round 1: A B C, round 2: B C A, ...) so that drift of a noisy machine hits them alike, verifies
 that every variant wrote the same scores, and writes ``bench/RESULTS.md`` (machine, versions,
-exact commands, medians, ratios, targets).  Scenarios (issues 5 and 9):
+exact commands, medians, ratios, targets).  Scenarios (issues 5, 9 and 12):
 
 * P1 per-ID HTTP GET, 20 ms latency, concurrency 64, 16,000 IDs, 300-tree model
   (vs ``baseline_expert.py get`` and ``baseline_sync.py``)
@@ -14,6 +14,8 @@ exact commands, medians, ratios, targets).  Scenarios (issues 5 and 9):
 * P4 peak RSS of P3 at 100,000 and 1,000,000 IDs
 * P5 start-up: ``batchscore --help`` and scoring one ID from SQLite (hyperfine if installed)
 * P6 input order vs ``--unordered`` (from P1 and P2)
+* P7 PostgreSQL, 1,000,000 IDs from a 1,000,000-row table on a local server started for the run
+  (``tests/pgserver.py``), sample model (vs ``baseline_asyncpg.py``; issue 12)
 
 Usage::
 
@@ -26,8 +28,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib.util
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -61,9 +66,10 @@ class Sizes:
     p2: int = 200_000
     p3: int = 1_000_000
     p4_small: int = 100_000
+    p7: int = 1_000_000
 
 
-QUICK = Sizes(p1=4_000, sync=100, p2=40_000, p3=200_000, p4_small=20_000)
+QUICK = Sizes(p1=4_000, sync=100, p2=40_000, p3=200_000, p4_small=20_000, p7=200_000)
 
 
 @dataclass
@@ -77,6 +83,7 @@ class Variant:
     output: Path
     cpus: str | None = None
     server: FeatureServer | None = None
+    postgres: PostgresBench | None = None  # P7: the database server whose CPU is measured
     layout: str = "-"  # split: server CPU 1, client CPU 0; shared: no pinning
     measures: list[Measure] = field(default_factory=list)
 
@@ -163,6 +170,17 @@ def http_config(work: Path, name: str, model: Path, url: str, *, batch: bool) ->
     return path
 
 
+def postgres_config(work: Path, dsn: str, model: Path) -> Path:
+    """A batchscore config for the 1M-row PostgreSQL table (as ``configs/postgres.toml``)."""
+    path = work / "p7.toml"
+    path.write_text(
+        f'[model]\npath = "{model}"\n\n[[sources]]\nname = "features"\nkind = "postgres"\n'
+        f'dsn = "{dsn}"\ntable = "{data.TABLE}"\nkey = "{data.KEY}"\nbatch_size = 1000\n\n'
+        "[fetch]\nconcurrency = 8\n"
+    )
+    return path
+
+
 def sqlite_config(work: Path, db: Path, model: Path) -> Path:
     """A batchscore config for the 1M-row SQLite table (as ``configs/sample.toml``)."""
     path = work / "p3.toml"
@@ -223,6 +241,10 @@ def run_variant(variant: Variant, log_dir: Path, label: str) -> Measure:
     log = log_dir / f"{label}.log"
     if variant.server is not None:
         m = harness.run_against(variant.server, variant.cmd, cpus=variant.cpus, log=log)
+    elif variant.postgres is not None:
+        before = variant.postgres.cpu()
+        m = harness.run_measured(variant.cmd, cpus=variant.cpus, log=log)
+        m.server_cpu = variant.postgres.cpu(settle=True) - before
     else:
         m = harness.run_measured(variant.cmd, cpus=variant.cpus, log=log)
     m.extra["rows"] = count_rows(variant.output)
@@ -299,6 +321,59 @@ def say(text: str) -> None:
 # ------------------------------------------------------------------------------ scenarios
 
 
+class PostgresBench:
+    """A PostgreSQL server for P7 (``tests/pgserver.py``) holding the 1M-row table."""
+
+    USER = "scorer"  # SELECT only, as a feature store would grant; the password is in the env
+
+    def __init__(self, db: Path) -> None:
+        sys.path.insert(0, str(ROOT / "tests"))
+        import pgserver
+
+        self.server = pgserver.start_server()
+        self.password = pgserver.PASSWORD
+        self.dsn = f"postgresql://{self.USER}@127.0.0.1:{self.server.port}/{pgserver.DATABASE}"
+        owner = (
+            f"postgresql://{pgserver.SUPERUSER}:{pgserver.PASSWORD}@127.0.0.1:"
+            f"{self.server.port}/{pgserver.DATABASE}"
+        )
+        spec = importlib.util.spec_from_file_location(
+            "load_postgres", ROOT / "sample_data" / "load_postgres.py"
+        )
+        assert spec is not None and spec.loader is not None
+        loader = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(loader)
+        started = time.monotonic()
+        rows = asyncio.run(loader.load(owner, db, data.TABLE, data.KEY, False, 50_000))
+        self.version = str(self.server.execute("SHOW server_version")[0][0])
+        self.command = harness.display(
+            [
+                PY,
+                "sample_data/load_postgres.py",
+                owner.replace(self.password, "PASSWORD"),
+                "--db",
+                str(db),
+            ]
+        )
+        say(
+            f"PostgreSQL {self.version} at 127.0.0.1:{self.server.port} "
+            f"({self.server.bindir}): {rows:,} rows loaded in {time.monotonic() - started:.1f} s"
+        )
+        harness.CHILD_ENV["PGPASSWORD"] = self.password  # asyncpg reads it: no secret in argv
+
+    def cpu(self, *, settle: bool = False) -> float:
+        """CPU seconds of the server: the postmaster and the backends it has reaped."""
+        if settle:
+            time.sleep(0.2)  # the client's backends exit just after it does
+        pid = int((self.server.data / "postmaster.pid").read_text().split()[0])
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        """Stop the server and remove its files."""
+        self.server.close()
+
+
 @dataclass
 class Context:
     """What the scenarios share."""
@@ -308,6 +383,7 @@ class Context:
     rounds: int
     servers: dict[str, FeatureServer]
     ids: dict[str, Path]
+    postgres: PostgresBench | None = None
 
 
 def p1(ctx: Context) -> Scenario:
@@ -511,6 +587,51 @@ def p3(ctx: Context, count: int, name: str = "P3", threads: bool = True) -> Scen
     )
     return Scenario(
         name, f"SQLite, {count:,} IDs from a 1,000,000-row table, sample model", variants
+    )
+
+
+def p7(ctx: Context) -> Scenario:
+    """PostgreSQL, sample model: batchscore against the asyncpg expert script."""
+    p, out, pg = ctx.paths, ctx.paths.out, ctx.postgres
+    assert pg is not None
+    count = ctx.sizes.p7
+    ids = ctx.ids["p7"]
+    config = postgres_config(p.work, pg.dsn, p.model_sample)
+    target = out / "p7-batchscore.csv"
+    variants = [
+        Variant(
+            "batchscore",
+            "batchscore",
+            bs_cmd(ids, config, target),
+            count,
+            target,
+            postgres=pg,
+            layout="shared",
+        )
+    ]
+    target = out / "p7-expert.csv"
+    expert = [PY, "bench/baseline_asyncpg.py", str(ids), pg.dsn, data.TABLE, data.KEY]
+    variants.append(
+        Variant(
+            "expert (asyncpg)",
+            "expert",
+            [*expert, str(p.model_sample), str(target)],
+            count,
+            target,
+            postgres=pg,
+            layout="shared",
+        )
+    )
+    return Scenario(
+        "P7",
+        f"PostgreSQL {pg.version} on this machine, {count:,} IDs from a 1,000,000-row table, "
+        "sample model, concurrency 8, 1,000 IDs per query",
+        variants,
+        notes=[
+            "the server runs on the same 2 cores as the client (no pinning); *server CPU s* is "
+            "the postmaster's and its reaped backends' CPU during the run",
+            f"table loaded with `{pg.command}`",
+        ],
     )
 
 
@@ -797,7 +918,7 @@ def write_report(
     meta: dict[str, Any],
 ) -> None:
     """Write the markdown report (keeping the hand-written analysis of an existing file)."""
-    s1, s2, s3, s4 = (scenarios.get(k) for k in ("P1", "P2", "P3", "P4"))
+    s1, s2, s3, s4, s7 = (scenarios.get(k) for k in ("P1", "P2", "P3", "P4", "P7"))
     get = lambda s, k: s.get(k) if s else None  # noqa: E731
     bs1, ex1, sync = get(s1, "batchscore"), get(s1, "expert"), best(s1, "sync")
     bs1u = get(s1, "batchscore --unordered")
@@ -805,6 +926,7 @@ def write_report(
     ex2 = best(s2, "expert", "expert --threads")
     bs3, ex3 = get(s3, "batchscore"), get(s3, "expert (sqlite3)")
     bs4 = get(s4, "batchscore")
+    bs7, ex7 = get(s7, "batchscore"), get(s7, "expert (asyncpg)")
     scoring = extras.get("scoring_only", {})
     score_all = scoring.get("0", {}).get("rows_per_s", math.nan)
     p5 = extras.get("startup", {})
@@ -880,6 +1002,13 @@ def write_report(
         ),
         ("P6", "input order cost, P1", f"{100 * order1:+.1f}%", "<= 5%", at_most(order1, 0.05)),
         ("P6", "input order cost, P2", f"{100 * order2:+.1f}%", "<= 5%", at_most(order2, 0.05)),
+        (
+            "P7",
+            "vs asyncpg expert script",
+            fmt_ratio(ratio(bs7, ex7)) + paired(bs7, ex7),
+            ">= 1.0x",
+            at_least(ratio(bs7, ex7), 1.0),
+        ),
     ]
 
     lines = [
@@ -904,13 +1033,15 @@ def write_report(
         )
     lines += [
         "",
-        "## Targets (issue 9)",
+        "## Targets (issues 9 and 12)",
         "",
         "| scenario | target | measured | bound | verdict |",
         "|---|---|---|---|---|",
     ]
+    ran = set(scenarios) | ({"P5"} if p5 else set()) | ({"P6"} if s1 or s2 else set())
     for name, what, value, bound, ok in targets:
-        lines.append(f"| {name} | {what} | {value} | {bound} | {verdict(ok)} |")
+        if name in ran:  # a partial run (--only) lists only its own targets
+            lines.append(f"| {name} | {what} | {value} | {bound} | {verdict(ok)} |")
 
     lines += [
         "",
@@ -922,11 +1053,17 @@ def write_report(
         "",
     ]
 
-    for key in ("P1", "P2", "P3", "P4"):
+    for key in ("P1", "P2", "P3", "P4", "P7"):
         scenario = scenarios.get(key)
         if scenario is None:
             continue
-        against = {"P1": ex1, "P2": ex2, "P3": ex3, "P4": get(s4, "expert (sqlite3)")}[key]
+        against = {
+            "P1": ex1,
+            "P2": ex2,
+            "P3": ex3,
+            "P4": get(s4, "expert (sqlite3)"),
+            "P7": ex7,
+        }[key]
         lines += ["", f"## {key}: {scenario.title}", ""]
         lines += variant_table(scenario, against)
         lines += [""] + [f"- {note}" for note in scenario.notes]
@@ -1034,7 +1171,7 @@ def write_report(
 # ------------------------------------------------------------------------------ main
 
 
-SCENARIOS = ("P1", "P2", "P3", "P4", "P5")
+SCENARIOS = ("P1", "P2", "P3", "P4", "P5", "P7")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1055,7 +1192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         only += [s for s in ("P1", "P2") if s not in only]
     unknown = set(only) - {*SCENARIOS, "P6"}
     if unknown:
-        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from P1-P6")
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; choose from P1-P7")
     target = args.out or (
         RESULTS if not args.quick and not args.only else data.WORK / "RESULTS-quick.md"
     )
@@ -1068,6 +1205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "p2": p.ids_p2,
         "p3": p.ids_p3,
         "p4_small": p.ids_p4_small,
+        "p7": p.ids_p3,
     }
     if sizes != Sizes():
         ids = {
@@ -1076,6 +1214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "p2": data.take_ids(p.ids_p2, sizes.p2, p.work / "ids_p2_quick.txt"),
             "p3": data.take_ids(p.ids_p3, sizes.p3, p.work / "ids_p3_quick.txt"),
             "p4_small": data.take_ids(p.ids_p3, sizes.p4_small, p.work / "ids_p4_quick.txt"),
+            "p7": data.take_ids(p.ids_p3, sizes.p7, p.work / "ids_p7_quick.txt"),
         }
     for db in (p.db_1m, p.db_http):  # warm the page cache: every scenario reads a warm table
         with db.open("rb") as f:
@@ -1083,9 +1222,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pass
     log_dir = p.work / "logs"
     servers: dict[str, FeatureServer] = {}
+    postgres: PostgresBench | None = None
     scenarios: dict[str, Scenario] = {}
     extras: dict[str, Any] = {}
     try:
+        if "P7" in only:
+            postgres = PostgresBench(p.db_1m)
+            machine["postgresql"] = (
+                f"{postgres.version} ({harness.display([str(postgres.server.bindir)])})"
+            )
         if {"P1", "P2"} & set(only):
             servers["split"] = FeatureServer(p.db_http, latency=LATENCY, cpus=SERVER_CPUS)
             servers["shared"] = FeatureServer(p.db_http, latency=LATENCY, cpus=None)
@@ -1097,12 +1242,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "split: pinned to CPU " + SERVER_CPUS: servers["split"].command,
                 "shared: not pinned": servers["shared"].command,
             }
-        ctx = Context(p, sizes, rounds, servers, ids)
+        ctx = Context(p, sizes, rounds, servers, ids, postgres)
         builders: dict[str, Callable[[], Scenario]] = {
             "P1": lambda: p1(ctx),
             "P2": lambda: p2(ctx),
             "P3": lambda: p3(ctx, sizes.p3),
             "P4": lambda: p3(ctx, sizes.p4_small, name="P4", threads=False),
+            "P7": lambda: p7(ctx),
         }
         for name in SCENARIOS:
             if name not in only:
@@ -1121,6 +1267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for server in servers.values():
             server.stop()
+        if postgres is not None:
+            postgres.stop()
 
     elapsed = time.monotonic() - started
     meta = {

@@ -20,6 +20,11 @@ subprocess.  Fixtures:
 ``id_store``
     Session-scoped: a binary model and a SQLite store keyed by awkward text IDs (``007`` and
     ``7``, commas, quotes, unicode, one row with every feature NULL) with a ready config file.
+``postgres``
+    Session-scoped: a real PostgreSQL server (:class:`pgserver.PostgresServer`) on a free port in
+    a temporary folder, stopped at the end.  Where none can be had, the tests that use it are
+    skipped with one line saying why, unless ``TEST_REQUIRE_POSTGRES=1`` (set by ``.ci/run``)
+    makes that a failure.
 
 Plain helpers (import them with ``from conftest import ...``): :func:`write_feature_db`,
 :func:`write_config`, :func:`toml_text`, :func:`read_output`, :func:`read_errors`,
@@ -38,7 +43,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -180,6 +185,41 @@ def score_in_process() -> ScoreInProcess:
         return InProcessRun(int(outcome.status), out, stderr.getvalue(), outcome)
 
     return run
+
+
+# -- a real PostgreSQL server ---------------------------------------------------------------------
+
+REQUIRE_POSTGRES = "TEST_REQUIRE_POSTGRES"  # not BATCHSCORE_*: those are batchscore's settings
+
+
+def skip_without_postgres() -> None:
+    """At the top of a PostgreSQL test module: skip it all, in one line saying why, where no
+    server can be had (a failure instead under ``TEST_REQUIRE_POSTGRES=1``)."""
+    from pgserver import why_no_server
+
+    why = why_no_server()
+    if why is None:
+        return
+    if os.environ.get(REQUIRE_POSTGRES) == "1":
+        pytest.fail(f"{REQUIRE_POSTGRES}=1 but no PostgreSQL server can be had: {why}", False)
+    pytest.skip(f"no PostgreSQL server: {why}", allow_module_level=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A running :class:`pgserver.PostgresServer` with the test database and user set up."""
+    from pgserver import NoServer, start_server
+
+    try:
+        server = start_server()
+    except NoServer as exc:
+        if os.environ.get(REQUIRE_POSTGRES) == "1":
+            pytest.fail(f"{REQUIRE_POSTGRES}=1 but no PostgreSQL server can be had: {exc}")
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 # -- SQLite feature files and configs -------------------------------------------------------------

@@ -23,12 +23,12 @@ import batchscore.sources.http as hs
 import batchscore.sources.httpclient as hc
 from batchscore.__main__ import main
 from batchscore.sources import NOT_FOUND
+from batchscore.sources.httpclient import transport_failure
 from batchscore.sources.retry import (
     RETRYABLE_STATUSES,
     AttemptFailed,
     call,
     parse_retry_after,
-    transport_failure,
 )
 
 _HEADERS: dict[tuple[int, bool], dict[str, str]] = {}

@@ -7,8 +7,9 @@ answer: the source is reachable) and reports coverage only for the sources that 
 features up front.
 
 Exit status: 0 when a real run would work; 2 for a config or model problem (raised before any
-fetch, or two sources giving the same feature with no ``wins``); 4 when a source is unreachable,
-fails every sample request, or rejects our credentials.
+fetch, or two sources giving the same feature with no ``wins``); 4 when a source is unreachable
+(a database source cannot even be opened), fails every sample request, or rejects our
+credentials.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 
 from batchscore import ids as idmod
 from batchscore.chunk import Matrix
-from batchscore.errors import ExitStatus, UsageError
+from batchscore.errors import ExitStatus, SourceDownError, UsageError
 from batchscore.model import Model, read_info, scoring_plan
 from batchscore.pipeline import merge_answers, source_columns
 from batchscore.report import LatencyHistogram, RunStats
@@ -193,7 +194,13 @@ async def _check_sources(
     opened: list[Source] = []
     try:
         for source in sources:
-            await source.open()
+            try:
+                await source.open()
+            except SourceDownError as exc:  # a database that is down or refuses us
+                problem = getattr(exc, "problem", exc.message)
+                result.add("source", f"{source.name} ({_kind(source)}): {problem}")
+                result.fail(ExitStatus.STOPPED)
+                return
             opened.append(source)
         check_coverage(model, sources)
         columns = source_columns(sources, model.info.feature_names)

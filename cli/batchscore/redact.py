@@ -1,11 +1,12 @@
 """Secrets never leak: one registry of secret strings, applied to everything batchscore prints.
 
 Sources register what is secret in their config when they are built (header values, the
-password and user of URL credentials, query-string values); from then on every log record that
-reaches the stderr handler, every error message and every ``--debug`` traceback passes through
-:func:`redact`.  Redaction works on the final text, so it also covers text we do not compose:
-the per-request ``HTTP Request: GET <url>`` line at ``--debug`` (the URL with its query tokens),
-and aiohttp's exception messages and tracebacks, which can hold a URL.
+password and user of URL credentials, query-string values, a PostgreSQL DSN's password); from
+then on every log record that reaches the stderr handler, every error message and every
+``--debug`` traceback passes through :func:`redact`.  Redaction works on the final text, so it
+also covers text we do not compose: the per-request ``HTTP Request: GET <url>`` line at
+``--debug`` (the URL with its query tokens), and aiohttp's exception messages and tracebacks,
+which can hold a URL.
 
 Each secret is also redacted in its percent-encoded and ``+``-for-space forms, because that is
 how it appears inside a URL.  Strings shorter than :data:`MIN_SECRET_LENGTH` are not registered:
@@ -81,8 +82,33 @@ class Redactor:
             if value != "{id}":
                 self.add(value)
 
+    def add_dsn(self, dsn: str) -> None:
+        """A PostgreSQL DSN's password (in the URI's credentials or a ``password`` parameter).
+
+        Its user is not a secret, and often a common word (``postgres``): masking it everywhere
+        would garble messages while protecting nothing.
+        """
+        try:
+            parts = urlsplit(dsn)
+            password = parts.password
+        except ValueError:
+            self.add(dsn)  # unparsable: the whole thing is all we can protect
+            return
+        if password:
+            self.add(password)
+            self.add(unquote(password))
+        for key, value in parse_qsl(parts.query, keep_blank_values=False):
+            if key in ("password", "sslpassword"):
+                self.add(value)
+
     def add_source_config(self, table: Mapping[str, object]) -> None:
-        """Everything secret in one ``[[sources]]`` table: header values and URL credentials."""
+        """Everything secret in one ``[[sources]]`` table: header values, URL credentials, and a
+        PostgreSQL source's password."""
+        if table.get("kind") == "postgres":
+            dsn = table.get("dsn")
+            if isinstance(dsn, str):
+                self.add_dsn(dsn)
+            return
         headers = table.get("headers")
         if isinstance(headers, Mapping):
             for value in headers.values():

@@ -151,7 +151,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("scheduler", "run", "scheduler"),
 )
 
-SOURCE_KINDS = ("sqlite", "http", "feast")
+SOURCE_KINDS = ("sqlite", "http", "feast", "postgres")
 
 
 @dataclass(frozen=True)

@@ -171,8 +171,8 @@ def build_sources(
 ) -> list[Source]:
     """Build every configured source (validated, not yet opened).
 
-    The secrets in the tables (header values, URL credentials and query values) are registered
-    with :mod:`batchscore.redact` first, so that no message about them can show them.
+    The secrets in the tables (header values, URL credentials and query values, DSN passwords)
+    are registered with :mod:`batchscore.redact` first, so that no message about them can show them.
     """
     from batchscore.errors import ConfigError
     from batchscore.redact import register_sources
@@ -194,14 +194,18 @@ def build_sources(
             from batchscore.sources.feast import FeastSource
 
             sources.append(FeastSource.from_table(table, where, limits, _policy(fetch), stats))
+        elif kind == "postgres":
+            from batchscore.sources.postgres import PostgresSource
+
+            sources.append(PostgresSource.from_table(table, where, limits, _policy(fetch), stats))
         else:
             raise ConfigError(f"{where}: kind '{kind}' is not supported by this build")
     return sources
 
 
 def _policy(fetch: FetchSettings) -> Any:
-    """The retry policy of HTTP sources (imported only when one is configured: it brings
-    aiohttp, start-up time that a SQLite-only run does not need)."""
+    """The retry policy of HTTP and PostgreSQL sources (imported only when one is configured:
+    start-up time that a SQLite-only run does not need)."""
     from batchscore.sources.retry import RetryPolicy
 
     return RetryPolicy.from_settings(fetch)

@@ -49,7 +49,6 @@ from batchscore.sources.retry import (
     SourceHealth,
     call,
     parse_retry_after,
-    transport_failure,
 )
 
 log = logging.getLogger("batchscore.sources")
@@ -65,6 +64,36 @@ NO_TIMEOUTS = aiohttp.ClientTimeout()  # aiohttp's own limits off: asyncio.timeo
 # What may appear in a URL that is sent as written: RFC 3986's unreserved and reserved characters
 # and %XX escapes.  Anything else (a space, a quote, non-ASCII, a lone %) needs percent-encoding.
 _NOT_ENCODED = re.compile(r"[^A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]|%(?![0-9A-Fa-f]{2})")
+
+
+# Transport failures, most specific first: (exception type, reason, retryable).  A certificate
+# the source's CA bundle does not accept will not change on a retry; everything else here is
+# the network or the server having a bad moment.  aiohttp's types cover what it raises (its
+# ClientConnectorError includes proxy connection failures; ServerDisconnectedError and
+# ConnectionDropped are ClientConnectionErrors); ssl and OSError what escapes it.
+TRANSPORT_FAILURES: tuple[tuple[type[BaseException], str, bool], ...] = (
+    (aiohttp.ClientConnectorCertificateError, "tls_error", False),
+    (aiohttp.ClientSSLError, "tls_error", False),
+    (ssl.SSLError, "tls_error", False),
+    (aiohttp.ClientConnectorError, "connect_error", True),
+    (aiohttp.ClientPayloadError, "truncated_response", True),
+    (aiohttp.ServerTimeoutError, "timeout", True),
+    (aiohttp.ClientConnectionError, "connection_error", True),
+    (OSError, "connection_error", True),
+)
+
+
+def transport_failure(exc: BaseException) -> AttemptFailed:
+    """The failed attempt a transport exception stands for (its cause decides, if known)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for kind, reason, retryable in TRANSPORT_FAILURES:
+        if any(isinstance(e, kind) for e in chain):
+            return AttemptFailed(reason, retryable=retryable)
+    return AttemptFailed("connection_error", retryable=True)
 
 
 class Malformed(ValueError):
@@ -465,6 +494,7 @@ class Endpoint:
 
 __all__ = [
     "MALFORMED",
+    "TRANSPORT_FAILURES",
     "ClientOptions",
     "ConnectionDropped",
     "CredentialsRejected",
@@ -478,4 +508,5 @@ __all__ = [
     "no_hidden_retry",
     "open_session",
     "parse_json",
+    "transport_failure",
 ]

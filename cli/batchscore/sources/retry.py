@@ -1,14 +1,16 @@
 """Retries as declared policy: what is retried, how long to wait, and the loop that does it.
 
-What is retryable is data: :data:`RETRYABLE_STATUSES` (429, 500, 502, 503, 504) and
-:data:`TRANSPORT_FAILURES` (connection errors, resets, truncated bodies, timeouts); a response
-whose body is not the JSON the source expects is retried too (proxies and half-deployed servers
-produce such bodies for a moment), and :class:`AttemptFailed` carries the verdict.  How long
-to wait is one function (:meth:`RetryPolicy.delay`): exponential backoff with full jitter, or
-the server's ``Retry-After`` (seconds or an HTTP date) up to a cap.  :func:`call` runs the
-attempts: each one holds a slot of the shared :class:`~batchscore.sources.limits.Limits` (so
-retries count against ``--concurrency`` and ``--rate-limit`` like first attempts), and the slot
-is released before waiting.
+What is retryable is data: :data:`RETRYABLE_STATUSES` (429, 500, 502, 503, 504) and each
+transport's table of failures (``httpclient.TRANSPORT_FAILURES`` for aiohttp: connection errors,
+resets, truncated bodies, timeouts; the postgres source maps asyncpg's); a response whose body
+is not the JSON the source expects is retried too (proxies and half-deployed servers produce
+such bodies for a moment), and :class:`AttemptFailed` carries the verdict.  This module imports
+no transport, so a source's start-up pays only for its own.  How long to wait is one function
+(:meth:`RetryPolicy.delay`): exponential backoff with full jitter, or the server's
+``Retry-After`` (seconds or an HTTP date) up to a cap.  :func:`call` runs the attempts: each one
+holds a slot of the shared :class:`~batchscore.sources.limits.Limits` (so retries count against
+``--concurrency`` and ``--rate-limit`` like first attempts), and the slot is released before
+waiting.
 
 Tests that are not about timing call :func:`set_testing` to remove every wait, instead of
 mocking ``asyncio.sleep`` (the idea comes from hynek/stamina).
@@ -20,13 +22,10 @@ import datetime
 import email.utils
 import math
 import random
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
-
-import aiohttp
 
 from batchscore.errors import SourceDownError
 from batchscore.settings import FetchSettings
@@ -133,35 +132,6 @@ class RetryPolicy:
 
 
 _rng = random.Random()
-
-# Transport failures, most specific first: (exception type, reason, retryable).  A certificate
-# the source's CA bundle does not accept will not change on a retry; everything else here is
-# the network or the server having a bad moment.  aiohttp's types cover what it raises (its
-# ClientConnectorError includes proxy connection failures; ServerDisconnectedError and
-# httpclient.ConnectionDropped are ClientConnectionErrors); ssl and OSError what escapes it.
-TRANSPORT_FAILURES: tuple[tuple[type[BaseException], str, bool], ...] = (
-    (aiohttp.ClientConnectorCertificateError, "tls_error", False),
-    (aiohttp.ClientSSLError, "tls_error", False),
-    (ssl.SSLError, "tls_error", False),
-    (aiohttp.ClientConnectorError, "connect_error", True),
-    (aiohttp.ClientPayloadError, "truncated_response", True),
-    (aiohttp.ServerTimeoutError, "timeout", True),
-    (aiohttp.ClientConnectionError, "connection_error", True),
-    (OSError, "connection_error", True),
-)
-
-
-def transport_failure(exc: BaseException) -> AttemptFailed:
-    """The failed attempt a transport exception stands for (its cause decides, if known)."""
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    for kind, reason, retryable in TRANSPORT_FAILURES:
-        if any(isinstance(e, kind) for e in chain):
-            return AttemptFailed(reason, retryable=retryable)
-    return AttemptFailed("connection_error", retryable=True)
 
 
 class SourceHealth:
@@ -276,5 +246,4 @@ __all__ = [
     "call",
     "parse_retry_after",
     "set_testing",
-    "transport_failure",
 ]
