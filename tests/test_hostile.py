@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -332,3 +333,36 @@ def test_ctrl_c_stops_a_run_waiting_for_a_csv_header_on_a_silent_stdin(tmp_path:
             proc.kill()
     assert proc.returncode == 130, err
     assert b"Traceback" not in err and b"--resume" in err
+
+
+def test_kept_json_values_keep_their_type_in_json_lines_and_read_as_json_in_csv(
+    tmp_path: Path, score_in_process: Any
+) -> None:
+    values = [0, True, None, [1, 2], {"a": 1}, "x", 1.5]
+    lines = [json.dumps({"id": "C000858", "v": v}) for v in values]
+    (tmp_path / "ids.jsonl").write_text("\n".join(lines) + "\n")
+    for fmt in ("jsonl", "csv"):
+        out = tmp_path / f"out.{fmt}"
+        score_in_process(
+            config=SAMPLE_CONFIG, ids=str(tmp_path / "ids.jsonl"), output=str(out), keep=("v",)
+        )
+        kept = [row["v"] for row in read_output(out)]
+        if fmt == "jsonl":
+            assert kept == values
+        else:
+            assert kept == ["0", "true", "", "[1,2]", '{"a":1}', "x", "1.5"]
+
+
+def test_a_rename_of_a_column_that_does_not_exist_is_a_config_error(
+    tmp_path: Path, run_cli: RunCli
+) -> None:
+    source = sqlite_source(SAMPLE_DIR / "features.db", table="customer_features", key="customer_id")
+    config = write_config(
+        tmp_path / "c.toml",
+        model=SAMPLE_DIR / "model.txt",
+        sources=[{**source, "rename": {"plann": "plan"}}],
+    )
+    result = run_cli("score", SAMPLE_DIR / "ids_small.txt", "-c", config, "-o", tmp_path / "o.csv")
+    assert result.returncode == 2
+    assert "plann" in result.stderr and "plan" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -132,9 +132,9 @@ def test_jsonl_takes_the_id_field_as_a_string_and_carries_keep_fields() -> None:
     )
     items = read(data, "jsonl", id_field="account", keep=("tag", "n"))
     assert items == [
-        IdRow(1, "007", ("x", "1.5")),
-        IdRow(3, "42", ("", "")),
-        IdRow(4, "C3", ("y", "[1,2]")),
+        IdRow(1, "007", ("x", 1.5)),  # JSON values as parsed: a JSON-lines output keeps types
+        IdRow(3, "42", (None, None)),
+        IdRow(4, "C3", ("y", [1, 2])),
     ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -44,7 +45,7 @@ class Chunk:
     last_line: int
     lines: npt.NDArray[np.int64]  # (rows,) input line of each row, as an editor numbers them
     ids: list[str]  # (rows,) the IDs; "" where the input gave none
-    keep: list[tuple[str, ...]] | None  # (rows,) kept input columns, when --keep is given
+    keep: list[tuple[Any, ...]] | None  # (rows,) kept input columns, when --keep is given
     status: npt.NDArray[np.uint8]  # (rows,) a Status per row
     failures: dict[int, ErrorRecord] = field(default_factory=dict)  # row -> why, sparse
     filtered: int = 0  # rows --shard / --dedupe left out (counted, never written)

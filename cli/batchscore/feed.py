@@ -20,7 +20,7 @@ import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -131,7 +131,7 @@ class ChunkFeed:
     def _reset(self) -> None:
         self._lines: list[int] = []
         self._ids: list[str] = []
-        self._kept: list[tuple[str, ...]] = []
+        self._kept: list[tuple[Any, ...]] = []
         self._problems: list[tuple[int, ErrorRecord]] = []
         self._filtered = 0
         self._last_line = self._first_line - 1

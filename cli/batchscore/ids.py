@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import itertools
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -22,7 +22,8 @@ _BOM = b"\xef\xbb\xbf"
 
 
 class IdRow(NamedTuple):
-    """One ID to score, with the input columns to carry through to the output.
+    """One ID to score, with the input columns to carry through to the output (text from CSV;
+    JSON values as parsed from JSON lines, so a JSON-lines output gives them back unchanged).
 
     (Named tuples, not dataclasses: one is made per input line, and a tuple is the cheapest
     typed object Python makes.)
@@ -30,7 +31,7 @@ class IdRow(NamedTuple):
 
     line: int
     id: str
-    keep: tuple[str, ...] = ()
+    keep: tuple[Any, ...] = ()
 
 
 class InputProblem(NamedTuple):
@@ -152,14 +153,6 @@ def read_csv(stream: Iterable[bytes], id_column: str, keep: tuple[str, ...]) -> 
     return rows()
 
 
-def _field_text(value: object) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return ""
-    return orjson.dumps(value).decode()
-
-
 ID_FIELD_PROBE = 100
 """Non-blank JSON lines read before a wrong ``--id-field`` is told from missing IDs."""
 
@@ -237,9 +230,7 @@ def _jsonl_item(
     text = str(value).strip()
     if not text:
         return InputProblem(number, None, "missing_id")
-    return _check_id(number, text) or IdRow(
-        number, text, tuple(_field_text(obj.get(k)) for k in keep)
-    )
+    return _check_id(number, text) or IdRow(number, text, tuple(obj.get(k) for k in keep))
 
 
 def read_ids(

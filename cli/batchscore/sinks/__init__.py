@@ -26,26 +26,42 @@ class ScoredBatch:
 
     ids: Sequence[str]
     scores: npt.NDArray[np.float64]
-    keep: Sequence[tuple[str, ...]] | None = None
+    keep: Sequence[tuple[Any, ...]] | None = None
     explain_features: npt.NDArray[np.object_] | None = None
     explain_values: npt.NDArray[np.float64] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def columns(self, columns: Columns) -> list[Sequence[Any]]:
-        """The output columns as Python values, in ``columns.names`` order."""
+    def columns(self, columns: Columns, kept_as_text: bool = False) -> list[Sequence[Any]]:
+        """The output columns as Python values, in ``columns.names`` order (kept input values
+        as parsed, or as text with ``kept_as_text``)."""
         out: list[Sequence[Any]] = [self.ids]
         out.extend(self.scores.T.tolist())
         if columns.keep:
             kept = self.keep or []
-            out.extend(zip(*kept, strict=True) if kept else [[]] * len(columns.keep))
+            kept_columns = zip(*kept, strict=True) if kept else [[]] * len(columns.keep)
+            if kept_as_text:
+                kept_columns = [list(map(kept_text, c)) for c in kept_columns]
+            out.extend(kept_columns)
         if columns.explain:
             assert self.explain_features is not None and self.explain_values is not None
             for k in range(columns.explain):
                 out.append(self.explain_features[:, k].tolist())
                 out.append(self.explain_values[:, k].tolist())
         return out
+
+
+def kept_text(value: Any) -> str:
+    """A kept input value as text: strings as they are, JSON null as empty, any other JSON
+    value as its JSON text (``true``, ``0``, ``[1,2]``)."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    import orjson
+
+    return orjson.dumps(value).decode()
 
 
 @dataclass(frozen=True)

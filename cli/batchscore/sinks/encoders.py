@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from batchscore.sinks import Columns, ScoredBatch
+from batchscore.sinks import Columns, ScoredBatch, kept_text
 
 
 class RowEncoder(Protocol):
@@ -37,7 +37,7 @@ def csv_field(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return repr(value)
-    text = str(value)
+    text = value if isinstance(value, str) else kept_text(value)
     if _NEEDS_QUOTES.search(text):
         return '"' + text.replace('"', '""') + '"'
     return text

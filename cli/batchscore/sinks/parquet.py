@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from batchscore.errors import UsageError
-from batchscore.sinks import Columns, ScoredBatch
+from batchscore.sinks import Columns, ScoredBatch, kept_text
 from batchscore.sinks.files import fsync_dir, refuse_existing, temp_path, write_error
 
 
@@ -77,7 +77,7 @@ class ParquetSink:
         if self.columns.keep:
             kept = list(zip(*batch.keep, strict=True)) if batch.keep else []
             arrays += [
-                pa.array(kept[k] if kept else [], type=pa.string())
+                pa.array([kept_text(v) for v in kept[k]] if kept else [], type=pa.string())
                 for k in range(len(self.columns.keep))
             ]
         if self.columns.explain:

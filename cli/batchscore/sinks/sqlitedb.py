@@ -68,7 +68,7 @@ class SqliteSink:
         try:
             await self._db.executemany(
                 f"INSERT INTO {self.TABLE} VALUES ({placeholders})",
-                zip(*batch.columns(self.columns), strict=True),
+                zip(*batch.columns(self.columns, kept_as_text=True), strict=True),
             )
         except Exception as exc:
             raise write_error(self.path, OSError(str(exc))) from None

@@ -401,6 +401,12 @@ class PostgresSource:
                 raise ConfigError(
                     f"{where}: {what} has no column '{column}'{_suggest(column, types)}"
                 )
+        for column in self.config.rename:
+            if column not in types:
+                raise ConfigError(
+                    f"{where}: rename names column '{column}', which {what} does not have"
+                    f"{_suggest(column, types)}"
+                )
         self._key = key
         self._key_type = KEY_TYPES[types[key]]
         self._cast = "" if types[key] in TEXT_KEYS else f"::{self._key_type}"

@@ -50,6 +50,7 @@ class SqliteConfig:
     key: str
     columns: tuple[str, ...] = ()  # feature columns to read; empty = every column but the key
     batch_size: int = 500
+    mmap_size: int = 1 << 30  # bytes of the file SQLite reads through mmap; 0 = plain reads
     rename: dict[str, str] = field(default_factory=dict)
     wins: tuple[str, ...] = ()
 
@@ -83,6 +84,8 @@ class SqliteSource:
         config = build(SqliteConfig, {"name": "sqlite", **table}, where)
         if not 1 <= config.batch_size <= MAX_BATCH:
             raise ConfigError(f"{where}.batch_size must be between 1 and {MAX_BATCH}")
+        if config.mmap_size < 0:
+            raise ConfigError(f"{where}.mmap_size must be 0 (off) or a number of bytes")
         return cls(config, limits)
 
     async def open(self) -> None:
@@ -97,6 +100,10 @@ class SqliteSource:
         uri = path.resolve().as_uri() + "?mode=ro"
         self._db = await aiosqlite.connect(uri, uri=True)
         try:
+            # Lookups by key are random reads: through mmap, not a read() call per page
+            # (bench/RESULTS.md, P3).  A file truncated by another process while mapped can
+            # kill the process (SIGBUS): mmap_size = 0 turns it off.
+            await self._db.execute(f"PRAGMA mmap_size = {int(self.config.mmap_size)}")
             await self._check_schema()
         except sqlite3.Error as exc:
             await self.close()
@@ -133,6 +140,12 @@ class SqliteSource:
                 raise ConfigError(
                     f"{where}: table '{self.config.table}' has no column '{column}'"
                     f"{suggest(column, schema)}"
+                )
+        for column in self.config.rename:
+            if column not in schema:
+                raise ConfigError(
+                    f"{where}: rename names column '{column}', which table "
+                    f"'{self.config.table}' does not have{suggest(column, schema)}"
                 )
         self._json = await self._has_json()
         if not self._json:  # one bound parameter per ID: stay within this build's limit
