@@ -380,7 +380,8 @@ def test_jsonl_input_with_id_field_and_kept_fields(
     )
     assert code == 0, err
     rows = read_output(out)
-    assert [(row["id"], row["tier"]) for row in rows] == [("007", "gold"), ("7", "2"), ("日本", "")]
+    # Kept values keep their JSON type in a JSON-lines output (an absent field is null).
+    assert [(row["id"], row["tier"]) for row in rows] == [("007", "gold"), ("7", 2), ("日本", None)]
     assert np.array_equal(
         [row["score"] for row in rows], [id_store.score(i) for i in ("007", "7", "日本")]
     )
