@@ -462,3 +462,12 @@ def test_progress_is_a_log_line_on_stderr_when_not_on_a_terminal(
     assert progress
     assert all(re.match(r"batchscore: [\d,]+ done, [\d,]+ failed, ", line) for line in progress)
     assert b" done, " not in run.stdout
+
+
+def test_score_help_shows_defaults_and_hides_what_is_not_built(run_cli: RunCli) -> None:
+    result = run_cli("score", "--help")
+    assert result.returncode == 0
+    text = result.stdout.decode()
+    assert "--concurrency N" in text and "[default: 64]" in text and "[default: 1024]" in text
+    assert "--engine" not in text and "--scheduler" not in text  # dask is not built yet
+    assert "list[str]" not in text

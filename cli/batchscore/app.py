@@ -18,6 +18,7 @@ import typer
 
 from batchscore import __version__
 from batchscore.errors import BatchscoreError, ExitStatus, PipeClosedError, Terminated
+from batchscore.settings import Settings
 
 app = typer.Typer(  # the help text is the main callback's docstring, with its example
     name="batchscore",
@@ -65,56 +66,113 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
 
 
 Opt = typer.Option
+_D = Settings()  # the built-in defaults, shown in --help
 
 
 @app.command("score")
 def score(
     ids: Annotated[
-        str | None, typer.Argument(help="ID list: a file, or - / omitted for stdin.")
+        str | None,
+        typer.Argument(metavar="[IDS]", help="ID list: a file, or - / omitted for stdin."),
     ] = None,
-    config: Annotated[Path | None, Opt("-c", "--config", help="TOML config file.")] = None,
-    model: Annotated[str | None, Opt("-m", "--model", help="LightGBM model file.")] = None,
-    output: Annotated[str | None, Opt("-o", "--output", help="Output file, - for stdout.")] = None,
-    format: Annotated[str | None, Opt("--format", help="csv|jsonl|parquet|sqlite.")] = None,
-    errors: Annotated[str | None, Opt("--errors", help="Errors file (JSON lines).")] = None,
-    concurrency: Annotated[int | None, Opt("--concurrency", help="Fetches in flight.")] = None,
-    batch_size: Annotated[int | None, Opt("--batch-size", help="Rows per scoring batch.")] = None,
-    rate_limit: Annotated[float | None, Opt("--rate-limit", help="Requests per second.")] = None,
-    retries: Annotated[int | None, Opt("--retries", help="Extra attempts.")] = None,
-    max_failed: Annotated[int | None, Opt("--max-failed", help="Failed IDs allowed.")] = None,
+    config: Annotated[
+        Path | None, Opt("-c", "--config", metavar="PATH", help="TOML config file.")
+    ] = None,
+    model: Annotated[
+        str | None, Opt("-m", "--model", metavar="PATH", help="LightGBM model file.")
+    ] = None,
+    output: Annotated[
+        str | None,
+        Opt("-o", "--output", metavar="PATH", help="Output file, - for stdout [default: -]."),
+    ] = None,
+    format: Annotated[
+        str | None,
+        Opt("--format", metavar="FMT", help="csv|jsonl|parquet|sqlite [default: from -o]."),
+    ] = None,
+    errors: Annotated[
+        str | None,
+        Opt("--errors", metavar="PATH", help="Errors file [default: OUTPUT.errors.jsonl]."),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        Opt(
+            "--concurrency",
+            metavar="N",
+            help=f"Fetches in flight [default: {_D.fetch.concurrency}].",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        Opt("--batch-size", metavar="N", help=f"Rows per batch [default: {_D.score.batch_size}]."),
+    ] = None,
+    rate_limit: Annotated[
+        float | None,
+        Opt("--rate-limit", metavar="R", help="Requests per second [default: no limit]."),
+    ] = None,
+    retries: Annotated[
+        int | None,
+        Opt("--retries", metavar="N", help=f"Extra attempts [default: {_D.fetch.retries}]."),
+    ] = None,
+    max_failed: Annotated[
+        int | None, Opt("--max-failed", metavar="N", help="Failed IDs allowed [default: 0].")
+    ] = None,
     max_failed_rate: Annotated[
-        float | None, Opt("--max-failed-rate", help="Failed share allowed (0-1).")
+        float | None,
+        Opt("--max-failed-rate", metavar="R", help="Failed share allowed, 0-1 [default: 0]."),
     ] = None,
     unordered: Annotated[bool | None, Opt("--unordered", help="Write in completion order.")] = None,
     resume: Annotated[bool | None, Opt("--resume", help="Continue a stopped run.")] = None,
     overwrite: Annotated[
         bool | None, Opt("--overwrite", help="Replace an existing output.")
     ] = None,
-    input_format: Annotated[str | None, Opt("--input-format", help="text|csv|jsonl.")] = None,
-    id_column: Annotated[str | None, Opt("--id-column", help="CSV ID column.")] = None,
-    id_field: Annotated[str | None, Opt("--id-field", help="JSON-lines ID field.")] = None,
-    keep: Annotated[list[str] | None, Opt("--keep", help="Input column to carry through.")] = None,
+    input_format: Annotated[
+        str | None, Opt("--input-format", metavar="FMT", help="text|csv|jsonl [default: from IDS].")
+    ] = None,
+    id_column: Annotated[
+        str | None, Opt("--id-column", metavar="COL", help="CSV ID column [default: id].")
+    ] = None,
+    id_field: Annotated[
+        str | None, Opt("--id-field", metavar="FIELD", help="JSON-lines ID field [default: id].")
+    ] = None,
+    keep: Annotated[
+        list[str] | None,
+        Opt("--keep", metavar="COL", help="Input column to carry through (repeatable)."),
+    ] = None,
     dedupe: Annotated[bool | None, Opt("--dedupe", help="Score each ID once.")] = None,
-    explain: Annotated[int | None, Opt("--explain", help="Top K feature contributions.")] = None,
+    explain: Annotated[
+        int | None, Opt("--explain", metavar="K", help="Top K contributions (raw margin) per row.")
+    ] = None,
     raw_score: Annotated[bool | None, Opt("--raw-score", help="Raw margins.")] = None,
     threads: Annotated[
         int | None,
         Opt(
             "--threads",
+            metavar="N",
             help="LightGBM threads of one scoring thread (0 = all cores); "
             "unset: a scoring thread per core.",
         ),
     ] = None,
-    report: Annotated[str | None, Opt("--report", help="Run report JSON path.")] = None,
-    metrics: Annotated[str | None, Opt("--metrics", help="Prometheus textfile path.")] = None,
+    report: Annotated[
+        str | None, Opt("--report", metavar="PATH", help="Run report JSON path.")
+    ] = None,
+    metrics: Annotated[
+        str | None, Opt("--metrics", metavar="PATH", help="Prometheus textfile path.")
+    ] = None,
     progress_interval: Annotated[
-        float | None, Opt("--progress-interval", help="Seconds between log lines.")
+        float | None,
+        Opt("--progress-interval", metavar="S", help="Seconds between log lines [default: 30]."),
     ] = None,
     quiet: Annotated[bool | None, Opt("--quiet", "-q", help="Only errors.")] = None,
     debug: Annotated[bool | None, Opt("--debug", help="Debug logs; tracebacks.")] = None,
-    shard: Annotated[str | None, Opt("--shard", help="Score shard K of N (K/N).")] = None,
-    engine: Annotated[str | None, Opt("--engine", help="local (default).")] = None,
-    scheduler: Annotated[str | None, Opt("--scheduler", help="Dask scheduler address.")] = None,
+    shard: Annotated[
+        str | None, Opt("--shard", metavar="K/N", help="Score shard K of N (K from 0).")
+    ] = None,
+    engine: Annotated[
+        str | None, Opt("--engine", hidden=True, help="local (default); dask is not built yet.")
+    ] = None,
+    scheduler: Annotated[
+        str | None, Opt("--scheduler", hidden=True, help="Dask scheduler address.")
+    ] = None,
 ) -> None:
     """Score IDS with a LightGBM model, fetching their features from the configured sources.
 
@@ -151,7 +209,9 @@ def check(
         typer.Argument(help="ID list to sample and to estimate the run time for (optional)."),
     ] = None,
     config: Annotated[Path | None, Opt("-c", "--config", help="TOML config file.")] = None,
-    model: Annotated[str | None, Opt("-m", "--model", help="LightGBM model file.")] = None,
+    model: Annotated[
+        str | None, Opt("-m", "--model", metavar="PATH", help="LightGBM model file.")
+    ] = None,
     sample: Annotated[int, Opt("--sample", help="IDs to fetch from the list.")] = 20,
     debug: Annotated[bool | None, Opt("--debug", help="Debug logs; tracebacks.")] = None,
 ) -> None:
