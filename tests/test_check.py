@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from conftest import RunCli, TrainedModel, write_config
+from conftest import ROOT, SAMPLE_CONFIG, RunCli, TrainedModel, write_config
 from servers import rows_as_data, server_process
 
 
@@ -162,3 +162,24 @@ def test_help_has_an_example(run_cli: RunCli) -> None:
     result = run_cli("check", "--help")
     assert result.returncode == 0
     assert b"Example: batchscore check -c configs/http.toml" in result.stdout
+
+
+def test_check_samples_a_csv_list_with_the_input_flags_of_score(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    ids = tmp_path / "accounts.dat"  # the extension says nothing: --input-format does
+    ids.write_text("account,region\nC000858,n\nC004769,s\nC999999,e\n")
+    result = run_cli(
+        "check",
+        "-c",
+        SAMPLE_CONFIG,
+        ids,
+        "--input-format",
+        "csv",
+        "--id-column",
+        "account",
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    assert "3 IDs from" in text and "2 found, 1 not found of 3" in text

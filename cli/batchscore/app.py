@@ -212,7 +212,16 @@ def check(
     model: Annotated[
         str | None, Opt("-m", "--model", metavar="PATH", help="LightGBM model file.")
     ] = None,
-    sample: Annotated[int, Opt("--sample", help="IDs to fetch from the list.")] = 20,
+    sample: Annotated[int, Opt("--sample", metavar="N", help="IDs to fetch from the list.")] = 20,
+    input_format: Annotated[
+        str | None, Opt("--input-format", metavar="FMT", help="text|csv|jsonl [default: from IDS].")
+    ] = None,
+    id_column: Annotated[
+        str | None, Opt("--id-column", metavar="COL", help="CSV ID column [default: id].")
+    ] = None,
+    id_field: Annotated[
+        str | None, Opt("--id-field", metavar="FIELD", help="JSON-lines ID field [default: id].")
+    ] = None,
     debug: Annotated[bool | None, Opt("--debug", help="Debug logs; tracebacks.")] = None,
 ) -> None:
     """Pre-flight: config, model, every source reachable, a sample fetch, coverage, latency, ETA.
@@ -230,9 +239,14 @@ def check(
     from batchscore.settings import resolve
 
     _debug = bool(debug) or os.environ.get("BATCHSCORE_DEBUG", "") in {"1", "true", "yes"}
-    settings = resolve(
-        {"model": model, "debug": debug}, str(config) if config else None, os.environ
-    )
+    flags = {
+        "model": model,
+        "debug": debug,
+        "input_format": input_format,
+        "id_column": id_column,
+        "id_field": id_field,
+    }
+    settings = resolve(flags, str(config) if config else None, os.environ)
     _debug = settings.run.debug
     _setup_logging(settings.run.debug, quiet=False)
     raise typer.Exit(run_check(settings, ids, sample, sys.stdout))

@@ -368,6 +368,8 @@ def run_check(settings: Settings, ids_path: str | None, sample_size: int, out: T
             raise UsageError(f"ID file {ids_path} does not exist; pass a path to a list of IDs")
         sample = read_sample(ids_path, settings, sample_size)
         total = idmod.count_lines(ids_path)
+        if idmod.detect_format(ids_path, settings.input.format) == "csv":
+            total = max(total - 1, 0)  # the header is no ID
         result.add("sample", f"{len(sample)} IDs from {ids_path} ({total:,} lines)")
     else:
         result.add("sample", "no ID list given: one probe request per source")
