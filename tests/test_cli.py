@@ -22,6 +22,8 @@ import pytest
 
 from conftest import (
     ID_STORE_EMPTY,
+    ROOT,
+    SAMPLE_CONFIG,
     IdStore,
     RunCli,
     ScoreInProcess,
@@ -471,3 +473,15 @@ def test_score_help_shows_defaults_and_hides_what_is_not_built(run_cli: RunCli) 
     assert "--concurrency N" in text and "[default: 64]" in text and "[default: 1024]" in text
     assert "--engine" not in text and "--scheduler" not in text  # dask is not built yet
     assert "list[str]" not in text
+
+
+def test_an_empty_input_warns_and_a_misplaced_key_names_its_table(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    empty = run_cli("score", "-", "-c", SAMPLE_CONFIG, cwd=ROOT)
+    assert empty.returncode == 0 and "held no IDs" in empty.stderr
+    config = tmp_path / "c.toml"
+    config.write_text(SAMPLE_CONFIG.read_text().replace("[score]", "[score]\nmax_failed = 3"))
+    misplaced = run_cli("score", "-", "-c", config, cwd=ROOT)
+    assert misplaced.returncode == 2
+    assert "belongs in [run]" in misplaced.stderr and "max_failed" in misplaced.stderr

@@ -317,6 +317,11 @@ def _finish(
         if stats.failed_total and status in (ExitStatus.OK, ExitStatus.PARTIAL):
             where = f"see {p.errors_path}" if p.errors_path else "pass --errors PATH to keep them"
             print(f"{stats.failed_total:,} IDs were not scored; {where}", file=env.stderr)
+        if status == ExitStatus.OK and stats.read == 0 and not finished_earlier:
+            print(
+                "batchscore: warning: the input held no IDs (an empty export upstream?)",
+                file=env.stderr,
+            )
         if status == ExitStatus.PARTIAL:
             run = settings.run
             allowance = f"--max-failed {run.max_failed}" + (
@@ -405,6 +410,8 @@ class _Run:
         # Everything opened here is closed on every path (an aiosqlite connection left open
         # keeps the process from exiting).
         async with contextlib.AsyncExitStack() as stack:
+            if settings.input.path == "-" and _is_terminal(self.env.stdin):
+                print("batchscore: reading IDs from stdin; Ctrl-D to end", file=self.env.stderr)
             stream = watch_stalls(open_input(settings.input.path, self.env, stack), stall)
             # A CSV header is read (and checked) here: off the loop, so that a signal still
             # stops a run whose stdin is silent.
@@ -509,6 +516,13 @@ class _Run:
             raise
         finally:
             progress.close(stats)
+
+
+def _is_terminal(stream: BinaryIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def in_daemon_thread(function: Callable[..., T], *args: Any) -> asyncio.Future[T]:

@@ -7,6 +7,7 @@ The result is a frozen :class:`Settings`; nothing downstream reads the environme
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import tomllib
 import typing
@@ -209,6 +210,7 @@ def resolve(
         table = data.get(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"[{section}] in the config file must be a table")
+        _check_placement(section, table)
         merged[section] = dict(table)
 
     for opt in OPTIONS:
@@ -233,6 +235,24 @@ def resolve(
     )
     validate(settings)
     return settings
+
+
+def _check_placement(section: str, table: Mapping[str, Any]) -> None:
+    """A key of another table (``max_failed`` under ``[score]``) is named with its table."""
+    own = {f.name for f in dataclasses.fields(SECTIONS[section])}
+    for key in table:
+        if key in own:
+            continue
+        homes = [
+            name
+            for name, cls in SECTIONS.items()
+            if key in {f.name for f in dataclasses.fields(cls)}
+        ]
+        if homes:
+            raise ConfigError(
+                f"'{key}' is under [{section}] in the config file but belongs in [{homes[0]}]; "
+                "move it there"
+            )
 
 
 def fingerprint(config: Mapping[str, Any]) -> str:
