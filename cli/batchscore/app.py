@@ -68,6 +68,24 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
 Opt = typer.Option
 _D = Settings()  # the built-in defaults, shown in --help
 
+# Options that score and check share, declared once.
+ConfigOption = Annotated[
+    Path | None, Opt("-c", "--config", metavar="PATH", help="TOML config file.")
+]
+ModelOption = Annotated[
+    str | None, Opt("-m", "--model", metavar="PATH", help="LightGBM model file.")
+]
+InputFormatOption = Annotated[
+    str | None, Opt("--input-format", metavar="FMT", help="text|csv|jsonl [default: from IDS].")
+]
+IdColumnOption = Annotated[
+    str | None, Opt("--id-column", metavar="COL", help="CSV ID column [default: id].")
+]
+IdFieldOption = Annotated[
+    str | None, Opt("--id-field", metavar="FIELD", help="JSON-lines ID field [default: id].")
+]
+DebugOption = Annotated[bool | None, Opt("--debug", help="Debug logs; tracebacks.")]
+
 
 @app.command("score")
 def score(
@@ -75,12 +93,8 @@ def score(
         str | None,
         typer.Argument(metavar="[IDS]", help="ID list: a file, or - / omitted for stdin."),
     ] = None,
-    config: Annotated[
-        Path | None, Opt("-c", "--config", metavar="PATH", help="TOML config file.")
-    ] = None,
-    model: Annotated[
-        str | None, Opt("-m", "--model", metavar="PATH", help="LightGBM model file.")
-    ] = None,
+    config: ConfigOption = None,
+    model: ModelOption = None,
     output: Annotated[
         str | None,
         Opt("-o", "--output", metavar="PATH", help="Output file, - for stdout [default: -]."),
@@ -125,15 +139,9 @@ def score(
     overwrite: Annotated[
         bool | None, Opt("--overwrite", help="Replace an existing output.")
     ] = None,
-    input_format: Annotated[
-        str | None, Opt("--input-format", metavar="FMT", help="text|csv|jsonl [default: from IDS].")
-    ] = None,
-    id_column: Annotated[
-        str | None, Opt("--id-column", metavar="COL", help="CSV ID column [default: id].")
-    ] = None,
-    id_field: Annotated[
-        str | None, Opt("--id-field", metavar="FIELD", help="JSON-lines ID field [default: id].")
-    ] = None,
+    input_format: InputFormatOption = None,
+    id_column: IdColumnOption = None,
+    id_field: IdFieldOption = None,
     keep: Annotated[
         list[str] | None,
         Opt("--keep", metavar="COL", help="Input column to carry through (repeatable)."),
@@ -163,7 +171,7 @@ def score(
         Opt("--progress-interval", metavar="S", help="Seconds between log lines [default: 30]."),
     ] = None,
     quiet: Annotated[bool | None, Opt("--quiet", "-q", help="Only errors.")] = None,
-    debug: Annotated[bool | None, Opt("--debug", help="Debug logs; tracebacks.")] = None,
+    debug: DebugOption = None,
     shard: Annotated[
         str | None, Opt("--shard", metavar="K/N", help="Score shard K of N (K from 0).")
     ] = None,
@@ -208,21 +216,13 @@ def check(
         str | None,
         typer.Argument(help="ID list to sample and to estimate the run time for (optional)."),
     ] = None,
-    config: Annotated[Path | None, Opt("-c", "--config", help="TOML config file.")] = None,
-    model: Annotated[
-        str | None, Opt("-m", "--model", metavar="PATH", help="LightGBM model file.")
-    ] = None,
+    config: ConfigOption = None,
+    model: ModelOption = None,
     sample: Annotated[int, Opt("--sample", metavar="N", help="IDs to fetch from the list.")] = 20,
-    input_format: Annotated[
-        str | None, Opt("--input-format", metavar="FMT", help="text|csv|jsonl [default: from IDS].")
-    ] = None,
-    id_column: Annotated[
-        str | None, Opt("--id-column", metavar="COL", help="CSV ID column [default: id].")
-    ] = None,
-    id_field: Annotated[
-        str | None, Opt("--id-field", metavar="FIELD", help="JSON-lines ID field [default: id].")
-    ] = None,
-    debug: Annotated[bool | None, Opt("--debug", help="Debug logs; tracebacks.")] = None,
+    input_format: InputFormatOption = None,
+    id_column: IdColumnOption = None,
+    id_field: IdFieldOption = None,
+    debug: DebugOption = None,
 ) -> None:
     """Pre-flight: config, model, every source reachable, a sample fetch, coverage, latency, ETA.
 

@@ -70,6 +70,20 @@ class Chunk:
         self.status[row] = status
         self.failures[row] = record
 
+    def record(
+        self,
+        row: int,
+        stage: str,
+        source: str | None,
+        reason: str,
+        status: int | None = None,
+        attempts: int = 0,
+    ) -> ErrorRecord:
+        """Why row ``row`` (its ID and input line) produced no score."""
+        return ErrorRecord(
+            self.ids[row], int(self.lines[row]), stage, source, reason, status, attempts
+        )
+
     def error_records(self) -> list[ErrorRecord]:
         """The rows that were not scored, in input order."""
         return [self.failures[row] for row in sorted(self.failures)]

@@ -33,7 +33,7 @@ from batchscore.model import Model
 from batchscore.progress import ProgressDisplay
 from batchscore.report import BusyClock, FeatureQuality, RunStats
 from batchscore.sinks import ScoredBatch, Sink
-from batchscore.sinks.errorlog import ErrorLog, ErrorRecord
+from batchscore.sinks.errorlog import ErrorLog
 from batchscore.sources import NOT_FOUND, Fetched, Source
 from batchscore.sources.limits import PRIORITY
 from batchscore.state import LineRanges
@@ -158,19 +158,10 @@ class Assembler:
                 failure = fetched.failures[position]
                 if failure.reason == NOT_FOUND or chunk.status[row] != Status.OK:
                     continue
-                chunk.fail(
-                    row,
-                    Status.FAILED,
-                    ErrorRecord(
-                        chunk.ids[row],
-                        int(chunk.lines[row]),
-                        "fetch",
-                        source.name,
-                        failure.reason,
-                        failure.status,
-                        failure.attempts,
-                    ),
+                record = chunk.record(
+                    row, "fetch", source.name, failure.reason, failure.status, failure.attempts
                 )
+                chunk.fail(row, Status.FAILED, record)
             for name in names:
                 j = self.encoder.index[name]
                 values = self.encoder.column(j, fetched.columns[name])
@@ -185,13 +176,8 @@ class Assembler:
         single = self.sources[0].name if len(self.sources) == 1 else None
         for row in missing.tolist():
             if chunk.status[row] == Status.OK:
-                chunk.fail(
-                    row,
-                    Status.NOT_FOUND,
-                    ErrorRecord(
-                        chunk.ids[row], int(chunk.lines[row]), "fetch", single, NOT_FOUND, None, 1
-                    ),
-                )
+                record = chunk.record(row, "fetch", single, NOT_FOUND, None, 1)
+                chunk.fail(row, Status.NOT_FOUND, record)
         chunk.matrix = matrix
 
 
@@ -222,13 +208,8 @@ class Scorer:
         if not self.options.allow_empty:
             empty = ok & np.isnan(matrix).all(axis=1)
             for row in np.flatnonzero(empty).tolist():
-                chunk.fail(
-                    row,
-                    Status.NO_FEATURES,
-                    ErrorRecord(
-                        chunk.ids[row], int(chunk.lines[row]), "score", None, "no_features", None, 0
-                    ),
-                )
+                record = chunk.record(row, "score", None, "no_features")
+                chunk.fail(row, Status.NO_FEATURES, record)
             ok &= ~empty
         rows = np.flatnonzero(ok)
         x = matrix if len(rows) == len(chunk) else matrix[rows]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
@@ -86,6 +87,27 @@ class Fetched:
         lookup = source_names or {}
         keys = [lookup.get(name, name) for name in names]
         return cls(found, failures, _columns_of(rows, names, keys))
+
+    @classmethod
+    def of_rows(
+        cls,
+        ids: Sequence[str],
+        rows: Mapping[str, Sequence[Any]],
+        names: Sequence[str],
+        provided: Sequence[str],
+        failures: dict[int, Failure] | None = None,
+    ) -> Fetched:
+        """From a database's rows keyed by the asked ID, each ``(asked, *values)`` with one
+        value per name of ``provided`` (the requested ``names`` the table has)."""
+        ordered = list(map(rows.get, ids))
+        found = np.fromiter(map(operator.is_not, ordered, repeat(None)), np.bool_, len(ordered))
+        columns: dict[str, Sequence[Any]] = dict.fromkeys(names, [None] * len(ids))
+        if ordered and provided:
+            blank = (None,) * (1 + len(provided))
+            # Rows to columns with zip, in C: no Python work per value.
+            transposed = list(zip(*(row or blank for row in ordered), strict=True))
+            columns.update(zip(provided, transposed[1:], strict=True))
+        return cls(found, failures or {}, columns)
 
     @classmethod
     def failed(cls, n: int, failure: Failure, names: Sequence[str]) -> Fetched:

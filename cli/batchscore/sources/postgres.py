@@ -35,12 +35,9 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import is_not, itemgetter
+from operator import itemgetter
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
-
-import numpy as np
 
 from batchscore.configtools import build, suggest
 from batchscore.errors import ConfigError, SourceDownError
@@ -468,8 +465,6 @@ class PostgresSource:
                 for asked, row in rows.items():
                     found_rows.setdefault(asked, row)
                 failed.update(failed_ids)
-        ordered = list(map(found_rows.get, ids))
-        found = np.fromiter(map(is_not, ordered, repeat(None)), np.bool_, len(ordered))
         failures = {}
         if failed:
             failures = {
@@ -477,13 +472,7 @@ class PostgresSource:
                 for i, asked in enumerate(ids)
                 if asked in failed and asked not in found_rows
             }
-        columns: dict[str, Sequence[Any]] = dict.fromkeys(wanted, [None] * len(ids))
-        if ordered and provided:
-            blank = (None,) * (1 + len(provided))
-            # Rows to columns with zip, in C: no Python work per value.
-            transposed = list(zip(*(row or blank for row in ordered), strict=True))
-            columns.update(zip(provided, transposed[1:], strict=True))
-        return Fetched(found, failures, columns)
+        return Fetched.of_rows(ids, found_rows, wanted, provided, failures)
 
     async def _part(
         self, ids: Sequence[str], select: str

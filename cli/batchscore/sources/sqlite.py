@@ -18,15 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import operator
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
 from batchscore.configtools import build, suggest
@@ -207,16 +204,8 @@ class SqliteSource:
             if failure is not None:
                 failures.update((offset + i, failure) for i in range(len(part)))
             offset += len(part)
-        ordered = list(map(found_rows.get, ids))
-        found = np.fromiter(map(operator.is_not, ordered, repeat(None)), np.bool_, len(ordered))
         provided = [n for n in wanted if n in self._column_of]
-        blank = (None,) * (1 + len(provided))
-        columns: dict[str, Sequence[Any]] = dict.fromkeys(wanted, [None] * len(ids))
-        if ordered:
-            # Rows to columns with zip, in C: no Python work per value.
-            transposed = list(zip(*(row or blank for row in ordered), strict=True))
-            columns.update(zip(provided, transposed[1:], strict=True))
-        return Fetched(found, failures, columns)
+        return Fetched.of_rows(ids, found_rows, wanted, provided, failures)
 
     async def _query(
         self, ids: Sequence[str], names: tuple[str, ...]
