@@ -11,7 +11,7 @@ limit hold over all sources together.
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -151,6 +151,28 @@ def _columns_of(
         except KeyError:
             pass
     return {name: [row.get(key) for row in rows] for name, key in zip(names, keys, strict=True)}
+
+
+def check_columns(
+    config: Any,
+    schema: Collection[str],
+    where: str,
+    what: str,
+    hint: Callable[[str, Collection[str]], str],
+) -> None:
+    """The ``columns`` and ``rename`` of a database source's config name columns that ``what``
+    (a table, a query) has; else a ConfigError with ``hint``'s suggestion."""
+    from batchscore.errors import ConfigError
+
+    for column in config.columns:
+        if column not in schema:
+            raise ConfigError(f"{where}: {what} has no column '{column}'{hint(column, schema)}")
+    for column in config.rename:
+        if column not in schema:
+            raise ConfigError(
+                f"{where}: rename names column '{column}', which {what} does not have"
+                f"{hint(column, schema)}"
+            )
 
 
 def split(items: Sequence[T], size: int) -> list[Sequence[T]]:

@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 from batchscore.configtools import build, suggest
 from batchscore.errors import ConfigError, SourceDownError
 from batchscore.report import RunStats
-from batchscore.sources import Failure, Fetched, split
+from batchscore.sources import Failure, Fetched, check_columns, split
 from batchscore.sources.limits import Limits
 from batchscore.sources.retry import AttemptFailed, RetryPolicy, SourceHealth, call
 
@@ -393,17 +393,7 @@ class PostgresSource:
                 f"{where}: the key column '{key}' is {types[key]}; keys must be {KEY_TYPE_NAMES} "
                 "(or cast it in a query)"
             )
-        for column in self.config.columns:
-            if column not in types:
-                raise ConfigError(
-                    f"{where}: {what} has no column '{column}'{_suggest(column, types)}"
-                )
-        for column in self.config.rename:
-            if column not in types:
-                raise ConfigError(
-                    f"{where}: rename names column '{column}', which {what} does not have"
-                    f"{_suggest(column, types)}"
-                )
+        check_columns(self.config, types, where, what, _suggest)
         self._key = key
         self._key_type = KEY_TYPES[types[key]]
         self._cast = "" if types[key] in TEXT_KEYS else f"::{self._key_type}"

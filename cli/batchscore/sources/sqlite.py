@@ -28,7 +28,7 @@ import orjson
 
 from batchscore.configtools import build, suggest
 from batchscore.errors import ConfigError
-from batchscore.sources import Failure, Fetched, split
+from batchscore.sources import Failure, Fetched, check_columns, split
 from batchscore.sources.limits import Limits
 
 log = logging.getLogger("batchscore.sources")
@@ -132,18 +132,7 @@ class SqliteSource:
                 f"{where}: table '{self.config.table}' has no key column '{self.config.key}'"
                 f"{suggest(self.config.key, schema)}"
             )
-        for column in self.config.columns:
-            if column not in schema:
-                raise ConfigError(
-                    f"{where}: table '{self.config.table}' has no column '{column}'"
-                    f"{suggest(column, schema)}"
-                )
-        for column in self.config.rename:
-            if column not in schema:
-                raise ConfigError(
-                    f"{where}: rename names column '{column}', which table "
-                    f"'{self.config.table}' does not have{suggest(column, schema)}"
-                )
+        check_columns(self.config, schema, where, f"table '{self.config.table}'", suggest)
         self._json = await self._has_json()
         if not self._json:  # one bound parameter per ID: stay within this build's limit
             self.batch_size = min(self.batch_size, await self._variable_limit())
