@@ -232,3 +232,57 @@ def test_second_signal_stops_at_once_and_stays_resumable(
     asked = ids_file.read_text().split()
     known = [i for i in asked if not i.startswith("C999")]  # C999xxx are not in the store
     assert ids == known  # each once, in input order
+
+
+def test_one_signal_drops_unanswered_requests_at_once(
+    tmp_path: Path, server: FeatureServer, ids_file: Path
+) -> None:
+    """Requests sent but not answered (a stalled server) do not hold up a stop: a single
+    Ctrl-C ends the run well within the grace that answers already arriving get (5 s)."""
+    out = tmp_path / "scores.csv"
+    command = [
+        *batchscore_command(),
+        "score",
+        str(ids_file),
+        "--max-failed",
+        "100",
+        "-c",
+        str(http_config(tmp_path, server.url)),
+        "-o",
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=clean_environ(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not committed_ids(out):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        server.faults = Faults(p_stall=1.0, stall_seconds=60)  # nothing is answered any more
+        time.sleep(0.5)  # every request in flight is now a stalled one
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        server.faults = Faults(latency=0.02)
+    assert proc.returncode == 130, err
+    assert took < 2.5, f"one Ctrl-C took {took:.1f} s with nothing answering"
+    assert b"--resume" in err and b"Traceback" not in err
+    resumed = subprocess.run(
+        [*command, "--resume"],
+        cwd=ROOT,
+        env=clean_environ(),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    ids = [line.split(",")[0] for line in out.read_text().splitlines()[1:]]
+    assert ids == [i for i in ids_file.read_text().split() if not i.startswith("C999")]

@@ -57,7 +57,8 @@ log = logging.getLogger("batchscore")
 T = TypeVar("T")
 
 GRACE_SECONDS = 5.0
-"""After SIGINT/SIGTERM, how long fetches in flight may take to finish before they are dropped."""
+"""After SIGINT/SIGTERM, how long answers already arriving may take to finish before they are
+dropped (requests not yet answered are dropped at once: :meth:`Limits.close`)."""
 
 
 @dataclass(frozen=True)

@@ -435,6 +435,7 @@ class Endpoint:
                     response = await session.request(
                         method, target, headers=headers, data=body, allow_redirects=False
                     )
+                    self.limits.answering()  # a stop now waits for this body (the grace)
                     if response.status in (401, 403):  # stop other sends now, not after the body
                         self._rejected = response.status
                     content = await response.read()  # whole; closes the connection on failure

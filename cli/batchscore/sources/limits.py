@@ -93,11 +93,23 @@ class Limits:
         self._observe = observe
         self._closed = False
         self._closing = asyncio.Event()
+        self._unanswered: set[asyncio.Task[object]] = set()
 
     def close(self) -> None:
-        """The run is stopping: requests not yet started are cancelled instead of sent."""
+        """The run is stopping: requests not yet started are cancelled instead of sent, and so
+        are those sent but not yet answered (their rows stay uncommitted; a resumed run fetches
+        them again).  Only answers already arriving (see :meth:`answering`) may finish."""
         self._closed = True
         self._closing.set()
+        for task in list(self._unanswered):
+            task.cancel()
+        self._unanswered.clear()
+
+    def answering(self) -> None:
+        """The current request's answer has started to arrive: a stop lets it finish."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._unanswered.discard(task)
 
     async def pause(self, seconds: float) -> None:
         """Wait ``seconds`` between attempts, or stop waiting when the run stops: a retry that
@@ -124,9 +136,14 @@ class Limits:
                 # resumed run fetches them again.
                 raise asyncio.CancelledError
             started = time.monotonic()
+            task = asyncio.current_task()
+            if task is not None:
+                self._unanswered.add(task)
             try:
                 yield
             finally:
+                if task is not None:
+                    self._unanswered.discard(task)
                 if self._observe is not None and source is not None:
                     self._observe(source, time.monotonic() - started)
         finally:
