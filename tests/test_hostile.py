@@ -256,7 +256,12 @@ def test_a_kill_at_any_step_of_the_commit_resumes_to_the_same_files(
     assert resumed.returncode == 0, resumed.stderr
     assert out.read_bytes() == reference[0]
     assert Path(f"{out}.errors.jsonl").read_bytes() == reference[1], "no failure is lost"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.csv", "scores.csv.errors.jsonl"]
+    # Only the files and the record that makes the same --resume command a no-op.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".scores.csv.done",
+        "scores.csv",
+        "scores.csv.errors.jsonl",
+    ]
 
 
 def test_a_changed_errors_path_is_refused_naming_it(tmp_path: Path) -> None:
@@ -302,6 +307,77 @@ def test_resume_of_a_finished_run_that_lost_only_its_state_removal(tmp_path: Pat
     assert b"written every row already" in resumed.stderr
     report = json.loads((tmp_path / "r.json").read_text())
     assert (report["scored"], report["failed"]) == (5000, 10)
+
+
+ALLOW = ("--max-failed", "100")  # the sample holds 10 unknown IDs
+
+
+# -- cron: the same --resume command every night ------------------------------------------------
+
+
+def test_resume_of_a_completed_run_is_a_no_op_that_says_so(tmp_path: Path) -> None:
+    out = tmp_path / "scores.csv"
+    report = tmp_path / "r.json"
+    args = _sample_run(out, "--resume", "--report", str(report))
+    first = _run(args)
+    assert first.returncode == 0, first.stderr
+    before = out.read_bytes(), out.stat().st_mtime_ns
+    again = _run(args)
+    assert again.returncode == 0, again.stderr
+    lines = again.stderr.decode().splitlines()
+    assert len(lines) == 1 and "is complete already" in lines[0] and "nothing to do" in lines[0]
+    assert (out.read_bytes(), out.stat().st_mtime_ns) == before, "the output is not touched"
+    assert json.loads(report.read_text())["scored"] == 5000  # the report tells what was done
+
+
+def test_resume_of_a_completed_run_refuses_when_something_changed(tmp_path: Path) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes((SAMPLE_DIR / "ids.txt").read_bytes())
+    out = tmp_path / "scores.csv"
+
+    def nightly(*extra: str) -> list[str]:
+        return ["score", str(ids), "-c", str(SAMPLE_CONFIG), "-o", str(out), *ALLOW, *extra]
+
+    assert _run(nightly("--resume")).returncode == 0
+    other_option = _run(nightly("--resume", "--dedupe"))
+    assert other_option.returncode == 2
+    assert b"--dedupe" in other_option.stderr  # the difference is named
+    without_resume = _run(nightly())
+    assert without_resume.returncode == 2 and b"already exists" in without_resume.stderr
+    with ids.open("ab") as f:
+        f.write(b"C000001\n")  # tonight's export has one more line
+    changed = _run(nightly("--resume"))
+    assert changed.returncode == 2
+    assert b"has changed since" in changed.stderr and str(ids).encode() in changed.stderr
+
+
+def test_another_days_unfinished_run_is_named_and_can_be_resumed(
+    tmp_path: Path, reference: tuple[bytes, bytes]
+) -> None:
+    template = str(tmp_path / "scores-{date}.csv")
+    report = tmp_path / "r.json"
+    killed = _run(
+        _sample_run(Path(template), "--date", "2026-11-30"), {"_BATCHSCORE_CRASH_AT": "synced"}
+    )
+    assert killed.returncode == -9
+    tonight = _run(_sample_run(Path(template), "--resume", "--report", str(report)))
+    assert tonight.returncode == 0, tonight.stderr
+    assert (
+        b"the run for 2026-11-30 stopped before it finished" in tonight.stderr
+        and b"--date 2026-11-30 --resume" in tonight.stderr
+    )
+    assert [r["date"] for r in json.loads(report.read_text())["unfinished_runs"]] == ["2026-11-30"]
+    old = _run(_sample_run(Path(template), "--date", "2026-11-30", "--resume"))
+    assert old.returncode == 0, old.stderr
+    assert (tmp_path / "scores-2026-11-30.csv").read_bytes() == reference[0]
+    assert not list(tmp_path.glob(".*.state"))
+
+
+@pytest.mark.parametrize("day", ["2026-11-31", "yesterday", "2026-1-5"])
+def test_a_date_that_is_not_a_day_is_refused(tmp_path: Path, day: str) -> None:
+    result = _run(_sample_run(tmp_path / "s-{date}.csv", "--date", day))
+    assert result.returncode == 2
+    assert result.stderr.decode().strip().endswith(f"not '{day}'")
 
 
 def test_ctrl_c_stops_a_run_waiting_for_a_csv_header_on_a_silent_stdin(tmp_path: Path) -> None:

@@ -175,7 +175,8 @@ def test_stops_at_random_points_and_resumes_exactly_once(
     assert failures(tmp_path / "scores.csv.errors.jsonl") == failures(
         Path(f"{reference}.errors.jsonl")
     )
-    assert not list(tmp_path.glob(".scores.csv*")), "no state, lock or partial file is left"
+    left = [p.name for p in tmp_path.glob(".scores.csv*")]
+    assert left == [".scores.csv.done"], "no state, lock or partial file is left"
 
 
 def test_second_signal_stops_at_once_and_stays_resumable(

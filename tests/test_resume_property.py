@@ -279,8 +279,10 @@ def stop_and_resume(
 
 
 def no_leftovers(out: Path) -> bool:
-    """After success: no state, lock or partial file of the run is left."""
-    return not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+    """After success: no state, lock or partial file of the run is left (only the record that
+    makes the same --resume command a no-op)."""
+    left = [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+    return left in ([], [f".{out.name}.done"])
 
 
 # -- reading outputs for comparison ---------------------------------------------------------------

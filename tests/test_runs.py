@@ -152,7 +152,7 @@ def test_signal_commits_what_is_done_and_resume_finishes_identically(
     assert b"resumed" in resumed.stderr
     assert out.read_bytes() == reference[0]
     assert Path(f"{out}.errors.jsonl").read_bytes() == reference[1]
-    assert leftovers(tmp_path) == ["scores.csv", "scores.csv.errors.jsonl"]
+    assert leftovers(tmp_path) == [".scores.csv.done", "scores.csv", "scores.csv.errors.jsonl"]
 
 
 @pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -136,6 +136,14 @@ def score(
     ] = None,
     unordered: Annotated[bool | None, Opt("--unordered", help="Write in completion order.")] = None,
     resume: Annotated[bool | None, Opt("--resume", help="Continue a stopped run.")] = None,
+    date: Annotated[
+        str | None,
+        Opt(
+            "--date",
+            metavar="YYYY-MM-DD",
+            help="What {date} in -o expands to (to resume another day's run) [default: today].",
+        ),
+    ] = None,
     overwrite: Annotated[
         bool | None, Opt("--overwrite", help="Replace an existing output.")
     ] = None,

@@ -11,14 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import glob
 import logging
 import os
+import re
 import signal
 import stat
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO, TypeVar
 
@@ -50,7 +52,15 @@ from batchscore.sinks.files import (
 )
 from batchscore.sources import Source, build_sources
 from batchscore.sources.limits import Limits
-from batchscore.state import Committed, LineRanges, RunFiles, RunLock, RunState, state_path
+from batchscore.state import (
+    Committed,
+    DoneRecord,
+    LineRanges,
+    RunFiles,
+    RunLock,
+    RunState,
+    state_path,
+)
 
 log = logging.getLogger("batchscore")
 
@@ -82,9 +92,31 @@ class Outcome:
     output: str
 
 
-def expand_path(template: str, run_id: str, now: dt.datetime) -> str:
-    """Expand ``{date}`` and ``{run_id}`` in an output path."""
-    return template.replace("{date}", now.strftime("%Y-%m-%d")).replace("{run_id}", run_id)
+def expand_path(template: str, run_id: str, day: str) -> str:
+    """Expand ``{date}`` (to ``day``, YYYY-MM-DD) and ``{run_id}`` in an output path."""
+    return template.replace("{date}", day).replace("{run_id}", run_id)
+
+
+def unfinished_days(template: str, day: str) -> list[tuple[str, Path]]:
+    """Other days' runs of an output path with ``{date}`` that left state (stopped and never
+    resumed): their day and their state file, oldest first."""
+    if "{date}" not in template or "{run_id}" in template:
+        return []
+    any_day = "[0-9]" * 4 + "-" + "[0-9]" * 2 + "-" + "[0-9]" * 2
+
+    def as_glob(part: str) -> str:
+        return any_day.join(glob.escape(piece) for piece in part.split("{date}"))
+
+    head, tail = os.path.split(template)
+    shape = re.compile(r"(\d{4}-\d{2}-\d{2})".join(map(re.escape, template.split("{date}"))))
+    found: dict[str, Path] = {}
+    for name in glob.glob(os.path.join(as_glob(head), f".{as_glob(tail)}.state")):
+        state = Path(name)
+        output = os.path.join(os.path.dirname(name), state.name[1 : -len(".state")])
+        match = shape.fullmatch(output)
+        if match is not None and match.group(1) != day:
+            found[match.group(1)] = state
+    return sorted(found.items())
 
 
 def open_input(
@@ -187,13 +219,18 @@ class _Plan:
     columns: Columns
     run_id: str
     resumable: bool
+    done: dict[str, Any] | None = None
+    unfinished: list[tuple[str, Path]] = field(default_factory=list)
+    """Other days' stopped runs of a ``{date}`` output (their state is still there)."""
+    """The record of the completed run that already wrote this output (``--resume``)."""
 
 
 def plan(settings: Settings) -> _Plan:
     """Check the model, the input options and the output path; nothing is created yet."""
     info = read_info(str(settings.model.path))
     run_id = uuid.uuid4().hex[:12]
-    output = expand_path(settings.output.path, run_id, dt.datetime.now())
+    day = settings.output.date or dt.date.today().isoformat()
+    output = expand_path(settings.output.path, run_id, day)
     fmt, gzip = output_format(output, settings.output.format)
     named, _ = format_of_name(output)
     if named is None and not settings.output.format and not is_stream_path(output):
@@ -216,15 +253,8 @@ def plan(settings: Settings) -> _Plan:
             "continue one; use a fixed name (or {date}, which resumes within the same day)"
         )
     resumable = not is_stream_path(output)
-    try:
-        if resumable and not Path(output).parent.is_dir():
-            raise UsageError(f"the folder for output {output} does not exist; create it first")
-        # A stopped run's state may belong to a run that renamed its output already: --resume
-        # finishes it (the state is checked when it is opened).
-        if resumable and not (settings.output.resume and state_path(Path(output)).exists()):
-            refuse_existing(Path(output), settings.output.overwrite)
-    except OSError as exc:
-        raise write_error(output, exc) from None
+    if resumable and not Path(output).parent.is_dir():
+        raise UsageError(f"the folder for output {output} does not exist; create it first")
     errors_path = settings.output.errors or (output + ".errors.jsonl" if resumable else None)
     if errors_path is not None:
         where = Path(errors_path)
@@ -238,7 +268,33 @@ def plan(settings: Settings) -> _Plan:
     explain = min(settings.score.explain, len(info.features))  # no empty explanation columns
     columns = Columns(info.score_columns(), settings.input.keep, explain)
     _check_kept_names(columns)
-    return _Plan(settings, info, model, output, fmt, gzip, errors_path, columns, run_id, resumable)
+    p = _Plan(settings, info, model, output, fmt, gzip, errors_path, columns, run_id, resumable)
+    if resumable:
+        p.unfinished = unfinished_days(settings.output.path, day)
+    try:
+        p.done = _check_existing(p)
+    except OSError as exc:
+        raise write_error(output, exc) from None
+    return p
+
+
+def _check_existing(p: _Plan) -> dict[str, Any] | None:
+    """An existing output is refused (unless --overwrite), except for ``--resume``: a stopped
+    run's state may belong to a run that renamed its output already (it is finished when the
+    state is opened), and an output that a completed run of the same job wrote from the same
+    input makes the run a no-op (its record is returned)."""
+    s = p.settings.output
+    if not p.resumable or s.overwrite or not Path(p.output).exists():
+        return None
+    if not s.resume:
+        refuse_existing(Path(p.output), overwrite=False)
+    if state_path(Path(p.output)).exists():
+        return None
+    return _done_record(p).check()
+
+
+def _done_record(p: _Plan) -> DoneRecord:
+    return DoneRecord(Path(p.output), _identity(p), p.settings.input.path)
 
 
 def _check_kept_names(columns: Columns) -> None:
@@ -265,6 +321,11 @@ def run_job(settings: Settings, env: Environment) -> Outcome:
         with contextlib.suppress(OSError):  # the refusal is what the user must see
             _write_outcome_files(settings, stats, exc.exit_status, "", {}, ())
         raise
+    if p.done is not None:  # --resume of a job that completed already: nothing to do
+        stats.restore(p.done["counters"])
+        status = _status(None, stats, settings)
+        _finish(p, env, stats, status, earlier=None)
+        return Outcome(status, stats, p.output)
     run = _Run(p, env, stats)
     in_path = settings.input.path
     if in_path != "-" and os.path.isfile(in_path):
@@ -281,7 +342,12 @@ def run_job(settings: Settings, env: Environment) -> Outcome:
         if lock is not None:
             lock.release()
     status = _status(error, stats, settings)
-    _finish(p, env, stats, status, finished_earlier=run.finished_earlier)
+    earlier = (
+        "the stopped run had written every row already; its files are now in place"
+        if run.finished_earlier
+        else None
+    )
+    _finish(p, env, stats, status, earlier=earlier)
     if error is not None:
         raise error
     return Outcome(status, stats, p.output)
@@ -301,16 +367,23 @@ def _status(error: BaseException | None, stats: RunStats, settings: Settings) ->
 
 
 def _finish(
-    p: _Plan, env: Environment, stats: RunStats, status: ExitStatus, *, finished_earlier: bool
+    p: _Plan, env: Environment, stats: RunStats, status: ExitStatus, *, earlier: str | None
 ) -> None:
+    """The summary on stderr, the report and the metrics.  ``earlier``: this run found the work
+    done by an earlier one (said first)."""
     settings = p.settings
+    finished_earlier = earlier is not None
     started = status not in (ExitStatus.USAGE, ExitStatus.LOCKED)  # those stop before any work
-    if started and not settings.run.quiet and status != ExitStatus.PIPE_CLOSED:
-        if finished_earlier:
-            print(
-                "the stopped run had written every row already; its files are now in place",
-                file=env.stderr,
-            )
+    if p.done is not None and not settings.run.quiet:
+        print(
+            f"{p.output} is complete already (the same job finished it from the same input at "
+            f"{p.done['finished']}: {stats.scored:,} scored, {stats.failed_total:,} failed); "
+            "nothing to do",
+            file=env.stderr,
+        )
+    elif started and not settings.run.quiet and status != ExitStatus.PIPE_CLOSED:
+        if earlier is not None:
+            print(earlier, file=env.stderr)
         for line in summary_lines(stats):
             print(line, file=env.stderr)
         if status in (ExitStatus.OK, ExitStatus.PARTIAL) and p.output != "-":
@@ -323,19 +396,35 @@ def _finish(
                 "batchscore: warning: the input held no IDs (an empty export upstream?)",
                 file=env.stderr,
             )
-        if status == ExitStatus.PARTIAL:
-            run = settings.run
-            allowance = f"--max-failed {run.max_failed}" + (
-                f" / --max-failed-rate {run.max_failed_rate:g}" if run.max_failed_rate else ""
-            )
+    if status == ExitStatus.PARTIAL and not settings.run.quiet:
+        run = settings.run
+        allowance = f"--max-failed {run.max_failed}" + (
+            f" / --max-failed-rate {run.max_failed_rate:g}" if run.max_failed_rate else ""
+        )
+        print(
+            f"exit 3: {stats.failed_total:,} failed IDs are more than {allowance} allows; "
+            "raise the allowance if they are expected",
+            file=env.stderr,
+        )
+    if started and p.unfinished:
+        for day, state in p.unfinished:  # also under --quiet: work is waiting
             print(
-                f"exit 3: {stats.failed_total:,} failed IDs are more than {allowance} allows; "
-                "raise the allowance if they are expected",
+                f"batchscore: warning: the run for {day} stopped before it finished (its state "
+                f"{state} is still there); resume it with --date {day} --resume",
                 file=env.stderr,
             )
     identity = {"model_version": p.info.version, "config_fingerprint": settings.fingerprint}
+    unfinished = [{"date": day, "state": str(state)} for day, state in p.unfinished]
     try:
-        _write_outcome_files(settings, stats, status, p.run_id, identity, p.info.feature_names)
+        _write_outcome_files(
+            settings,
+            stats,
+            status,
+            p.run_id,
+            identity,
+            p.info.feature_names,
+            {"unfinished_runs": unfinished} if unfinished else {},
+        )
     except OSError as exc:
         print(
             f"batchscore: error: cannot write the report or metrics: {exc.strerror}",
@@ -350,10 +439,13 @@ def _write_outcome_files(
     run_id: str,
     identity: dict[str, Any],
     features: tuple[str, ...],
+    notes: dict[str, Any] | None = None,
 ) -> None:
-    """``--report`` and ``--metrics``, if asked for."""
+    """``--report`` (with ``notes``) and ``--metrics``, if asked for."""
     if settings.output.report:
-        write_report(settings.output.report, stats, features, status, run_id, identity)
+        write_report(
+            settings.output.report, stats, features, status, run_id, {**identity, **(notes or {})}
+        )
     if settings.output.metrics:
         write_metrics(settings.output.metrics, stats, status, identity)
 
@@ -457,6 +549,7 @@ class _Run:
             state=RunState(Path(p.output), _identity(p)) if p.resumable else None,
             output_partial=temp_path(Path(p.output)) if p.resumable else None,
             errors_partial=errors_target.temp if isinstance(errors_target, FileTarget) else None,
+            done=_done_record(p) if p.resumable and settings.output.resume else None,
         )
 
     def _options(self, committed: LineRanges | None) -> PipelineOptions:

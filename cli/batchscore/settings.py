@@ -79,6 +79,7 @@ class OutputSettings:
     report: str | None = None
     metrics: str | None = None
     window: int = 0  # rows in flight between reading and writing; 0 = derived from batch sizes
+    date: str | None = None  # what {date} in the output path expands to; None = today
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("resume", "output", "resume"),
     Option("report", "output", "report"),
     Option("metrics", "output", "metrics"),
+    Option("date", "output", "date"),
     Option("max_failed", "run", "max_failed"),
     Option("max_failed_rate", "run", "max_failed_rate"),
     Option("progress_interval", "run", "progress_interval"),
@@ -297,6 +299,8 @@ def validate(s: Settings) -> None:
         raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
     if s.input.shard is not None:
         parse_shard(s.input.shard)
+    if s.output.date is not None:
+        parse_date(s.output.date)
     if s.run.engine != "local" or s.run.scheduler is not None:
         # Said plainly rather than ignored: a user asking for a cluster must not silently get
         # one process.  --shard K/N on N hosts is the scale-out this version has.
@@ -334,3 +338,19 @@ def parse_shard(text: str) -> tuple[int, int]:
     if n < 1 or not 0 <= k < n:
         raise ConfigError(f"--shard K/N needs 0 <= K < N, got '{text}'")
     return k, n
+
+
+def parse_date(text: str) -> str:
+    """Check a ``--date`` (YYYY-MM-DD, a real day); return it."""
+    import datetime as dt
+    import re
+
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text, re.ASCII):
+            raise ValueError(text)
+        dt.date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"--date must be a day as YYYY-MM-DD (e.g. 2026-11-30), not '{text}'"
+        ) from None
+    return text

@@ -5,7 +5,9 @@ For an output ``out/scores.csv`` a run keeps, in ``out/``:
 - ``.scores.csv.partial``: the output being written (renamed into place on success);
 - ``.scores.csv.errors.jsonl.partial`` (or beside ``--errors``): the errors file being written;
 - ``.scores.csv.state``: a small SQLite file (through aiosqlite) with what is committed;
-- ``.scores.csv.lock``: the run lock (``flock``; the kernel drops it when a run dies).
+- ``.scores.csv.lock``: the run lock (``flock``; the kernel drops it when a run dies);
+- ``.scores.csv.done``: left by a completed run that was started with ``--resume`` (the cron
+  pattern): what it was (:class:`DoneRecord`), so the same command run again is a no-op.
 
 A *commit* makes everything written so far durable in one step: fsync the output and the errors
 file, then record, in one SQLite transaction, their byte lengths and which input lines they
@@ -21,6 +23,7 @@ import bisect
 import contextlib
 import datetime as dt
 import fcntl
+import logging
 import os
 import shutil
 import signal
@@ -32,7 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from batchscore.errors import LeftoverStateError, LockedError, OutputWriteError
+from batchscore.errors import (
+    LeftoverStateError,
+    LockedError,
+    OutputExistsError,
+    OutputWriteError,
+)
+
+log = logging.getLogger("batchscore")
 
 if TYPE_CHECKING:
     from batchscore.sinks import Sink
@@ -42,6 +52,95 @@ if TYPE_CHECKING:
 def state_path(output: Path) -> Path:
     """The state file of a run writing ``output``."""
     return output.with_name(f".{output.name}.state")
+
+
+def done_path(output: Path) -> Path:
+    """The record a completed ``--resume`` run leaves beside ``output``."""
+    return output.with_name(f".{output.name}.done")
+
+
+def file_stamp(path: str | Path) -> list[int] | None:
+    """Size and modification time of a file (what ``make`` trusts), or None for stdin or a
+    file that is gone."""
+    if str(path) == "-":
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return [info.st_size, info.st_mtime_ns]
+
+
+class DoneRecord:
+    """What a completed run knew, kept beside its output so that the same job run again with
+    ``--resume`` is a no-op (exit 0) instead of "already exists".
+
+    The job is the same when the run identity (input path, model, columns, format ...) is, the
+    input file has the size and modification time it had, and the output is the file that run
+    wrote (same size and time).  Anything else is not this run's output, and is refused as an
+    existing output.
+    """
+
+    def __init__(self, output: Path, identity: dict[str, Any], input_path: str) -> None:
+        self.output = output
+        self.path = done_path(output)
+        self.identity = orjson.dumps(identity, option=orjson.OPT_SORT_KEYS).decode()
+        self.input_path = input_path
+
+    def write(self, counters: dict[str, Any]) -> None:
+        """Record the completed run (after its output is in place), atomically."""
+        record = {
+            "identity": self.identity,
+            "counters": counters,
+            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "input": file_stamp(self.input_path),
+            "output": file_stamp(self.output),
+        }
+        temp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            temp.write_bytes(orjson.dumps(record))
+            os.replace(temp, self.path)
+        except OSError as exc:  # the output is in place: the run succeeded all the same
+            log.warning(
+                "cannot write %s (%s): running the same job again with --resume will say the "
+                "output exists instead of doing nothing",
+                self.path,
+                exc.strerror,
+            )
+
+    def remove(self) -> None:
+        """A new run replaces the output: the record no longer describes it."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def check(self) -> dict[str, Any]:
+        """The record, if the existing output is what the same job wrote from the same input;
+        otherwise an :class:`~batchscore.errors.OutputExistsError` saying why not."""
+
+        def refuse(why: str) -> OutputExistsError:
+            return OutputExistsError(
+                f"output {self.output} already exists{why}; pass --overwrite to replace it or "
+                "choose another -o"
+            )
+
+        try:
+            record: dict[str, Any] = orjson.loads(self.path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            raise refuse(" (and no completed run with --resume recorded it)") from None
+        if record.get("identity") != self.identity:
+            raise refuse(
+                f"; the run that wrote it used another "
+                f"{_difference(str(record.get('identity')), self.identity)}"
+            )
+        if self.input_path == "-" or record.get("input") != file_stamp(self.input_path):
+            raise refuse(
+                f" from a completed run, but {self.input_path} has changed since"
+                if self.input_path != "-"
+                else " from a completed run, and an input from stdin cannot be compared"
+            )
+        if record.get("output") != file_stamp(self.output):
+            raise refuse(" and has changed since the run that wrote it")
+        return record
 
 
 def lock_path(output: Path) -> Path:
@@ -357,7 +456,7 @@ class RunFiles:
     1. sync the output and the errors file, and record their lengths and lines in the state;
     2. mark the state complete (every row is written and durable);
     3. rename the errors file into place, then the output;
-    4. remove the state.
+    4. write the done record (runs started with ``--resume``), then remove the state.
 
     A kill before 2 resumes as any stopped run.  A kill after 2 resumes by finishing 3 and 4
     (:meth:`finish`): nothing is fetched again.  A resume that finds a partial file missing
@@ -372,7 +471,9 @@ class RunFiles:
         state: RunState | None,
         output_partial: Path | None,
         errors_partial: Path | None,
+        done: DoneRecord | None = None,
     ) -> None:
+        self.done = done
         self.sink = sink
         self.errors = errors
         self.state = state
@@ -390,6 +491,8 @@ class RunFiles:
         previous = self.previous
         if previous.complete:
             return previous
+        if self.done is not None:
+            self.done.remove()  # this run replaces the output the record describes
         resuming = previous.started
         try:
             if resuming:
@@ -441,6 +544,12 @@ class RunFiles:
         _crash_point("errors-renamed")
         await self.sink.commit()
         _crash_point("output-renamed")
+        await self._done(counters)
+
+    async def _done(self, counters: dict[str, Any]) -> None:
+        """Step 4."""
+        if self.done is not None:
+            self.done.write(counters)
         if self.state is not None:
             await self.state.remove()
 
@@ -453,8 +562,7 @@ class RunFiles:
             if partial is not None and partial.exists():
                 await file.open(resume_at)
                 await file.commit()
-        if self.state is not None:
-            await self.state.remove()
+        await self._done(self.previous.counters)
 
     async def abort(self) -> None:
         """The run stopped: keep what is committed for ``--resume``; close everything."""
