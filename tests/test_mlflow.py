@@ -344,7 +344,7 @@ def refused(trained_models: dict[str, TrainedModel], run_cli: RunCli, tmp_path: 
     config = write_config(tmp_path / "c.toml", sources=[model.source()])
     output = tmp_path / "scores.csv"
 
-    def run(path: Path) -> str:
+    def run(path: Path | str) -> str:
         code, out, err = run_cli(
             "score", "-c", config, "-m", path, "-o", output, stdin=b"b-00001\n"
         )
@@ -454,6 +454,7 @@ def test_missing_files_are_refused(
     assert "names the booster file model.lgb, which is not in" in err
 
     assert "does not exist" in refused(tmp_path / "nowhere")
+    assert "mlflow artifacts download -u runs:/abc/model -d DIR" in refused("runs:/abc/model")
 
 
 MALFORMED = {

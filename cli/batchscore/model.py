@@ -139,6 +139,11 @@ def _route_lightgbm_logs() -> None:
 def _read_checked(path: str) -> bytes:
     p = Path(path)
     if not p.exists():
+        if path.startswith(("runs:/", "models:/")) or "://" in path:
+            raise ModelError(
+                f"model {path} is an MLflow URI; batchscore reads model folders on disk: "
+                f"download it first (mlflow artifacts download -u {path} -d DIR), then pass DIR"
+            )
         raise ModelError(f"model file {path} does not exist; check -m or [model] path")
     try:
         data = p.read_bytes()
