@@ -191,7 +191,7 @@ def test_bad_model_files_are_model_errors_not_crashes(
 def test_missing_model_and_directory_are_model_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="does not exist"):
         read_info(str(tmp_path / "nope.txt"))
-    with pytest.raises(ModelError, match="directory"):
+    with pytest.raises(ModelError, match="folder without an MLmodel file"):
         read_info(str(tmp_path))
 
 

@@ -73,7 +73,13 @@ ConfigOption = Annotated[
     Path | None, Opt("-c", "--config", metavar="PATH", help="TOML config file.")
 ]
 ModelOption = Annotated[
-    str | None, Opt("-m", "--model", metavar="PATH", help="LightGBM model file.")
+    str | None,
+    Opt(
+        "-m",
+        "--model",
+        metavar="PATH",
+        help="LightGBM model file (text format), or an MLflow model folder of the lightgbm flavor.",
+    ),
 ]
 InputFormatOption = Annotated[
     str | None, Opt("--input-format", metavar="FMT", help="text|csv|jsonl [default: from IDS].")
@@ -262,12 +268,13 @@ def check(
 
 @app.command("model-info")
 def model_info(
-    model: Annotated[str, typer.Argument(help="LightGBM model file.")],
+    model: Annotated[str, typer.Argument(help="LightGBM model file, or an MLflow model folder.")],
     json_output: Annotated[bool, Opt("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Describe a model: objective, trees, classes, features with training ranges, version.
 
-    Example: batchscore model-info sample_data/model.txt
+    For an MLflow model folder, also the booster file in it, the run id and the signature's
+    inputs. Example: batchscore model-info sample_data/model.txt
     """
     from batchscore.model import read_info
 
@@ -280,6 +287,9 @@ def model_info(
         print(orjson.dumps(dataclasses.asdict(info), option=orjson.OPT_INDENT_2).decode())
         return
     print(f"model      {info.path}")
+    if info.mlflow is not None:
+        print(f"booster    {info.booster_file}")
+        print(f"run_id     {info.mlflow.run_id or '(none)'}")
     print(f"version    {info.version}")
     print(f"objective  {info.objective}")
     print(f"trees      {info.num_trees}")
@@ -296,6 +306,12 @@ def model_info(
                 f"[{f.low:g}, {f.high:g}]" if f.low is not None and f.high is not None else "unused"
             )
         print(f"  {f.name:<{width}}  {kind:<11}  {detail}")
+    inputs = info.mlflow.signature_inputs if info.mlflow is not None else ()
+    if inputs:
+        print(f"signature  {len(inputs)} inputs")
+        width = max(len(i.name or "(tensor)") for i in inputs)
+        for i in inputs:
+            print(f"  {i.name or '(tensor)':<{width}}  {i.type}")
 
 
 def _terminated(signum: int, frame: object) -> None:

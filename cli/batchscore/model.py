@@ -4,6 +4,8 @@ A LightGBM model file is checked before anything else happens.  LightGBM aborts 
 process on some truncated or corrupt files (``terminate called without an active exception``),
 so the first load happens in a forked child (or a subprocess where forking is unsafe); only a
 file that loaded there is loaded here.  Pickles are refused: a model file is data, a pickle is code.
+A model path may also be an MLflow model folder of the LightGBM flavour
+(:mod:`batchscore.mlflow_folder`): the booster file it names is what is checked and loaded.
 
 Matrices are ``float64`` arrays of shape ``(rows, len(feature_names))`` in the model's feature
 order, missing values as NaN, categorical strings encoded to the codes LightGBM gave the
@@ -32,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from batchscore.errors import ModelError
+from batchscore.mlflow_folder import MlflowInfo, is_mlflow_path, read_folder
 
 log = logging.getLogger("batchscore.model")
 
@@ -57,12 +60,14 @@ class FeatureInfo:
 class ModelInfo:
     """What ``model-info`` shows and what the pipeline needs to know about a model."""
 
-    path: str
-    version: str  # sha256 of the file, first 16 hex digits
+    path: str  # as the user gave it: a model file or an MLflow model folder
+    version: str  # sha256 of the booster file, first 16 hex digits: a folder's is its booster's
     objective: str
     num_class: int
     num_trees: int
     features: tuple[FeatureInfo, ...]
+    booster_file: str  # the LightGBM text model loaded: ``path`` itself, or the one in the folder
+    mlflow: MlflowInfo | None = None  # run id and signature of an MLflow folder
 
     @property
     def feature_names(self) -> tuple[str, ...]:
@@ -134,9 +139,12 @@ def _route_lightgbm_logs() -> None:
 def _read_checked(path: str) -> bytes:
     p = Path(path)
     if not p.exists():
+        if path.startswith(("runs:/", "models:/")) or "://" in path:
+            raise ModelError(
+                f"model {path} is an MLflow URI; batchscore reads model folders on disk: "
+                f"download it first (mlflow artifacts download -u {path} -d DIR), then pass DIR"
+            )
         raise ModelError(f"model file {path} does not exist; check -m or [model] path")
-    if p.is_dir():
-        raise ModelError(f"model path {path} is a directory; point -m at a LightGBM model file")
     try:
         data = p.read_bytes()
     except OSError as exc:
@@ -242,8 +250,10 @@ def _categorical_indices(data: bytes, infos: Sequence[str]) -> list[int]:
     return [i for i, info in enumerate(infos) if info != "none" and not info.startswith("[")]
 
 
-def read_info(path: str) -> ModelInfo:
-    """Check the model file safely and describe it (no Booster is kept)."""
+def read_info(model_path: str) -> ModelInfo:
+    """Check the model file (or MLflow folder) safely and describe it (no Booster is kept)."""
+    folder = read_folder(model_path) if is_mlflow_path(model_path) else None
+    path = str(folder.booster) if folder is not None else model_path
     data = _read_checked(path)
     header = _parse_header(data, path)
     names = header["feature_names"].split(" ")
@@ -271,12 +281,14 @@ def read_info(path: str) -> ModelInfo:
         features.append(FeatureInfo(name, is_cat, low, high, categories, used=info != "none"))
     num_trees = data.count(b"\nTree=")
     return ModelInfo(
-        path=path,
+        path=model_path,
         version=hashlib.sha256(data).hexdigest()[:16],
         objective=header["objective"],
         num_class=int(header["num_class"]),
         num_trees=num_trees,
         features=tuple(features),
+        booster_file=path,
+        mlflow=folder.info if folder is not None else None,
     )
 
 
@@ -387,9 +399,9 @@ class Model:
         self.encoder = Encoder(info)
         self.threads = threads
         try:
-            self.booster = lightgbm.Booster(model_file=info.path)
+            self.booster = lightgbm.Booster(model_file=info.booster_file)
         except lightgbm.basic.LightGBMError as exc:  # checked already; a race with a changed file
-            raise ModelError(f"model file {info.path} could not be loaded: {exc}") from None
+            raise ModelError(f"model file {info.booster_file} could not be loaded: {exc}") from None
 
     def predict(self, matrix: Matrix, raw_score: bool = False) -> npt.NDArray[np.float64]:
         """Scores, shape (rows,) or (rows, classes). Releases the GIL while LightGBM works."""
