@@ -31,6 +31,7 @@ class InputSettings:
     keep: tuple[str, ...] = ()
     dedupe: bool = False
     shard: str | None = None  # "K/N"
+    from_errors: str | None = None  # an errors file whose IDs are the input (instead of path)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class OutputSettings:
     report: str | None = None
     metrics: str | None = None
     window: int = 0  # rows in flight between reading and writing; 0 = derived from batch sizes
+    with_features: bool = False  # the feature values the model saw, one column per feature
+    add: tuple[str, ...] = ()  # audit columns: AUDIT_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("keep", "input", "keep"),
     Option("dedupe", "input", "dedupe"),
     Option("shard", "input", "shard"),
+    Option("from_errors", "input", "from_errors"),
     Option("model", "model", "path"),
     Option("concurrency", "fetch", "concurrency"),
     Option("retries", "fetch", "retries"),
@@ -143,6 +147,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("resume", "output", "resume"),
     Option("report", "output", "report"),
     Option("metrics", "output", "metrics"),
+    Option("with_features", "output", "with_features"),
+    Option("add", "output", "add"),
     Option("max_failed", "run", "max_failed"),
     Option("max_failed_rate", "run", "max_failed_rate"),
     Option("progress_interval", "run", "progress_interval"),
@@ -153,6 +159,10 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 SOURCE_KINDS = ("sqlite", "http", "feast", "postgres")
+
+AUDIT_COLUMNS = ("model_version", "scored_at")
+"""The columns ``--add`` can append: the model file's version (hash), and when a row's batch
+was scored (UTC, ISO-8601)."""
 
 
 @dataclass(frozen=True)
@@ -234,6 +244,11 @@ def resolve(
         fingerprint=digest,
     )
     validate(settings)
+    if settings.input.from_errors and flags.get("ids") is not None:
+        raise ConfigError(
+            "IDS and --from-errors both name the input; pass one of them (--from-errors "
+            "takes the IDs of an errors file)"
+        )
     return settings
 
 
@@ -297,6 +312,7 @@ def validate(s: Settings) -> None:
         raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
     if s.input.shard is not None:
         parse_shard(s.input.shard)
+    audit_columns(s.output.add)
     if s.run.engine != "local" or s.run.scheduler is not None:
         # Said plainly rather than ignored: a user asking for a cluster must not silently get
         # one process.  --shard K/N on N hosts is the scale-out this version has.
@@ -322,6 +338,22 @@ def validate(s: Settings) -> None:
                 f"two sources are named '{name}'; give each [[sources]] a unique name"
             )
         names.add(name)
+
+
+def audit_columns(add: tuple[str, ...]) -> tuple[str, ...]:
+    """The audit columns of ``--add`` (repeatable, or comma-separated), each once, in the order
+    first given."""
+    names: dict[str, None] = {}
+    for given in add:
+        for part in given.split(","):
+            name = part.strip()
+            if name not in AUDIT_COLUMNS:
+                raise ConfigError(
+                    f"--add takes {' or '.join(AUDIT_COLUMNS)}, not '{name}'"
+                    + suggest(name, AUDIT_COLUMNS)
+                )
+            names[name] = None
+    return tuple(names)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
