@@ -398,3 +398,15 @@ def test_from_errors_without_the_kept_column_in_its_records_says_so(
         "carry: none); a run keeps in its errors file the columns it was given with --keep"
     )
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_score_help_says_what_contributions_are_and_lists_the_new_options(
+    run_cli: RunCli,
+) -> None:
+    code, out, err = run_cli("score", "--help")
+    assert code == 0, err
+    text = " ".join(out.decode().split())  # as read, whatever the wrapping
+    assert "LightGBM pred_contrib: raw margin, log-odds for binary" in text
+    assert "with the bias they sum to the raw score; multiclass: the predicted class" in text
+    for option in ("--with-features", "--add COL", "--from-errors PATH"):
+        assert option in text
