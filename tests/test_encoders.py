@@ -41,3 +41,29 @@ def test_csv_reads_back_exactly(
     ]
     if keep:
         assert [r[-1] for r in back[1:]] == [k for _, _, k in data]
+
+
+values = st.floats(allow_infinity=False, width=64)  # NaN included: a missing feature value
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(texts, st.lists(values, min_size=3, max_size=3)), min_size=1, max_size=20)
+)
+def test_feature_values_read_back_exactly_and_missing_ones_are_empty(
+    data: list[tuple[str, list[float]]],
+) -> None:
+    columns = Columns(("score",), features=("a", "b", "c"), audit=("model_version",))
+    matrix = np.array([v for _, v in data], dtype=np.float64).reshape(len(data), 3)
+    batch = ScoredBatch(
+        [i for i, _ in data], np.zeros((len(data), 1)), features=matrix, audit=("f43e807c",)
+    )
+    encoder = CsvEncoder(columns)
+    back = list(csv.reader(io.StringIO((encoder.header() + encoder.encode(batch)).decode())))
+    assert back[0] == ["id", "score", "feature_a", "feature_b", "feature_c", "model_version"]
+    cells = np.array([r[2:5] for r in back[1:]], dtype=object).reshape(len(data), 3)
+    missing = cells == ""
+    assert np.array_equal(missing, np.isnan(matrix))  # NaN is an empty field, never "nan"
+    written = np.array([float(x) for x in cells[~missing]], dtype=np.float64)
+    assert np.array_equal(written.view(np.uint64), matrix[~missing].view(np.uint64))
+    assert {r[5] for r in back[1:]} == {"f43e807c"}

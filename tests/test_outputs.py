@@ -5,7 +5,8 @@ A user opens a ``.csv`` with the csv module, a ``.jsonl`` with json, a ``.gz`` w
 must be ``Booster.predict`` on the same rows, bit for bit.  Scores are compared as ``uint64``
 views of the doubles, so a last-bit difference or ``-0.0`` for ``0.0`` fails.  IDs, row order
 (input order) and ``--keep`` columns must round-trip exactly, awkward IDs included, and
-``--explain K`` must name the K largest contributions of ``Booster.predict(pred_contrib=True)``.
+``--explain K`` must name the K largest contributions of ``Booster.predict(pred_contrib=True)``,
+each beside the feature value the model saw.
 
 The jobs run in this process through the real settings layer (``score_in_process``); stdout is
 the job's real file descriptor.  Process behaviour is not the point here.
@@ -236,6 +237,19 @@ def test_awkward_ids_and_kept_columns_round_trip_exactly(
 
 # -- explanations ---------------------------------------------------------------------------------
 
+
+def missing_or_number(value: Any, fmt: str) -> float:
+    """A feature value as written: a missing one is empty in CSV and null elsewhere (never
+    ``nan``); returned as NaN, a number as its float."""
+    if value is None or value == "":
+        assert value == ("" if "csv" in fmt else None), f"a missing value written as {value!r}"
+        return float("nan")
+    if "csv" in fmt:
+        return float(value)
+    assert isinstance(value, float), value
+    return value
+
+
 EXPLAIN_K = 4
 
 
@@ -277,7 +291,7 @@ def test_explain_lists_the_largest_contributions_of_the_predicted_class(
     explain_columns = [
         f"explain_{i}_{part}"
         for i in range(1, EXPLAIN_K + 1)
-        for part in ("feature", "contribution")
+        for part in ("feature", "value", "contribution")
     ]
     assert header == ["id", *model.score_columns, *explain_columns]
     assert [row["id"] for row in rows] == list(model.ids)
@@ -291,9 +305,14 @@ def test_explain_lists_the_largest_contributions_of_the_predicted_class(
     contrib = contrib.reshape(len(model.ids), -1, width)[:, :, :-1]  # drop the bias column
     predicted = np.argmax(expected, axis=1)  # the predicted class (0 for one score column)
     values = {i: numbers(rows, f"explain_{i}_contribution", fmt) for i in range(1, EXPLAIN_K + 1)}
+    index = {name: j for j, name in enumerate(names)}
     for r, row in enumerate(rows):
         listed = [(row[f"explain_{i}_feature"], values[i][r]) for i in range(1, EXPLAIN_K + 1)]
         assert_top_contributions(contrib[r, predicted[r]], names, listed, row["id"])
+        # Beside each contribution, the value the model saw (the stored row; NULL is missing).
+        seen = [model.features[r, index[name]] for name, _ in listed]
+        shown = [missing_or_number(row[f"explain_{i}_value"], fmt) for i in range(1, EXPLAIN_K + 1)]
+        assert np.array_equal(bits(shown), bits(seen)), row["id"]
     if kind == "multiclass":
         # The class matters: some rows' top features differ between class 0 and the predicted one.
         assert any(

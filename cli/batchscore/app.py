@@ -161,8 +161,42 @@ def score(
         Opt("--keep", metavar="COL", help="Input column to carry through (repeatable)."),
     ] = None,
     dedupe: Annotated[bool | None, Opt("--dedupe", help="Score each ID once.")] = None,
+    from_errors: Annotated[
+        str | None,
+        Opt(
+            "--from-errors",
+            metavar="PATH",
+            help="Score the IDs (and --keep columns) of an errors file instead of IDS: "
+            "a retry of the failures.",
+        ),
+    ] = None,
     explain: Annotated[
-        int | None, Opt("--explain", metavar="K", help="Top K contributions (raw margin) per row.")
+        int | None,
+        Opt(
+            "--explain",
+            metavar="K",
+            help="Per row, the K features with the largest |contribution| (LightGBM pred_contrib: "
+            "raw margin, log-odds for binary; with the bias they sum to the raw score; multiclass: "
+            "the predicted class), each with the value the model saw "
+            "(explain_N_feature, explain_N_value, explain_N_contribution) [default: 0].",
+        ),
+    ] = None,
+    with_features: Annotated[
+        bool | None,
+        Opt(
+            "--with-features",
+            help="Add the feature values the model saw, one column feature_NAME per model "
+            "feature, in model order (categoricals as their codes).",
+        ),
+    ] = None,
+    add: Annotated[
+        list[str] | None,
+        Opt(
+            "--add",
+            metavar="COL",
+            help="Add an audit column: model_version (the model file's hash) or scored_at "
+            "(UTC time of the row's batch); repeatable.",
+        ),
     ] = None,
     raw_score: Annotated[bool | None, Opt("--raw-score", help="Raw margins.")] = None,
     threads: Annotated[

@@ -21,6 +21,24 @@ Matrix = npt.NDArray[np.float64]
 """float64, shape (rows, columns); NaN where a value is missing."""
 
 
+@dataclass(frozen=True, slots=True)
+class Explanations:
+    """A chunk's top-K explanations, each array of shape (rows, K), row-aligned with the chunk.
+
+    ``features`` are indices into the model's features; ``values`` the feature values the model
+    saw (the matrix's, NaN = missing); ``contributions`` LightGBM's ``pred_contrib`` (raw margin)
+    for the explained class.  Rows that were not scored hold NaN.
+    """
+
+    features: npt.NDArray[np.intp]
+    values: Matrix
+    contributions: Matrix
+
+    def take(self, rows: npt.NDArray[np.intp]) -> Explanations:
+        """Only ``rows``."""
+        return Explanations(self.features[rows], self.values[rows], self.contributions[rows])
+
+
 class Status(enum.IntEnum):
     """What became of one row of a chunk (stored as ``uint8`` in :attr:`Chunk.status`)."""
 
@@ -49,9 +67,11 @@ class Chunk:
     status: npt.NDArray[np.uint8]  # (rows,) a Status per row
     failures: dict[int, ErrorRecord] = field(default_factory=dict)  # row -> why, sparse
     filtered: int = 0  # rows --shard / --dedupe left out (counted, never written)
-    matrix: Matrix | None = None  # (rows, model features), filled by the sources
+    matrix: Matrix | None = None  # (rows, model features), filled by the sources; freed once
+    # scored, unless --with-features writes it
     scores: Matrix | None = None  # (rows, score columns); rows not OK hold NaN
-    explanations: tuple[npt.NDArray[np.intp], Matrix] | None = None  # (rows, K) each
+    explanations: Explanations | None = None  # with --explain K
+    scored_at: float = 0.0  # when the scores were predicted (seconds since the epoch)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -80,8 +100,9 @@ class Chunk:
         attempts: int = 0,
     ) -> ErrorRecord:
         """Why row ``row`` (its ID and input line) produced no score."""
+        kept = None if self.keep is None else self.keep[row]
         return ErrorRecord(
-            self.ids[row], int(self.lines[row]), stage, source, reason, status, attempts
+            self.ids[row], int(self.lines[row]), stage, source, reason, status, attempts, kept
         )
 
     def error_records(self) -> list[ErrorRecord]:
@@ -89,4 +110,4 @@ class Chunk:
         return [self.failures[row] for row in sorted(self.failures)]
 
 
-__all__ = ["Chunk", "Matrix", "Status"]
+__all__ = ["Chunk", "Explanations", "Matrix", "Status"]

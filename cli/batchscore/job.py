@@ -39,9 +39,9 @@ from batchscore.model import Model, ModelInfo, read_info, scoring_plan
 from batchscore.pipeline import Pipeline, PipelineOptions, allowed, source_columns
 from batchscore.progress import choose
 from batchscore.report import RunStats, summary_lines, write_metrics, write_report
-from batchscore.settings import Settings, parse_shard
+from batchscore.settings import Settings, audit_columns, parse_shard
 from batchscore.sinks import EXTENSIONS, Columns, Sink, format_of_name, output_format
-from batchscore.sinks.errorlog import ErrorLog
+from batchscore.sinks.errorlog import ErrorLog, read_errors_file
 from batchscore.sinks.files import (
     ByteTarget,
     FileTarget,
@@ -242,7 +242,7 @@ def plan(settings: Settings) -> _Plan:
         log.warning(
             "writing %s into %s, whose name says %s (as --format asked)", fmt, output, named
         )
-    in_format = idmod.detect_format(settings.input.path, settings.input.format)
+    in_format = input_format(settings)
     if settings.input.keep and in_format == "text":
         raise UsageError("--keep needs a CSV or JSON-lines input; plain text has only IDs")
     if output != "-" and Path(output).is_dir():
@@ -264,9 +264,27 @@ def plan(settings: Settings) -> _Plan:
             raise UsageError(
                 f"the folder for the errors file {errors_path} does not exist; create it first"
             )
+    retry = settings.input.from_errors
+    if retry and retry != "-":
+        if not Path(retry).is_file():
+            raise UsageError(
+                f"the --from-errors file {retry} does not exist; pass the OUTPUT.errors.jsonl "
+                "of the run to retry"
+            )
+        if errors_path is not None and Path(retry).resolve() == Path(errors_path).resolve():
+            raise UsageError(
+                f"--from-errors {retry} is also this run's errors file, which would replace it; "
+                "choose another -o (or --errors)"
+            )
     model = Model(info, threads=scoring_plan(settings.score.threads).threads)
     explain = min(settings.score.explain, len(info.features))  # no empty explanation columns
-    columns = Columns(info.score_columns(), settings.input.keep, explain)
+    columns = Columns(
+        info.score_columns(),
+        settings.input.keep,
+        explain,
+        features=info.feature_names if settings.output.with_features else (),
+        audit=audit_columns(settings.output.add),
+    )
     _check_kept_names(columns)
     p = _Plan(settings, info, model, output, fmt, gzip, errors_path, columns, run_id, resumable)
     if resumable:
@@ -294,7 +312,7 @@ def _check_existing(p: _Plan) -> dict[str, Any] | None:
 
 
 def _done_record(p: _Plan) -> DoneRecord:
-    return DoneRecord(Path(p.output), _identity(p), p.settings.input.path)
+    return DoneRecord(Path(p.output), _identity(p), input_path(p.settings))
 
 
 def _check_kept_names(columns: Columns) -> None:
@@ -304,8 +322,34 @@ def _check_kept_names(columns: Columns) -> None:
         if names.count(name) > 1:
             raise UsageError(
                 f"--keep {name} would give the output two columns named '{name}'; keep each "
-                "column once, and not one named like an output column (id, score, explain_...)"
+                "column once, and not one named like an output column (id, score, explain_..., "
+                "feature_..., model_version, scored_at)"
             )
+
+
+def input_path(settings: Settings) -> str:
+    """Where the IDs come from: the errors file of ``--from-errors``, or IDS."""
+    return settings.input.from_errors or settings.input.path
+
+
+def input_format(settings: Settings) -> str:
+    """The input's format (``errors`` for ``--from-errors``)."""
+    if settings.input.from_errors:
+        return "errors"
+    return idmod.detect_format(settings.input.path, settings.input.format)
+
+
+def read_input(settings: Settings, stream: BinaryIO) -> Iterator[idmod.InputItem]:
+    """The input rows (blocking: a CSV header or the first errors record is read at once)."""
+    if settings.input.from_errors:
+        return read_errors_file(stream, settings.input.keep)
+    return idmod.read_ids(
+        stream,
+        input_format(settings),
+        settings.input.id_column,
+        settings.input.id_field,
+        settings.input.keep,
+    )
 
 
 def run_job(settings: Settings, env: Environment) -> Outcome:
@@ -327,7 +371,7 @@ def run_job(settings: Settings, env: Environment) -> Outcome:
         _finish(p, env, stats, status, earlier=None)
         return Outcome(status, stats, p.output)
     run = _Run(p, env, stats)
-    in_path = settings.input.path
+    in_path = input_path(settings)
     if in_path != "-" and os.path.isfile(in_path):
         stats.total = idmod.count_lines(in_path)
     lock = RunLock(Path(p.output)) if p.resumable else None
@@ -454,7 +498,7 @@ def _identity(p: _Plan) -> dict[str, Any]:
     """What must match for a stopped run's state to be resumed by this one."""
     s = p.settings
     return {
-        "input": os.path.abspath(s.input.path) if s.input.path != "-" else "-",
+        "input": os.path.abspath(input_path(s)) if input_path(s) != "-" else "-",
         "model": p.info.version,
         "columns": list(p.columns.names),
         "format": [p.fmt, p.gzip],
@@ -503,19 +547,13 @@ class _Run:
         # Everything opened here is closed on every path (an aiosqlite connection left open
         # keeps the process from exiting).
         async with contextlib.AsyncExitStack() as stack:
-            if settings.input.path == "-" and _is_terminal(self.env.stdin):
+            source_path = input_path(settings)
+            if source_path == "-" and _is_terminal(self.env.stdin):
                 print("batchscore: reading IDs from stdin; Ctrl-D to end", file=self.env.stderr)
-            stream = watch_stalls(open_input(settings.input.path, self.env, stack), stall)
+            stream = watch_stalls(open_input(source_path, self.env, stack), stall)
             # A CSV header is read (and checked) here: off the loop, so that a signal still
             # stops a run whose stdin is silent.
-            reading = in_daemon_thread(
-                idmod.read_ids,
-                stream,
-                idmod.detect_format(settings.input.path, settings.input.format),
-                settings.input.id_column,
-                settings.input.id_field,
-                settings.input.keep,
-            )
+            reading = in_daemon_thread(read_input, settings, stream)
             self.stopper.cancel_on_signal(reading)
             items: Iterator[idmod.InputItem] = await reading
             self.stopper.cancel_on_signal(None)
@@ -545,7 +583,7 @@ class _Run:
         )
         return RunFiles(
             sink=sink,
-            errors=ErrorLog(errors_target),
+            errors=ErrorLog(errors_target, settings.input.keep),
             state=RunState(Path(p.output), _identity(p)) if p.resumable else None,
             output_partial=temp_path(Path(p.output)) if p.resumable else None,
             errors_partial=errors_target.temp if isinstance(errors_target, FileTarget) else None,
@@ -563,6 +601,8 @@ class _Run:
             raw_score=settings.score.raw_score,
             explain=self.p.columns.explain,
             keep=bool(settings.input.keep),
+            with_features=bool(self.p.columns.features),
+            audit=self.p.columns.audit,
             filters=Filters(
                 committed=committed.__contains__ if committed else None,
                 shard=parse_shard(settings.input.shard) if settings.input.shard else None,

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from batchscore.chunk import Chunk, Status
+from batchscore.chunk import Chunk, Explanations, Status
 from batchscore.errors import BatchscoreError, ConfigError
 from batchscore.feed import ChunkFeed, Filters, StallHook
 from batchscore.ids import InputItem
@@ -51,6 +53,8 @@ class PipelineOptions:
     raw_score: bool = False
     explain: int = 0
     keep: bool = False  # carry --keep columns through
+    with_features: bool = False  # write the feature matrix the model saw
+    audit: tuple[str, ...] = ()  # audit columns (--add): model_version, scored_at
     filters: Filters = field(default_factory=Filters)
     checkpoint_interval: float = 1.0  # seconds between durable commits of written rows
 
@@ -225,7 +229,9 @@ class Scorer:
                 quality.out_of_range += ((x < self.low) | (x > self.high)).sum(axis=0)
             quality.rows = len(rows)
         chunk.scores = scores
-        chunk.matrix = None  # the features are scored; free them before the chunk waits
+        chunk.scored_at = time.time()
+        if not self.options.with_features:
+            chunk.matrix = None  # the features are scored; free them before the chunk waits
         return quality
 
     def _explain(
@@ -234,9 +240,9 @@ class Scorer:
         scores: npt.NDArray[np.float64],
         rows: npt.NDArray[np.intp],
         n: int,
-    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]:
-        """The top-K features by |contribution| per row (of the predicted class for
-        multiclass), as (features (n, K), contributions (n, K))."""
+    ) -> Explanations:
+        """The top-K features by |contribution| per row, of the predicted class (the highest
+        score) for multiclass, with the values the model saw for them."""
         contrib = self.model.contributions(x)[:, :, :-1]  # drop the bias column
         cls = np.argmax(scores, axis=1) if contrib.shape[1] > 1 else np.zeros(len(x), dtype=int)
         per_row = contrib[np.arange(len(x)), cls]
@@ -244,9 +250,11 @@ class Scorer:
         order = np.argsort(-np.abs(per_row), axis=1, kind="stable")[:, :k]
         features = np.zeros((n, k), dtype=np.intp)
         values = np.full((n, k), np.nan, dtype=np.float64)
+        contributions = np.full((n, k), np.nan, dtype=np.float64)
         features[rows] = order
-        values[rows] = np.take_along_axis(per_row, order, axis=1)
-        return features, values
+        values[rows] = np.take_along_axis(x, order, axis=1)
+        contributions[rows] = np.take_along_axis(per_row, order, axis=1)
+        return Explanations(features, values, contributions)
 
 
 class Writer:
@@ -261,6 +269,8 @@ class Writer:
         progress: ProgressDisplay,
         feature_names: Sequence[str],
         unordered: bool,
+        model_version: str = "",
+        audit: Sequence[str] = (),
         checkpoint: Checkpoint | None,
         clock: BusyClock,
     ) -> None:
@@ -269,6 +279,8 @@ class Writer:
         self.stats = stats
         self.progress = progress
         self.names = np.array(feature_names, dtype=object)
+        self.model_version = model_version
+        self.audit = tuple(audit)
         self.unordered = unordered
         self.checkpoint = checkpoint
         self.clock = clock
@@ -313,6 +325,7 @@ class Writer:
     def _batch(self, chunk: Chunk) -> ScoredBatch:
         assert chunk.scores is not None
         explain = chunk.explanations
+        features = chunk.matrix  # kept for --with-features only
         if not chunk.failures:
             ids: Sequence[str] = chunk.ids
             keep = chunk.keep
@@ -324,14 +337,27 @@ class Writer:
             keep = None if chunk.keep is None else [chunk.keep[r] for r in rows.tolist()]
             scores = chunk.scores[rows]
             if explain is not None:
-                explain = (explain[0][rows], explain[1][rows])
+                explain = explain.take(rows)
+            if features is not None:
+                features = features[rows]
+        chunk.matrix = None
         return ScoredBatch(
             ids=ids,
             scores=scores,
             keep=keep,
-            explain_features=None if explain is None else self.names[explain[0]],
-            explain_values=None if explain is None else explain[1],
+            explain_features=None if explain is None else self.names[explain.features],
+            explain_values=None if explain is None else explain.values,
+            explain_contributions=None if explain is None else explain.contributions,
+            features=features,
+            audit=tuple(self._audit_value(name, chunk) for name in self.audit),
         )
+
+    def _audit_value(self, name: str, chunk: Chunk) -> str:
+        """An audit column's value for every row of ``chunk``."""
+        if name == "model_version":
+            return self.model_version
+        assert name == "scored_at"
+        return scored_at_text(chunk.scored_at)
 
     async def commit(self) -> None:
         """Make what is written durable (when anything was written since the last commit)."""
@@ -380,6 +406,8 @@ class Pipeline:
             progress=progress,
             feature_names=model.info.feature_names,
             unordered=options.unordered,
+            model_version=model.info.version,
+            audit=options.audit,
             checkpoint=checkpoint,
             clock=self._clocks["write"],
         )
@@ -508,6 +536,12 @@ class Pipeline:
         # Chunks still waiting sit behind a chunk whose fetch was cancelled by a stop: they
         # are not written, so a resumed run does them again.
         await writer.commit()
+
+
+def scored_at_text(seconds: float) -> str:
+    """A scoring time as UTC ISO-8601 with milliseconds: ``2024-06-01T03:15:42.123Z``."""
+    moment = dt.datetime.fromtimestamp(seconds, dt.UTC)
+    return moment.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
 
 
 SCORING_NICENESS = 10

@@ -31,6 +31,7 @@ class InputSettings:
     keep: tuple[str, ...] = ()
     dedupe: bool = False
     shard: str | None = None  # "K/N"
+    from_errors: str | None = None  # an errors file whose IDs are the input (instead of path)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class OutputSettings:
     metrics: str | None = None
     window: int = 0  # rows in flight between reading and writing; 0 = derived from batch sizes
     date: str | None = None  # what {date} in the output path expands to; None = today
+    with_features: bool = False  # the feature values the model saw, one column per feature
+    add: tuple[str, ...] = ()  # audit columns: AUDIT_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("keep", "input", "keep"),
     Option("dedupe", "input", "dedupe"),
     Option("shard", "input", "shard"),
+    Option("from_errors", "input", "from_errors"),
     Option("model", "model", "path"),
     Option("concurrency", "fetch", "concurrency"),
     Option("retries", "fetch", "retries"),
@@ -145,6 +149,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("report", "output", "report"),
     Option("metrics", "output", "metrics"),
     Option("date", "output", "date"),
+    Option("with_features", "output", "with_features"),
+    Option("add", "output", "add"),
     Option("max_failed", "run", "max_failed"),
     Option("max_failed_rate", "run", "max_failed_rate"),
     Option("progress_interval", "run", "progress_interval"),
@@ -155,6 +161,10 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 SOURCE_KINDS = ("sqlite", "http", "feast", "postgres")
+
+AUDIT_COLUMNS = ("model_version", "scored_at")
+"""The columns ``--add`` can append: the model file's version (hash), and when a row's batch
+was scored (UTC, ISO-8601)."""
 
 
 @dataclass(frozen=True)
@@ -236,6 +246,11 @@ def resolve(
         fingerprint=digest,
     )
     validate(settings)
+    if settings.input.from_errors and flags.get("ids") is not None:
+        raise ConfigError(
+            "IDS and --from-errors both name the input; pass one of them (--from-errors "
+            "takes the IDs of an errors file)"
+        )
     return settings
 
 
@@ -301,6 +316,7 @@ def validate(s: Settings) -> None:
         parse_shard(s.input.shard)
     if s.output.date is not None:
         parse_date(s.output.date)
+    audit_columns(s.output.add)
     if s.run.engine != "local" or s.run.scheduler is not None:
         # Said plainly rather than ignored: a user asking for a cluster must not silently get
         # one process.  --shard K/N on N hosts is the scale-out this version has.
@@ -326,6 +342,22 @@ def validate(s: Settings) -> None:
                 f"two sources are named '{name}'; give each [[sources]] a unique name"
             )
         names.add(name)
+
+
+def audit_columns(add: tuple[str, ...]) -> tuple[str, ...]:
+    """The audit columns of ``--add`` (repeatable, or comma-separated), each once, in the order
+    first given."""
+    names: dict[str, None] = {}
+    for given in add:
+        for part in given.split(","):
+            name = part.strip()
+            if name not in AUDIT_COLUMNS:
+                raise ConfigError(
+                    f"--add takes {' or '.join(AUDIT_COLUMNS)}, not '{name}'"
+                    + suggest(name, AUDIT_COLUMNS)
+                )
+            names[name] = None
+    return tuple(names)
 
 
 def parse_shard(text: str) -> tuple[int, int]:

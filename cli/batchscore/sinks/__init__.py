@@ -21,7 +21,10 @@ class ScoredBatch:
 
     ``scores`` is float64 of shape (rows, score columns); ``keep`` has one tuple of kept input
     columns per row (None when nothing is kept); with ``--explain K``, ``explain_features``
-    (object array of str) and ``explain_values`` (float64) have shape (rows, K).
+    (object array of str), ``explain_values`` (float64, the feature values the model saw) and
+    ``explain_contributions`` (float64) have shape (rows, K); with
+    ``--with-features``, ``features`` is the float64 matrix the model saw (rows, model
+    features); ``audit`` holds one value per audit column (``--add``), the same for every row.
     """
 
     ids: Sequence[str]
@@ -29,13 +32,16 @@ class ScoredBatch:
     keep: Sequence[tuple[Any, ...]] | None = None
     explain_features: npt.NDArray[np.object_] | None = None
     explain_values: npt.NDArray[np.float64] | None = None
+    explain_contributions: npt.NDArray[np.float64] | None = None
+    features: npt.NDArray[np.float64] | None = None
+    audit: tuple[Any, ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def columns(self, columns: Columns, kept_as_text: bool = False) -> list[Sequence[Any]]:
         """The output columns as Python values, in ``columns.names`` order (kept input values
-        as parsed, or as text with ``kept_as_text``)."""
+        as parsed, or as text with ``kept_as_text``; a missing feature value as None)."""
         out: list[Sequence[Any]] = [self.ids]
         out.extend(self.scores.T.tolist())
         if columns.keep:
@@ -46,10 +52,28 @@ class ScoredBatch:
             out.extend(kept_columns)
         if columns.explain:
             assert self.explain_features is not None and self.explain_values is not None
+            assert self.explain_contributions is not None
             for k in range(columns.explain):
                 out.append(self.explain_features[:, k].tolist())
-                out.append(self.explain_values[:, k].tolist())
+                out.append(nullable(self.explain_values[:, k]))
+                out.append(self.explain_contributions[:, k].tolist())
+        if columns.features:
+            assert self.features is not None
+            out.extend(nullable(self.features[:, j]) for j in range(len(columns.features)))
+        for value in self.audit:
+            out.append([value] * len(self.ids))
         return out
+
+
+def nullable(values: npt.NDArray[np.float64]) -> list[float | None]:
+    """A float64 column as Python values, NaN (a missing value) as None: empty in CSV, null in
+    JSON, NULL in SQLite."""
+    out: list[float | None] = values.tolist()
+    missing = np.isnan(values)
+    if missing.any():
+        for i in np.flatnonzero(missing).tolist():
+            out[i] = None
+    return out
 
 
 def kept_text(value: Any) -> str:
@@ -64,23 +88,48 @@ def kept_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+FEATURE_PREFIX = "feature_"
+"""``--with-features`` names a feature's column ``feature_<name>``: no model feature (``id``,
+``score``) can collide with another output column."""
+
+
 @dataclass(frozen=True)
 class Columns:
-    """The output columns: id, scores, kept input columns, explanations (top K)."""
+    """The output columns: id, scores, kept input columns, explanations (top K), the model's
+    features (``--with-features``, model order), audit columns (``--add``)."""
 
     scores: tuple[str, ...]
     keep: tuple[str, ...] = ()
     explain: int = 0
+    features: tuple[str, ...] = ()  # model feature names, in model order
+    audit: tuple[str, ...] = ()  # model_version, scored_at (settings.AUDIT_COLUMNS)
 
     @property
     def names(self) -> tuple[str, ...]:
         """All column names in output order."""
-        explain = tuple(
-            name
-            for i in range(1, self.explain + 1)
-            for name in (f"explain_{i}_feature", f"explain_{i}_contribution")
-        )
-        return ("id", *self.scores, *self.keep, *explain)
+        return tuple(name for name, _ in self.kinds())
+
+    def kinds(self) -> list[tuple[str, str]]:
+        """Each column's name and kind, in output order: ``text`` (id, explained feature
+        names, audit values), ``float`` (scores, contributions, feature values) or ``kept``
+        (kept input values: text in typed formats)."""
+        out = [("id", "text")]
+        out += [(name, "float") for name in self.scores]
+        out += [(name, "kept") for name in self.keep]
+        for i in range(1, self.explain + 1):
+            out += [
+                (f"explain_{i}_feature", "text"),
+                (f"explain_{i}_value", "float"),
+                (f"explain_{i}_contribution", "float"),
+            ]
+        out += [(FEATURE_PREFIX + name, "float") for name in self.features]
+        out += [(name, "text") for name in self.audit]
+        return out
+
+    @property
+    def only_scores(self) -> bool:
+        """Whether rows hold nothing but an id and score columns (the encoders' fast path)."""
+        return not (self.keep or self.explain or self.features or self.audit)
 
 
 class Sink(Protocol):

@@ -57,7 +57,7 @@ class CsvEncoder:
         """CSV rows; floats via ``repr`` (shortest round-trip)."""
         ids = batch.ids
         plain_ids = not _NEEDS_QUOTES.search("".join(ids))
-        if not self.columns.keep and not self.columns.explain and batch.scores.shape[1] == 1:
+        if self.columns.only_scores and batch.scores.shape[1] == 1:
             # The common shape, an id and a score: one f-string a row.
             scores: list[float] = batch.scores[:, 0].tolist()
             if not plain_ids:

@@ -1,12 +1,17 @@
-"""The errors file: one JSON line per ID that could not be scored, in input order."""
+"""The errors file: one JSON line per ID that could not be scored, in input order; and read
+back, the input of a retry (``--from-errors``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import orjson
 
+from batchscore.errors import UsageError
+from batchscore.ids import IdRow, InputItem, InputProblem
 from batchscore.sinks.files import ByteTarget
 
 
@@ -21,13 +26,19 @@ class ErrorRecord:
     reason: str
     status: int | None = None
     attempts: int = 0
+    keep: tuple[Any, ...] | None = None  # the row's --keep values, when there are any
+
+
+RECORD_FIELDS = ("id", "line", "stage", "source", "reason")
+"""Fields every errors-file record has (``status``, ``attempts`` and ``keep`` besides)."""
 
 
 class ErrorLog:
     """Writes error records to a target, or only counts them when there is none."""
 
-    def __init__(self, target: ByteTarget | None) -> None:
+    def __init__(self, target: ByteTarget | None, keep: Sequence[str] = ()) -> None:
         self.target = target
+        self.keep = tuple(keep)  # the --keep column names: a record's "keep" object
 
     async def open(self, resume_at: int | None = None) -> None:
         """Open the target (continuing a stopped run's file at ``resume_at``)."""
@@ -41,9 +52,14 @@ class ErrorLog:
     async def write(self, records: Sequence[ErrorRecord]) -> None:
         """Append records as JSON lines."""
         if self.target is not None and records:
-            await self.target.write(
-                b"".join(orjson.dumps(asdict(r), option=orjson.OPT_APPEND_NEWLINE) for r in records)
-            )
+            await self.target.write(b"".join(map(self._line, records)))
+
+    def _line(self, record: ErrorRecord) -> bytes:
+        fields = asdict(record)
+        kept = fields.pop("keep")
+        if kept is not None and self.keep:
+            fields["keep"] = dict(zip(self.keep, kept, strict=True))
+        return orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
 
     async def commit(self) -> None:
         """Make the errors file final."""
@@ -54,3 +70,61 @@ class ErrorLog:
         """Leave it for ``--resume``."""
         if self.target is not None:
             await self.target.abort()
+
+
+def read_errors_file(stream: Iterable[bytes], keep: tuple[str, ...]) -> Iterator[InputItem]:
+    """The input of ``--from-errors``: one row per record of an errors file, numbered by its
+    line in that file (from 1, as an editor shows them), with the ``keep`` columns the record
+    carries (its ``keep`` object, written when the failed run had ``--keep``).
+
+    A record of stage ``input`` (an unreadable line, an ID too long) cannot be retried: it is
+    an input problem again, with its reason, so the retry's errors file still lists it.  The
+    first record is checked at once: a file that is not an errors file, or whose records do not
+    carry a ``--keep`` column, is a usage error before anything is fetched.
+    """
+    items = _error_items(stream, keep)
+    first = next(items, None)
+    if first is None:
+        return iter(())
+    item, record = first
+    if record is None or not all(name in record for name in RECORD_FIELDS):
+        raise UsageError(
+            "the --from-errors file is not a batchscore errors file (its first record needs "
+            f"the fields {', '.join(RECORD_FIELDS)}); pass the OUTPUT.errors.jsonl of a run"
+        )
+    carried = record.get("keep")
+    carried = carried if isinstance(carried, dict) else {}
+    missing = [name for name in keep if name not in carried]
+    if missing and record.get("stage") != "input":
+        shown = ", ".join(carried) or "none"
+        raise UsageError(
+            f"the --from-errors records carry no kept column '{missing[0]}' (they carry: "
+            f"{shown}); a run keeps in its errors file the columns it was given with --keep"
+        )
+    return itertools.chain([item], (item for item, _ in items))
+
+
+def _error_items(
+    stream: Iterable[bytes], keep: tuple[str, ...]
+) -> Iterator[tuple[InputItem, dict[str, Any] | None]]:
+    """Each non-blank line's input item, with its record (None for a line that is no record)."""
+    for number, raw in enumerate(stream, start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            yield InputProblem(number, None, "invalid_json"), None
+            continue
+        if not isinstance(record, dict):
+            yield InputProblem(number, None, "invalid_json"), None
+            continue
+        ident = record.get("id")
+        if not isinstance(ident, str) or not ident:
+            yield InputProblem(number, None, "missing_id"), record
+        elif record.get("stage") == "input":
+            yield InputProblem(number, ident, str(record.get("reason", "input"))), record
+        else:
+            carried = record.get("keep")
+            values = carried if isinstance(carried, dict) else {}
+            yield IdRow(number, ident, tuple(values.get(name) for name in keep)), record

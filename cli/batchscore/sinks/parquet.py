@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from batchscore.errors import UsageError
 from batchscore.sinks import Columns, ScoredBatch, kept_text
 from batchscore.sinks.files import fsync_dir, refuse_existing, temp_path, write_error
@@ -31,6 +33,11 @@ def _pyarrow() -> Any:
     return pyarrow
 
 
+def _nullable(pa: Any, values: Any) -> Any:
+    """A float64 column whose NaN (a missing feature value) is null, as in the other formats."""
+    return pa.array(values, type=pa.float64(), mask=np.isnan(values))
+
+
 class ParquetSink:
     """Rows into a Parquet file, one row group per committed segment."""
 
@@ -40,15 +47,10 @@ class ParquetSink:
         self.folder = temp_path(path)
         self.columns = columns
         self.overwrite = overwrite
-        fields = [self.pa.field("id", self.pa.string())]
-        fields += [self.pa.field(n, self.pa.float64()) for n in columns.scores]
-        fields += [self.pa.field(n, self.pa.string()) for n in columns.keep]
-        for i in range(1, columns.explain + 1):
-            fields += [
-                self.pa.field(f"explain_{i}_feature", self.pa.string()),
-                self.pa.field(f"explain_{i}_contribution", self.pa.float64()),
-            ]
-        self.schema = self.pa.schema(fields)
+        types = {"text": self.pa.string(), "kept": self.pa.string(), "float": self.pa.float64()}
+        self.schema = self.pa.schema(
+            [self.pa.field(name, types[kind]) for name, kind in columns.kinds()]
+        )
         self._pending: list[Any] = []  # pyarrow tables, one per batch, until the next sync
         self._segments = 0
 
@@ -81,10 +83,17 @@ class ParquetSink:
                 for k in range(len(self.columns.keep))
             ]
         if self.columns.explain:
-            assert batch.explain_features is not None and batch.explain_values is not None
+            features, values = batch.explain_features, batch.explain_values
+            contributions = batch.explain_contributions
+            assert features is not None and values is not None and contributions is not None
             for k in range(self.columns.explain):
-                arrays.append(pa.array(batch.explain_features[:, k].tolist(), type=pa.string()))
-                arrays.append(pa.array(batch.explain_values[:, k]))
+                arrays.append(pa.array(features[:, k].tolist(), type=pa.string()))
+                arrays.append(_nullable(pa, values[:, k]))
+                arrays.append(pa.array(contributions[:, k]))
+        if self.columns.features:
+            assert batch.features is not None
+            arrays += [_nullable(pa, column) for column in batch.features.T]
+        arrays += [pa.array([value] * len(batch), type=pa.string()) for value in batch.audit]
         self._pending.append(pa.Table.from_arrays(arrays, schema=self.schema))
 
     def _write_segment(self, tables: list[Any], index: int) -> None:

@@ -34,12 +34,8 @@ class SqliteSink:
         self._rows = 0
 
     def _column_types(self) -> list[tuple[str, str]]:
-        types = [("id", "TEXT")]
-        types += [(name, "REAL") for name in self.columns.scores]
-        types += [(name, "TEXT") for name in self.columns.keep]
-        for i in range(1, self.columns.explain + 1):
-            types += [(f"explain_{i}_feature", "TEXT"), (f"explain_{i}_contribution", "REAL")]
-        return types
+        types = {"text": "TEXT", "kept": "TEXT", "float": "REAL"}
+        return [(name, types[kind]) for name, kind in self.columns.kinds()]
 
     async def open(self, resume_at: int | None = None) -> None:
         """Create the table (or take over a stopped run's database, cut back to ``resume_at``)."""
