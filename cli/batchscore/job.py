@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import logging
 import os
 import signal
 import stat
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO, TypeVar
@@ -207,7 +208,12 @@ def plan(settings: Settings) -> _Plan:
         )
     in_format = idmod.detect_format(settings.input.path, settings.input.format)
     if settings.input.keep and in_format == "text":
-        raise UsageError("--keep needs a CSV or JSON-lines input; plain text has only IDs")
+        raise UsageError("--keep needs a CSV, TSV or JSON-lines input; plain text has only IDs")
+    if settings.input.header and in_format == "jsonl":
+        raise UsageError(
+            "--header is for text input; JSON lines have no header line (pass "
+            "--input-format text if the input is not JSON lines)"
+        )
     if output != "-" and Path(output).is_dir():
         raise UsageError(f"-o {output} is a folder; name a file in it, e.g. {output}/scores.csv")
     if settings.output.resume and "{run_id}" in settings.output.path:
@@ -269,6 +275,8 @@ def run_job(settings: Settings, env: Environment) -> Outcome:
     in_path = settings.input.path
     if in_path != "-" and os.path.isfile(in_path):
         stats.total = idmod.count_lines(in_path)
+        if _reading(settings).get("input_format") in ("csv", "tsv") or settings.input.header:
+            stats.total = max(stats.total - 1, 0)  # the header is no ID
     lock = RunLock(Path(p.output)) if p.resumable else None
     if lock is not None:
         lock.acquire()
@@ -318,6 +326,13 @@ def _finish(
         if stats.failed_total and status in (ExitStatus.OK, ExitStatus.PARTIAL):
             where = f"see {p.errors_path}" if p.errors_path else "pass --errors PATH to keep them"
             print(f"{stats.failed_total:,} IDs were not scored; {where}", file=env.stderr)
+        header = _header_taken_for_an_id(settings, stats)
+        if header is not None:
+            print(
+                f"batchscore: warning: line 1 {header!r} was not found and looks like a header, "
+                "not an ID: pass --header to skip it (or --input-format csv for a CSV)",
+                file=env.stderr,
+            )
         if status == ExitStatus.OK and stats.read == 0 and not finished_earlier:
             print(
                 "batchscore: warning: the input held no IDs (an empty export upstream?)",
@@ -341,6 +356,19 @@ def _finish(
             f"batchscore: error: cannot write the report or metrics: {exc.strerror}",
             file=env.stderr,
         )
+
+
+def _header_taken_for_an_id(settings: Settings, stats: RunStats) -> str | None:
+    """The first line of a plain text input, when it reads like a column name and no source
+    found it (``cut -d, -f1 file.csv`` keeps the header): only a warning, since an ID may
+    look like anything."""
+    s = settings.input
+    if s.header or idmod.detect_format(s.path, s.format) != "text" or not stats.first_failures:
+        return None
+    first = stats.first_failures[0]
+    if first.line != 1 or first.reason != "not_found" or first.id is None:
+        return None
+    return first.id if idmod.looks_like_header(first.id, (s.id_column, s.id_field)) else None
 
 
 def _write_outcome_files(
@@ -369,8 +397,27 @@ def _identity(p: _Plan) -> dict[str, Any]:
         "unordered": s.output.unordered,
         "shard": s.input.shard,
         "dedupe": s.input.dedupe,
+        # Which lines are IDs, and where the ID is in them: only what differs from plain text
+        # with the default column, so a plain text run's state reads as it always did.
+        **_reading(s),
         "errors": os.path.abspath(p.errors_path) if p.errors_path else None,
     }
+
+
+def _reading(s: Settings) -> dict[str, Any]:
+    """The input options that change which lines are IDs, as far as they differ from the
+    defaults (a plain text input without --header adds nothing)."""
+    fmt = idmod.detect_format(s.input.path, s.input.format)
+    reading: dict[str, Any] = {}
+    if fmt != "text":
+        reading["input_format"] = fmt
+    if fmt in ("csv", "tsv") and s.input.id_column != "id":
+        reading["id_column"] = s.input.id_column
+    if fmt == "jsonl" and s.input.id_field != "id":
+        reading["id_field"] = s.input.id_field
+    if fmt == "text" and s.input.header:
+        reading["header"] = True
+    return reading
 
 
 class _Run:
@@ -416,14 +463,7 @@ class _Run:
             stream = watch_stalls(open_input(settings.input.path, self.env, stack), stall)
             # A CSV header is read (and checked) here: off the loop, so that a signal still
             # stops a run whose stdin is silent.
-            reading = in_daemon_thread(
-                idmod.read_ids,
-                stream,
-                idmod.detect_format(settings.input.path, settings.input.format),
-                settings.input.id_column,
-                settings.input.id_field,
-                settings.input.keep,
-            )
+            reading = in_daemon_thread(read_input, stream, settings)
             self.stopper.cancel_on_signal(reading)
             items: Iterator[idmod.InputItem] = await reading
             self.stopper.cancel_on_signal(None)
@@ -517,6 +557,49 @@ class _Run:
             raise
         finally:
             progress.close(stats)
+
+
+def read_input(stream: Iterable[bytes], settings: Settings) -> Iterator[idmod.InputItem]:
+    """The input's items, its header and first rows checked; ``--min-ids`` enforced.
+
+    Blocking (a CSV header, the rows that tell a wrong option from bad data, ``--min-ids``
+    IDs are read here): run it off the event loop.
+    """
+    items = _items(stream, settings)
+    minimum = settings.input.min_ids
+    if not minimum:
+        return items
+    path = settings.input.path
+    held: list[idmod.InputItem] = []
+    if path != "-" and os.path.isfile(path):
+        # A regular file is counted in a pass of its own: nothing is held in memory.
+        with open(path, "rb") as again:
+            found = sum(1 for _ in itertools.islice(_ids_of(_items(again, settings)), minimum))
+    else:
+        # A stream cannot be read twice: the rows up to the minimum wait in memory.
+        found = 0
+        for item in items:
+            held.append(item)
+            if isinstance(item, idmod.IdRow):
+                found += 1
+                if found >= minimum:
+                    break
+    if found < minimum:
+        raise UsageError(
+            f"the input held {found:,} IDs, fewer than --min-ids {minimum:,} "
+            "(an empty or truncated export upstream?)"
+        )
+    return itertools.chain(held, items)
+
+
+def _items(stream: Iterable[bytes], settings: Settings) -> Iterator[idmod.InputItem]:
+    s = settings.input
+    fmt = idmod.detect_format(s.path, s.format)
+    return idmod.read_ids(stream, fmt, s.id_column, s.id_field, s.keep, s.header)
+
+
+def _ids_of(items: Iterator[idmod.InputItem]) -> Iterator[idmod.IdRow]:
+    return (item for item in items if isinstance(item, idmod.IdRow))
 
 
 def _is_terminal(stream: BinaryIO) -> bool:
