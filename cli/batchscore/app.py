@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 
 from batchscore import __version__
 from batchscore.errors import BatchscoreError, ExitStatus, PipeClosedError, Terminated
@@ -65,92 +66,168 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
     logging.captureWarnings(True)  # warnings go through the same masked handler
 
 
+class PanelCommand(typer.core.TyperCommand):
+    """Help with the options grouped under their ``rich_help_panel`` titles, drawn as plain
+    sections (``Input:``, ``Output:`` ...).
+
+    Typer draws panels only through rich markup, which would read ``[default: 64]`` in a help
+    text as a markup tag and drop it, and show ``<bool>`` placeholders; plain sections keep the
+    defaults and the placeholders as written, and ``--help`` does not import rich.
+    """
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:  # typer._click types
+        """Arguments first, then each panel's options in the order they are declared."""
+        arguments: list[tuple[str, str]] = []
+        panels: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                arguments.append(record)
+            else:
+                panel = getattr(param, "rich_help_panel", None) or "Options"
+                panels.setdefault(panel, []).append(record)
+        if arguments:
+            with formatter.section("Arguments"):
+                formatter.write_dl(arguments)
+        for title, records in panels.items():
+            with formatter.section(title):
+                formatter.write_dl(records)
+
+
 Opt = typer.Option
 _D = Settings()  # the built-in defaults, shown in --help
+INPUT, SOURCES, SCORING, OUTPUT, RUN = "Input", "Sources", "Scoring", "Output", "Run"
 
 # Options that score and check share, declared once.
 ConfigOption = Annotated[
-    Path | None, Opt("-c", "--config", metavar="PATH", help="TOML config file.")
+    Path | None,
+    Opt(
+        "-c",
+        "--config",
+        metavar="PATH",
+        help="TOML config file: the sources, and any setting below.",
+        rich_help_panel=SOURCES,
+    ),
 ]
 ModelOption = Annotated[
-    str | None, Opt("-m", "--model", metavar="PATH", help="LightGBM model file.")
+    str | None,
+    Opt("-m", "--model", metavar="PATH", help="LightGBM model file.", rich_help_panel=SCORING),
 ]
 InputFormatOption = Annotated[
-    str | None, Opt("--input-format", metavar="FMT", help="text|csv|jsonl [default: from IDS].")
+    str | None,
+    Opt(
+        "--input-format",
+        metavar="FMT",
+        help="text|csv|tsv|jsonl [default: from IDS].",
+        rich_help_panel=INPUT,
+    ),
+]
+HeaderOption = Annotated[
+    bool | None,
+    Opt(
+        "--header",
+        help="The first line of a text input is a header: skip it.",
+        rich_help_panel=INPUT,
+    ),
 ]
 IdColumnOption = Annotated[
-    str | None, Opt("--id-column", metavar="COL", help="CSV ID column [default: id].")
+    str | None,
+    Opt(
+        "--id-column",
+        metavar="COL",
+        help="CSV/TSV ID column [default: id].",
+        rich_help_panel=INPUT,
+    ),
 ]
 IdFieldOption = Annotated[
-    str | None, Opt("--id-field", metavar="FIELD", help="JSON-lines ID field [default: id].")
+    str | None,
+    Opt(
+        "--id-field",
+        metavar="FIELD",
+        help="JSON-lines ID field [default: id].",
+        rich_help_panel=INPUT,
+    ),
 ]
-DebugOption = Annotated[bool | None, Opt("--debug", help="Debug logs; tracebacks.")]
+DebugOption = Annotated[
+    bool | None, Opt("--debug", help="Debug logs; tracebacks.", rich_help_panel=RUN)
+]
 
 
-@app.command("score")
+@app.command("score", cls=PanelCommand)
 def score(
     ids: Annotated[
         str | None,
         typer.Argument(metavar="[IDS]", help="ID list: a file, or - / omitted for stdin."),
     ] = None,
+    input_format: InputFormatOption = None,
+    header: HeaderOption = None,
+    id_column: IdColumnOption = None,
+    id_field: IdFieldOption = None,
+    keep: Annotated[
+        list[str] | None,
+        Opt(
+            "--keep",
+            metavar="COL",
+            help="Input column to carry through (repeatable).",
+            rich_help_panel=INPUT,
+        ),
+    ] = None,
+    dedupe: Annotated[
+        bool | None, Opt("--dedupe", help="Score each ID once.", rich_help_panel=INPUT)
+    ] = None,
+    shard: Annotated[
+        str | None,
+        Opt("--shard", metavar="K/N", help="Score shard K of N (K from 0).", rich_help_panel=INPUT),
+    ] = None,
+    min_ids: Annotated[
+        int | None,
+        Opt(
+            "--min-ids",
+            metavar="N",
+            help="Fewer IDs in the input is exit 2, before any fetch [default: 0].",
+            rich_help_panel=INPUT,
+        ),
+    ] = None,
     config: ConfigOption = None,
-    model: ModelOption = None,
-    output: Annotated[
-        str | None,
-        Opt("-o", "--output", metavar="PATH", help="Output file, - for stdout [default: -]."),
-    ] = None,
-    format: Annotated[
-        str | None,
-        Opt("--format", metavar="FMT", help="csv|jsonl|parquet|sqlite [default: from -o]."),
-    ] = None,
-    errors: Annotated[
-        str | None,
-        Opt("--errors", metavar="PATH", help="Errors file [default: OUTPUT.errors.jsonl]."),
-    ] = None,
     concurrency: Annotated[
         int | None,
         Opt(
             "--concurrency",
             metavar="N",
             help=f"Fetches in flight [default: {_D.fetch.concurrency}].",
+            rich_help_panel=SOURCES,
         ),
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        Opt("--batch-size", metavar="N", help=f"Rows per batch [default: {_D.score.batch_size}]."),
     ] = None,
     rate_limit: Annotated[
         float | None,
-        Opt("--rate-limit", metavar="R", help="Requests per second [default: no limit]."),
+        Opt(
+            "--rate-limit",
+            metavar="R",
+            help="Requests per second [default: no limit].",
+            rich_help_panel=SOURCES,
+        ),
     ] = None,
     retries: Annotated[
         int | None,
-        Opt("--retries", metavar="N", help=f"Extra attempts [default: {_D.fetch.retries}]."),
+        Opt(
+            "--retries",
+            metavar="N",
+            help=f"Extra attempts [default: {_D.fetch.retries}].",
+            rich_help_panel=SOURCES,
+        ),
     ] = None,
-    max_failed: Annotated[
-        int | None, Opt("--max-failed", metavar="N", help="Failed IDs allowed [default: 0].")
+    model: ModelOption = None,
+    batch_size: Annotated[
+        int | None,
+        Opt(
+            "--batch-size",
+            metavar="N",
+            help=f"Rows per batch [default: {_D.score.batch_size}].",
+            rich_help_panel=SCORING,
+        ),
     ] = None,
-    max_failed_rate: Annotated[
-        float | None,
-        Opt("--max-failed-rate", metavar="R", help="Failed share allowed, 0-1 [default: 0]."),
-    ] = None,
-    unordered: Annotated[bool | None, Opt("--unordered", help="Write in completion order.")] = None,
-    resume: Annotated[bool | None, Opt("--resume", help="Continue a stopped run.")] = None,
-    overwrite: Annotated[
-        bool | None, Opt("--overwrite", help="Replace an existing output.")
-    ] = None,
-    input_format: InputFormatOption = None,
-    id_column: IdColumnOption = None,
-    id_field: IdFieldOption = None,
-    keep: Annotated[
-        list[str] | None,
-        Opt("--keep", metavar="COL", help="Input column to carry through (repeatable)."),
-    ] = None,
-    dedupe: Annotated[bool | None, Opt("--dedupe", help="Score each ID once.")] = None,
-    explain: Annotated[
-        int | None, Opt("--explain", metavar="K", help="Top K contributions (raw margin) per row.")
-    ] = None,
-    raw_score: Annotated[bool | None, Opt("--raw-score", help="Raw margins.")] = None,
     threads: Annotated[
         int | None,
         Opt(
@@ -158,23 +235,99 @@ def score(
             metavar="N",
             help="LightGBM threads of one scoring thread (0 = all cores); "
             "unset: a scoring thread per core.",
+            rich_help_panel=SCORING,
         ),
     ] = None,
+    raw_score: Annotated[
+        bool | None, Opt("--raw-score", help="Raw margins.", rich_help_panel=SCORING)
+    ] = None,
+    explain: Annotated[
+        int | None,
+        Opt(
+            "--explain",
+            metavar="K",
+            help="Top K contributions (raw margin) per row.",
+            rich_help_panel=SCORING,
+        ),
+    ] = None,
+    output: Annotated[
+        str | None,
+        Opt(
+            "-o",
+            "--output",
+            metavar="PATH",
+            help="Output file, - for stdout [default: -].",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    format: Annotated[
+        str | None,
+        Opt(
+            "--format",
+            metavar="FMT",
+            help="csv|jsonl|parquet|sqlite [default: from -o].",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    errors: Annotated[
+        str | None,
+        Opt(
+            "--errors",
+            metavar="PATH",
+            help="Errors file [default: OUTPUT.errors.jsonl].",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    unordered: Annotated[
+        bool | None,
+        Opt("--unordered", help="Write in completion order.", rich_help_panel=OUTPUT),
+    ] = None,
+    resume: Annotated[
+        bool | None, Opt("--resume", help="Continue a stopped run.", rich_help_panel=OUTPUT)
+    ] = None,
+    overwrite: Annotated[
+        bool | None,
+        Opt("--overwrite", help="Replace an existing output.", rich_help_panel=OUTPUT),
+    ] = None,
     report: Annotated[
-        str | None, Opt("--report", metavar="PATH", help="Run report JSON path.")
+        str | None,
+        Opt("--report", metavar="PATH", help="Run report JSON path.", rich_help_panel=OUTPUT),
     ] = None,
     metrics: Annotated[
-        str | None, Opt("--metrics", metavar="PATH", help="Prometheus textfile path.")
+        str | None,
+        Opt("--metrics", metavar="PATH", help="Prometheus textfile path.", rich_help_panel=OUTPUT),
+    ] = None,
+    max_failed: Annotated[
+        int | None,
+        Opt(
+            "--max-failed",
+            metavar="N",
+            help="Failed IDs allowed [default: 0].",
+            rich_help_panel=RUN,
+        ),
+    ] = None,
+    max_failed_rate: Annotated[
+        float | None,
+        Opt(
+            "--max-failed-rate",
+            metavar="R",
+            help="Failed share allowed, 0-1 [default: 0].",
+            rich_help_panel=RUN,
+        ),
     ] = None,
     progress_interval: Annotated[
         float | None,
-        Opt("--progress-interval", metavar="S", help="Seconds between log lines [default: 30]."),
+        Opt(
+            "--progress-interval",
+            metavar="S",
+            help="Seconds between log lines [default: 30].",
+            rich_help_panel=RUN,
+        ),
     ] = None,
-    quiet: Annotated[bool | None, Opt("--quiet", "-q", help="Only errors.")] = None,
+    quiet: Annotated[
+        bool | None, Opt("--quiet", "-q", help="Only errors.", rich_help_panel=RUN)
+    ] = None,
     debug: DebugOption = None,
-    shard: Annotated[
-        str | None, Opt("--shard", metavar="K/N", help="Score shard K of N (K from 0).")
-    ] = None,
     engine: Annotated[
         str | None, Opt("--engine", hidden=True, help="local (default); dask is not built yet.")
     ] = None,
@@ -210,7 +363,7 @@ def score(
     raise typer.Exit(int(outcome.status))
 
 
-@app.command("check")
+@app.command("check", cls=PanelCommand)
 def check(
     ids: Annotated[
         str | None,
@@ -218,8 +371,12 @@ def check(
     ] = None,
     config: ConfigOption = None,
     model: ModelOption = None,
-    sample: Annotated[int, Opt("--sample", metavar="N", help="IDs to fetch from the list.")] = 20,
+    sample: Annotated[
+        int,
+        Opt("--sample", metavar="N", help="IDs to fetch from the list.", rich_help_panel=INPUT),
+    ] = 20,
     input_format: InputFormatOption = None,
+    header: HeaderOption = None,
     id_column: IdColumnOption = None,
     id_field: IdFieldOption = None,
     debug: DebugOption = None,
@@ -243,6 +400,7 @@ def check(
         "model": model,
         "debug": debug,
         "input_format": input_format,
+        "header": header,
         "id_column": id_column,
         "id_field": id_field,
     }
