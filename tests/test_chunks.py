@@ -255,9 +255,11 @@ def test_a_stalled_pipe_hands_over_the_rows_it_has(tmp_path: Path) -> None:
     async def go() -> list[str]:
         hook = StallHook()
         stream = watch_stalls(os.fdopen(read_fd, "rb", buffering=0), hook)
+        os.write(write_fd, b"x1\nx2\n")
+        # read_ids reads the first rows at once (up to the first ID), as a run does in its
+        # input thread: a file whose every line fails alike is refused before any output.
         items = read_ids(stream, "text", "id", "id", ())
         feed = ChunkFeed(items, size=1000, filters=Filters(), keep=False, stall=hook)
-        os.write(write_fd, b"x1\nx2\n")
         first = await asyncio.wait_for(feed.next(), 10)  # the pipe stays open: it stalls
         assert first is not None
         threading.Thread(target=os.close, args=(write_fd,)).start()

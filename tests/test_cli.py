@@ -260,6 +260,8 @@ def test_stdout_has_only_csv_rows_and_stderr_the_summary(
     ]
     assert "read 3 IDs, scored 2, failed 1" in err
     assert "failed by reason: not_found 1" in err
+    # Without an errors file, the summary still says which ID failed, where and why.
+    assert "failed IDs:\n  line 2  NOPE  not_found (features)\n" in err
     assert re.search(r"source features: .*p50 .*p95 .*p99 ", err)
     assert re.search(r"time busy: fetch .*score .*write ", err)
     assert "--errors" in err  # where failed IDs could have been recorded
@@ -475,6 +477,37 @@ def test_score_help_shows_defaults_and_hides_what_is_not_built(run_cli: RunCli) 
     assert "list[str]" not in text
 
 
+def help_panels(text: str) -> dict[str, str]:
+    """The sections of a help text: title line (``Input:``) -> the lines under it."""
+    panels: dict[str, str] = {}
+    title = ""
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            title = line[:-1]
+            panels[title] = ""
+        elif title:
+            panels[title] += line + "\n"
+    return panels
+
+
+def test_score_help_groups_its_options_in_panels_with_their_defaults(run_cli: RunCli) -> None:
+    result = run_cli("score", "--help")
+    assert result.returncode == 0
+    panels = help_panels(result.stdout.decode())
+    assert [title for title in panels if title not in ("Arguments", "Options")] == [
+        "Input",
+        "Sources",
+        "Scoring",
+        "Output",
+        "Run",
+    ]
+    assert re.search(r"--concurrency N +Fetches in flight \[default: 64\]", panels["Sources"])
+    assert "--batch-size N" in panels["Scoring"] and "[default: 1024]" in panels["Scoring"]
+    assert "--header" in panels["Input"] and "text|csv|tsv|jsonl" in panels["Input"]
+    assert "--min-ids N" in panels["Input"]
+    assert "-o, --output PATH" in panels["Output"] and "--max-failed N" in panels["Run"]
+
+
 def test_an_empty_input_warns_and_a_misplaced_key_names_its_table(
     run_cli: RunCli, tmp_path: Path
 ) -> None:
@@ -485,3 +518,173 @@ def test_an_empty_input_warns_and_a_misplaced_key_names_its_table(
     misplaced = run_cli("score", "-", "-c", config, cwd=ROOT)
     assert misplaced.returncode == 2
     assert "belongs in [run]" in misplaced.stderr and "max_failed" in misplaced.stderr
+
+
+# -- an analyst's input: TSV, a header in text, too few IDs, a file that fails throughout ---------
+
+
+def test_tsv_input_is_split_on_tabs_with_kept_columns_and_real_line_numbers(
+    run_cli: RunCli, id_store: IdStore, tmp_path: Path
+) -> None:
+    ids = tmp_path / "accounts.tsv"
+    ids.write_bytes(b'segment\tcustomer\r\ngold\t007\r\n\r\nsilver\tsay "hi"\r\nx\tNOPE\r\n')
+    out = tmp_path / "scores.csv"
+    code, _, err = run_cli(
+        "score",
+        ids,
+        "-c",
+        id_store.config_path,
+        "--id-column",
+        "customer",
+        "--keep",
+        "segment",
+        "-o",
+        out,
+    )
+    assert code == 3, err
+    assert read_output(out) == [
+        {"id": "007", "score": score_of(id_store, "007"), "segment": "gold"},
+        {"id": 'say "hi"', "score": score_of(id_store, 'say "hi"'), "segment": "silver"},
+    ]
+    assert [(e["id"], e["line"]) for e in read_errors(Path(f"{out}.errors.jsonl"))] == [("NOPE", 5)]
+
+
+def test_a_text_header_is_skipped_with_header_and_warned_about_without(
+    run_cli: RunCli, id_store: IdStore, tmp_path: Path
+) -> None:
+    stdin = b"customer_id\nC1\n\nNOPE\nC2\n"  # cut -d, -f1 accounts.csv
+    errors = tmp_path / "errors.jsonl"
+    code, out, err = run_cli(
+        "score", "-c", id_store.config_path, "--header", "--errors", errors, stdin=stdin
+    )
+    assert code == 3, err
+    assert [row["id"] for row in read_output(out)] == ["C1", "C2"]
+    assert [(e["id"], e["line"]) for e in read_errors(errors)] == [("NOPE", 4)]
+    assert "looks like a header" not in err
+
+    code, out, err = run_cli("score", "-c", id_store.config_path, stdin=stdin)
+    assert code == 3, err  # an ID that is not found is a failed ID, whatever it looks like
+    assert (
+        "batchscore: warning: line 1 'customer_id' was not found and looks like a header, not "
+        "an ID: pass --header to skip it (or --input-format csv for a CSV)\n"
+    ) in err
+    # The same key in the config file ([input] header = true) skips it too.
+    config = tmp_path / "c.toml"
+    config.write_text(id_store.config_path.read_text() + "\n[input]\nheader = true\n")
+    code, out, err = run_cli("score", "-c", config, "--max-failed", "1", stdin=stdin)
+    assert code == 0, err
+    assert [row["id"] for row in read_output(out)] == ["C1", "C2"]
+
+
+def test_resuming_with_another_header_option_is_refused_naming_it(
+    run_cli: RunCli, id_store: IdStore, tmp_path: Path
+) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text("id\nC1\nC2\n")
+    out = tmp_path / "scores.csv"
+    args = ["score", ids, "-c", id_store.config_path, "-o", out, "--max-failed", "1"]
+    assert run_cli(*args, env={"_BATCHSCORE_CRASH_AT": "synced"}).returncode == -9
+    code, stdout, err = run_cli(*args, "--resume", "--header")
+    assert_one_line_error(code, stdout, err)
+    assert "--header (None, now True)" in err
+
+
+@pytest.mark.parametrize("where", ["file", "stdin", "config", "env"])
+def test_fewer_ids_than_min_ids_is_exit_2_before_anything_is_written(
+    run_cli: RunCli, id_store: IdStore, tmp_path: Path, out_dir: Path, where: str
+) -> None:
+    data = b"C1\n\nC2\n\xff\nC3\n"  # 3 IDs: a blank line and a bad line are no IDs
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes(data)
+    config = tmp_path / "c.toml"
+    config.write_text(id_store.config_path.read_text() + "\n[input]\nmin_ids = 4\n")
+    args: list[str | Path] = {
+        "file": [ids, "-c", id_store.config_path, "--min-ids", "4"],
+        "stdin": ["-", "-c", id_store.config_path, "--min-ids", "4"],
+        "config": [ids, "-c", config],
+        "env": [ids, "-c", id_store.config_path],
+    }[where]
+    env = {"BATCHSCORE_MIN_IDS": "4"} if where == "env" else {}
+    out = out_dir / "scores.csv"
+    code, stdout, err = run_cli("score", *args, "-o", out, stdin=data, env=env)
+    assert_one_line_error(code, stdout, err)
+    assert err == (
+        "batchscore: error: the input held 3 IDs, fewer than --min-ids 4 "
+        "(an empty or truncated export upstream?)\n"
+    )
+    assert list(out_dir.iterdir()) == []  # no output, no state, no lock: nothing to resume
+
+    code, _, err = run_cli(
+        "score", *args, "-o", out, "--min-ids", "3", "--max-failed", "1", stdin=data, env=env
+    )
+    assert code == 0, err
+    assert [row["id"] for row in read_output(out)] == ["C1", "C2", "C3"]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (
+            "accounts.csv",
+            b"id,segment\n" + b",gold\n" * 40,
+            "every one of the 40 rows of the input has an empty 'id' column; "
+            "pass --id-column with the column that holds the ID",
+        ),
+        (
+            "ids.txt",
+            b"".join(b"caf\xe9-%d\n" % n for n in range(1500)),
+            "every one of the first 1,000 lines is not UTF-8 (a Latin-1 or Windows-1252 export?); "
+            "convert the file, e.g. with iconv -f WINDOWS-1252 -t UTF-8",
+        ),
+        (
+            "ids.txt",
+            "C1\nC2\n".encode("utf-16"),
+            "the input is UTF-16 (it starts with a UTF-16 byte order mark); convert it to UTF-8 "
+            "first, e.g. iconv -f UTF-16 -t UTF-8",
+        ),
+    ],
+)
+def test_an_input_whose_every_row_fails_alike_is_exit_2_naming_the_cause(
+    run_cli: RunCli, id_store: IdStore, out_dir: Path, name: str, content: bytes, message: str
+) -> None:
+    ids = out_dir.parent / name
+    ids.write_bytes(content)
+    code, stdout, err = run_cli("score", ids, "-c", id_store.config_path, "-o", out_dir / "s.csv")
+    assert_one_line_error(code, stdout, err)
+    assert err == f"batchscore: error: {message}\n"
+    assert list(out_dir.iterdir()) == []
+
+
+def test_every_id_unknown_is_still_a_run_that_exits_3(run_cli: RunCli, id_store: IdStore) -> None:
+    stdin = b"".join(b"NOPE-%d\n" % n for n in range(1500))
+    code, _, err = run_cli("score", "-c", id_store.config_path, stdin=stdin)
+    assert code == 3, err
+    assert "read 1,500 IDs, scored 0, failed 1,500" in err
+    assert "first 5 failed IDs:\n  line 1  NOPE-0  not_found (features)\n" in err
+    assert "header" not in err
+
+
+def test_a_bad_config_value_names_the_key_and_the_file(
+    run_cli: RunCli, id_store: IdStore, tmp_path: Path
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(id_store.config_path.read_text() + "\n[fetch]\nconcurrency = 0\n")
+    code, out, err = run_cli("score", "-c", config, stdin=b"C1\n")
+    assert_one_line_error(code, out, err)
+    assert err == f"batchscore: error: [fetch] concurrency = 0 in {config} must be at least 1\n"
+    code, out, err = run_cli(
+        "score", "-c", id_store.config_path, stdin=b"C1\n", env={"BATCHSCORE_CONCURRENCY": "0"}
+    )
+    assert err == "batchscore: error: BATCHSCORE_CONCURRENCY=0 must be at least 1\n"
+
+
+def test_the_readme_model_info_sample_is_what_the_command_prints(run_cli: RunCli) -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("$ batchscore model-info sample_data/model.txt\n", 1)[1]
+    sample = block.split("```", 1)[0].splitlines()
+    shown = [line for line in sample if line.strip() != "..."]
+    assert len(shown) >= 8  # the header lines and some features
+    code, out, err = run_cli("model-info", "sample_data/model.txt", cwd=ROOT)
+    assert code == 0, err
+    printed = out.decode().splitlines()
+    assert shown == printed[: len(shown)]

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from batchscore.errors import UsageError
-from batchscore.ids import IdRow, InputProblem, count_lines, detect_format, read_ids
+from batchscore.ids import (
+    IdRow,
+    InputProblem,
+    count_lines,
+    detect_format,
+    looks_like_header,
+    read_ids,
+)
 
 BOM = b"\xef\xbb\xbf"
 
@@ -21,7 +28,8 @@ def read(data: bytes, fmt: str = "text", **options: object) -> list[IdRow | Inpu
     keep = tuple(options.pop("keep", ()))  # type: ignore[call-overload]
     id_column = str(options.pop("id_column", "id"))
     id_field = str(options.pop("id_field", "id"))
-    return list(read_ids(io.BytesIO(data), fmt, id_column, id_field, keep))
+    header = bool(options.pop("header", False))
+    return list(read_ids(io.BytesIO(data), fmt, id_column, id_field, keep, header))
 
 
 def ids_and_lines(items: list[IdRow | InputProblem]) -> list[tuple[int, str | None]]:
@@ -185,10 +193,99 @@ def test_jsonl_lines_lacking_the_id_field_before_one_that_has_it_are_problems_in
     assert items[99] == IdRow(100, "A")
 
 
-@pytest.mark.parametrize("lines", [2, 150])
-def test_jsonl_bad_json_alone_is_not_taken_for_a_wrong_id_field(lines: int) -> None:
-    items = read(b"not json\n[1]\n" * (lines // 2), "jsonl")
-    assert [getattr(item, "reason", None) for item in items] == ["invalid_json"] * lines
+def test_jsonl_bad_json_alone_is_not_taken_for_a_wrong_id_field() -> None:
+    items = read(b"not json\n[1]\n", "jsonl")
+    assert [getattr(item, "reason", None) for item in items] == ["invalid_json"] * 2
+    with pytest.raises(UsageError) as caught:
+        read(b"not json\n[1]\n" * 75, "jsonl")
+    assert caught.value.message == (
+        "every one of the 150 non-blank lines of the input is not a JSON object; "
+        "is the input JSON lines? (--input-format)"
+    )
+
+
+# -- an input whose every row fails the same way ---------------------------------------------------
+
+
+def test_text_whose_every_line_is_not_utf8_is_refused_naming_the_cause() -> None:
+    with pytest.raises(UsageError) as caught:
+        read(b"".join(b"caf\xe9%d\n" % n for n in range(30)))
+    assert caught.value.message == (
+        "every one of the 30 lines of the input is not UTF-8 (a Latin-1 or Windows-1252 "
+        "export?); convert the file, e.g. with iconv -f WINDOWS-1252 -t UTF-8"
+    )
+
+
+def test_only_the_first_1000_rows_are_read_to_tell_and_the_message_says_so() -> None:
+    data = b"id,segment\n" + b",x\n" * 5000
+    with pytest.raises(UsageError) as caught:
+        read(data, "csv")
+    assert caught.value.message.startswith(
+        "every one of the first 1,000 rows has an empty 'id' column; pass --id-column"
+    )
+
+
+def test_a_utf16_input_is_refused_at_its_first_line() -> None:
+    with pytest.raises(UsageError, match=r"UTF-16.*iconv -f UTF-16 -t UTF-8"):
+        read("C1\nC2\n".encode("utf-16"))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"".join(b"caf\xe9%d\n" % n for n in range(19)),  # too few to tell: a small bad input
+        b"".join(b"caf\xe9%d\n" % n for n in range(40)) + b"C1\n",  # one good line: data
+        b"\xff\n" * 20 + b"y" * 1025 + b"\n" + b"\xff\n" * 20,  # two reasons: data
+    ],
+)
+def test_rows_failing_alike_are_kept_as_problems_when_they_cannot_be_a_wrong_option(
+    data: bytes,
+) -> None:
+    items = read(data)
+    assert all(isinstance(item, InputProblem) for item in items[:19])
+    assert len(items) == data.count(b"\n")
+
+
+# -- TSV and a header in plain text ---------------------------------------------------------------
+
+
+def test_tsv_splits_on_tabs_only_and_quotes_are_data() -> None:
+    data = b'segment\tcustomer\tnote\r\nx\t007\t"a, b"\n\ny\tsay "hi"\tplain\n'
+    items = read(data, "tsv", id_column="customer", keep=("note",))
+    assert items == [IdRow(2, "007", ('"a, b"',)), IdRow(4, 'say "hi"', ("plain",))]
+
+
+def test_a_tsv_read_as_csv_says_to_pass_input_format_tsv() -> None:
+    with pytest.raises(UsageError) as caught:
+        read(b"id\tsegment\nC1\tx\n", "csv")
+    assert caught.value.message.endswith("(the header has tabs: pass --input-format tsv)")
+
+
+def test_header_skips_the_first_non_blank_line_and_keeps_line_numbers() -> None:
+    data = BOM + b"\r\ncustomer_id\r\nC1\r\n\nC2\n"
+    assert ids_and_lines(read(data, header=True)) == [(3, "C1"), (5, "C2")]
+    assert ids_and_lines(read(data)) == [(2, "customer_id"), (3, "C1"), (5, "C2")]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("id", True),
+        ("ID", True),
+        ("customer_id", True),
+        ("Account ID", True),
+        ("customerId", True),
+        ("acct", True),  # the --id-column given
+        ("C000123", False),
+        ("david", False),
+        ("id_7", False),
+        ("user-42-id", False),
+    ],
+)
+def test_a_first_line_looks_like_a_header_only_when_it_reads_like_a_column_name(
+    value: str, expected: bool
+) -> None:
+    assert looks_like_header(value, ("acct", "id")) is expected
 
 
 # -- formats and counting -------------------------------------------------------------------------
@@ -201,6 +298,8 @@ def test_jsonl_bad_json_alone_is_not_taken_for_a_wrong_id_field(lines: int) -> N
         ("ids", None, "text"),
         ("-", None, "text"),
         ("ids.csv", None, "csv"),
+        ("ids.tsv", None, "tsv"),
+        ("IDS.TSV", None, "tsv"),
         ("IDS.CSV", None, "csv"),
         ("ids.jsonl", None, "jsonl"),
         ("ids.ndjson", None, "jsonl"),

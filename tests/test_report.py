@@ -1,4 +1,5 @@
-"""The Prometheus textfile: every value exact, as the textfile collector will read it."""
+"""The Prometheus textfile: every value exact, as the textfile collector will read it; the
+summary's list of the first failed IDs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from batchscore.report import RunStats, write_metrics
+from batchscore.report import RunStats, summary_lines, write_metrics
+from batchscore.sinks.errorlog import ErrorRecord
 
 # name{labels} value: the text exposition format's sample line (no timestamps are written).
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?P<labels>\{.*\})? (?P<value>\S+)$")
@@ -60,3 +62,38 @@ def test_values_that_are_not_finite_use_the_formats_own_words(tmp_path: Path) ->
     text = path.read_text()
     assert 'batchscore_stage_busy_seconds{stage="score"} +Inf\n' in text
     assert 'batchscore_stage_busy_seconds{stage="write"} NaN\n' in text
+
+
+def test_the_summary_names_the_first_five_failed_ids_with_line_and_reason() -> None:
+    stats = RunStats(read=9, scored=2)
+    stats.add_failures(
+        [
+            ErrorRecord("C999001", 17, "fetch", "profile", "not_found"),
+            ErrorRecord(None, 18, "input", None, "invalid_utf8"),
+            ErrorRecord("x" * 1025, 1203, "input", None, "id_too_long"),
+            ErrorRecord("a\nb", 1204, "fetch", "profile", "http_500", 500, 5),
+        ]
+    )
+    stats.add_failures(
+        [ErrorRecord(f"C{n}", 1300 + n, "score", None, "no_features") for n in range(3)]
+    )
+    lines = summary_lines(stats)
+    start = lines.index("first 5 failed IDs:")
+    shown = ["C999001", "(no ID)", "x" * 37 + "...", "'a\\nb'", "C0"]  # 40 wide at most
+    assert lines[start : start + 6] == [
+        "first 5 failed IDs:",
+        f"  line    17  {shown[0]:<40}  not_found (profile)",
+        f"  line    18  {shown[1]:<40}  invalid_utf8",
+        f"  line 1,203  {shown[2]:<40}  id_too_long",
+        f"  line 1,204  {shown[3]:<40}  http_500 (profile)",
+        f"  line 1,300  {shown[4]:<40}  no_features",
+    ]
+    assert stats.failed == Counter(
+        {"no_features": 3, "not_found": 1, "invalid_utf8": 1, "id_too_long": 1, "http_500": 1}
+    )
+
+
+def test_when_every_failure_is_listed_the_title_does_not_say_first() -> None:
+    stats = RunStats(read=1)
+    stats.add_failures([ErrorRecord("C1", 1, "fetch", "features", "not_found")])
+    assert summary_lines(stats)[2:4] == ["failed IDs:", "  line 1  C1  not_found (features)"]

@@ -11,9 +11,12 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from batchscore.errors import UsageError
+from batchscore.ids import UNIFORM_MIN
 from conftest import (
     ID_STORE_EMPTY,
     ID_STORE_KNOWN,
@@ -66,16 +69,23 @@ def expected_outcome(raw: bytes, number: int) -> tuple[str, str | None]:
 def test_every_input_line_gives_one_row_or_one_error_in_order(
     id_store: IdStore, score_in_process: ScoreInProcess, lines: list[bytes], fmt: str
 ) -> None:
+    expected = [(n, *expected_outcome(raw, n)) for n, raw in enumerate(lines, start=1)]
+    expected = [e for e in expected if e[1] != "blank"]
+    # 20 or more lines, every one an input problem of one kind: the file is refused (exit 2).
+    refused = len(expected) >= UNIFORM_MIN and len({e[1] for e in expected}) == 1
+    refused = refused and expected[0][1] in ("invalid_utf8", "id_too_long")
     with tempfile.TemporaryDirectory() as folder:
         ids = Path(folder) / "ids.txt"
         ids.write_bytes(b"\n".join(lines))
         out = Path(folder) / f"scores.{fmt}"
+        if refused:
+            with pytest.raises(UsageError, match="every one of"):
+                score_in_process(config=id_store.config_path, ids=str(ids), output=str(out))
+            return
         run = score_in_process(config=id_store.config_path, ids=str(ids), output=str(out))
         rows = read_output(out)
         errors = read_errors(Path(f"{out}.errors.jsonl"))
 
-    expected = [(n, *expected_outcome(raw, n)) for n, raw in enumerate(lines, start=1)]
-    expected = [e for e in expected if e[1] != "blank"]
     scored = [(n, ident) for n, outcome, ident in expected if outcome == "scored"]
     failed = [(n, outcome) for n, outcome, _ in expected if outcome != "scored"]
 

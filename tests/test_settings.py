@@ -334,3 +334,75 @@ def test_date_and_run_id_in_the_output_path_expand(
     assert f"{year}-{month}-{day}" == datetime.date.today().isoformat()
     assert run_id
     assert f"scores written to {tmp_path / written[0]}" in run.stderr
+
+
+# -- a bad value is named as the user gave it -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "environ", "flags", "message"),
+    [
+        (
+            {"fetch": {"concurrency": 0}},
+            {},
+            {},
+            "[fetch] concurrency = 0 in {config} must be at least 1",
+        ),
+        (
+            {"fetch": {"concurrency": 8}},
+            {"BATCHSCORE_CONCURRENCY": "0"},
+            {},
+            "BATCHSCORE_CONCURRENCY=0 must be at least 1",
+        ),
+        (
+            {"fetch": {"concurrency": 8}},
+            {"BATCHSCORE_CONCURRENCY": "4"},
+            {"concurrency": 0},
+            "--concurrency 0 must be at least 1",
+        ),
+        (
+            {"input": {"format": "cvs"}},
+            {},
+            {},
+            '[input] format = "cvs" in {config} must be text, csv, tsv or jsonl '
+            "(did you mean 'csv'?)",
+        ),
+        (
+            {"run": {"max_failed_rate": 1.5}},
+            {},
+            {},
+            "[run] max_failed_rate = 1.5 in {config} must be between 0 and 1",
+        ),
+        (
+            {"output": {"resume": True}},
+            {},
+            {"overwrite": True},
+            "[output] resume = true in {config} and --overwrite contradict each other; "
+            "pass one of them",
+        ),
+        ({"input": {"shard": "3/2"}}, {}, {}, '[input] shard = "3/2" in {config}: --shard K/N'),
+        ({"input": {"min_ids": -1}}, {}, {}, "[input] min_ids = -1 in {config} must be 0"),
+        ({"fetch": {"down_after": 0}}, {}, {}, "[fetch] down_after = 0 in {config} must be at"),
+        ({"input": {"header": True}}, {}, {"input_format": "jsonl"}, "[input] header = true in"),
+    ],
+)
+def test_a_bad_value_is_named_by_the_flag_variable_or_config_key_that_gave_it(
+    tmp_path: Path,
+    config: dict[str, Any],
+    environ: dict[str, str],
+    flags: dict[str, Any],
+    message: str,
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        settings_for(tmp_path, config, environ, **flags)
+    assert error.value.message.startswith(message.format(config=tmp_path / "config.toml"))
+
+
+def test_header_and_min_ids_come_from_flag_env_or_config(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, {"input": {"header": True, "min_ids": 10}}, {})
+    assert (settings.input.header, settings.input.min_ids) == (True, 10)
+    environ = {"BATCHSCORE_HEADER": "false", "BATCHSCORE_MIN_IDS": "20"}
+    settings = settings_for(tmp_path, {"input": {"header": True}}, environ)
+    assert (settings.input.header, settings.input.min_ids) == (False, 20)
+    settings = settings_for(tmp_path, {}, environ, header=True, min_ids=30)
+    assert (settings.input.header, settings.input.min_ids) == (True, 30)

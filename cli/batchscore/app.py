@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 
 from batchscore import __version__
 from batchscore.errors import BatchscoreError, ExitStatus, PipeClosedError, Terminated
@@ -65,12 +66,50 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
     logging.captureWarnings(True)  # warnings go through the same masked handler
 
 
+class PanelCommand(typer.core.TyperCommand):
+    """Help with the options grouped under their ``rich_help_panel`` titles, drawn as plain
+    sections (``Input:``, ``Output:`` ...).
+
+    Typer draws panels only through rich markup, which would read ``[default: 64]`` in a help
+    text as a markup tag and drop it, and show ``<bool>`` placeholders; plain sections keep the
+    defaults and the placeholders as written, and ``--help`` does not import rich.
+    """
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:  # typer._click types
+        """Arguments first, then each panel's options in the order they are declared."""
+        arguments: list[tuple[str, str]] = []
+        panels: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                arguments.append(record)
+            else:
+                panel = getattr(param, "rich_help_panel", None) or "Options"
+                panels.setdefault(panel, []).append(record)
+        if arguments:
+            with formatter.section("Arguments"):
+                formatter.write_dl(arguments)
+        for title, records in panels.items():
+            with formatter.section(title):
+                formatter.write_dl(records)
+
+
 Opt = typer.Option
 _D = Settings()  # the built-in defaults, shown in --help
+INPUT, SOURCES, SCORING, OUTPUT, RUN = "Input", "Sources", "Scoring", "Output", "Run"
 
 # Options that score and check share, declared once.
 ConfigOption = Annotated[
-    Path | None, Opt("-c", "--config", metavar="PATH", help="TOML config file.")
+    Path | None,
+    Opt(
+        "-c",
+        "--config",
+        metavar="PATH",
+        help="TOML config file: the sources, and any setting below.",
+        rich_help_panel=SOURCES,
+    ),
 ]
 ModelOption = Annotated[
     str | None,
@@ -79,88 +118,75 @@ ModelOption = Annotated[
         "--model",
         metavar="PATH",
         help="LightGBM model file (text format), or an MLflow model folder of the lightgbm flavor.",
+        rich_help_panel=SCORING,
     ),
 ]
 InputFormatOption = Annotated[
-    str | None, Opt("--input-format", metavar="FMT", help="text|csv|jsonl [default: from IDS].")
+    str | None,
+    Opt(
+        "--input-format",
+        metavar="FMT",
+        help="text|csv|tsv|jsonl [default: from IDS].",
+        rich_help_panel=INPUT,
+    ),
+]
+HeaderOption = Annotated[
+    bool | None,
+    Opt(
+        "--header",
+        help="The first line of a text input is a header: skip it.",
+        rich_help_panel=INPUT,
+    ),
 ]
 IdColumnOption = Annotated[
-    str | None, Opt("--id-column", metavar="COL", help="CSV ID column [default: id].")
+    str | None,
+    Opt(
+        "--id-column",
+        metavar="COL",
+        help="CSV/TSV ID column [default: id].",
+        rich_help_panel=INPUT,
+    ),
 ]
 IdFieldOption = Annotated[
-    str | None, Opt("--id-field", metavar="FIELD", help="JSON-lines ID field [default: id].")
+    str | None,
+    Opt(
+        "--id-field",
+        metavar="FIELD",
+        help="JSON-lines ID field [default: id].",
+        rich_help_panel=INPUT,
+    ),
 ]
-DebugOption = Annotated[bool | None, Opt("--debug", help="Debug logs; tracebacks.")]
+DebugOption = Annotated[
+    bool | None, Opt("--debug", help="Debug logs; tracebacks.", rich_help_panel=RUN)
+]
 
 
-@app.command("score")
+@app.command("score", cls=PanelCommand)
 def score(
     ids: Annotated[
         str | None,
         typer.Argument(metavar="[IDS]", help="ID list: a file, or - / omitted for stdin."),
     ] = None,
-    config: ConfigOption = None,
-    model: ModelOption = None,
-    output: Annotated[
-        str | None,
-        Opt("-o", "--output", metavar="PATH", help="Output file, - for stdout [default: -]."),
-    ] = None,
-    format: Annotated[
-        str | None,
-        Opt("--format", metavar="FMT", help="csv|jsonl|parquet|sqlite [default: from -o]."),
-    ] = None,
-    errors: Annotated[
-        str | None,
-        Opt("--errors", metavar="PATH", help="Errors file [default: OUTPUT.errors.jsonl]."),
-    ] = None,
-    concurrency: Annotated[
-        int | None,
-        Opt(
-            "--concurrency",
-            metavar="N",
-            help=f"Fetches in flight [default: {_D.fetch.concurrency}].",
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        Opt("--batch-size", metavar="N", help=f"Rows per batch [default: {_D.score.batch_size}]."),
-    ] = None,
-    rate_limit: Annotated[
-        float | None,
-        Opt("--rate-limit", metavar="R", help="Requests per second [default: no limit]."),
-    ] = None,
-    retries: Annotated[
-        int | None,
-        Opt("--retries", metavar="N", help=f"Extra attempts [default: {_D.fetch.retries}]."),
-    ] = None,
-    max_failed: Annotated[
-        int | None, Opt("--max-failed", metavar="N", help="Failed IDs allowed [default: 0].")
-    ] = None,
-    max_failed_rate: Annotated[
-        float | None,
-        Opt("--max-failed-rate", metavar="R", help="Failed share allowed, 0-1 [default: 0]."),
-    ] = None,
-    unordered: Annotated[bool | None, Opt("--unordered", help="Write in completion order.")] = None,
-    resume: Annotated[bool | None, Opt("--resume", help="Continue a stopped run.")] = None,
-    date: Annotated[
-        str | None,
-        Opt(
-            "--date",
-            metavar="YYYY-MM-DD",
-            help="What {date} in -o expands to (to resume another day's run) [default: today].",
-        ),
-    ] = None,
-    overwrite: Annotated[
-        bool | None, Opt("--overwrite", help="Replace an existing output.")
-    ] = None,
     input_format: InputFormatOption = None,
+    header: HeaderOption = None,
     id_column: IdColumnOption = None,
     id_field: IdFieldOption = None,
     keep: Annotated[
         list[str] | None,
-        Opt("--keep", metavar="COL", help="Input column to carry through (repeatable)."),
+        Opt(
+            "--keep",
+            metavar="COL",
+            help="Input column to carry through (repeatable).",
+            rich_help_panel=INPUT,
+        ),
     ] = None,
-    dedupe: Annotated[bool | None, Opt("--dedupe", help="Score each ID once.")] = None,
+    dedupe: Annotated[
+        bool | None, Opt("--dedupe", help="Score each ID once.", rich_help_panel=INPUT)
+    ] = None,
+    shard: Annotated[
+        str | None,
+        Opt("--shard", metavar="K/N", help="Score shard K of N (K from 0).", rich_help_panel=INPUT),
+    ] = None,
     from_errors: Annotated[
         str | None,
         Opt(
@@ -168,7 +194,68 @@ def score(
             metavar="PATH",
             help="Score the IDs (and --keep columns) of an errors file instead of IDS: "
             "a retry of the failures.",
+            rich_help_panel=INPUT,
         ),
+    ] = None,
+    min_ids: Annotated[
+        int | None,
+        Opt(
+            "--min-ids",
+            metavar="N",
+            help="Fewer IDs in the input is exit 2, before any fetch [default: 0].",
+            rich_help_panel=INPUT,
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    concurrency: Annotated[
+        int | None,
+        Opt(
+            "--concurrency",
+            metavar="N",
+            help=f"Fetches in flight [default: {_D.fetch.concurrency}].",
+            rich_help_panel=SOURCES,
+        ),
+    ] = None,
+    rate_limit: Annotated[
+        float | None,
+        Opt(
+            "--rate-limit",
+            metavar="R",
+            help="Requests per second [default: no limit].",
+            rich_help_panel=SOURCES,
+        ),
+    ] = None,
+    retries: Annotated[
+        int | None,
+        Opt(
+            "--retries",
+            metavar="N",
+            help=f"Extra attempts [default: {_D.fetch.retries}].",
+            rich_help_panel=SOURCES,
+        ),
+    ] = None,
+    model: ModelOption = None,
+    batch_size: Annotated[
+        int | None,
+        Opt(
+            "--batch-size",
+            metavar="N",
+            help=f"Rows per batch [default: {_D.score.batch_size}].",
+            rich_help_panel=SCORING,
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        Opt(
+            "--threads",
+            metavar="N",
+            help="LightGBM threads of one scoring thread (0 = all cores); "
+            "unset: a scoring thread per core.",
+            rich_help_panel=SCORING,
+        ),
+    ] = None,
+    raw_score: Annotated[
+        bool | None, Opt("--raw-score", help="Raw margins.", rich_help_panel=SCORING)
     ] = None,
     explain: Annotated[
         int | None,
@@ -179,7 +266,40 @@ def score(
             "raw margin, log-odds for binary; with the bias they sum to the raw score; multiclass: "
             "the predicted class), each with the value the model saw "
             "(explain_N_feature, explain_N_value, explain_N_contribution) [default: 0].",
+            rich_help_panel=SCORING,
         ),
+    ] = None,
+    output: Annotated[
+        str | None,
+        Opt(
+            "-o",
+            "--output",
+            metavar="PATH",
+            help="Output file, - for stdout [default: -].",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    format: Annotated[
+        str | None,
+        Opt(
+            "--format",
+            metavar="FMT",
+            help="csv|jsonl|parquet|sqlite [default: from -o].",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    errors: Annotated[
+        str | None,
+        Opt(
+            "--errors",
+            metavar="PATH",
+            help="Errors file [default: OUTPUT.errors.jsonl].",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    unordered: Annotated[
+        bool | None,
+        Opt("--unordered", help="Write in completion order.", rich_help_panel=OUTPUT),
     ] = None,
     with_features: Annotated[
         bool | None,
@@ -187,6 +307,7 @@ def score(
             "--with-features",
             help="Add the feature values the model saw, one column feature_NAME per model "
             "feature, in model order (categoricals as their codes).",
+            rich_help_panel=OUTPUT,
         ),
     ] = None,
     add: Annotated[
@@ -196,33 +317,64 @@ def score(
             metavar="COL",
             help="Add an audit column: model_version (the model file's hash) or scored_at "
             "(UTC time of the row's batch); repeatable.",
+            rich_help_panel=OUTPUT,
         ),
     ] = None,
-    raw_score: Annotated[bool | None, Opt("--raw-score", help="Raw margins.")] = None,
-    threads: Annotated[
-        int | None,
+    resume: Annotated[
+        bool | None, Opt("--resume", help="Continue a stopped run.", rich_help_panel=OUTPUT)
+    ] = None,
+    date: Annotated[
+        str | None,
         Opt(
-            "--threads",
-            metavar="N",
-            help="LightGBM threads of one scoring thread (0 = all cores); "
-            "unset: a scoring thread per core.",
+            "--date",
+            metavar="YYYY-MM-DD",
+            help="What {date} in -o expands to (to resume another day's run) [default: today].",
+            rich_help_panel=OUTPUT,
         ),
+    ] = None,
+    overwrite: Annotated[
+        bool | None,
+        Opt("--overwrite", help="Replace an existing output.", rich_help_panel=OUTPUT),
     ] = None,
     report: Annotated[
-        str | None, Opt("--report", metavar="PATH", help="Run report JSON path.")
+        str | None,
+        Opt("--report", metavar="PATH", help="Run report JSON path.", rich_help_panel=OUTPUT),
     ] = None,
     metrics: Annotated[
-        str | None, Opt("--metrics", metavar="PATH", help="Prometheus textfile path.")
+        str | None,
+        Opt("--metrics", metavar="PATH", help="Prometheus textfile path.", rich_help_panel=OUTPUT),
+    ] = None,
+    max_failed: Annotated[
+        int | None,
+        Opt(
+            "--max-failed",
+            metavar="N",
+            help="Failed IDs allowed [default: 0].",
+            rich_help_panel=RUN,
+        ),
+    ] = None,
+    max_failed_rate: Annotated[
+        float | None,
+        Opt(
+            "--max-failed-rate",
+            metavar="R",
+            help="Failed share allowed, 0-1 [default: 0].",
+            rich_help_panel=RUN,
+        ),
     ] = None,
     progress_interval: Annotated[
         float | None,
-        Opt("--progress-interval", metavar="S", help="Seconds between log lines [default: 30]."),
+        Opt(
+            "--progress-interval",
+            metavar="S",
+            help="Seconds between log lines [default: 30].",
+            rich_help_panel=RUN,
+        ),
     ] = None,
-    quiet: Annotated[bool | None, Opt("--quiet", "-q", help="Only errors.")] = None,
+    quiet: Annotated[
+        bool | None, Opt("--quiet", "-q", help="Only errors.", rich_help_panel=RUN)
+    ] = None,
     debug: DebugOption = None,
-    shard: Annotated[
-        str | None, Opt("--shard", metavar="K/N", help="Score shard K of N (K from 0).")
-    ] = None,
     engine: Annotated[
         str | None, Opt("--engine", hidden=True, help="local (default); dask is not built yet.")
     ] = None,
@@ -258,7 +410,7 @@ def score(
     raise typer.Exit(int(outcome.status))
 
 
-@app.command("check")
+@app.command("check", cls=PanelCommand)
 def check(
     ids: Annotated[
         str | None,
@@ -266,8 +418,12 @@ def check(
     ] = None,
     config: ConfigOption = None,
     model: ModelOption = None,
-    sample: Annotated[int, Opt("--sample", metavar="N", help="IDs to fetch from the list.")] = 20,
+    sample: Annotated[
+        int,
+        Opt("--sample", metavar="N", help="IDs to fetch from the list.", rich_help_panel=INPUT),
+    ] = 20,
     input_format: InputFormatOption = None,
+    header: HeaderOption = None,
     id_column: IdColumnOption = None,
     id_field: IdFieldOption = None,
     debug: DebugOption = None,
@@ -291,6 +447,7 @@ def check(
         "model": model,
         "debug": debug,
         "input_format": input_format,
+        "header": header,
         "id_column": id_column,
         "id_field": id_field,
     }

@@ -110,7 +110,12 @@ def read_sample(path: str, settings: Settings, size: int) -> list[str]:
         raise UsageError(f"cannot read ID file {path}: {exc.strerror}") from None
     with stream:
         rows = idmod.read_ids(
-            stream, fmt, settings.input.id_column, settings.input.id_field, settings.input.keep
+            stream,
+            fmt,
+            settings.input.id_column,
+            settings.input.id_field,
+            settings.input.keep,
+            settings.input.header,
         )
         ids = (row.id for row in rows if isinstance(row, idmod.IdRow))
         return list(itertools.islice(dict.fromkeys(itertools.islice(ids, size * 4)), size))
@@ -368,7 +373,8 @@ def run_check(settings: Settings, ids_path: str | None, sample_size: int, out: T
             raise UsageError(f"ID file {ids_path} does not exist; pass a path to a list of IDs")
         sample = read_sample(ids_path, settings, sample_size)
         total = idmod.count_lines(ids_path)
-        if idmod.detect_format(ids_path, settings.input.format) == "csv":
+        fmt = idmod.detect_format(ids_path, settings.input.format)
+        if fmt in ("csv", "tsv") or (fmt == "text" and settings.input.header):
             total = max(total - 1, 0)  # the header is no ID
         result.add("sample", f"{len(sample)} IDs from {ids_path} ({total:,} lines)")
     else:

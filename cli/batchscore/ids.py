@@ -1,4 +1,4 @@
-"""Streaming ID readers: plain text, CSV with a header, JSON lines.
+"""Streaming ID readers: plain text, CSV or TSV with a header, JSON lines.
 
 Each reader yields, per input row, either an :class:`IdRow` or an :class:`InputProblem`, in
 input order, never holding more than one row.  Line numbers count from 1, blank lines
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -19,6 +20,11 @@ from batchscore.errors import UsageError
 
 MAX_ID_LENGTH = 1024
 _BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+_NOT_UTF8 = (
+    "is not UTF-8 (a Latin-1 or Windows-1252 export?); convert the file, e.g. with "
+    "iconv -f WINDOWS-1252 -t UTF-8"
+)
 
 
 class IdRow(NamedTuple):
@@ -52,6 +58,8 @@ def detect_format(path: str, given: str | None) -> str:
     lower = path.lower()
     if lower.endswith(".csv"):
         return "csv"
+    if lower.endswith(".tsv"):
+        return "tsv"
     if lower.endswith((".jsonl", ".ndjson")):
         return "jsonl"
     return "text"
@@ -64,14 +72,43 @@ def _check_id(line: int, value: str) -> InputItem | None:
 
 
 def _physical_lines(stream: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
-    """Number the raw lines of ``stream``, stripping a leading UTF-8 BOM."""
+    """Number the raw lines of ``stream``, stripping a leading UTF-8 BOM.
+
+    A UTF-16 input (Excel's "Unicode text") is refused at its first line: its ASCII IDs are
+    valid UTF-8 with a NUL between characters, so no line would fail, and none would be found.
+    """
     for number, raw in enumerate(stream, start=1):
+        if number == 1 and raw.startswith(_UTF16_BOMS):
+            raise UsageError(
+                "the input is UTF-16 (it starts with a UTF-16 byte order mark); convert it to "
+                "UTF-8 first, e.g. iconv -f UTF-16 -t UTF-8"
+            )
         yield number, (raw[3:] if number == 1 and raw.startswith(_BOM) else raw)
 
 
-def read_text(stream: Iterable[bytes]) -> Iterator[InputItem]:
-    """One ID per line; blanks skipped; whitespace, CRLF and a BOM stripped."""
+def read_text(stream: Iterable[bytes], header: bool = False) -> Iterator[InputItem]:
+    """One ID per line; blanks skipped; whitespace, CRLF and a BOM stripped.
+
+    ``header``: the first non-blank line is a header (``cut -d, -f1 file.csv``), not an ID; it
+    is skipped, and the lines keep their numbers in the file.
+    """
+    return refuse_uniform_failure(
+        _text_items(stream, header),
+        "lines",
+        {
+            "invalid_utf8": _NOT_UTF8,
+            "id_too_long": f"holds an ID over {MAX_ID_LENGTH:,} characters; is this a table? "
+            "pass --input-format csv, tsv or jsonl",
+        },
+    )
+
+
+def _text_items(stream: Iterable[bytes], header: bool) -> Iterator[InputItem]:
     for number, raw in _physical_lines(stream):
+        if header:
+            if raw.strip():
+                header = False
+            continue
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -83,12 +120,17 @@ def read_text(stream: Iterable[bytes]) -> Iterator[InputItem]:
         yield _check_id(number, value) or IdRow(number, value)
 
 
-def read_csv(stream: Iterable[bytes], id_column: str, keep: tuple[str, ...]) -> Iterator[InputItem]:
-    """CSV with a header row; the ID from ``id_column``, ``keep`` columns carried through.
+def read_csv(
+    stream: Iterable[bytes], id_column: str, keep: tuple[str, ...], *, tsv: bool = False
+) -> Iterator[InputItem]:
+    """CSV (or TSV) with a header row; the ID from ``id_column``, ``keep`` columns carried
+    through.
 
     The header is read and checked at once (a missing column is a usage error before any
-    output is written); the rows are then read lazily.
+    output is written); the rows are then read lazily.  TSV is split on tabs and nothing
+    else: a quote is data, as ``cut -f`` and PostgreSQL's ``COPY`` see it.
     """
+    name = "TSV" if tsv else "CSV"
     problems: list[InputProblem] = []
     first_line: list[int | None] = [None]  # where the record being read starts (it may span lines)
 
@@ -103,20 +145,31 @@ def read_csv(stream: Iterable[bytes], id_column: str, keep: tuple[str, ...]) -> 
                 first_line[0] = number
             yield text
 
-    reader = csv.reader(decoded())
+    reader = (
+        csv.reader(decoded(), delimiter="\t", quoting=csv.QUOTE_NONE)
+        if tsv
+        else csv.reader(decoded())
+    )
     try:
         header = next(reader, None)
     except csv.Error as exc:
-        raise UsageError(f"the input's CSV header cannot be read ({exc}); check the file") from None
+        raise UsageError(
+            f"the input's {name} header cannot be read ({exc}); check the file"
+        ) from None
     if header is None:
         return iter(())
     first_line[0] = None
     header = [h.strip() for h in header]
     missing = [c for c in (id_column, *keep) if c not in header]
     if missing:
+        hint = ""
+        if not tsv and len(header) == 1 and "\t" in header[0]:
+            hint = " (the header has tabs: pass --input-format tsv)"
+        elif tsv and len(header) == 1 and "," in header[0]:
+            hint = " (the header has commas: pass --input-format csv)"
         raise UsageError(
-            f"the input CSV has no column '{missing[0]}' (columns: {', '.join(header)}); "
-            f"pass --id-column / --keep with one of those"
+            f"the input {name} has no column '{missing[0]}' (columns: {', '.join(header)}); "
+            f"pass --id-column / --keep with one of those{hint}"
         )
     id_index = header.index(id_column)
     keep_index = [header.index(c) for c in keep]
@@ -150,7 +203,23 @@ def read_csv(stream: Iterable[bytes], id_column: str, keep: tuple[str, ...]) -> 
             )
         yield from problems
 
-    return rows()
+    columns = f"{len(header)} ({', '.join(header[:10])}{', ...' if len(header) > 10 else ''})"
+    return refuse_uniform_failure(
+        rows(),
+        "rows",
+        {
+            "missing_id": f"has an empty '{id_column}' column; pass --id-column with the column "
+            "that holds the ID",
+            "short_row": f"has fewer fields than the header's {columns}; "
+            + (
+                "is the file tab-separated? (TSV is split on tabs only)"
+                if tsv
+                else "is the delimiter a comma? pass --input-format tsv for tabs"
+            ),
+            "invalid_csv": f"cannot be read as {name}; check the file and --input-format",
+            "invalid_utf8": _NOT_UTF8,
+        },
+    )
 
 
 ID_FIELD_PROBE = 100
@@ -190,7 +259,58 @@ def read_jsonl(
             f"no line of the input has the field '{id_field}' (the first {len(held)} non-blank "
             f"lines have: {shown}); pass --id-field with the field that holds the ID"
         )
-    return itertools.chain(held, (item for item, _ in items))
+    return refuse_uniform_failure(
+        itertools.chain(held, (item for item, _ in items)),
+        "non-blank lines",
+        {
+            "invalid_json": "is not a JSON object; is the input JSON lines? (--input-format)",
+            "missing_id": f"has no usable ID in '{id_field}' (null, empty, or neither a string "
+            "nor an integer); pass --id-field with the field that holds the ID",
+            "invalid_utf8": _NOT_UTF8,
+        },
+    )
+
+
+UNIFORM_PROBE = 1000
+"""Input rows read before an input whose every row fails the same way is refused."""
+UNIFORM_MIN = 20
+"""Fewer rows than this, all failing alike, are a small bad input, not a wrong option."""
+
+
+def refuse_uniform_failure(
+    items: Iterator[InputItem], unit: str, causes: dict[str, str]
+) -> Iterator[InputItem]:
+    """``items``, unless the first :data:`UNIFORM_PROBE` of them (or all, if fewer, but at
+    least :data:`UNIFORM_MIN`) are input problems with one and the same reason: then the file
+    or an option is wrong, not the data (UTF-16, a wrong delimiter, an empty ID column), and a
+    UsageError names the likely cause before any output is written, instead of an errors-file
+    line per row.  ``causes`` says, per reason, what it means and what to do; a reason not in
+    it is never refused.  Reading stops at the first row that differs, so a good input is not
+    held back.
+    """
+    held: list[InputItem] = []
+    ended = True
+    for item in items:
+        held.append(item)
+        if (
+            isinstance(item, IdRow)
+            or item.reason != held[0].reason  # type: ignore[union-attr]
+            or len(held) >= UNIFORM_PROBE
+        ):
+            ended = False
+            break
+    first = held[0] if held else None
+    if (
+        isinstance(first, InputProblem)
+        and first.reason in causes
+        and len(held) >= UNIFORM_MIN
+        and all(isinstance(i, InputProblem) and i.reason == first.reason for i in held)
+    ):
+        span = (
+            f"the {len(held):,} {unit} of the input" if ended else f"the first {len(held):,} {unit}"
+        )
+        raise UsageError(f"every one of {span} {causes[first.reason]}")
+    return itertools.chain(held, items)
 
 
 def _jsonl_items(
@@ -234,16 +354,37 @@ def _jsonl_item(
 
 
 def read_ids(
-    stream: Iterable[bytes], fmt: str, id_column: str, id_field: str, keep: tuple[str, ...]
+    stream: Iterable[bytes],
+    fmt: str,
+    id_column: str,
+    id_field: str,
+    keep: tuple[str, ...],
+    header: bool = False,
 ) -> Iterator[InputItem]:
-    """Dispatch to the reader for ``fmt``."""
-    if fmt == "csv":
-        return read_csv(stream, id_column, keep)
+    """Dispatch to the reader for ``fmt``.  ``header`` skips a text input's first line (a CSV
+    or TSV has one anyway; JSON lines have none, which settings check)."""
+    if fmt in ("csv", "tsv"):
+        return read_csv(stream, id_column, keep, tsv=fmt == "tsv")
     if fmt == "jsonl":
         return read_jsonl(stream, id_field, keep)
     if keep:
-        raise UsageError("--keep needs a CSV or JSON-lines input; plain text has only IDs")
-    return read_text(stream)
+        raise UsageError("--keep needs a CSV, TSV or JSON-lines input; plain text has only IDs")
+    return read_text(stream, header)
+
+
+_HEADER_WORD = re.compile(r"[A-Za-z][A-Za-z _-]*")
+_WORD_BREAK = re.compile(r"[ _-]+|(?<=[a-z])(?=[A-Z])")
+
+
+def looks_like_header(value: str, names: Iterable[str] = ()) -> bool:
+    """Whether a text input's first value reads like a column name rather than an ID: one of
+    ``names`` (the --id-column / --id-field), or letters only ending in the word id, key or
+    uuid (``id``, ``customer_id``, ``Account ID``, ``customerId``).  Digits make it an ID."""
+    if value in names:
+        return True
+    if not _HEADER_WORD.fullmatch(value):
+        return False
+    return _WORD_BREAK.split(value)[-1].lower() in {"id", "ids", "key", "uuid"}
 
 
 def count_lines(path: str) -> int:
@@ -270,6 +411,7 @@ __all__ = [
     "InputProblem",
     "count_lines",
     "detect_format",
+    "looks_like_header",
     "read_ids",
     "stable_hash",
 ]

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import glob
+import itertools
 import logging
 import os
 import re
@@ -19,7 +20,7 @@ import signal
 import stat
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO, TypeVar
@@ -244,7 +245,12 @@ def plan(settings: Settings) -> _Plan:
         )
     in_format = input_format(settings)
     if settings.input.keep and in_format == "text":
-        raise UsageError("--keep needs a CSV or JSON-lines input; plain text has only IDs")
+        raise UsageError("--keep needs a CSV, TSV or JSON-lines input; plain text has only IDs")
+    if settings.input.header and in_format == "jsonl":
+        raise UsageError(
+            "--header is for text input; JSON lines have no header line (pass "
+            "--input-format text if the input is not JSON lines)"
+        )
     if output != "-" and Path(output).is_dir():
         raise UsageError(f"-o {output} is a folder; name a file in it, e.g. {output}/scores.csv")
     if settings.output.resume and "{run_id}" in settings.output.path:
@@ -339,19 +345,6 @@ def input_format(settings: Settings) -> str:
     return idmod.detect_format(settings.input.path, settings.input.format)
 
 
-def read_input(settings: Settings, stream: BinaryIO) -> Iterator[idmod.InputItem]:
-    """The input rows (blocking: a CSV header or the first errors record is read at once)."""
-    if settings.input.from_errors:
-        return read_errors_file(stream, settings.input.keep)
-    return idmod.read_ids(
-        stream,
-        input_format(settings),
-        settings.input.id_column,
-        settings.input.id_field,
-        settings.input.keep,
-    )
-
-
 def run_job(settings: Settings, env: Environment) -> Outcome:
     """Run a scoring job and say how it ended; errors after the start are reported, then raised.
 
@@ -374,6 +367,8 @@ def run_job(settings: Settings, env: Environment) -> Outcome:
     in_path = input_path(settings)
     if in_path != "-" and os.path.isfile(in_path):
         stats.total = idmod.count_lines(in_path)
+        if _reading(settings).get("input_format") in ("csv", "tsv") or settings.input.header:
+            stats.total = max(stats.total - 1, 0)  # the header is no ID
     lock = RunLock(Path(p.output)) if p.resumable else None
     if lock is not None:
         lock.acquire()
@@ -435,6 +430,13 @@ def _finish(
         if stats.failed_total and status in (ExitStatus.OK, ExitStatus.PARTIAL):
             where = f"see {p.errors_path}" if p.errors_path else "pass --errors PATH to keep them"
             print(f"{stats.failed_total:,} IDs were not scored; {where}", file=env.stderr)
+        header = _header_taken_for_an_id(settings, stats)
+        if header is not None:
+            print(
+                f"batchscore: warning: line 1 {header!r} was not found and looks like a header, "
+                "not an ID: pass --header to skip it (or --input-format csv for a CSV)",
+                file=env.stderr,
+            )
         if status == ExitStatus.OK and stats.read == 0 and not finished_earlier:
             print(
                 "batchscore: warning: the input held no IDs (an empty export upstream?)",
@@ -476,6 +478,19 @@ def _finish(
         )
 
 
+def _header_taken_for_an_id(settings: Settings, stats: RunStats) -> str | None:
+    """The first line of a plain text input, when it reads like a column name and no source
+    found it (``cut -d, -f1 file.csv`` keeps the header): only a warning, since an ID may
+    look like anything."""
+    s = settings.input
+    if s.header or idmod.detect_format(s.path, s.format) != "text" or not stats.first_failures:
+        return None
+    first = stats.first_failures[0]
+    if first.line != 1 or first.reason != "not_found" or first.id is None:
+        return None
+    return first.id if idmod.looks_like_header(first.id, (s.id_column, s.id_field)) else None
+
+
 def _write_outcome_files(
     settings: Settings,
     stats: RunStats,
@@ -505,8 +520,27 @@ def _identity(p: _Plan) -> dict[str, Any]:
         "unordered": s.output.unordered,
         "shard": s.input.shard,
         "dedupe": s.input.dedupe,
+        # Which lines are IDs, and where the ID is in them: only what differs from plain text
+        # with the default column, so a plain text run's state reads as it always did.
+        **_reading(s),
         "errors": os.path.abspath(p.errors_path) if p.errors_path else None,
     }
+
+
+def _reading(s: Settings) -> dict[str, Any]:
+    """The input options that change which lines are IDs, as far as they differ from the
+    defaults (a plain text input without --header adds nothing)."""
+    fmt = input_format(s)
+    reading: dict[str, Any] = {}
+    if fmt != "text":
+        reading["input_format"] = fmt
+    if fmt in ("csv", "tsv") and s.input.id_column != "id":
+        reading["id_column"] = s.input.id_column
+    if fmt == "jsonl" and s.input.id_field != "id":
+        reading["id_field"] = s.input.id_field
+    if fmt == "text" and s.input.header:
+        reading["header"] = True
+    return reading
 
 
 class _Run:
@@ -650,6 +684,50 @@ class _Run:
             raise
         finally:
             progress.close(stats)
+
+
+def read_input(settings: Settings, stream: Iterable[bytes]) -> Iterator[idmod.InputItem]:
+    """The input's items, its header and first rows checked; ``--min-ids`` enforced.
+
+    Blocking (a CSV header, the rows that tell a wrong option from bad data, ``--min-ids``
+    IDs are read here): run it off the event loop.
+    """
+    items = _items(stream, settings)
+    minimum = settings.input.min_ids
+    if not minimum:
+        return items
+    path = input_path(settings)
+    held: list[idmod.InputItem] = []
+    if path != "-" and os.path.isfile(path):
+        # A regular file is counted in a pass of its own: nothing is held in memory.
+        with open(path, "rb") as again:
+            found = sum(1 for _ in itertools.islice(_ids_of(_items(again, settings)), minimum))
+    else:
+        # A stream cannot be read twice: the rows up to the minimum wait in memory.
+        found = 0
+        for item in items:
+            held.append(item)
+            if isinstance(item, idmod.IdRow):
+                found += 1
+                if found >= minimum:
+                    break
+    if found < minimum:
+        raise UsageError(
+            f"the input held {found:,} IDs, fewer than --min-ids {minimum:,} "
+            "(an empty or truncated export upstream?)"
+        )
+    return itertools.chain(held, items)
+
+
+def _items(stream: Iterable[bytes], settings: Settings) -> Iterator[idmod.InputItem]:
+    s = settings.input
+    if s.from_errors:
+        return read_errors_file(stream, s.keep)
+    return idmod.read_ids(stream, input_format(settings), s.id_column, s.id_field, s.keep, s.header)
+
+
+def _ids_of(items: Iterator[idmod.InputItem]) -> Iterator[idmod.IdRow]:
+    return (item for item in items if isinstance(item, idmod.IdRow))
 
 
 def _is_terminal(stream: BinaryIO) -> bool:

@@ -312,8 +312,7 @@ class Writer:
         stats.read += chunk.read
         stats.skipped += chunk.filtered
         stats.scored += len(chunk) - len(chunk.failures)
-        for record in records:
-            stats.failed[record.reason] += 1
+        stats.add_failures(records)
         if quality is not None and stats.quality is not None:
             stats.quality.missing += quality.missing
             stats.quality.out_of_range += quality.out_of_range

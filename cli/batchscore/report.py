@@ -14,10 +14,17 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from batchscore.sinks.errorlog import ErrorRecord
+
+FIRST_FAILURES = 5
+"""Failed IDs the summary names (with their line and reason), whether or not an errors file
+keeps them all."""
 
 _GROWTH = 1.02
 _LOG_GROWTH = math.log(_GROWTH)
@@ -78,6 +85,7 @@ class RunStats:
     quality: FeatureQuality | None = None
     total: int | None = None
     resumed_from: int = 0  # IDs an earlier, stopped run had already committed
+    first_failures: list[ErrorRecord] = field(default_factory=list)  # this run's, as written
 
     @property
     def failed_total(self) -> int:
@@ -119,6 +127,14 @@ class RunStats:
             hist = self.latency[source] = LatencyHistogram()
         hist.add(seconds)
         self.requests[source] += 1
+
+    def add_failures(self, records: list[ErrorRecord]) -> None:
+        """Count failed rows by reason; keep the first few to name in the summary."""
+        for record in records:
+            self.failed[record.reason] += 1
+        room = FIRST_FAILURES - len(self.first_failures)
+        if room > 0:
+            self.first_failures.extend(records[:room])
 
 
 def as_dict(stats: RunStats, feature_names: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -181,6 +197,7 @@ def summary_lines(stats: RunStats) -> list[str]:
     if stats.failed:
         reasons = ", ".join(f"{reason} {count:,}" for reason, count in stats.failed.most_common())
         lines.append(f"failed by reason: {reasons}")
+    lines += failure_lines(stats)
     if stats.retries:
         lines.append(f"retries: {stats.retries:,}")
     for name, lat in data["latency_seconds"].items():
@@ -196,6 +213,39 @@ def summary_lines(stats: RunStats) -> list[str]:
     if busy:
         lines.append("time busy: " + ", ".join(f"{k} {v:.2f} s" for k, v in busy.items()))
     return lines
+
+
+def failure_lines(stats: RunStats) -> list[str]:
+    """The first failed IDs , one a line: ``  line 17  C999001  not_found (profile)``."""
+    records = stats.first_failures
+    if not records:
+        return []
+    shown = [_shown_id(r.id) for r in records]
+    line_width = max(len(f"{r.line:,}") for r in records)
+    id_width = max(len(i) for i in shown)
+    title = (
+        f"first {len(records)} failed IDs" + (" of this run" if stats.resumed_from else "") + ":"
+        if stats.failed_total > len(records)
+        else "failed IDs:"
+    )
+    out = [title]
+    for record, ident in zip(records, shown, strict=True):
+        where = f" ({record.source})" if record.source else ""
+        out.append(
+            f"  line {record.line:>{line_width},}  {ident:<{id_width}}  {record.reason}{where}"
+        )
+    return out
+
+
+_ID_SHOWN = 40
+
+
+def _shown_id(ident: str | None) -> str:
+    """An ID as the summary shows it: on one line, at most 40 characters."""
+    if ident is None or ident == "":
+        return "(no ID)"
+    text = ident if ident.isprintable() else repr(ident)
+    return text if len(text) <= _ID_SHOWN else text[: _ID_SHOWN - 3] + "..."
 
 
 def write_atomically(path: str, data: bytes) -> None:

@@ -25,13 +25,15 @@ class InputSettings:
     """Where IDs come from and how they are read."""
 
     path: str = "-"
-    format: str | None = None  # text | csv | jsonl; None = from the extension
+    format: str | None = None  # text | csv | tsv | jsonl; None = from the extension
+    header: bool = False  # the first line of a text input is a header, not an ID
     id_column: str = "id"
     id_field: str = "id"
     keep: tuple[str, ...] = ()
     dedupe: bool = False
     shard: str | None = None  # "K/N"
     from_errors: str | None = None  # an errors file whose IDs are the input (instead of path)
+    min_ids: int = 0  # fewer IDs in the input than this: exit 2 (an empty or truncated export)
 
 
 @dataclass(frozen=True)
@@ -125,12 +127,14 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("ids", "input", "path"),
     Option("input_format", "input", "format"),
+    Option("header", "input", "header"),
     Option("id_column", "input", "id_column"),
     Option("id_field", "input", "id_field"),
     Option("keep", "input", "keep"),
     Option("dedupe", "input", "dedupe"),
     Option("shard", "input", "shard"),
     Option("from_errors", "input", "from_errors"),
+    Option("min_ids", "input", "min_ids"),
     Option("model", "model", "path"),
     Option("concurrency", "fetch", "concurrency"),
     Option("retries", "fetch", "retries"),
@@ -161,6 +165,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 SOURCE_KINDS = ("sqlite", "http", "feast", "postgres")
+INPUT_FORMATS = ("text", "csv", "tsv", "jsonl")
 
 AUDIT_COLUMNS = ("model_version", "scored_at")
 """The columns ``--add`` can append: the model file's version (hash), and when a row's batch
@@ -218,22 +223,27 @@ def resolve(
     check_keys(data, [*SECTIONS, "sources"], "the config file")
 
     merged: dict[str, dict[str, Any]] = {}
+    origins = Origins(config_path)
     for section in SECTIONS:
         table = data.get(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"[{section}] in the config file must be a table")
         _check_placement(section, table)
         merged[section] = dict(table)
+        for key, value in table.items():
+            origins.from_config(section, key, value)
 
     for opt in OPTIONS:
         if opt.env in environ and environ[opt.env] != "":
             # Checked here so that a bad value is reported under the variable that set it.
             field_type = typing.get_type_hints(SECTIONS[opt.section])[opt.key]
             merged[opt.section][opt.key] = coerce(environ[opt.env], field_type, opt.env)
+            origins.from_env(opt, environ[opt.env])
     for opt in OPTIONS:
         value = flags.get(opt.flag)
         if value is not None and value not in ((), []):
             merged[opt.section][opt.key] = value
+            origins.from_flag(opt, value)
 
     sections = {name: build(cls, merged[name], f"[{name}]") for name, cls in SECTIONS.items()}
     sources = data.get("sources", [])
@@ -245,13 +255,61 @@ def resolve(
         config_path=config_path,
         fingerprint=digest,
     )
-    validate(settings)
+    validate(settings, origins)
     if settings.input.from_errors and flags.get("ids") is not None:
         raise ConfigError(
             "IDS and --from-errors both name the input; pass one of them (--from-errors "
             "takes the IDs of an errors file)"
         )
     return settings
+
+
+def _shown(value: Any) -> str:
+    """A value as the user would have typed it in TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        import orjson
+
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+class Origins:
+    """Where each setting's value came from, so that a message names what the user wrote:
+    ``[fetch] concurrency = 0 in c.toml``, ``BATCHSCORE_CONCURRENCY=0`` or ``--concurrency 0``.
+    """
+
+    def __init__(self, config_path: str | None = None) -> None:
+        self.config_path = config_path
+        self._where: dict[tuple[str, str], str] = {}
+
+    def from_config(self, section: str, key: str, value: Any) -> None:
+        """The value of ``[section] key`` came from the config file."""
+        self._where[section, key] = f"[{section}] {key} = {_shown(value)} in {self.config_path}"
+
+    def from_env(self, opt: Option, text: str) -> None:
+        """The value came from ``opt``'s environment variable."""
+        self._where[opt.section, opt.key] = f"{opt.env}={text}"
+
+    def from_flag(self, opt: Option, value: Any) -> None:
+        """The value came from ``opt``'s flag."""
+        flag = _flag_name(opt)
+        self._where[opt.section, opt.key] = flag if isinstance(value, bool) else f"{flag} {value}"
+
+    def __call__(self, section: str, key: str) -> str:
+        """How the user gave ``[section] key`` (its flag when it is a default)."""
+        found = self._where.get((section, key))
+        if found is not None:
+            return found
+        for opt in OPTIONS:
+            if (opt.section, opt.key) == (section, key):
+                return _flag_name(opt)
+        return f"[{section}] {key}"
+
+
+def _flag_name(opt: Option) -> str:
+    return "IDS" if opt.flag == "ids" else "--" + opt.flag.replace("_", "-")
 
 
 def _check_placement(section: str, table: Mapping[str, Any]) -> None:
@@ -280,48 +338,68 @@ def fingerprint(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def validate(s: Settings) -> None:
-    """Cross-field checks that no single field can make."""
+def validate(s: Settings, where: Origins | None = None) -> None:
+    """Cross-field checks that no single field can make; a message names the value as the
+    user gave it (flag, variable, or config key and file: see :class:`Origins`)."""
+    at = where or Origins()
     if s.fetch.concurrency < 1:
-        raise ConfigError("--concurrency must be at least 1")
+        raise ConfigError(f"{at('fetch', 'concurrency')} must be at least 1")
     if s.fetch.retries < 0:
-        raise ConfigError("--retries must be 0 or more")
+        raise ConfigError(f"{at('fetch', 'retries')} must be 0 or more")
     if s.fetch.rate_limit < 0:
-        raise ConfigError("--rate-limit must be 0 (no limit) or more")
+        raise ConfigError(f"{at('fetch', 'rate_limit')} must be 0 (no limit) or more")
+    for key in ("backoff_base", "backoff_max", "retry_after_cap"):
+        if getattr(s.fetch, key) < 0:
+            raise ConfigError(f"{at('fetch', key)} must be 0 or more seconds")
+    if s.fetch.down_after < 1:
+        raise ConfigError(f"{at('fetch', 'down_after')} must be at least 1")
     if s.score.batch_size < 1:
-        raise ConfigError("--batch-size must be at least 1")
+        raise ConfigError(f"{at('score', 'batch_size')} must be at least 1")
     if s.score.threads is not None and s.score.threads < 0:
-        raise ConfigError("[score] threads must be 0 (all cores) or more")
+        raise ConfigError(f"{at('score', 'threads')} must be 0 (all cores) or more")
     if s.score.explain < 0:
-        raise ConfigError("--explain must be 0 or more")
+        raise ConfigError(f"{at('score', 'explain')} must be 0 or more")
+    if s.output.window < 0:
+        raise ConfigError(f"{at('output', 'window')} must be 0 (derived) or more")
     if s.run.max_failed < 0:
-        raise ConfigError("--max-failed must be 0 or more")
+        raise ConfigError(f"{at('run', 'max_failed')} must be 0 or more")
     if not 0.0 <= s.run.max_failed_rate <= 1.0:
-        raise ConfigError("--max-failed-rate must be between 0 and 1")
+        raise ConfigError(f"{at('run', 'max_failed_rate')} must be between 0 and 1")
     if s.run.progress_interval <= 0:
-        raise ConfigError("--progress-interval must be more than 0 seconds")
-    if s.input.format not in (None, "text", "csv", "jsonl"):
+        raise ConfigError(f"{at('run', 'progress_interval')} must be more than 0 seconds")
+    if s.input.min_ids < 0:
+        raise ConfigError(f"{at('input', 'min_ids')} must be 0 (no minimum) or more")
+    if s.input.format not in (None, *INPUT_FORMATS):
         raise ConfigError(
-            f"--input-format must be text, csv or jsonl, not '{s.input.format}'"
-            + suggest(str(s.input.format), ["text", "csv", "jsonl"])
+            f"{at('input', 'format')} must be text, csv, tsv or jsonl"
+            + suggest(str(s.input.format), INPUT_FORMATS)
+        )
+    if s.input.header and s.input.format == "jsonl":
+        raise ConfigError(
+            f"{at('input', 'header')} is for text input; JSON lines have no header line "
+            f"(and {at('input', 'format')} says JSON lines)"
         )
     if s.output.format not in (None, "csv", "jsonl", "parquet", "sqlite"):
         raise ConfigError(
-            f"--format must be csv, jsonl, parquet or sqlite, not '{s.output.format}'"
+            f"{at('output', 'format')} must be csv, jsonl, parquet or sqlite"
             + suggest(str(s.output.format), ["csv", "jsonl", "parquet", "sqlite"])
         )
     if s.output.resume and s.output.overwrite:
-        raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
+        raise ConfigError(
+            f"{at('output', 'resume')} and {at('output', 'overwrite')} contradict each other; "
+            "pass one of them"
+        )
     if s.input.shard is not None:
-        parse_shard(s.input.shard)
+        parse_shard(s.input.shard, at("input", "shard"))
     if s.output.date is not None:
-        parse_date(s.output.date)
-    audit_columns(s.output.add)
+        parse_date(s.output.date, at("output", "date"))
+    audit_columns(s.output.add, at("output", "add"))
     if s.run.engine != "local" or s.run.scheduler is not None:
         # Said plainly rather than ignored: a user asking for a cluster must not silently get
         # one process.  --shard K/N on N hosts is the scale-out this version has.
+        given = at("run", "engine") if s.run.engine != "local" else at("run", "scheduler")
         raise ConfigError(
-            f"--engine {s.run.engine} / --scheduler are not available in this version; "
+            f"{given}: --engine dask / --scheduler are not available in this version; "
             "run one process per host with --shard K/N instead"
         )
     if s.model.path is None:
@@ -344,36 +422,37 @@ def validate(s: Settings) -> None:
         names.add(name)
 
 
-def audit_columns(add: tuple[str, ...]) -> tuple[str, ...]:
+def audit_columns(add: tuple[str, ...], given: str = "--add") -> tuple[str, ...]:
     """The audit columns of ``--add`` (repeatable, or comma-separated), each once, in the order
     first given."""
     names: dict[str, None] = {}
-    for given in add:
-        for part in given.split(","):
+    for value in add:
+        for part in value.split(","):
             name = part.strip()
             if name not in AUDIT_COLUMNS:
                 raise ConfigError(
-                    f"--add takes {' or '.join(AUDIT_COLUMNS)}, not '{name}'"
+                    f"{given} takes {' or '.join(AUDIT_COLUMNS)}, not '{name}'"
                     + suggest(name, AUDIT_COLUMNS)
                 )
             names[name] = None
     return tuple(names)
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """Parse ``K/N`` (0 <= K < N)."""
+def parse_shard(text: str, given: str = "--shard") -> tuple[int, int]:
+    """Parse ``K/N`` (0 <= K < N); ``given`` names where the text came from."""
     try:
         k_text, n_text = text.split("/")
         k, n = int(k_text), int(n_text)
     except ValueError:
-        raise ConfigError(f"--shard must look like K/N (e.g. 0/4), not '{text}'") from None
+        raise ConfigError(f"{given} must look like K/N (e.g. 0/4), not '{text}'") from None
     if n < 1 or not 0 <= k < n:
-        raise ConfigError(f"--shard K/N needs 0 <= K < N, got '{text}'")
+        raise ConfigError(f"{given}: --shard K/N needs 0 <= K < N, got '{text}'")
     return k, n
 
 
-def parse_date(text: str) -> str:
-    """Check a ``--date`` (YYYY-MM-DD, a real day); return it."""
+def parse_date(text: str, given: str = "--date") -> str:
+    """Check a ``--date`` (YYYY-MM-DD, a real day); return it.  ``given`` names where the
+    text came from."""
     import datetime as dt
     import re
 
@@ -383,6 +462,6 @@ def parse_date(text: str) -> str:
         dt.date.fromisoformat(text)
     except ValueError:
         raise ConfigError(
-            f"--date must be a day as YYYY-MM-DD (e.g. 2026-11-30), not '{text}'"
+            f"{given} must be a day as YYYY-MM-DD (e.g. 2026-11-30), not '{text}'"
         ) from None
     return text

@@ -305,6 +305,10 @@ _IDENTITY_NAMES = {
     "shard": "--shard",
     "dedupe": "--dedupe",
     "errors": "errors file (--errors)",
+    "input_format": "--input-format",
+    "header": "--header",
+    "id_column": "--id-column",
+    "id_field": "--id-field",
 }
 
 
