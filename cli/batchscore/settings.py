@@ -295,7 +295,12 @@ class Origins:
     def from_flag(self, opt: Option, value: Any) -> None:
         """The value came from ``opt``'s flag."""
         flag = _flag_name(opt)
-        self._where[opt.section, opt.key] = flag if isinstance(value, bool) else f"{flag} {value}"
+        if isinstance(value, bool):
+            self._where[opt.section, opt.key] = flag
+        elif isinstance(value, (list, tuple)):  # a repeatable flag, as it was typed
+            self._where[opt.section, opt.key] = " ".join(f"{flag} {v}" for v in value)
+        else:
+            self._where[opt.section, opt.key] = f"{flag} {value}"
 
     def __call__(self, section: str, key: str) -> str:
         """How the user gave ``[section] key`` (its flag when it is a default)."""
@@ -393,7 +398,7 @@ def validate(s: Settings, where: Origins | None = None) -> None:
         parse_shard(s.input.shard, at("input", "shard"))
     if s.output.date is not None:
         parse_date(s.output.date, at("output", "date"))
-    audit_columns(s.output.add, at("output", "add"))
+    audit_columns(s.output.add)
     if s.run.engine != "local" or s.run.scheduler is not None:
         # Said plainly rather than ignored: a user asking for a cluster must not silently get
         # one process.  --shard K/N on N hosts is the scale-out this version has.
@@ -422,7 +427,7 @@ def validate(s: Settings, where: Origins | None = None) -> None:
         names.add(name)
 
 
-def audit_columns(add: tuple[str, ...], given: str = "--add") -> tuple[str, ...]:
+def audit_columns(add: tuple[str, ...]) -> tuple[str, ...]:
     """The audit columns of ``--add`` (repeatable, or comma-separated), each once, in the order
     first given."""
     names: dict[str, None] = {}
@@ -431,7 +436,7 @@ def audit_columns(add: tuple[str, ...], given: str = "--add") -> tuple[str, ...]
             name = part.strip()
             if name not in AUDIT_COLUMNS:
                 raise ConfigError(
-                    f"{given} takes {' or '.join(AUDIT_COLUMNS)}, not '{name}'"
+                    f"--add takes {' or '.join(AUDIT_COLUMNS)}, not '{name}'"
                     + suggest(name, AUDIT_COLUMNS)
                 )
             names[name] = None
