@@ -156,7 +156,7 @@ def test_ordered_writer_holds_chunks_behind_a_missing_one() -> None:
 
 @pytest.fixture(scope="module")
 def encoder() -> Encoder:
-    return Encoder(read_info(str(SAMPLE_DIR / "model.txt")))
+    return Encoder(read_info(str(SAMPLE_DIR / "model.txt")).features)
 
 
 ODD_VALUES: list[object] = [
@@ -189,7 +189,11 @@ def _bits(values: np.ndarray) -> list[int]:
 def test_a_value_converts_the_same_whatever_its_batchmates(
     encoder: Encoder, batch: list[object], data: st.DataObject
 ) -> None:
-    numeric = next(j for j, f in enumerate(encoder.info.features) if not f.categorical)
+    numeric = next(
+        j
+        for j, f in enumerate(read_info(str(SAMPLE_DIR / "model.txt")).features)
+        if not f.categorical
+    )
     i = data.draw(st.integers(0, len(batch) - 1))
     alone = encoder.column(numeric, [batch[i]])
     together = encoder.column(numeric, batch)
@@ -204,7 +208,11 @@ def test_the_conversion_rule_per_type() -> None:
 
 
 def test_categorical_values_code_as_lightgbm_and_unknowns_are_missing(encoder: Encoder) -> None:
-    j, feature = next((j, f) for j, f in enumerate(encoder.info.features) if f.categorical)
+    j, feature = next(
+        (j, f)
+        for j, f in enumerate(read_info(str(SAMPLE_DIR / "model.txt")).features)
+        if f.categorical
+    )
     values = [feature.categories[1], str(feature.categories[0]), "never-seen", None, [1], 1.5]
     column = encoder.column(j, values)
     assert column[:2].tolist() == [1.0, 0.0]

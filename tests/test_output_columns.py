@@ -203,7 +203,7 @@ def test_add_model_version_and_scored_at(
         explain=2,
     )
     after = dt.datetime.now(dt.UTC)
-    header, rows = read_table(out, fmt)
+    header, rows = read_table(out, fmt, versions=True)
     explained = [f"explain_{i}_{p}" for i in (1, 2) for p in ("feature", "value", "contribution")]
     assert header == ["id", *model.score_columns, *explained, "model_version", "scored_at"]
     version = hashlib.sha256(model.model_path.read_bytes()).hexdigest()[:16]

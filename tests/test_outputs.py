@@ -18,6 +18,7 @@ import csv
 import gzip
 import io
 import json
+import re
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,10 +61,13 @@ def parse_text_table(text: str, fmt: str) -> tuple[list[str], list[dict[str, Any
     return header, rows
 
 
-def read_table(out: Path | bytes, fmt: str) -> tuple[list[str], list[dict[str, Any]]]:
+def read_table(
+    out: Path | bytes, fmt: str, versions: bool = False
+) -> tuple[list[str], list[dict[str, Any]]]:
     """Column names and rows of an output, read with the format's own reader.
 
-    CSV values are text; the other formats give their native types.
+    CSV values are text; the other formats give their native types.  A SQLite output's model
+    version column (always there) is checked and left out, unless ``versions``.
     """
     if isinstance(out, bytes):  # stdout
         return parse_text_table(out.decode("utf-8"), fmt.removeprefix("stdout-"))
@@ -81,6 +85,16 @@ def read_table(out: Path | bytes, fmt: str) -> tuple[list[str], list[dict[str, A
         header = [d[0] for d in cursor.description]
         rows = [dict(zip(header, row, strict=True)) for row in cursor]
     db.close()
+    # A SQLite output is a prediction log: every row names the model version that scored it
+    # (a column at the end, also without --add). The other formats have no such column.
+    named = [h for h in header if h.startswith("model_version")]
+    assert named, "a SQLite output's rows carry the model version"
+    for name in named:
+        assert all(re.fullmatch("[0-9a-f]{16}", row[name]) for row in rows)
+        if not versions:
+            for row in rows:
+                del row[name]
+            header.remove(name)
     return header, rows
 
 

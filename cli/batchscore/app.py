@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import typer.core
@@ -20,6 +20,9 @@ import typer.core
 from batchscore import __version__
 from batchscore.errors import BatchscoreError, ExitStatus, PipeClosedError, Terminated
 from batchscore.settings import Settings
+
+if TYPE_CHECKING:
+    from batchscore.model import ModelInfo
 
 app = typer.Typer(  # the help text is the main callback's docstring, with its example
     name="batchscore",
@@ -112,12 +115,14 @@ ConfigOption = Annotated[
     ),
 ]
 ModelOption = Annotated[
-    str | None,
+    list[str] | None,
     Opt(
         "-m",
         "--model",
-        metavar="PATH",
-        help="LightGBM model file (text format), or an MLflow model folder of the lightgbm flavor.",
+        metavar="[NAME=]PATH",
+        help="LightGBM model file (text format), or an MLflow model folder of the lightgbm "
+        "flavor. Repeat with names to score several models in one pass: -m champion=a.txt "
+        "-m challenger=b.txt (columns score_champion, score_challenger).",
         rich_help_panel=SCORING,
     ),
 ]
@@ -459,24 +464,48 @@ def check(
 
 @app.command("model-info")
 def model_info(
-    model: Annotated[str, typer.Argument(help="LightGBM model file, or an MLflow model folder.")],
+    models: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="MODEL...",
+            help="LightGBM model file, or an MLflow model folder; several as NAME=PATH.",
+        ),
+    ],
     json_output: Annotated[bool, Opt("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Describe a model: objective, trees, classes, features with training ranges, version.
 
     For an MLflow model folder, also the booster file in it, the run id and the signature's
-    inputs. Example: batchscore model-info sample_data/model.txt
+    inputs. Several models (NAME=PATH ...): one description each, named.
+    Example: batchscore model-info sample_data/model.txt
     """
     from batchscore.model import read_info
+    from batchscore.settings import check_model_names, named_model
 
-    info = read_info(model)
+    named = [named_model(given) for given in models]
+    check_model_names(named)
+    infos = [(m.name, read_info(m.path)) for m in named]
     if json_output:
         import dataclasses
 
         import orjson
 
-        print(orjson.dumps(dataclasses.asdict(info), option=orjson.OPT_INDENT_2).decode())
+        bodies = [
+            {**({"name": name} if name else {}), **dataclasses.asdict(info)} for name, info in infos
+        ]
+        body: Any = bodies[0] if len(bodies) == 1 else bodies
+        print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
         return
+    for n, (name, info) in enumerate(infos):
+        if n:
+            print()
+        if name:
+            print(f"name       {name}")
+        _describe(info)
+
+
+def _describe(info: ModelInfo) -> None:
+    """``model-info``'s table for one model."""
     print(f"model      {info.path}")
     if info.mlflow is not None:
         print(f"booster    {info.booster_file}")

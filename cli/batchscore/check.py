@@ -29,7 +29,7 @@ import numpy as np
 from batchscore import ids as idmod
 from batchscore.chunk import Matrix
 from batchscore.errors import ExitStatus, SourceDownError, UsageError
-from batchscore.model import Model, read_info, scoring_plan
+from batchscore.model import Member, ModelSet
 from batchscore.pipeline import merge_answers, source_columns
 from batchscore.report import LatencyHistogram, RunStats
 from batchscore.settings import Settings
@@ -183,7 +183,7 @@ def _conflicts(
 
 
 async def _check_sources(
-    settings: Settings, model: Model, sample: list[str], result: CheckResult, total: int | None
+    settings: Settings, models: ModelSet, sample: list[str], result: CheckResult, total: int | None
 ) -> None:
     from batchscore.job import check_coverage
 
@@ -207,8 +207,8 @@ async def _check_sources(
                 result.fail(ExitStatus.STOPPED)
                 return
             opened.append(source)
-        check_coverage(model, sources)
-        columns = source_columns(sources, model.info.feature_names)
+        check_coverage(models, sources)
+        columns = source_columns(sources, models.feature_names)
         ids = sample or [PROBE_ID]
         checks = [SourceCheck(s.name, _kind(s)) for s in sources]
         cpu = time.process_time()
@@ -230,7 +230,7 @@ async def _check_sources(
         result.add("retries", f"{stats.retries} during the sample (retried as a run would)")
     if result.status == ExitStatus.STOPPED:
         return
-    wanted = frozenset(model.info.feature_names)
+    wanted = frozenset(models.feature_names)
     conflicts = _conflicts(sources, checks, wanted)
     if conflicts:
         result.add(
@@ -241,15 +241,16 @@ async def _check_sources(
         )
         result.fail(ExitStatus.USAGE)
     if not sample:
-        _static_coverage(sources, model, result)
+        _static_coverage(sources, models, result)
         return
-    chunk = merge_answers(sources, model, ids, per_source)
+    chunk = merge_answers(sources, models, ids, per_source)
     assert chunk.matrix is not None
     rows = chunk.matrix[chunk.ok()]  # the sample IDs found, as the run would score them
-    _coverage(model, rows, len(sample), result)
+    for member in models.members:
+        _coverage(member, member.matrix(rows), len(sample), result)
     if total is not None:
         requests = sum(c.latency.count for c in checks)
-        _eta(settings, sources, checks, model, rows, total, cpu / max(requests, 1), result)
+        _eta(settings, sources, checks, models, rows, total, cpu / max(requests, 1), result)
 
 
 def _report_source(check: SourceCheck, asked: int, result: CheckResult) -> None:
@@ -278,10 +279,12 @@ def _report_source(check: SourceCheck, asked: int, result: CheckResult) -> None:
     result.add("source", head + f"reachable; {timing}; {counts} of {asked}")
 
 
-def _coverage(model: Model, matrix: Matrix, asked: int, result: CheckResult) -> None:
-    """Which model features the sample IDs found lack (``matrix``: their rows)."""
+def _coverage(model: Member, matrix: Matrix, asked: int, result: CheckResult) -> None:
+    """Which of a model's features the sample IDs found lack (``matrix``: their rows, the
+    model's features)."""
+    topic = f"coverage {model.name}" if model.name else "coverage"
     if not len(matrix):
-        result.add("coverage", f"none of the {asked} sample IDs was found in any source")
+        result.add(topic, f"none of the {asked} sample IDs was found in any source")
         return
     missing = np.isnan(matrix).mean(axis=0)
     names = model.info.feature_names
@@ -293,16 +296,14 @@ def _coverage(model: Model, matrix: Matrix, asked: int, result: CheckResult) -> 
     ]
     where = f"in the {len(matrix)} sample IDs found"
     if never:
-        result.add(
-            "coverage", f"no source gave {len(never)} model feature(s) {where}: " + _names(never)
-        )
+        result.add(topic, f"no source gave {len(never)} model feature(s) {where}: " + _names(never))
     else:
-        result.add("coverage", f"every one of the {len(names)} model features came from a source")
+        result.add(topic, f"every one of the {len(names)} model features came from a source")
     if mostly:
-        result.add("coverage", f"mostly missing (>{MOSTLY_MISSING:.0%}) {where}: {_names(mostly)}")
+        result.add(topic, f"mostly missing (>{MOSTLY_MISSING:.0%}) {where}: {_names(mostly)}")
 
 
-def _static_coverage(sources: Sequence[Source], model: Model, result: CheckResult) -> None:
+def _static_coverage(sources: Sequence[Source], models: ModelSet, result: CheckResult) -> None:
     unknown = [s.name for s in sources if s.provides() is None]
     if unknown:
         result.add(
@@ -312,7 +313,7 @@ def _static_coverage(sources: Sequence[Source], model: Model, result: CheckResul
         )
     else:
         result.add(
-            "coverage", f"every one of the {len(model.info.features)} model features has a source"
+            "coverage", f"every one of the {len(models.feature_names)} model features has a source"
         )
 
 
@@ -320,7 +321,7 @@ def _eta(
     settings: Settings,
     sources: Sequence[Source],
     checks: Sequence[SourceCheck],
-    model: Model,
+    models: ModelSet,
     rows: Matrix,
     total: int,
     cpu_per_request: float,
@@ -344,7 +345,8 @@ def _eta(
     ):  # time a whole scoring batch (the sample's rows repeated): per-call costs are real
         batch = np.resize(rows, (min(settings.score.batch_size, total), rows.shape[1]))
         started = time.perf_counter()
-        model.predict(batch)
+        for member in models.members:
+            member.model.predict(member.matrix(batch))
         bounds["scoring"] = (time.perf_counter() - started) / len(batch) * total
     bound, seconds = max(bounds.items(), key=lambda item: item[1])
     result.add(
@@ -359,13 +361,17 @@ def run_check(settings: Settings, ids_path: str | None, sample_size: int, out: T
     if sample_size < 1:
         raise UsageError("--sample must be at least 1")
     result = CheckResult()
-    info = read_info(str(settings.model.path))
-    model = Model(info, threads=scoring_plan(settings.score.threads).threads)
-    result.add(
-        "model",
-        f"{info.path}: {info.objective}, {info.num_trees} trees, {info.num_class} class(es), "
-        f"{len(info.features)} features, version {info.version}",
-    )
+    from batchscore.job import load_models
+
+    models = load_models(settings)
+    for member in models.members:
+        info = member.info
+        result.add(
+            "model",
+            (f"{member.name}: " if member.name else "")
+            + f"{info.path}: {info.objective}, {info.num_trees} trees, {info.num_class} "
+            f"class(es), {len(info.features)} features, version {info.version}",
+        )
     sample: list[str] = []
     total: int | None = None
     if ids_path is not None:
@@ -379,7 +385,7 @@ def run_check(settings: Settings, ids_path: str | None, sample_size: int, out: T
         result.add("sample", f"{len(sample)} IDs from {ids_path} ({total:,} lines)")
     else:
         result.add("sample", "no ID list given: one probe request per source")
-    asyncio.run(_check_sources(settings, model, sample, result, total))
+    asyncio.run(_check_sources(settings, models, sample, result, total))
     for line in result.lines:
         print(line, file=out)
     verdict = {

@@ -38,6 +38,21 @@ class Explanations:
         """Only ``rows``."""
         return Explanations(self.features[rows], self.values[rows], self.contributions[rows])
 
+    def shifted(self, offset: int) -> Explanations:
+        """The same, with feature indices moved by ``offset`` (into several models' names)."""
+        return Explanations(self.features + offset, self.values, self.contributions)
+
+    @staticmethod
+    def side_by_side(parts: list[Explanations]) -> Explanations:
+        """Several models' explanations of the same rows, one model's K columns after another."""
+        if len(parts) == 1:
+            return parts[0]
+        return Explanations(
+            np.hstack([p.features for p in parts]),
+            np.hstack([p.values for p in parts]),
+            np.hstack([p.contributions for p in parts]),
+        )
+
 
 class Status(enum.IntEnum):
     """What became of one row of a chunk (stored as ``uint8`` in :attr:`Chunk.status`)."""

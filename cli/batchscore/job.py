@@ -20,7 +20,7 @@ import signal
 import stat
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO, TypeVar
@@ -36,7 +36,7 @@ from batchscore.errors import (
     UsageError,
 )
 from batchscore.feed import Filters, StallHook, watch_stalls
-from batchscore.model import Model, ModelInfo, read_info, scoring_plan
+from batchscore.model import ModelSet, read_info, scoring_plan
 from batchscore.pipeline import Pipeline, PipelineOptions, allowed, source_columns
 from batchscore.progress import choose
 from batchscore.report import RunStats, summary_lines, write_metrics, write_report
@@ -138,7 +138,14 @@ def open_input(
         raise UsageError(f"cannot read ID file {path}: {exc.strerror}") from None
 
 
-def check_coverage(model: Model, sources: list[Source]) -> None:
+def load_models(settings: Settings) -> ModelSet:
+    """Check every model of the run (safely: see :func:`~batchscore.model.read_info`) and load
+    them, sharing one feature matrix."""
+    infos = [(m.name, read_info(m.path)) for m in settings.models]
+    return ModelSet(infos, threads=scoring_plan(settings.score.threads).threads)
+
+
+def check_coverage(models: ModelSet, sources: list[Source]) -> None:
     """Every model feature must come from some source, when the sources can tell up front."""
     provided: set[str] = set()
     for source in sources:
@@ -146,7 +153,7 @@ def check_coverage(model: Model, sources: list[Source]) -> None:
         if names is None:
             return
         provided |= names
-    missing = [name for name in model.info.feature_names if name not in provided]
+    missing = [name for name in models.feature_names if name not in provided]
     if missing:
         shown = ", ".join(missing[:5]) + (
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -211,8 +218,7 @@ class _Plan:
     """What :func:`run_job` decided before the event loop starts."""
 
     settings: Settings
-    info: ModelInfo
-    model: Model
+    models: ModelSet
     output: str
     fmt: str
     gzip: bool
@@ -228,7 +234,7 @@ class _Plan:
 
 def plan(settings: Settings) -> _Plan:
     """Check the model, the input options and the output path; nothing is created yet."""
-    info = read_info(str(settings.model.path))
+    models = load_models(settings)
     run_id = uuid.uuid4().hex[:12]
     day = settings.output.date or dt.date.today().isoformat()
     output = expand_path(settings.output.path, run_id, day)
@@ -282,17 +288,9 @@ def plan(settings: Settings) -> _Plan:
                 f"--from-errors {retry} is also this run's errors file, which would replace it; "
                 "choose another -o (or --errors)"
             )
-    model = Model(info, threads=scoring_plan(settings.score.threads).threads)
-    explain = min(settings.score.explain, len(info.features))  # no empty explanation columns
-    columns = Columns(
-        info.score_columns(),
-        settings.input.keep,
-        explain,
-        features=info.feature_names if settings.output.with_features else (),
-        audit=audit_columns(settings.output.add),
-    )
+    columns = output_columns(settings, models, fmt)
     _check_kept_names(columns)
-    p = _Plan(settings, info, model, output, fmt, gzip, errors_path, columns, run_id, resumable)
+    p = _Plan(settings, models, output, fmt, gzip, errors_path, columns, run_id, resumable)
     if resumable:
         p.unfinished = unfinished_days(settings.output.path, day)
     try:
@@ -319,6 +317,41 @@ def _check_existing(p: _Plan) -> dict[str, Any] | None:
 
 def _done_record(p: _Plan) -> DoneRecord:
     return DoneRecord(Path(p.output), _identity(p), input_path(p.settings))
+
+
+def output_columns(settings: Settings, models: ModelSet, fmt: str) -> Columns:
+    """The output's columns for these models and options.
+
+    ``--add model_version`` is a column per named model (``model_version_NAME``); a SQLite
+    output always has them (its rows are a prediction log), a Parquet file names the models in
+    its metadata.
+    """
+    smallest = min(len(m.info.features) for m in models.members)
+    explain = min(settings.score.explain, smallest)  # no empty explanation columns
+    audit: list[str] = []
+    requested = audit_columns(settings.output.add)
+    if fmt == "sqlite" and "model_version" not in requested:
+        requested = ("model_version", *requested)
+    for name in requested:
+        audit += list(models.version_columns()) if name == "model_version" else [name]
+    features: tuple[str, ...] = ()
+    if settings.output.with_features:
+        features = models.encoder.names
+        if len(set(features)) < len(features):
+            twice = next(n for n in features if features.count(n) > 1)
+            raise UsageError(
+                f"--with-features: the models encode feature '{twice}' differently (other "
+                "categories), so one column cannot hold what each saw; score them separately"
+            )
+    return Columns(
+        models.score_columns,
+        settings.input.keep,
+        explain,
+        features=features,
+        audit=tuple(audit),
+        explain_prefixes=models.explain_prefixes(),
+        models=tuple(models.versions.items()),
+    )
 
 
 def _check_kept_names(columns: Columns) -> None:
@@ -459,7 +492,7 @@ def _finish(
                 f"{state} is still there); resume it with --date {day} --resume",
                 file=env.stderr,
             )
-    identity = {"model_version": p.info.version, "config_fingerprint": settings.fingerprint}
+    identity = {**_model_identity(p.models), "config_fingerprint": settings.fingerprint}
     unfinished = [{"date": day, "state": str(state)} for day, state in p.unfinished]
     try:
         _write_outcome_files(
@@ -468,7 +501,7 @@ def _finish(
             status,
             p.run_id,
             identity,
-            p.info.feature_names,
+            _feature_lists(p.models),
             {"unfinished_runs": unfinished} if unfinished else {},
         )
     except OSError as exc:
@@ -476,6 +509,24 @@ def _finish(
             f"batchscore: error: cannot write the report or metrics: {exc.strerror}",
             file=env.stderr,
         )
+
+
+def _model_identity(models: ModelSet) -> dict[str, Any]:
+    """The models in the report and metrics: ``model_version`` (``NAME=VERSION,...`` for named
+    models: one metrics label) and, per model, its name, path and version."""
+    members = models.members
+    version = (
+        members[0].info.version
+        if models.plain
+        else ",".join(f"{m.name}={m.info.version}" for m in members)
+    )
+    listed = [{"name": m.name, "path": m.info.path, "version": m.info.version} for m in members]
+    return {"model_version": version, "models": listed}
+
+
+def _feature_lists(models: ModelSet) -> list[tuple[str, tuple[str, ...]]]:
+    """Each model's name and features, in its order (the report's data quality per model)."""
+    return [(m.name, m.info.feature_names) for m in models.members]
 
 
 def _header_taken_for_an_id(settings: Settings, stats: RunStats) -> str | None:
@@ -497,7 +548,7 @@ def _write_outcome_files(
     status: ExitStatus,
     run_id: str,
     identity: dict[str, Any],
-    features: tuple[str, ...],
+    features: Sequence[tuple[str, Sequence[str]]],
     notes: dict[str, Any] | None = None,
 ) -> None:
     """``--report`` (with ``notes``) and ``--metrics``, if asked for."""
@@ -514,7 +565,9 @@ def _identity(p: _Plan) -> dict[str, Any]:
     s = p.settings
     return {
         "input": os.path.abspath(input_path(s)) if input_path(s) != "-" else "-",
-        "model": p.info.version,
+        "model": p.models.members[0].info.version
+        if p.models.plain
+        else [[m.name, m.info.version] for m in p.models.members],
         "columns": list(p.columns.names),
         "format": [p.fmt, p.gzip],
         "unordered": s.output.unordered,
@@ -594,8 +647,8 @@ class _Run:
             for source in sources:
                 await source.open()
                 stack.push_async_callback(source.close)
-            check_coverage(p.model, sources)
-            source_columns(sources, p.model.info.feature_names)  # conflicts: before any file
+            check_coverage(p.models, sources)
+            source_columns(sources, p.models.feature_names)  # conflicts: before any file
             files = self._files()
             previous = await files.open(
                 resume=settings.output.resume, overwrite=settings.output.overwrite
@@ -665,7 +718,7 @@ class _Run:
         )
         pipeline = Pipeline(
             sources=sources,
-            model=self.p.model,
+            models=self.p.models,
             sink=files.sink,
             errors=files.errors,
             progress=progress,

@@ -329,12 +329,15 @@ class Encoder:
       category or its text); anything else, unseen categories included, is missing.
     """
 
-    def __init__(self, info: ModelInfo) -> None:
-        self.info = info
-        self.names = info.feature_names
-        self.index = {name: j for j, name in enumerate(self.names)}
+    def __init__(self, features: Sequence[FeatureInfo]) -> None:
+        self.names = tuple(f.name for f in features)
+        # The matrix columns of each feature: one, unless models encode it differently (two
+        # models with other categories for it), when each encoding has a column of its own.
+        self.slots: dict[str, list[int]] = {}
+        for j, name in enumerate(self.names):
+            self.slots.setdefault(name, []).append(j)
         self._codes: dict[int, dict[Any, float]] = {}
-        for j, feature in enumerate(info.features):
+        for j, feature in enumerate(features):
             if feature.categorical and feature.categories:
                 codes: dict[Any, float] = {}
                 for code, category in enumerate(feature.categories):
@@ -396,7 +399,7 @@ class Model:
         lightgbm = lightgbm_module()
         _route_lightgbm_logs()
         self.info = info
-        self.encoder = Encoder(info)
+        self.encoder = Encoder(info.features)
         self.threads = threads
         try:
             self.booster = lightgbm.Booster(model_file=info.booster_file)
@@ -440,3 +443,98 @@ def scoring_plan(configured: int | None) -> ScoringPlan:
     if configured is None:
         return ScoringPlan(workers=max(1, os.cpu_count() or 1), threads=1)
     return ScoringPlan(workers=1, threads=configured)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model of a :class:`ModelSet`: its name, the model, which columns of the shared
+    matrix are its features (in its order; None: all of them, as they are), and the names of
+    its score columns."""
+
+    name: str
+    model: Model
+    columns: npt.NDArray[np.intp] | None
+    score_columns: tuple[str, ...]
+
+    @property
+    def info(self) -> ModelInfo:
+        """The model's description."""
+        return self.model.info
+
+    def matrix(self, shared: Matrix) -> Matrix:
+        """This model's features of the shared matrix, in its order."""
+        return shared if self.columns is None else shared[:, self.columns]
+
+
+class ModelSet:
+    """The models one run scores: features are fetched once, for the union of theirs, into one
+    matrix; each model predicts its own columns of it, so each score is bit-identical to that
+    model's own ``Booster.predict`` on its features.
+
+    One unnamed model is the plain case (column ``score``, its matrix used as is).  Named models
+    write ``score_NAME`` (``score_NAME_K`` for multiclass).  A feature that two models encode
+    alike (numeric, or categorical with the same categories) is one matrix column; encoded
+    differently, it is a column per encoding, each filled from the same fetched values.
+    """
+
+    def __init__(self, models: Sequence[tuple[str, ModelInfo]], threads: int = 0) -> None:
+        slots: list[FeatureInfo] = []
+        where: dict[tuple[str, bool, tuple[Any, ...]], int] = {}
+        indices = []
+        for _, info in models:
+            columns = []
+            for feature in info.features:
+                key = (feature.name, feature.categorical, feature.categories)
+                if key not in where:
+                    where[key] = len(slots)
+                    slots.append(feature)
+                columns.append(where[key])
+            indices.append(np.array(columns, dtype=np.intp))
+        everything = np.arange(len(slots), dtype=np.intp)
+        members = [
+            Member(
+                name,
+                Model(info, threads=threads),
+                None if np.array_equal(index, everything) else index,
+                _score_columns(name, info),
+            )
+            for (name, info), index in zip(models, indices, strict=True)
+        ]
+        self.members = members
+        self.features = tuple(slots)
+        self.encoder = Encoder(self.features)
+        self.feature_names = tuple(self.encoder.slots)  # each fetched feature once, in order
+
+    @property
+    def score_columns(self) -> tuple[str, ...]:
+        """Every model's score columns, in model order."""
+        return tuple(c for m in self.members for c in m.score_columns)
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """Each model's version (content hash) by name."""
+        return {m.name: m.info.version for m in self.members}
+
+    @property
+    def plain(self) -> bool:
+        """One unnamed model: columns as they always were (``score``, ``model_version``)."""
+        return len(self.members) == 1 and not self.members[0].name
+
+    def version_columns(self) -> dict[str, str]:
+        """The ``model_version`` audit column(s) and their value: ``model_version``, or
+        ``model_version_NAME`` per named model."""
+        if self.plain:
+            return {"model_version": self.members[0].info.version}
+        return {f"model_version_{m.name}": m.info.version for m in self.members}
+
+    def explain_prefixes(self) -> tuple[str, ...]:
+        """Per model, what its ``--explain`` columns start with after ``explain_``."""
+        return ("",) if self.plain else tuple(f"{m.name}_" for m in self.members)
+
+
+def _score_columns(name: str, info: ModelInfo) -> tuple[str, ...]:
+    """``score`` / ``score_K`` for an unnamed model, ``score_NAME`` / ``score_NAME_K`` else."""
+    columns = info.score_columns()
+    if not name:
+        return columns
+    return tuple(f"score_{name}" + c[len("score") :] for c in columns)

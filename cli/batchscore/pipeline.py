@@ -31,7 +31,7 @@ from batchscore.chunk import Chunk, Explanations, Status
 from batchscore.errors import BatchscoreError, ConfigError
 from batchscore.feed import ChunkFeed, Filters, StallHook
 from batchscore.ids import InputItem
-from batchscore.model import Model
+from batchscore.model import Member, ModelSet
 from batchscore.progress import ProgressDisplay
 from batchscore.report import BusyClock, FeatureQuality, RunStats
 from batchscore.sinks import ScoredBatch, Sink
@@ -135,11 +135,11 @@ def source_columns(sources: Sequence[Source], model_features: Sequence[str]) -> 
 class Assembler:
     """Merges the sources' answers for a chunk: row statuses and the feature matrix."""
 
-    def __init__(self, sources: Sequence[Source], model: Model) -> None:
+    def __init__(self, sources: Sequence[Source], models: ModelSet) -> None:
         self.sources = list(sources)
-        self.encoder = model.encoder
-        self.width = len(model.info.features)
-        self.columns = source_columns(self.sources, model.info.feature_names)
+        self.encoder = models.encoder
+        self.width = len(models.features)
+        self.columns = source_columns(self.sources, models.feature_names)
         owners: dict[str, int] = {}
         for columns in self.columns:
             for name in columns:
@@ -167,15 +167,15 @@ class Assembler:
                 )
                 chunk.fail(row, Status.FAILED, record)
             for name in names:
-                j = self.encoder.index[name]
-                values = self.encoder.column(j, fetched.columns[name])
-                if name in self.shared:
-                    current = matrix[:, j] if everything else matrix[rows, j]
-                    values = np.where(np.isnan(values), current, values)
-                if everything:
-                    matrix[:, j] = values
-                else:
-                    matrix[rows, j] = values
+                for j in self.encoder.slots[name]:  # one column per encoding of the feature
+                    values = self.encoder.column(j, fetched.columns[name])
+                    if name in self.shared:
+                        current = matrix[:, j] if everything else matrix[rows, j]
+                        values = np.where(np.isnan(values), current, values)
+                    if everything:
+                        matrix[:, j] = values
+                    else:
+                        matrix[rows, j] = values
         missing = rows[~found]
         single = self.sources[0].name if len(self.sources) == 1 else None
         for row in missing.tolist():
@@ -186,22 +186,19 @@ class Assembler:
 
 
 class Scorer:
-    """Predicts a chunk's matrix (in a scoring thread), explains it, counts data quality."""
+    """Predicts a chunk's matrix with every model (in a scoring thread), explains it, counts
+    data quality per model."""
 
-    def __init__(self, model: Model, options: PipelineOptions) -> None:
-        self.model = model
+    def __init__(self, models: ModelSet, options: PipelineOptions) -> None:
+        self.models = models
         self.options = options
-        features = model.info.features
-        self.low = np.array(
-            [f.low if f.low is not None and not f.categorical else -np.inf for f in features]
-        )
-        self.high = np.array(
-            [f.high if f.high is not None and not f.categorical else np.inf for f in features]
-        )
-        self.width = len(model.info.score_columns())
+        self.bounds = [_training_bounds(m) for m in models.members]
+        self.width = len(models.score_columns)
+        # --explain: a feature is named by its index into every model's names, one after another
+        self.explain_offsets = np.cumsum([0] + [len(m.info.features) for m in models.members])
 
-    def score(self, chunk: Chunk) -> FeatureQuality:
-        """Score the chunk's OK rows in place; returns the chunk's data-quality counts.
+    def score(self, chunk: Chunk) -> list[FeatureQuality]:
+        """Score the chunk's OK rows in place; returns each model's data-quality counts.
 
         A row whose features are all missing is not scored silently: it is a ``no_features``
         failure, unless ``allow_empty``.
@@ -216,26 +213,39 @@ class Scorer:
                 chunk.fail(row, Status.NO_FEATURES, record)
             ok &= ~empty
         rows = np.flatnonzero(ok)
-        x = matrix if len(rows) == len(chunk) else matrix[rows]
+        shared = matrix if len(rows) == len(chunk) else matrix[rows]
         scores = np.full((len(chunk), self.width), np.nan, dtype=np.float64)
-        quality = FeatureQuality(np.zeros(x.shape[1], np.int64), np.zeros(x.shape[1], np.int64))
-        if len(rows):
-            predicted = self.model.predict(x, raw_score=self.options.raw_score)
-            scores[rows] = predicted.reshape(len(rows), -1)
-            if self.options.explain:
-                chunk.explanations = self._explain(x, scores[rows], rows, len(chunk))
-            quality.missing += np.isnan(x).sum(axis=0)
-            with np.errstate(invalid="ignore"):
-                quality.out_of_range += ((x < self.low) | (x > self.high)).sum(axis=0)
-            quality.rows = len(rows)
+        qualities = []
+        explained = []
+        at = 0
+        for i, member in enumerate(self.models.members):
+            x = member.matrix(shared)
+            width = len(member.score_columns)
+            quality = FeatureQuality(np.zeros(x.shape[1], np.int64), np.zeros(x.shape[1], np.int64))
+            if len(rows):
+                predicted = member.model.predict(x, raw_score=self.options.raw_score)
+                scores[rows, at : at + width] = predicted.reshape(len(rows), -1)
+                if self.options.explain:
+                    part = self._explain(member, x, scores[rows, at : at + width], rows, len(chunk))
+                    explained.append(part.shifted(int(self.explain_offsets[i])))
+                low, high = self.bounds[i]
+                quality.missing += np.isnan(x).sum(axis=0)
+                with np.errstate(invalid="ignore"):
+                    quality.out_of_range += ((x < low) | (x > high)).sum(axis=0)
+                quality.rows = len(rows)
+            qualities.append(quality)
+            at += width
+        if explained:
+            chunk.explanations = Explanations.side_by_side(explained)
         chunk.scores = scores
         chunk.scored_at = time.time()
         if not self.options.with_features:
             chunk.matrix = None  # the features are scored; free them before the chunk waits
-        return quality
+        return qualities
 
     def _explain(
         self,
+        member: Member,
         x: npt.NDArray[np.float64],
         scores: npt.NDArray[np.float64],
         rows: npt.NDArray[np.intp],
@@ -243,7 +253,7 @@ class Scorer:
     ) -> Explanations:
         """The top-K features by |contribution| per row, of the predicted class (the highest
         score) for multiclass, with the values the model saw for them."""
-        contrib = self.model.contributions(x)[:, :, :-1]  # drop the bias column
+        contrib = member.model.contributions(x)[:, :, :-1]  # drop the bias column
         cls = np.argmax(scores, axis=1) if contrib.shape[1] > 1 else np.zeros(len(x), dtype=int)
         per_row = contrib[np.arange(len(x)), cls]
         k = min(self.options.explain, per_row.shape[1])
@@ -255,6 +265,20 @@ class Scorer:
         values[rows] = np.take_along_axis(x, order, axis=1)
         contributions[rows] = np.take_along_axis(per_row, order, axis=1)
         return Explanations(features, values, contributions)
+
+
+def _training_bounds(
+    member: Member,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """A model's training range per feature (categoricals and unknowns: unbounded)."""
+    features = member.info.features
+    low = np.array(
+        [f.low if f.low is not None and not f.categorical else -np.inf for f in features]
+    )
+    high = np.array(
+        [f.high if f.high is not None and not f.categorical else np.inf for f in features]
+    )
+    return low, high
 
 
 class Writer:
@@ -269,8 +293,8 @@ class Writer:
         progress: ProgressDisplay,
         feature_names: Sequence[str],
         unordered: bool,
-        model_version: str = "",
         audit: Sequence[str] = (),
+        constants: dict[str, str] | None = None,
         checkpoint: Checkpoint | None,
         clock: BusyClock,
     ) -> None:
@@ -278,9 +302,9 @@ class Writer:
         self.errors = errors
         self.stats = stats
         self.progress = progress
-        self.names = np.array(feature_names, dtype=object)
-        self.model_version = model_version
+        self.names = np.array(feature_names, dtype=object)  # what explanations' indices name
         self.audit = tuple(audit)
+        self.constants = constants or {}  # audit columns of one value (model_version ...)
         self.unordered = unordered
         self.checkpoint = checkpoint
         self.clock = clock
@@ -300,7 +324,7 @@ class Writer:
             self._next += 1
         return out
 
-    async def write(self, chunk: Chunk, quality: FeatureQuality | None) -> None:
+    async def write(self, chunk: Chunk, quality: list[FeatureQuality] | None) -> None:
         """Write one chunk's scores and errors; count it."""
         stats = self.stats
         with self.clock:
@@ -313,10 +337,11 @@ class Writer:
         stats.skipped += chunk.filtered
         stats.scored += len(chunk) - len(chunk.failures)
         stats.add_failures(records)
-        if quality is not None and stats.quality is not None:
-            stats.quality.missing += quality.missing
-            stats.quality.out_of_range += quality.out_of_range
-            stats.quality.rows += quality.rows
+        if quality is not None:
+            for total, part in zip(stats.quality, quality, strict=True):
+                total.missing += part.missing
+                total.out_of_range += part.out_of_range
+                total.rows += part.rows
         self.written.add(chunk.first_line, chunk.last_line)
         self._dirty = True
         self.progress.update(stats)
@@ -353,8 +378,8 @@ class Writer:
 
     def _audit_value(self, name: str, chunk: Chunk) -> str:
         """An audit column's value for every row of ``chunk``."""
-        if name == "model_version":
-            return self.model_version
+        if name in self.constants:
+            return self.constants[name]
         assert name == "scored_at"
         return scored_at_text(chunk.scored_at)
 
@@ -371,7 +396,7 @@ class _Done:
     """A chunk that went through fetching and scoring, on its way to the writer."""
 
     chunk: Chunk
-    quality: FeatureQuality | None
+    quality: list[FeatureQuality] | None
 
 
 class Pipeline:
@@ -381,7 +406,7 @@ class Pipeline:
         self,
         *,
         sources: Sequence[Source],
-        model: Model,
+        models: ModelSet,
         sink: Sink,
         errors: ErrorLog,
         progress: ProgressDisplay,
@@ -390,23 +415,25 @@ class Pipeline:
         checkpoint: Checkpoint | None = None,
     ) -> None:
         self.sources = list(sources)
-        self.model = model
+        self.models = models
         self.stats = stats
         self.options = options
-        self.assembler = Assembler(self.sources, model)
-        self.scorer = Scorer(model, options)
-        n = len(model.info.features)
-        stats.quality = FeatureQuality(np.zeros(n, np.int64), np.zeros(n, np.int64))
+        self.assembler = Assembler(self.sources, models)
+        self.scorer = Scorer(models, options)
+        stats.quality = [
+            FeatureQuality(np.zeros(n, np.int64), np.zeros(n, np.int64))
+            for n in (len(m.info.features) for m in models.members)
+        ]
         self._clocks = {stage: BusyClock(stats, stage) for stage in ("fetch", "score", "write")}
         self.writer = Writer(
             sink=sink,
             errors=errors,
             stats=stats,
             progress=progress,
-            feature_names=model.info.feature_names,
+            feature_names=[n for m in models.members for n in m.info.feature_names],
             unordered=options.unordered,
-            model_version=model.info.version,
             audit=options.audit,
+            constants=models.version_columns(),
             checkpoint=checkpoint,
             clock=self._clocks["write"],
         )
@@ -513,7 +540,7 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         interval = self.options.checkpoint_interval
         next_commit = loop.time() + interval
-        quality: dict[int, FeatureQuality | None] = {}
+        quality: dict[int, list[FeatureQuality] | None] = {}
         while True:
             try:
                 # Nothing to write: wait, but commit what is written when a commit is due, so
@@ -584,7 +611,7 @@ def allowed(stats: RunStats, max_failed: int, max_failed_rate: float) -> bool:
 
 
 def merge_answers(
-    sources: Sequence[Source], model: Model, ids: list[str], answers: Sequence[Fetched]
+    sources: Sequence[Source], models: ModelSet, ids: list[str], answers: Sequence[Fetched]
 ) -> Chunk:
     """The chunk ``batchscore check`` sees: the sample's rows assembled as a run would."""
     chunk = Chunk(
@@ -596,7 +623,7 @@ def merge_answers(
         keep=None,
         status=np.zeros(len(ids), np.uint8),
     )
-    Assembler(sources, model).assemble(chunk, np.arange(len(ids)), answers)
+    Assembler(sources, models).assemble(chunk, np.arange(len(ids)), answers)
     return chunk
 
 

@@ -12,6 +12,7 @@ import numbers
 import os
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,7 +83,7 @@ class RunStats:
     requests: Counter[str] = field(default_factory=Counter)
     statuses: dict[str, Counter[str]] = field(default_factory=dict)
     seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))  # busy
-    quality: FeatureQuality | None = None
+    quality: list[FeatureQuality] = field(default_factory=list)  # per model
     total: int | None = None
     resumed_from: int = 0  # IDs an earlier, stopped run had already committed
     first_failures: list[ErrorRecord] = field(default_factory=list)  # this run's, as written
@@ -137,7 +138,7 @@ class RunStats:
             self.first_failures.extend(records[:room])
 
 
-def as_dict(stats: RunStats, feature_names: tuple[str, ...] = ()) -> dict[str, Any]:
+def as_dict(stats: RunStats, models: Sequence[tuple[str, Sequence[str]]] = ()) -> dict[str, Any]:
     """The summary as plain data (the ``--report`` body, minus run identity)."""
     elapsed = stats.elapsed()
     latency = {
@@ -149,16 +150,16 @@ def as_dict(stats: RunStats, feature_names: tuple[str, ...] = ()) -> dict[str, A
         }
         for name, hist in sorted(stats.latency.items())
     }
-    quality: dict[str, Any] = {}
-    if stats.quality is not None and stats.quality.rows:
-        rows = stats.quality.rows
-        quality = {
-            name: {
-                "missing_share": float(stats.quality.missing[j]) / rows,
-                "out_of_range_share": float(stats.quality.out_of_range[j]) / rows,
-            }
-            for j, name in enumerate(feature_names)
-        }
+    per_model = [
+        (name, _quality(counts, features))
+        for (name, features), counts in zip(models, stats.quality, strict=False)
+    ]
+    if len(per_model) == 1 and not per_model[0][0]:  # one unnamed model: as it always was
+        data_quality: dict[str, Any] = per_model[0][1]
+    elif per_model:
+        data_quality = {"models": dict(per_model)}
+    else:
+        data_quality = {"rows": 0, "features": {}}
     return {
         "ids_read": stats.read,
         "resumed_from": stats.resumed_from,
@@ -174,8 +175,24 @@ def as_dict(stats: RunStats, feature_names: tuple[str, ...] = ()) -> dict[str, A
         "latency_seconds": latency,
         "source_statuses": {k: dict(v) for k, v in sorted(stats.statuses.items())},
         "busy_seconds": {k: round(v, 3) for k, v in sorted(stats.seconds.items())},
-        "data_quality": {"rows": stats.quality.rows if stats.quality else 0, "features": quality},
+        "data_quality": data_quality,
     }
+
+
+def _quality(counts: FeatureQuality, features: Sequence[str]) -> dict[str, Any]:
+    """One model's data quality: rows scored, and per feature the share of them missing or
+    outside the training range."""
+    rows = counts.rows
+    if not rows:
+        return {"rows": 0, "features": {}}
+    shares = {
+        name: {
+            "missing_share": float(counts.missing[j]) / rows,
+            "out_of_range_share": float(counts.out_of_range[j]) / rows,
+        }
+        for j, name in enumerate(features)
+    }
+    return {"rows": rows, "features": shares}
 
 
 def _ms(value: float | None) -> str:
@@ -286,7 +303,7 @@ class BusyClock:
 def write_report(
     path: str,
     stats: RunStats,
-    features: tuple[str, ...],
+    features: Sequence[tuple[str, Sequence[str]]],
     status: int,
     run_id: str,
     identity: dict[str, Any],

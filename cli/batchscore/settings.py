@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,18 @@ class InputSettings:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """The model file."""
+    """The model file (one model; several are ``[[models]]`` tables or repeated ``-m``)."""
 
     path: str | None = None
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """One model of a run: its name (``""`` for the one unnamed model: column ``score``) and
+    its path (a LightGBM model file or an MLflow folder)."""
+
+    name: str
+    path: str
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,7 @@ class Settings:
     output: OutputSettings = field(default_factory=OutputSettings)
     run: RunSettings = field(default_factory=RunSettings)
     sources: tuple[Mapping[str, Any], ...] = ()
+    models: tuple[NamedModel, ...] = ()  # the models scored (one, unnamed, from [model] path)
     config_path: str | None = None
     fingerprint: str = ""
 
@@ -220,7 +231,11 @@ def resolve(
     """
     config_path = config_path or environ.get("BATCHSCORE_CONFIG") or None
     data, digest = load_config_file(config_path, environ) if config_path else ({}, "")
-    check_keys(data, [*SECTIONS, "sources"], "the config file")
+    check_keys(data, [*SECTIONS, "sources", "models"], "the config file")
+    flags = dict(flags)
+    model_flags = flags.pop("model", None)
+    if isinstance(model_flags, str):
+        model_flags = [model_flags]
 
     merged: dict[str, dict[str, Any]] = {}
     origins = Origins(config_path)
@@ -252,6 +267,7 @@ def resolve(
     settings = Settings(
         **sections,
         sources=tuple(sources),
+        models=_models(model_flags or [], sections["model"], data.get("models")),
         config_path=config_path,
         fingerprint=digest,
     )
@@ -262,6 +278,69 @@ def resolve(
             "takes the IDs of an errors file)"
         )
     return settings
+
+
+MODEL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}", re.ASCII)
+"""A model's name: it becomes part of column names (``score_NAME``)."""
+
+
+def named_model(given: str) -> NamedModel:
+    """``NAME=PATH`` or ``PATH`` (a path with ``=`` in it: write it as ``./a=b.txt``)."""
+    name, sep, path = given.partition("=")
+    if sep and MODEL_NAME.fullmatch(name):
+        return NamedModel(name, path)
+    return NamedModel("", given)
+
+
+def _models(flags: Sequence[str], table: Any, tables: Any) -> tuple[NamedModel, ...]:
+    """The models of a run: repeated ``-m [NAME=]PATH`` flags win over the config's
+    ``[[models]]`` tables (``name``, ``path``), or ``[model] path`` (also set by
+    ``BATCHSCORE_MODEL``); one model may be unnamed, several must all be named."""
+    models: list[NamedModel] = []
+    if flags:
+        models = [named_model(given) for given in flags]
+    elif tables is not None:
+        if table.path is not None:
+            raise ConfigError(
+                "the config file has both [model] path and [[models]]; keep one of them"
+            )
+        if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+            raise ConfigError("models in the config file must be an array of tables ([[models]])")
+        for i, entry in enumerate(tables):
+            check_keys(entry, ["name", "path"], f"[[models]] #{i + 1}")
+            name, path = entry.get("name"), entry.get("path")
+            if not isinstance(path, str) or not path:
+                raise ConfigError(f"[[models]] #{i + 1} needs a path (a model file or folder)")
+            if not isinstance(name, str):
+                raise ConfigError(
+                    f'[[models]] #{i + 1} ({path}) needs a name, e.g. name = "champion"'
+                )
+            models.append(NamedModel(name, path))
+    elif table.path is not None:
+        models.append(NamedModel("", str(table.path)))
+    check_model_names(models)
+    return tuple(models)
+
+
+def check_model_names(models: Sequence[NamedModel]) -> None:
+    """Names that make valid, distinct columns; with several models, every one named."""
+    for model in models:
+        if model.name and not MODEL_NAME.fullmatch(model.name):
+            raise ConfigError(
+                f"model name '{model.name}' must be a letter then letters, digits or _ "
+                "(it names the columns score_NAME)"
+            )
+    if len(models) > 1:
+        unnamed = [m.path for m in models if not m.name]
+        if unnamed:
+            raise ConfigError(
+                f"with several models each needs a name: -m NAME={unnamed[0]} "
+                "(the name makes its column score_NAME)"
+            )
+        names = [m.name for m in models]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"two models are named '{twice[0]}'; give each a unique name")
 
 
 def _shown(value: Any) -> str:
@@ -407,7 +486,7 @@ def validate(s: Settings, where: Origins | None = None) -> None:
             f"{given}: --engine dask / --scheduler are not available in this version; "
             "run one process per host with --shard K/N instead"
         )
-    if s.model.path is None:
+    if not s.models:
         raise ConfigError("no model given; pass -m MODEL or set [model] path in the config")
     if not s.sources:
         raise ConfigError("no feature sources; add a [[sources]] table to the config (-c)")

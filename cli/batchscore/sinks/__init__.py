@@ -53,7 +53,7 @@ class ScoredBatch:
         if columns.explain:
             assert self.explain_features is not None and self.explain_values is not None
             assert self.explain_contributions is not None
-            for k in range(columns.explain):
+            for k in range(columns.explain * len(columns.explain_prefixes)):
                 out.append(self.explain_features[:, k].tolist())
                 out.append(nullable(self.explain_values[:, k]))
                 out.append(self.explain_contributions[:, k].tolist())
@@ -100,9 +100,11 @@ class Columns:
 
     scores: tuple[str, ...]
     keep: tuple[str, ...] = ()
-    explain: int = 0
+    explain: int = 0  # K explanations per model
     features: tuple[str, ...] = ()  # model feature names, in model order
-    audit: tuple[str, ...] = ()  # model_version, scored_at (settings.AUDIT_COLUMNS)
+    audit: tuple[str, ...] = ()  # model_version(_NAME), scored_at (settings.AUDIT_COLUMNS)
+    explain_prefixes: tuple[str, ...] = ("",)  # per model: explain_{prefix}{i}_... ("NAME_")
+    models: tuple[tuple[str, str], ...] = ()  # (name, version) per model, for file metadata
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -116,12 +118,13 @@ class Columns:
         out = [("id", "text")]
         out += [(name, "float") for name in self.scores]
         out += [(name, "kept") for name in self.keep]
-        for i in range(1, self.explain + 1):
-            out += [
-                (f"explain_{i}_feature", "text"),
-                (f"explain_{i}_value", "float"),
-                (f"explain_{i}_contribution", "float"),
-            ]
+        for prefix in self.explain_prefixes if self.explain else ():
+            for i in range(1, self.explain + 1):
+                out += [
+                    (f"explain_{prefix}{i}_feature", "text"),
+                    (f"explain_{prefix}{i}_value", "float"),
+                    (f"explain_{prefix}{i}_contribution", "float"),
+                ]
         out += [(FEATURE_PREFIX + name, "float") for name in self.features]
         out += [(name, "text") for name in self.audit]
         return out

@@ -48,8 +48,13 @@ class ParquetSink:
         self.columns = columns
         self.overwrite = overwrite
         types = {"text": self.pa.string(), "kept": self.pa.string(), "float": self.pa.float64()}
+        import orjson
+
+        models = [{"name": name, "version": version} for name, version in columns.models]
         self.schema = self.pa.schema(
-            [self.pa.field(name, types[kind]) for name, kind in columns.kinds()]
+            [self.pa.field(name, types[kind]) for name, kind in columns.kinds()],
+            # which model made each score, for whoever reads the file later
+            metadata={"batchscore.models": orjson.dumps(models)} if models else None,
         )
         self._pending: list[Any] = []  # pyarrow tables, one per batch, until the next sync
         self._segments = 0
@@ -86,7 +91,7 @@ class ParquetSink:
             features, values = batch.explain_features, batch.explain_values
             contributions = batch.explain_contributions
             assert features is not None and values is not None and contributions is not None
-            for k in range(self.columns.explain):
+            for k in range(self.columns.explain * len(self.columns.explain_prefixes)):
                 arrays.append(pa.array(features[:, k].tolist(), type=pa.string()))
                 arrays.append(_nullable(pa, values[:, k]))
                 arrays.append(pa.array(contributions[:, k]))
