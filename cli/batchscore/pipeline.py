@@ -102,7 +102,9 @@ def feature_owners(
             drop[source.name].update(*(v for k, v in wins.items() if k != source.name))
         for name in provided & wanted:
             providers.setdefault(name, []).append(source.name)
-    for name, owners in providers.items():
+    order = {name: j for j, name in enumerate(model_features)}
+    # In model order, so that a conflict is always named by the same (first) feature.
+    for name, owners in sorted(providers.items(), key=lambda item: order[item[0]]):
         if len(owners) < 2:
             continue
         winners = [source for source, won in wins.items() if name in won]
