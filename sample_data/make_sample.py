@@ -25,6 +25,11 @@ its tests and its documentation can run against:
     are not in the store (``C999001`` ..) scattered through;
     ``ids_small.txt`` is the first 50 lines of ``ids.txt``.
 
+``customers.csv``
+    The feature rows of the first 20 known IDs of ``ids.txt``, as a CSV an
+    analyst would have (``customer_id`` and the 28 feature columns; a NULL is
+    an empty cell): what ``configs/input.toml`` scores with no service.
+
 Everything is deterministic: a fixed numpy ``default_rng`` seed, a
 single-threaded deterministic LightGBM run, and a freshly created,
 ``VACUUM``-ed SQLite file without timestamps.  Running the script twice
@@ -41,6 +46,7 @@ Only numpy, pandas, lightgbm and the standard library are used.
 from __future__ import annotations
 
 import argparse
+import csv
 import sqlite3
 from pathlib import Path
 from typing import Final
@@ -431,6 +437,29 @@ def write_lines(path: Path, lines: list[str]) -> None:
     path.write_text("".join(f"{line}\n" for line in lines), encoding="ascii", newline="\n")
 
 
+N_CSV_ROWS = 20
+
+
+def write_feature_csv(path: Path, db_path: Path, id_lines: list[str]) -> None:
+    """The feature rows of the first ``N_CSV_ROWS`` known IDs of ``id_lines``, read back from
+    ``db_path``, as CSV: NULL is an empty cell, a REAL its shortest round-tripping text."""
+    conn = sqlite3.connect(db_path)
+    try:
+        cursor = conn.execute(f"SELECT * FROM {FEATURE_TABLE}")
+        header = [d[0] for d in cursor.description]
+        rows = {row[0]: row for row in cursor}
+    finally:
+        conn.close()
+    chosen = [rows[i] for i in id_lines if i in rows][:N_CSV_ROWS]
+    with open(path, "w", encoding="ascii", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(
+            ["" if v is None else repr(v) if isinstance(v, float) else v for v in row]
+            for row in chosen
+        )
+
+
 def build(out_dir: Path, seed: int = SEED) -> float:
     """Generate all sample files into ``out_dir``; return the validation AUC."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -450,10 +479,11 @@ def build(out_dir: Path, seed: int = SEED) -> float:
     id_lines = make_id_list(rng, ids)
     write_lines(out_dir / "ids.txt", id_lines)
     write_lines(out_dir / "ids_small.txt", id_lines[:N_SMALL_IDS])
+    write_feature_csv(out_dir / "customers.csv", db_path, id_lines)
 
     print(f"customers: {N_CUSTOMERS}, churn rate: {labels.mean():.3f}")
     print(f"model: objective=binary, trees={booster.num_trees()}, validation AUC={auc:.4f}")
-    print(f"wrote {db_path.name}, model.txt, ids.txt, ids_small.txt to {out_dir}")
+    print(f"wrote {db_path.name}, model.txt, ids.txt, ids_small.txt, customers.csv to {out_dir}")
     return auc
 
 

@@ -35,6 +35,7 @@ from batchscore.report import LatencyHistogram, RunStats
 from batchscore.settings import Settings
 from batchscore.sources import NOT_FOUND, Failure, Fetched, Source, build_sources
 from batchscore.sources.httpclient import CredentialsRejected
+from batchscore.sources.input import InputSource, input_values
 from batchscore.sources.limits import Limits
 
 PROBE_ID = "0"
@@ -54,6 +55,7 @@ class SourceCheck:
     failures: Counter[str] = field(default_factory=Counter)
     rejected: str | None = None  # the message when the source rejected our credentials
     seen: set[str] = field(default_factory=set)  # feature names in its answers
+    note: str | None = None  # what an input source reads (it makes no requests)
 
     @property
     def reachable(self) -> bool:
@@ -101,8 +103,11 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def read_sample(path: str, settings: Settings, size: int) -> list[str]:
-    """The first ``size`` distinct IDs of an ID list (input problems are skipped)."""
+def read_sample(
+    path: str, settings: Settings, size: int, values: idmod.ChooseValues | None = None
+) -> list[idmod.IdRow]:
+    """The rows of the first ``size`` distinct IDs of an ID list (input problems are skipped),
+    carrying the values ``values`` chooses (an input source's columns)."""
     fmt = idmod.detect_format(path, settings.input.format)
     try:
         stream = open(path, "rb")  # noqa: SIM115 - closed below, after a partial read
@@ -116,9 +121,15 @@ def read_sample(path: str, settings: Settings, size: int) -> list[str]:
             settings.input.id_field,
             settings.input.keep,
             settings.input.header,
+            values,
         )
-        ids = (row.id for row in rows if isinstance(row, idmod.IdRow))
-        return list(itertools.islice(dict.fromkeys(itertools.islice(ids, size * 4)), size))
+        first: dict[str, idmod.IdRow] = {}
+        ids = (row for row in rows if isinstance(row, idmod.IdRow))
+        for row in itertools.islice(ids, size * 4):
+            first.setdefault(row.id, row)
+            if len(first) >= size:
+                break
+        return list(first.values())
 
 
 async def _fetch_sample(
@@ -183,8 +194,14 @@ def _conflicts(
 
 
 async def _check_sources(
-    settings: Settings, models: ModelSet, sample: list[str], result: CheckResult, total: int | None
+    settings: Settings,
+    models: ModelSet,
+    sample: list[str],
+    result: CheckResult,
+    total: int | None,
+    given: InputSource | None = None,
 ) -> None:
+    """``given``: the input source that read the sample (it answers with the sample's values)."""
     from batchscore.job import check_coverage
 
     stats = RunStats()
@@ -194,6 +211,8 @@ async def _check_sources(
         observe=stats.observe,
     )
     sources = build_sources(settings.sources, limits, settings.fetch, stats)
+    if given is not None:
+        sources = [given if isinstance(s, InputSource) else s for s in sources]
     where = settings.config_path or "flags and environment"
     result.lines.insert(0, f"{'config':<9}{where}: valid, {len(sources)} source(s)")
     opened: list[Source] = []
@@ -210,7 +229,7 @@ async def _check_sources(
         check_coverage(models, sources)
         columns = source_columns(sources, models.feature_names)
         ids = sample or [PROBE_ID]
-        checks = [SourceCheck(s.name, _kind(s)) for s in sources]
+        checks = [SourceCheck(s.name, _kind(s), note=_input_note(s)) for s in sources]
         cpu = time.process_time()
         per_source = await asyncio.gather(
             *(
@@ -253,8 +272,23 @@ async def _check_sources(
         _eta(settings, sources, checks, models, rows, total, cpu / max(requests, 1), result)
 
 
+def _input_note(source: Source) -> str | None:
+    """What an input source takes from the input (None for any other source)."""
+    if not isinstance(source, InputSource):
+        return None
+    chosen = source.chosen
+    if chosen is None:
+        return "features from the input's own columns; pass the input (IDS) to check them"
+    if not chosen:
+        return "no input column is a model feature (see `columns` and `rename`)"
+    return f"columns {_names(list(chosen))} of the input; no requests"
+
+
 def _report_source(check: SourceCheck, asked: int, result: CheckResult) -> None:
     head = f"{check.name} ({check.kind}): "
+    if check.note is not None:
+        result.add("source", head + check.note)
+        return
     if check.rejected is not None:
         result.add("source", head + check.rejected)
         result.fail(ExitStatus.STOPPED)
@@ -305,7 +339,9 @@ def _coverage(model: Member, matrix: Matrix, asked: int, result: CheckResult) ->
 
 def _static_coverage(sources: Sequence[Source], models: ModelSet, result: CheckResult) -> None:
     unknown = [s.name for s in sources if s.provides() is None]
-    if unknown:
+    if any(isinstance(s, InputSource) for s in sources) and unknown:
+        result.add("coverage", "features come from the input's columns: pass the input (IDS)")
+    elif unknown:
         result.add(
             "coverage",
             f"source(s) {', '.join(unknown)} name their features only in answers; "
@@ -330,7 +366,9 @@ def _eta(
     """The longest of: the requests at the measured latency, spread over ``--concurrency`` (or
     at ``--rate-limit``); this process's CPU for them (per-ID requests are client-CPU-bound near
     2,000/s per core); and scoring them."""
-    requests = [math.ceil(total / s.batch_size) for s in sources]
+    requests = [
+        0 if isinstance(s, InputSource) else math.ceil(total / s.batch_size) for s in sources
+    ]
     busy = sum(n * c.mean_latency for n, c in zip(requests, checks, strict=True))
     bounds = {
         f"latency at concurrency {settings.fetch.concurrency}": busy / settings.fetch.concurrency,
@@ -356,6 +394,14 @@ def _eta(
     )
 
 
+def _input_source(settings: Settings) -> InputSource | None:
+    """The configured source of kind input, built on its own: it reads the sample."""
+    for i, table in enumerate(settings.sources):
+        if table.get("kind") == "input":
+            return InputSource.from_table(table, f"sources[{i}]")
+    return None
+
+
 def run_check(settings: Settings, ids_path: str | None, sample_size: int, out: TextIO) -> int:
     """Check everything a run needs; print the findings to ``out``; return the exit status."""
     if sample_size < 1:
@@ -374,18 +420,26 @@ def run_check(settings: Settings, ids_path: str | None, sample_size: int, out: T
         )
     sample: list[str] = []
     total: int | None = None
+    given = _input_source(settings)
     if ids_path is not None:
         if not Path(ids_path).is_file():
             raise UsageError(f"ID file {ids_path} does not exist; pass a path to a list of IDs")
-        sample = read_sample(ids_path, settings, sample_size)
-        total = idmod.count_lines(ids_path)
         fmt = idmod.detect_format(ids_path, settings.input.format)
+        if given is not None and fmt == "text":
+            raise UsageError(idmod.TEXT_HAS_NO_FEATURES)
+        id_name = settings.input.id_field if fmt == "jsonl" else settings.input.id_column
+        choose = input_values([given], id_name, models.feature_names) if given else None
+        rows = read_sample(ids_path, settings, sample_size, choose)
+        sample = [row.id for row in rows]
+        if given is not None:
+            given.preload({row.id: row.values for row in rows})
+        total = idmod.count_lines(ids_path)
         if fmt in ("csv", "tsv") or (fmt == "text" and settings.input.header):
             total = max(total - 1, 0)  # the header is no ID
         result.add("sample", f"{len(sample)} IDs from {ids_path} ({total:,} lines)")
     else:
         result.add("sample", "no ID list given: one probe request per source")
-    asyncio.run(_check_sources(settings, models, sample, result, total))
+    asyncio.run(_check_sources(settings, models, sample, result, total, given))
     for line in result.lines:
         print(line, file=out)
     verdict = {

@@ -9,6 +9,7 @@ chunks in index order.  Per-row state lives in arrays (``status``, the feature `
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +81,8 @@ class Chunk:
     ids: list[str]  # (rows,) the IDs; "" where the input gave none
     keep: list[tuple[Any, ...]] | None  # (rows,) kept input columns, when --keep is given
     status: npt.NDArray[np.uint8]  # (rows,) a Status per row
+    inputs: list[Sequence[Any]] | None = None  # an input source's columns: per column, the
+    # (rows,) raw values as read (None in a row that is an input problem)
     failures: dict[int, ErrorRecord] = field(default_factory=dict)  # row -> why, sparse
     filtered: int = 0  # rows --shard / --dedupe left out (counted, never written)
     matrix: Matrix | None = None  # (rows, model features), filled by the sources; freed once

@@ -18,7 +18,7 @@ import os
 import select
 import stat
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -101,7 +101,11 @@ class _End:
 
 class ChunkFeed:
     """Reads ``items`` into chunks of up to ``size`` rows in a thread; at most ``capacity``
-    chunks wait for the event loop to take them."""
+    chunks wait for the event loop to take them.
+
+    ``values``: how many raw values each row carries for an input source (``IdRow.values``);
+    they reach the chunk as columns (:attr:`Chunk.inputs`), transposed once per chunk.
+    """
 
     def __init__(
         self,
@@ -110,6 +114,7 @@ class ChunkFeed:
         size: int,
         filters: Filters,
         keep: bool,
+        values: int = 0,
         capacity: int = 4,
         stall: StallHook | None = None,
     ) -> None:
@@ -117,6 +122,8 @@ class ChunkFeed:
         self._size = size
         self._filters = filters
         self._keep = keep
+        self._width = values
+        self._no_values = (None,) * values  # what an input problem's row carries
         self._slots = threading.Semaphore(capacity)
         self._queue: asyncio.Queue[Chunk | _End] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
@@ -132,6 +139,7 @@ class ChunkFeed:
         self._lines: list[int] = []
         self._ids: list[str] = []
         self._kept: list[tuple[Any, ...]] = []
+        self._values: list[tuple[Any, ...]] = []
         self._problems: list[tuple[int, ErrorRecord]] = []
         self._filtered = 0
         self._last_line = self._first_line - 1
@@ -141,6 +149,7 @@ class ChunkFeed:
         shard = self._filters.shard
         seen: set[str] | None = set() if self._filters.dedupe else None
         size = self._size
+        carry = self._width > 0
         # The lists are looked up on self for every row: a stall hands them over (and
         # replaces them) from inside the input's read.
         try:
@@ -168,12 +177,16 @@ class ChunkFeed:
                     self._ids.append(ident)
                     if self._keep:
                         self._kept.append(item.keep)
+                    if carry:
+                        self._values.append(item.values)
                 else:
                     record = ErrorRecord(item.id, line, "input", None, item.reason)
                     self._problems.append((len(self._ids), record))
                     self._ids.append(item.id or "")
                     if self._keep:
                         self._kept.append(())
+                    if carry:
+                        self._values.append(self._no_values)
                 self._lines.append(line)
                 self._last_line = line
                 if len(self._ids) >= size:
@@ -196,6 +209,7 @@ class ChunkFeed:
             ids=self._ids,
             keep=self._kept if self._keep else None,
             status=np.zeros(n, dtype=np.uint8),
+            inputs=self._columns() if self._width else None,
             filtered=self._filtered,
         )
         for row, record in self._problems:
@@ -204,6 +218,12 @@ class ChunkFeed:
         self._first_line = self._last_line + 1
         self._reset()
         self._hand_over(chunk)
+
+    def _columns(self) -> list[Sequence[Any]]:
+        """The rows' carried values as columns (rows to columns with zip, in C)."""
+        if not self._values:
+            return [() for _ in range(self._width)]
+        return list(zip(*self._values, strict=True))
 
     def _hand_over(self, message: Chunk | _End) -> None:
         self._slots.acquire()

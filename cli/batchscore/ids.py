@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import itertools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import orjson
@@ -29,7 +29,8 @@ _NOT_UTF8 = (
 
 class IdRow(NamedTuple):
     """One ID to score, with the input columns to carry through to the output (text from CSV;
-    JSON values as parsed from JSON lines, so a JSON-lines output gives them back unchanged).
+    JSON values as parsed from JSON lines, so a JSON-lines output gives them back unchanged),
+    and the raw feature values an input source reads from the row (``values``, likewise).
 
     (Named tuples, not dataclasses: one is made per input line, and a tuple is the cheapest
     typed object Python makes.)
@@ -38,6 +39,14 @@ class IdRow(NamedTuple):
     line: int
     id: str
     keep: tuple[Any, ...] = ()
+    values: tuple[Any, ...] = ()
+
+
+ChooseValues = Callable[[Sequence[str], str], Sequence[str]]
+"""Given an input's columns (a CSV header; a JSON-lines input's first object's fields) and how
+to name them in a message (``the input CSV``), the columns whose values each :class:`IdRow`
+carries in ``values`` (an input source's features); raises a UsageError for a column the input
+lacks."""
 
 
 class InputProblem(NamedTuple):
@@ -121,10 +130,15 @@ def _text_items(stream: Iterable[bytes], header: bool) -> Iterator[InputItem]:
 
 
 def read_csv(
-    stream: Iterable[bytes], id_column: str, keep: tuple[str, ...], *, tsv: bool = False
+    stream: Iterable[bytes],
+    id_column: str,
+    keep: tuple[str, ...],
+    *,
+    tsv: bool = False,
+    values: ChooseValues | None = None,
 ) -> Iterator[InputItem]:
     """CSV (or TSV) with a header row; the ID from ``id_column``, ``keep`` columns carried
-    through.
+    through, and the cells of the columns ``values`` chooses from the header (as text).
 
     The header is read and checked at once (a missing column is a usage error before any
     output is written); the rows are then read lazily.  TSV is split on tabs and nothing
@@ -173,6 +187,8 @@ def read_csv(
         )
     id_index = header.index(id_column)
     keep_index = [header.index(c) for c in keep]
+    value_index = [header.index(c) for c in values(header, f"the input {name}")] if values else []
+    last_index = max((id_index, *keep_index, *value_index))  # a shorter row is short
 
     def rows() -> Iterator[InputItem]:
         while True:
@@ -191,7 +207,7 @@ def read_csv(
             number, first_line[0] = first_line[0] or 0, None
             if not row or all(not c.strip() for c in row):
                 continue
-            if len(row) <= max((id_index, *keep_index)):
+            if len(row) <= last_index:
                 yield InputProblem(number, None, "short_row")
                 continue
             value = row[id_index].strip()
@@ -199,7 +215,10 @@ def read_csv(
                 yield InputProblem(number, None, "missing_id")
                 continue
             yield _check_id(number, value) or IdRow(
-                number, value, tuple(row[i] for i in keep_index)
+                number,
+                value,
+                tuple(row[i] for i in keep_index),
+                tuple(map(row.__getitem__, value_index)) if value_index else (),
             )
         yield from problems
 
@@ -227,9 +246,14 @@ ID_FIELD_PROBE = 100
 
 
 def read_jsonl(
-    stream: Iterable[bytes], id_field: str, keep: tuple[str, ...]
+    stream: Iterable[bytes],
+    id_field: str,
+    keep: tuple[str, ...],
+    values: ChooseValues | None = None,
 ) -> Iterator[InputItem]:
-    """One JSON object per line; the ID from ``id_field`` (a string or an integer).
+    """One JSON object per line; the ID from ``id_field`` (a string or an integer).  The
+    fields ``values`` chooses from the first line that has ``id_field`` are carried as parsed
+    (a line without one of them carries None: missing).
 
     Like the CSV header, the field is checked at once (before any output is written): the
     lines are read up to the first one that has ``id_field``.  If the first
@@ -237,7 +261,7 @@ def read_jsonl(
     the field is wrong, not the data: a UsageError naming the fields seen, instead of a
     ``missing_id`` record for every line of the file.  The rest is read lazily.
     """
-    items = _jsonl_items(stream, id_field, keep)
+    items = _jsonl_items(stream, id_field, keep, values)
     held: list[InputItem] = []
     objects = 0
     fields: dict[str, None] = {}  # the keys seen, in order
@@ -258,6 +282,14 @@ def read_jsonl(
         raise UsageError(
             f"no line of the input has the field '{id_field}' (the first {len(held)} non-blank "
             f"lines have: {shown}); pass --id-field with the field that holds the ID"
+        )
+    if values is not None and not found and len(held) >= ID_FIELD_PROBE:
+        # The input source's columns are the fields of the first line with an ID: they must
+        # be known before the first chunk is read.
+        raise UsageError(
+            f"none of the first {len(held)} non-blank lines of the input is a JSON object with "
+            f"the field '{id_field}', so the input source cannot tell its columns; is the "
+            "input JSON lines? (--input-format, --id-field)"
         )
     return refuse_uniform_failure(
         itertools.chain(held, (item for item, _ in items)),
@@ -314,10 +346,11 @@ def refuse_uniform_failure(
 
 
 def _jsonl_items(
-    stream: Iterable[bytes], id_field: str, keep: tuple[str, ...]
+    stream: Iterable[bytes], id_field: str, keep: tuple[str, ...], values: ChooseValues | None
 ) -> Iterator[tuple[InputItem, tuple[str, ...] | None]]:
     """Each non-blank line's item, with the keys of its object when it lacks ``id_field``
     (None when it has it; empty for a line that is no object)."""
+    fields: tuple[str, ...] | None = None if values else ()  # chosen at the first ID line
     for number, raw in _physical_lines(stream):
         if not raw.strip():
             continue
@@ -337,11 +370,18 @@ def _jsonl_items(
         if id_field not in obj:
             yield InputProblem(number, None, "missing_id"), tuple(obj)
             continue
-        yield _jsonl_item(number, obj, id_field, keep), None
+        if fields is None:
+            assert values is not None
+            fields = tuple(values(list(obj), "the first JSON line with an ID"))
+        yield _jsonl_item(number, obj, id_field, keep, fields), None
 
 
 def _jsonl_item(
-    number: int, obj: dict[str, object], id_field: str, keep: tuple[str, ...]
+    number: int,
+    obj: dict[str, object],
+    id_field: str,
+    keep: tuple[str, ...],
+    fields: tuple[str, ...],
 ) -> InputItem:
     """The item of one JSON object that has ``id_field``."""
     value = obj.get(id_field)
@@ -350,7 +390,12 @@ def _jsonl_item(
     text = str(value).strip()
     if not text:
         return InputProblem(number, None, "missing_id")
-    return _check_id(number, text) or IdRow(number, text, tuple(obj.get(k) for k in keep))
+    return _check_id(number, text) or IdRow(
+        number,
+        text,
+        tuple(obj.get(k) for k in keep),
+        tuple(map(obj.get, fields)) if fields else (),
+    )
 
 
 def read_ids(
@@ -360,17 +405,26 @@ def read_ids(
     id_field: str,
     keep: tuple[str, ...],
     header: bool = False,
+    values: ChooseValues | None = None,
 ) -> Iterator[InputItem]:
     """Dispatch to the reader for ``fmt``.  ``header`` skips a text input's first line (a CSV
-    or TSV has one anyway; JSON lines have none, which settings check)."""
+    or TSV has one anyway; JSON lines have none, which settings check).  ``values`` chooses
+    the columns whose values every row carries (an input source's features)."""
     if fmt in ("csv", "tsv"):
-        return read_csv(stream, id_column, keep, tsv=fmt == "tsv")
+        return read_csv(stream, id_column, keep, tsv=fmt == "tsv", values=values)
     if fmt == "jsonl":
-        return read_jsonl(stream, id_field, keep)
+        return read_jsonl(stream, id_field, keep, values)
     if keep:
         raise UsageError("--keep needs a CSV, TSV or JSON-lines input; plain text has only IDs")
+    if values:
+        raise UsageError(TEXT_HAS_NO_FEATURES)
     return read_text(stream, header)
 
+
+TEXT_HAS_NO_FEATURES = (
+    "a source of kind input takes features from the input's columns, and a plain text input "
+    "has only IDs; pass a CSV, TSV or JSON-lines input (--input-format), or drop that source"
+)
 
 _HEADER_WORD = re.compile(r"[A-Za-z][A-Za-z _-]*")
 _WORD_BREAK = re.compile(r"[ _-]+|(?<=[a-z])(?=[A-Z])")
@@ -406,6 +460,8 @@ def stable_hash(value: str) -> int:
 
 
 __all__ = [
+    "TEXT_HAS_NO_FEATURES",
+    "ChooseValues",
     "IdRow",
     "InputItem",
     "InputProblem",

@@ -52,6 +52,7 @@ from batchscore.sinks.files import (
     write_error,
 )
 from batchscore.sources import Source, build_sources
+from batchscore.sources.input import has_input_source, input_values
 from batchscore.sources.limits import Limits
 from batchscore.state import (
     Committed,
@@ -252,6 +253,14 @@ def plan(settings: Settings) -> _Plan:
     in_format = input_format(settings)
     if settings.input.keep and in_format == "text":
         raise UsageError("--keep needs a CSV, TSV or JSON-lines input; plain text has only IDs")
+    if has_input_source(settings.sources) and in_format in ("text", "errors"):
+        raise UsageError(
+            idmod.TEXT_HAS_NO_FEATURES
+            if in_format == "text"
+            else "--from-errors gives IDs only, and a source of kind input takes features from "
+            "the input's columns; score the original input again (its IDs that failed are in "
+            "the errors file)"
+        )
     if settings.input.header and in_format == "jsonl":
         raise UsageError(
             "--header is for text input; JSON lines have no header line (pass "
@@ -640,7 +649,11 @@ class _Run:
             stream = watch_stalls(open_input(source_path, self.env, stack), stall)
             # A CSV header is read (and checked) here: off the loop, so that a signal still
             # stops a run whose stdin is silent.
-            reading = in_daemon_thread(read_input, settings, stream)
+            id_name = settings.input.id_field if input_format(settings) == "jsonl" else None
+            values = input_values(
+                sources, id_name or settings.input.id_column, p.models.feature_names
+            )
+            reading = in_daemon_thread(read_input, settings, stream, values)
             self.stopper.cancel_on_signal(reading)
             items: Iterator[idmod.InputItem] = await reading
             self.stopper.cancel_on_signal(None)
@@ -739,13 +752,15 @@ class _Run:
             progress.close(stats)
 
 
-def read_input(settings: Settings, stream: Iterable[bytes]) -> Iterator[idmod.InputItem]:
+def read_input(
+    settings: Settings, stream: Iterable[bytes], values: idmod.ChooseValues | None = None
+) -> Iterator[idmod.InputItem]:
     """The input's items, its header and first rows checked; ``--min-ids`` enforced.
 
     Blocking (a CSV header, the rows that tell a wrong option from bad data, ``--min-ids``
     IDs are read here): run it off the event loop.
     """
-    items = _items(stream, settings)
+    items = _items(stream, settings, values)
     minimum = settings.input.min_ids
     if not minimum:
         return items
@@ -754,7 +769,8 @@ def read_input(settings: Settings, stream: Iterable[bytes]) -> Iterator[idmod.In
     if path != "-" and os.path.isfile(path):
         # A regular file is counted in a pass of its own: nothing is held in memory.
         with open(path, "rb") as again:
-            found = sum(1 for _ in itertools.islice(_ids_of(_items(again, settings)), minimum))
+            counted = _items(again, settings, values)
+            found = sum(1 for _ in itertools.islice(_ids_of(counted), minimum))
     else:
         # A stream cannot be read twice: the rows up to the minimum wait in memory.
         found = 0
@@ -772,11 +788,14 @@ def read_input(settings: Settings, stream: Iterable[bytes]) -> Iterator[idmod.In
     return itertools.chain(held, items)
 
 
-def _items(stream: Iterable[bytes], settings: Settings) -> Iterator[idmod.InputItem]:
+def _items(
+    stream: Iterable[bytes], settings: Settings, values: idmod.ChooseValues | None = None
+) -> Iterator[idmod.InputItem]:
     s = settings.input
     if s.from_errors:
         return read_errors_file(stream, s.keep)
-    return idmod.read_ids(stream, input_format(settings), s.id_column, s.id_field, s.keep, s.header)
+    fmt = input_format(settings)
+    return idmod.read_ids(stream, fmt, s.id_column, s.id_field, s.keep, s.header, values)
 
 
 def _ids_of(items: Iterator[idmod.InputItem]) -> Iterator[idmod.IdRow]:

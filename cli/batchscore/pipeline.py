@@ -37,6 +37,7 @@ from batchscore.report import BusyClock, FeatureQuality, RunStats
 from batchscore.sinks import ScoredBatch, Sink
 from batchscore.sinks.errorlog import ErrorLog
 from batchscore.sources import NOT_FOUND, Fetched, Source
+from batchscore.sources.input import InputSource
 from batchscore.sources.limits import PRIORITY
 from batchscore.state import LineRanges
 
@@ -101,14 +102,22 @@ def feature_owners(
             drop[source.name].update(*(v for k, v in wins.items() if k != source.name))
         for name in provided & wanted:
             providers.setdefault(name, []).append(source.name)
-    for name, owners in providers.items():
+    order = {name: j for j, name in enumerate(model_features)}
+    # In model order, so that a conflict is always named by the same (first) feature.
+    for name, owners in sorted(providers.items(), key=lambda item: order[item[0]]):
         if len(owners) < 2:
             continue
         winners = [source for source, won in wins.items() if name in won]
         if len(winners) != 1:
+            from_input = [s.name for s in sources if isinstance(s, InputSource)]
             raise ConfigError(
                 f"feature '{name}' comes from sources {', '.join(owners)}; "
                 f"add it to `wins` of exactly one of them"
+                + (
+                    f" (or list the input columns to use in `columns` of source '{from_input[0]}')"
+                    if from_input and from_input[0] in owners
+                    else ""
+                )
             )
         for owner in owners:
             if owner != winners[0]:
@@ -424,6 +433,8 @@ class Pipeline:
             FeatureQuality(np.zeros(n, np.int64), np.zeros(n, np.int64))
             for n in (len(m.info.features) for m in models.members)
         ]
+        # A source that answers from the chunk's own values, without a request.
+        self._input = next((s for s in self.sources if isinstance(s, InputSource)), None)
         self._clocks = {stage: BusyClock(stats, stage) for stage in ("fetch", "score", "write")}
         self.writer = Writer(
             sink=sink,
@@ -489,6 +500,7 @@ class Pipeline:
             size=self.options.chunk_rows(self.sources),
             filters=self.options.filters,
             keep=self.options.keep,
+            values=0 if self._input is None else self._input.width,
             stall=stall,
         )
         if self._stopping:
@@ -524,16 +536,28 @@ class Pipeline:
         rows = np.flatnonzero(ok)
         ids = chunk.ids if len(rows) == len(chunk) else [chunk.ids[r] for r in rows.tolist()]
         PRIORITY.set(chunk.index)  # this chunk's requests (and retries) queue by input position
+        pairs = list(zip(self.sources, self.assembler.columns, strict=True))
         with self._clocks["fetch"]:
             # A task group: when one source stops the run (down, credentials refused), the
             # other sources' requests for this chunk are cancelled, not left running.
             async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(source.fetch(ids, names))
-                    for source, names in zip(self.sources, self.assembler.columns, strict=True)
-                ]
-            answers = [task.result() for task in tasks]
+                tasks = {
+                    i: group.create_task(source.fetch(ids, names))
+                    for i, (source, names) in enumerate(pairs)
+                    if source is not self._input
+                }
+            answers = [
+                tasks[i].result() if i in tasks else self._from_input(chunk, rows, names)
+                for i, (_, names) in enumerate(pairs)
+            ]
         self.assembler.assemble(chunk, rows, answers)
+
+    def _from_input(
+        self, chunk: Chunk, rows: npt.NDArray[np.intp], names: Sequence[str]
+    ) -> Fetched:
+        """The input source's answer: the chunk's own values, no request."""
+        assert self._input is not None
+        return self._input.answer(chunk.inputs or [], rows, len(rows) == len(chunk), names)
 
     async def _write(self, done: asyncio.Queue[_Done | None], window: asyncio.Semaphore) -> None:
         writer = self.writer

@@ -174,7 +174,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("scheduler", "run", "scheduler"),
 )
 
-SOURCE_KINDS = ("sqlite", "http", "feast", "postgres")
+SOURCE_KINDS = ("sqlite", "http", "feast", "postgres", "input")
 INPUT_FORMATS = ("text", "csv", "tsv", "jsonl")
 
 AUDIT_COLUMNS = ("model_version", "scored_at")
@@ -489,7 +489,10 @@ def validate(s: Settings, where: Origins | None = None) -> None:
     if not s.models:
         raise ConfigError("no model given; pass -m MODEL or set [model] path in the config")
     if not s.sources:
-        raise ConfigError("no feature sources; add a [[sources]] table to the config (-c)")
+        raise ConfigError(
+            'no feature sources; add a [[sources]] table to the config (-c) (kind = "input" '
+            "takes the features from the input file's own columns)"
+        )
     names: set[str] = set()
     for i, src in enumerate(s.sources):
         kind = src.get("kind")
@@ -504,6 +507,12 @@ def validate(s: Settings, where: Origins | None = None) -> None:
                 f"two sources are named '{name}'; give each [[sources]] a unique name"
             )
         names.add(name)
+    inputs = [i for i, src in enumerate(s.sources) if src.get("kind") == "input"]
+    if len(inputs) > 1:
+        raise ConfigError(
+            f"sources[{inputs[1]}] is a second source of kind input; one reads every input "
+            "column it needs: list them in the first one's `columns`"
+        )
 
 
 def audit_columns(add: tuple[str, ...]) -> tuple[str, ...]:

@@ -242,6 +242,10 @@ def build_sources(
             from batchscore.sources.postgres import PostgresSource
 
             sources.append(PostgresSource.from_table(table, where, limits, _policy(fetch), stats))
+        elif kind == "input":
+            from batchscore.sources.input import InputSource
+
+            sources.append(InputSource.from_table(table, where))
         else:
             raise ConfigError(f"{where}: kind '{kind}' is not supported by this build")
     return sources
