@@ -19,6 +19,7 @@ import pytest
 
 from conftest import (
     ROOT,
+    SAMPLE_DIR,
     RunCli,
     TrainedModel,
     batchscore_command,
@@ -306,3 +307,52 @@ def test_model_info_describes_each_named_model(
     )
     assert [m["name"] for m in listed] == ["champion", "reg"]
     assert feature_names(28) == [f["name"] for f in listed[1]["features"]]
+
+
+def test_models_that_encode_a_categorical_differently_each_score_like_pandas(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    """The challenger lists the plan categories in another order (as a retrained model whose
+    training data had them in another order would): the same fetched text is another code
+    for it, and each model still scores exactly as LightGBM's pandas path does."""
+    from test_scoring_exact import predict_like_a_pandas_user, sample_rows
+
+    champion = SAMPLE_DIR / "model.txt"
+    challenger = tmp_path / "challenger.txt"
+    text = champion.read_text()
+    order = '["basic", "plus", "premium", "family"]'
+    assert text.count(order) == 1
+    challenger.write_text(text.replace(order, '["plus", "family", "basic", "premium"]'))
+    ids = [f"C{n:06d}" for n in range(1, 301)]
+    (tmp_path / "ids.txt").write_text("".join(f"{i}\n" for i in ids))
+    config = tmp_path / "c.toml"
+    config.write_text(
+        toml_text(
+            {
+                "models": [
+                    {"name": "champion", "path": str(champion)},
+                    {"name": "challenger", "path": str(challenger)},
+                ],
+                "sources": [
+                    sqlite_source(
+                        SAMPLE_DIR / "features.db", table="customer_features", key="customer_id"
+                    )
+                ],
+            }
+        ),
+        encoding="utf-8",
+    )
+    out = tmp_path / "scores.csv"
+    result = run_cli("score", tmp_path / "ids.txt", "-c", config, "-o", out)
+    assert result.returncode == 0, result.stderr
+    rows = read_output(out)
+    frame = sample_rows(ids)
+    for name, path in (("champion", champion), ("challenger", challenger)):
+        want = predict_like_a_pandas_user(lgb.Booster(model_file=str(path)), frame)
+        got = [float(r[f"score_{name}"]) for r in rows]
+        assert np.array_equal(bits(got), bits(want)), name
+    assert any(r["score_champion"] != r["score_challenger"] for r in rows), "the codes differ"
+    refused = run_cli(
+        "score", tmp_path / "ids.txt", "-c", config, "-o", tmp_path / "f.csv", "--with-features"
+    )
+    assert refused.returncode == 2 and "'plan'" in refused.stderr
