@@ -442,3 +442,75 @@ def test_a_rename_of_a_column_that_does_not_exist_is_a_config_error(
     assert result.returncode == 2
     assert "plann" in result.stderr and "plan" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# -- the process always exits: every error path, after the sources are open ---------------------
+
+
+def _exit_case(tmp_path: Path, case: str) -> tuple[list[str], int, str]:
+    """The arguments of a run that fails in ``case``, its exit status and a word of its message.
+
+    Each fails after the SQLite source (an aiosqlite thread) is open, the state of those runs
+    that have one too: a thread or connection left open would keep the process alive."""
+    source = sqlite_source(SAMPLE_DIR / "features.db", table="customer_features", key="customer_id")
+    out = tmp_path / "out.csv"
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes((SAMPLE_DIR / "ids_small.txt").read_bytes())
+    sources: list[dict[str, Any]] = [source]
+    extra: list[str] = []
+    fetch: dict[str, Any] = {}
+    if case == "coverage":
+        sources = [{**source, "columns": ["tenure_days"]}]
+        status, word = 2, "no source provides"
+    elif case == "kept-column":
+        ids = tmp_path / "ids.csv"
+        ids.write_text("id,x\nC000858,1\n")
+        extra, status, word = ["--keep", "y"], 2, "y"
+    elif case == "leftover-state":
+        (tmp_path / ".out.csv.state").write_bytes(b"")
+        status, word = 2, "--resume"
+    elif case == "min-ids":
+        extra, status, word = ["--min-ids", "1000"], 2, "--min-ids"
+    elif case == "wrong-as-a-whole":
+        ids.write_bytes(b"\xff\xfe\n" * 50)
+        status, word = 2, "UTF-8"
+    elif case == "source-down":
+        down = {"name": "down", "kind": "http", "url": "http://127.0.0.1:1/f/{id}"}
+        sources = [{**source, "columns": []}, down]
+        sources[0].pop("columns")
+        status, word = 4, "down"
+        fetch = {"down_after": 5}
+    elif case == "state-unusable":
+        (tmp_path / ".out.csv.state").mkdir()
+        extra, status, word = ["--resume"], 74, "state file"
+    else:  # pragma: no cover
+        raise AssertionError(case)
+    config = write_config(
+        tmp_path / "c.toml", model=SAMPLE_DIR / "model.txt", sources=sources, fetch=fetch
+    )
+    return ["score", str(ids), "-c", str(config), "-o", str(out), *extra], status, word
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "coverage",
+        "kept-column",
+        "leftover-state",
+        "min-ids",
+        "wrong-as-a-whole",
+        "source-down",
+        "state-unusable",
+    ],
+)
+def test_every_error_path_exits_at_once_with_one_line(tmp_path: Path, case: str) -> None:
+    args, status, word = _exit_case(tmp_path, case)
+    started = time.monotonic()
+    result = _run(args)
+    took = time.monotonic() - started
+    err = result.stderr.decode()
+    assert result.returncode == status, err
+    assert took < 20, f"{case}: the process took {took:.0f} s to exit after its error"
+    assert "Traceback" not in err and word in err, err
+    errors = [line for line in err.splitlines() if line.startswith("batchscore: error:")]
+    assert len(errors) == 1, err
