@@ -86,6 +86,7 @@ class RunStats:
     total: int | None = None
     resumed_from: int = 0  # IDs an earlier, stopped run had already committed
     first_failures: list[ErrorRecord] = field(default_factory=list)  # this run's, as written
+    workers: int = 0  # Dask workers running the run's partitions (0: this process alone)
 
     @property
     def failed_total(self) -> int:
@@ -119,6 +120,37 @@ class RunStats:
         self.failed = Counter({str(k): int(v) for k, v in counters.get("failed", {}).items()})
         self.retries = int(counters.get("retries", 0))
         self.resumed_from = self.done
+
+    def merge(self, part: RunStats) -> None:
+        """Add the counts of a partition's run (another process's stats) to these.
+
+        Busy seconds add up over partitions (they ran side by side, so a stage's total can
+        exceed the elapsed time); latency histograms merge bucket by bucket.
+        """
+        self.read += part.read
+        self.skipped += part.skipped
+        self.scored += part.scored
+        self.failed.update(part.failed)
+        self.retries += part.retries
+        for name, hist in part.latency.items():
+            mine = self.latency.setdefault(name, LatencyHistogram())
+            mine.buckets.update(hist.buckets)
+            mine.count += hist.count
+            mine.total += hist.total
+        self.requests.update(part.requests)
+        for name, counts in part.statuses.items():
+            self.statuses.setdefault(name, Counter()).update(counts)
+        for stage, seconds in part.seconds.items():
+            self.seconds[stage] += seconds
+        if part.quality is not None:
+            if self.quality is None:
+                self.quality = FeatureQuality(
+                    part.quality.missing.copy(), part.quality.out_of_range.copy(), 0
+                )
+            else:
+                self.quality.missing += part.quality.missing
+                self.quality.out_of_range += part.quality.out_of_range
+            self.quality.rows += part.quality.rows
 
     def observe(self, source: str, seconds: float) -> None:
         """Record one request's latency for ``source``."""
