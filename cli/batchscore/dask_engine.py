@@ -10,7 +10,7 @@ Dask events and completed futures, and writes, once every part is in place, the 
 The output folder::
 
     part-00000.csv                  a partition's scores (complete whenever it exists)
-    part-00000.csv.errors.jsonl     its errors file
+    errors-00000.jsonl              its errors file
     .part-00000.csv.done            its lines and counts (removed once _SUCCESS is written)
     .batchscore-run.json            the run's identity and partitioning (until _SUCCESS)
     merged.csv, merged.csv.errors.jsonl   with --merge: every part, in input order
@@ -111,7 +111,7 @@ def run_dask_job(settings: Settings, env: Environment) -> Outcome:
         raise
     ext = _extension(p)
     # Shown by the summary ("see ..."): every part's errors file.
-    p.errors_path = os.path.join(p.output, errors_name(f"part-*.{ext}"))
+    p.errors_path = os.path.join(p.output, "errors-*.jsonl")
     folder = Path(p.output)
     lock = RunLock(folder)
     lock.acquire()
@@ -154,8 +154,8 @@ def _refuse_unsupported(settings: Settings) -> None:
         )
     if s.output.errors:
         raise UsageError(
-            "--engine dask writes each part's errors file beside it (part-NNNNN.EXT.errors."
-            "jsonl); drop --errors"
+            "--engine dask writes each part's errors file beside it (errors-NNNNN.jsonl); "
+            "drop --errors"
         )
     if s.output.merge and s.output.format in ("parquet", "sqlite"):
         raise UsageError(f"--merge writes CSV or JSON lines; {s.output.format} parts stay parts")
@@ -563,8 +563,8 @@ class _Driver:
         try:
             _concatenate([self.folder / name for name in names], merged, header, gzip=self.p.gzip)
             _concatenate(
-                [self.folder / errors_name(name) for name in names],
-                self.folder / errors_name(merged.name),
+                [self.folder / errors_name(part.index) for part in parts],
+                self.folder / f"{merged.name}.errors.jsonl",
                 b"",
                 gzip=False,
             )
@@ -583,7 +583,7 @@ class _Driver:
             records.append(
                 {
                     "file": name,
-                    "errors": errors_name(name),
+                    "errors": errors_name(part.index),
                     "first_line": part.first_line,
                     "last_line": part.last_line,
                     **record["counters"],
@@ -655,7 +655,8 @@ class _Cluster:
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
-                silence_logs=logging.ERROR,
+                # The workers' own lines (a heartbeat cut short as the cluster closes) too.
+                silence_logs=logging.DEBUG if run.debug else logging.CRITICAL,
             )
             self.client = Client(self._cluster)  # type: ignore[no-untyped-call]
             return

@@ -15,7 +15,7 @@ A partition's files appear atomically, last of all the part itself:
    through the sinks' own temporary names; ``<attempt>`` is new for every attempt, so a
    re-run of a lost worker's partition never writes into a file another attempt still holds);
 2. ``.part-NNNNN.EXT.done`` records the partition's lines and counts;
-3. the errors file is renamed to ``part-NNNNN.EXT.errors.jsonl``, then the part to
+3. the errors file is renamed to ``errors-NNNNN.jsonl``, then the part to
    ``part-NNNNN.EXT``.
 
 So a part file that exists is complete, and its counts and errors are there: ``--resume``
@@ -79,9 +79,10 @@ def part_name(index: int, ext: str) -> str:
     return f"part-{index:05d}.{ext}"
 
 
-def errors_name(part: str) -> str:
-    """The errors file beside a part (named as a local run names its errors file)."""
-    return f"{part}.errors.jsonl"
+def errors_name(index: int) -> str:
+    """The errors file beside a part: ``errors-00007.jsonl`` (not ``part-...``, so that a
+    ``part-*.jsonl`` glob finds the parts alone)."""
+    return f"errors-{index:05d}.jsonl"
 
 
 def done_name(part: str) -> str:
@@ -290,7 +291,7 @@ async def _score_partition(
     name = part_name(part.index, job.ext)
     attempt = progress.attempt
     staged = folder / f".{name}.{attempt}.tmp"
-    staged_errors = folder / f".{errors_name(name)}.{attempt}.tmp"
+    staged_errors = folder / f".{errors_name(part.index)}.{attempt}.tmp"
     limits = Limits(
         concurrency=settings.fetch.concurrency,
         rate_limit=settings.fetch.rate_limit,
@@ -339,7 +340,9 @@ async def _score_partition(
                 "model_version": job.model_version,
                 "counters": stats.counters(),
             }
-            await asyncio.to_thread(_publish, folder, name, staged, staged_errors, record)
+            await asyncio.to_thread(
+                _publish, folder, part.index, name, staged, staged_errors, record
+            )
         finally:
             for leftover in (staged, staged_errors):
                 with contextlib.suppress(FileNotFoundError):
@@ -347,13 +350,13 @@ async def _score_partition(
 
 
 def _publish(
-    folder: Path, name: str, staged: Path, staged_errors: Path, record: dict[str, Any]
+    folder: Path, index: int, name: str, staged: Path, staged_errors: Path, record: dict[str, Any]
 ) -> None:
     """Steps 2 and 3: the done record, the errors file, then the part (see the module)."""
     from batchscore.report import write_atomically
 
     write_atomically(str(folder / done_name(name)), orjson.dumps(record))
-    os.replace(staged_errors, folder / errors_name(name))
+    os.replace(staged_errors, folder / errors_name(index))
     os.replace(staged, folder / name)
     fsync_dir(folder)
 
