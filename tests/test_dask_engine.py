@@ -284,6 +284,41 @@ def test_resume_after_the_driver_is_killed(
     assert again.returncode == 0 and "complete already" in again.stderr
 
 
+def test_sigterm_stops_the_driver_cleanly(slow_server: FeatureServer, tmp_path: Path) -> None:
+    ids = (SAMPLE / "ids.txt").read_text().splitlines()[:1600]
+    (tmp_path / "ids.txt").write_text("".join(f"{i}\n" for i in ids))
+    out = tmp_path / "scores"
+    proc = subprocess.Popen(
+        [
+            *batchscore_command(),
+            "score",
+            "ids.txt",
+            "-c",
+            str(http_config(tmp_path, slow_server.url)),
+            "-o",
+            str(out),
+            "--engine",
+            "dask",
+            "--partition-size",
+            "200",
+        ],
+        cwd=tmp_path,
+        env=clean_environ({"DASK_TEST_TOKEN": TOKEN}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    wait_for(lambda: len(parts_of(out)) >= 1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()
+    assert "--resume" in err.decode().strip().splitlines()[-1]
+    assert not (out / "_SUCCESS").exists()
+    # Only whole parts and their records are left: nothing half-written.
+    left = sorted(f.name for f in out.iterdir() if f.name.startswith("."))
+    assert all(name.endswith(".done") for name in left if name != ".batchscore-run.json")
+
+
 @pytest.mark.parametrize(
     "flags",
     [

@@ -305,6 +305,8 @@ class _Driver:
             self._score(cluster, todo, header, fmt)
         finally:
             cluster.close()
+            if cluster.local:  # its workers are gone: what they were writing is garbage
+                self._clean_staged()
         self._merge(parts)
         self._write_success(parts, size)
 
@@ -461,11 +463,13 @@ class _Driver:
             progress.close(self._view(cluster))
             with contextlib.suppress(Exception):
                 client.unregister_worker_plugin(plugin.name)
-        self.stats.first_failures = [
-            record
-            for index in sorted(self._first_failures)
-            for record in self._first_failures[index]
-        ][:FIRST_FAILURES]
+            # The summary names the first failed IDs in input order, whatever order the
+            # partitions finished in.
+            self.stats.first_failures = [
+                record
+                for index in sorted(self._first_failures)
+                for record in self._first_failures[index]
+            ][:FIRST_FAILURES]
 
     def _wait(
         self,
@@ -635,6 +639,11 @@ class _Cluster:
         self._cluster: Any = None
         self._workers = 0
         self._asked = 0.0
+
+    @property
+    def local(self) -> bool:
+        """Whether the cluster is this run's own (stopped with it)."""
+        return self._cluster is not None
 
     def start(self) -> None:
         from distributed import Client, LocalCluster
