@@ -468,12 +468,15 @@ def test_progress_is_a_log_line_on_stderr_when_not_on_a_terminal(
     assert b" done, " not in run.stdout
 
 
-def test_score_help_shows_defaults_and_hides_what_is_not_built(run_cli: RunCli) -> None:
+def test_score_help_shows_defaults_and_the_scale_out_options(run_cli: RunCli) -> None:
     result = run_cli("score", "--help")
     assert result.returncode == 0
     text = result.stdout.decode()
     assert "--concurrency N" in text and "[default: 64]" in text and "[default: 1024]" in text
-    assert "--engine" not in text and "--scheduler" not in text  # dask is not built yet
+    panels = help_panels(text)
+    for flag in ("--engine ENGINE", "--scheduler ADDR", "--partition-size N"):
+        assert flag in panels["Run"]
+    assert "--merge" in panels["Output"]
     assert "list[str]" not in text
 
 

@@ -41,7 +41,7 @@ def test_shards_partition_the_ids(run_cli: RunCli, tmp_path: Path) -> None:
 
 def test_a_bad_shard_or_an_unavailable_engine_is_a_usage_error(run_cli: RunCli) -> None:
     ids = SAMPLE_DIR / "ids_small.txt"
-    for flags in (["--shard", "3/3"], ["--shard", "x"], ["--engine", "dask"]):
+    for flags in (["--shard", "3/3"], ["--shard", "x"], ["--engine", "spark"]):
         result = run_cli("score", ids, "-c", SAMPLE_CONFIG, *flags, cwd=ROOT)
         assert result.returncode == 2
         assert result.stdout == b""

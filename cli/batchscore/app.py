@@ -381,10 +381,43 @@ def score(
     ] = None,
     debug: DebugOption = None,
     engine: Annotated[
-        str | None, Opt("--engine", hidden=True, help="local (default); dask is not built yet.")
+        str | None,
+        Opt(
+            "--engine",
+            metavar="ENGINE",
+            help="local (this process) or dask: partitions of the input run on Dask workers "
+            "(extra batchscore[dask]); -o then names a folder of part files [default: local].",
+            rich_help_panel=RUN,
+        ),
     ] = None,
     scheduler: Annotated[
-        str | None, Opt("--scheduler", hidden=True, help="Dask scheduler address.")
+        str | None,
+        Opt(
+            "--scheduler",
+            metavar="ADDR",
+            help="With --engine dask: the scheduler of an existing cluster (tcp://host:8786) "
+            "[default: a local cluster, one worker process per core].",
+            rich_help_panel=RUN,
+        ),
+    ] = None,
+    partition_size: Annotated[
+        int | None,
+        Opt(
+            "--partition-size",
+            metavar="N",
+            help="With --engine dask: input lines per partition (one Dask task, one part file) "
+            "[default: about 4 partitions per worker, 1,000 to 100,000 lines].",
+            rich_help_panel=RUN,
+        ),
+    ] = None,
+    merge: Annotated[
+        bool | None,
+        Opt(
+            "--merge",
+            help="With --engine dask: also write the parts as one file in input order, "
+            "FOLDER/merged.EXT (csv or jsonl).",
+            rich_help_panel=OUTPUT,
+        ),
     ] = None,
 ) -> None:
     """Score IDS with a LightGBM model, fetching their features from the configured sources.

@@ -80,13 +80,14 @@ def _check_id(line: int, value: str) -> InputItem | None:
     return None
 
 
-def _physical_lines(stream: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
-    """Number the raw lines of ``stream``, stripping a leading UTF-8 BOM.
+def _physical_lines(stream: Iterable[bytes], start: int = 1) -> Iterator[tuple[int, bytes]]:
+    """Number the raw lines of ``stream`` from ``start``, stripping a leading UTF-8 BOM.
 
     A UTF-16 input (Excel's "Unicode text") is refused at its first line: its ASCII IDs are
     valid UTF-8 with a NUL between characters, so no line would fail, and none would be found.
+    ``start`` > 1: the stream is a later part of a file (a partition), which has no first line.
     """
-    for number, raw in enumerate(stream, start=1):
+    for number, raw in enumerate(stream, start=start):
         if number == 1 and raw.startswith(_UTF16_BOMS):
             raise UsageError(
                 "the input is UTF-16 (it starts with a UTF-16 byte order mark); convert it to "
@@ -95,14 +96,20 @@ def _physical_lines(stream: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
         yield number, (raw[3:] if number == 1 and raw.startswith(_BOM) else raw)
 
 
-def read_text(stream: Iterable[bytes], header: bool = False) -> Iterator[InputItem]:
+def read_text(
+    stream: Iterable[bytes], header: bool = False, start: int = 1, whole: bool = True
+) -> Iterator[InputItem]:
     """One ID per line; blanks skipped; whitespace, CRLF and a BOM stripped.
 
     ``header``: the first non-blank line is a header (``cut -d, -f1 file.csv``), not an ID; it
-    is skipped, and the lines keep their numbers in the file.
+    is skipped, and the lines keep their numbers in the file.  ``start``, ``whole``: see
+    :func:`read_ids`.
     """
+    items = _text_items(stream, header, start)
+    if not whole:
+        return items
     return refuse_uniform_failure(
-        _text_items(stream, header),
+        items,
         "lines",
         {
             "invalid_utf8": _NOT_UTF8,
@@ -112,8 +119,8 @@ def read_text(stream: Iterable[bytes], header: bool = False) -> Iterator[InputIt
     )
 
 
-def _text_items(stream: Iterable[bytes], header: bool) -> Iterator[InputItem]:
-    for number, raw in _physical_lines(stream):
+def _text_items(stream: Iterable[bytes], header: bool, start: int = 1) -> Iterator[InputItem]:
+    for number, raw in _physical_lines(stream, start):
         if header:
             if raw.strip():
                 header = False
@@ -136,6 +143,8 @@ def read_csv(
     *,
     tsv: bool = False,
     values: ChooseValues | None = None,
+    start: int = 1,
+    whole: bool = True,
 ) -> Iterator[InputItem]:
     """CSV (or TSV) with a header row; the ID from ``id_column``, ``keep`` columns carried
     through, and the cells of the columns ``values`` chooses from the header (as text).
@@ -149,7 +158,7 @@ def read_csv(
     first_line: list[int | None] = [None]  # where the record being read starts (it may span lines)
 
     def decoded() -> Iterator[str]:
-        for number, raw in _physical_lines(stream):
+        for number, raw in _physical_lines(stream, start):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
@@ -223,6 +232,8 @@ def read_csv(
         yield from problems
 
     columns = f"{len(header)} ({', '.join(header[:10])}{', ...' if len(header) > 10 else ''})"
+    if not whole:
+        return rows()
     return refuse_uniform_failure(
         rows(),
         "rows",
@@ -250,6 +261,8 @@ def read_jsonl(
     id_field: str,
     keep: tuple[str, ...],
     values: ChooseValues | None = None,
+    start: int = 1,
+    whole: bool = True,
 ) -> Iterator[InputItem]:
     """One JSON object per line; the ID from ``id_field`` (a string or an integer).  The
     fields ``values`` chooses from the first line that has ``id_field`` are carried as parsed
@@ -261,7 +274,9 @@ def read_jsonl(
     the field is wrong, not the data: a UsageError naming the fields seen, instead of a
     ``missing_id`` record for every line of the file.  The rest is read lazily.
     """
-    items = _jsonl_items(stream, id_field, keep, values)
+    items = _jsonl_items(stream, id_field, keep, values, start)
+    if not whole:
+        return (item for item, _ in items)
     held: list[InputItem] = []
     objects = 0
     fields: dict[str, None] = {}  # the keys seen, in order
@@ -346,12 +361,16 @@ def refuse_uniform_failure(
 
 
 def _jsonl_items(
-    stream: Iterable[bytes], id_field: str, keep: tuple[str, ...], values: ChooseValues | None
+    stream: Iterable[bytes],
+    id_field: str,
+    keep: tuple[str, ...],
+    values: ChooseValues | None,
+    start: int = 1,
 ) -> Iterator[tuple[InputItem, tuple[str, ...] | None]]:
     """Each non-blank line's item, with the keys of its object when it lacks ``id_field``
     (None when it has it; empty for a line that is no object)."""
     fields: tuple[str, ...] | None = None if values else ()  # chosen at the first ID line
-    for number, raw in _physical_lines(stream):
+    for number, raw in _physical_lines(stream, start):
         if not raw.strip():
             continue
         try:
@@ -406,19 +425,31 @@ def read_ids(
     keep: tuple[str, ...],
     header: bool = False,
     values: ChooseValues | None = None,
+    *,
+    start: int = 1,
+    whole: bool = True,
 ) -> Iterator[InputItem]:
     """Dispatch to the reader for ``fmt``.  ``header`` skips a text input's first line (a CSV
     or TSV has one anyway; JSON lines have none, which settings check).  ``values`` chooses
-    the columns whose values every row carries (an input source's features)."""
+    the columns whose values every row carries (an input source's features).
+
+    ``start``: the number of the stream's first line (a partition of a file begins inside it;
+    a CSV or TSV partition is given the file's header line first, numbered ``start``).
+    ``whole=False``: the stream is a partition of an input already checked as a whole, so the
+    checks that judge a whole input by its first rows (all failing alike, a JSON-lines field
+    never seen) are not made again on a part of it.
+    """
     if fmt in ("csv", "tsv"):
-        return read_csv(stream, id_column, keep, tsv=fmt == "tsv", values=values)
+        return read_csv(
+            stream, id_column, keep, tsv=fmt == "tsv", values=values, start=start, whole=whole
+        )
     if fmt == "jsonl":
-        return read_jsonl(stream, id_field, keep, values)
+        return read_jsonl(stream, id_field, keep, values, start, whole)
     if keep:
         raise UsageError("--keep needs a CSV, TSV or JSON-lines input; plain text has only IDs")
     if values:
         raise UsageError(TEXT_HAS_NO_FEATURES)
-    return read_text(stream, header)
+    return read_text(stream, header, start, whole)
 
 
 TEXT_HAS_NO_FEATURES = (

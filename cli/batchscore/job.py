@@ -20,7 +20,7 @@ import signal
 import stat
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO, TypeVar
@@ -38,7 +38,7 @@ from batchscore.errors import (
 from batchscore.feed import Filters, StallHook, watch_stalls
 from batchscore.model import ModelSet, read_info, scoring_plan
 from batchscore.pipeline import Pipeline, PipelineOptions, allowed, source_columns
-from batchscore.progress import choose
+from batchscore.progress import ProgressDisplay, choose
 from batchscore.report import RunStats, summary_lines, write_metrics, write_report
 from batchscore.settings import Settings, audit_columns, parse_shard
 from batchscore.sinks import EXTENSIONS, Columns, Sink, format_of_name, output_format
@@ -55,7 +55,6 @@ from batchscore.sources import Source, build_sources
 from batchscore.sources.input import has_input_source, input_values
 from batchscore.sources.limits import Limits
 from batchscore.state import (
-    Committed,
     DoneRecord,
     LineRanges,
     RunFiles,
@@ -239,6 +238,8 @@ def plan(settings: Settings) -> _Plan:
     run_id = uuid.uuid4().hex[:12]
     day = settings.output.date or dt.date.today().isoformat()
     output = expand_path(settings.output.path, run_id, day)
+    if settings.run.engine == "dask":
+        return _plan_folder(settings, models, output, run_id)
     fmt, gzip = output_format(output, settings.output.format)
     named, _ = format_of_name(output)
     if named is None and not settings.output.format and not is_stream_path(output):
@@ -307,6 +308,34 @@ def plan(settings: Settings) -> _Plan:
     except OSError as exc:
         raise write_error(output, exc) from None
     return p
+
+
+def _plan_folder(settings: Settings, models: ModelSet, output: str, run_id: str) -> _Plan:
+    """The plan of a run whose ``-o`` names a folder of part files (``--engine dask``): the
+    format from the folder's name (``out/scores.csv``), else ``--format``, else CSV."""
+    named, gzip = format_of_name(output)
+    fmt = settings.output.format or named or "csv"
+    if settings.output.format and named is None:
+        gzip = False
+    if output == "-" or (is_stream_path(output) and not Path(output).is_dir()):
+        raise UsageError(
+            "--engine dask writes part files into a folder: pass -o FOLDER (created if missing)"
+        )
+    if Path(output).exists() and not Path(output).is_dir():
+        raise UsageError(
+            f"-o {output} is a file; --engine dask writes part files into a folder, so name "
+            "a new or empty folder"
+        )
+    if not Path(output).absolute().parent.is_dir():
+        raise UsageError(f"the folder for output {output} does not exist; create it first")
+    if settings.output.resume and "{run_id}" in settings.output.path:
+        raise UsageError(
+            "an output path with {run_id} names a new folder on every run, so --resume can "
+            "never continue one; use a fixed name (or {date})"
+        )
+    columns = output_columns(settings, models, fmt)  # models checked; each worker loads its own
+    _check_kept_names(columns)
+    return _Plan(settings, models, output, fmt, gzip, None, columns, run_id, True)
 
 
 def _check_existing(p: _Plan) -> dict[str, Any] | None:
@@ -393,6 +422,10 @@ def run_job(settings: Settings, env: Environment) -> Outcome:
     ``--metrics`` and ``--report`` are written however the run ends, so a monitor never reads
     the status of an older run (a run refused before it started included).
     """
+    if settings.run.engine == "dask":
+        from batchscore.dask_engine import run_dask_job
+
+        return run_dask_job(settings, env)
     stats = RunStats()
     try:
         p = plan(settings)
@@ -657,11 +690,7 @@ class _Run:
             self.stopper.cancel_on_signal(reading)
             items: Iterator[idmod.InputItem] = await reading
             self.stopper.cancel_on_signal(None)
-            for source in sources:
-                await source.open()
-                stack.push_async_callback(source.close)
-            check_coverage(p.models, sources)
-            source_columns(sources, p.models.feature_names)  # conflicts: before any file
+            await open_sources(p.models, sources, stack)
             files = self._files()
             previous = await files.open(
                 resume=settings.output.resume, overwrite=settings.output.overwrite
@@ -672,7 +701,24 @@ class _Run:
                 self.finished_earlier = True
                 return
             self.stats.restore(previous.counters)
-            await self._score(sources, files, previous, items, stall)
+            progress = choose(
+                self.env.stderr,
+                quiet=settings.run.quiet,
+                interval=settings.run.progress_interval,
+                is_tty=self.env.stderr_isatty,
+            )
+            await score_into(
+                Work(settings, p.models, p.columns),
+                sources,
+                files,
+                items,
+                stats=self.stats,
+                limits=self.limits,
+                progress=progress,
+                committed=previous.lines if previous.started else None,
+                stall=stall,
+                stopper=self.stopper,
+            )
 
     def _files(self) -> RunFiles:
         """The output, the errors file and the run state (nothing is opened yet)."""
@@ -690,7 +736,18 @@ class _Run:
             done=_done_record(p) if p.resumable and settings.output.resume else None,
         )
 
-    def _options(self, committed: LineRanges | None) -> PipelineOptions:
+
+@dataclass(frozen=True)
+class Work:
+    """What scoring an input needs whatever runs it (this process, or a Dask task on a
+    worker): the settings, the loaded model and the output columns."""
+
+    settings: Settings
+    models: ModelSet
+    columns: Columns
+
+    def options(self, committed: LineRanges | None) -> PipelineOptions:
+        """The pipeline's options; ``committed``: input lines an earlier run wrote already."""
         settings = self.settings
         return PipelineOptions(
             batch_size=settings.score.batch_size,
@@ -699,10 +756,10 @@ class _Run:
             unordered=settings.output.unordered,
             allow_empty=settings.score.allow_empty,
             raw_score=settings.score.raw_score,
-            explain=self.p.columns.explain,
+            explain=self.columns.explain,
             keep=bool(settings.input.keep),
-            with_features=bool(self.p.columns.features),
-            audit=self.p.columns.audit,
+            with_features=bool(self.columns.features),
+            audit=self.columns.audit,
             filters=Filters(
                 committed=committed.__contains__ if committed else None,
                 shard=parse_shard(settings.input.shard) if settings.input.shard else None,
@@ -710,46 +767,68 @@ class _Run:
             ),
         )
 
-    async def _score(
-        self,
-        sources: list[Source],
-        files: RunFiles,
-        previous: Committed,
-        items: Iterator[idmod.InputItem],
-        stall: StallHook,
-    ) -> None:
-        stats = self.stats
 
-        async def checkpoint(written: LineRanges) -> None:
-            await files.checkpoint(written, stats.counters())
+async def open_sources(
+    models: ModelSet, sources: list[Source], stack: contextlib.AsyncExitStack[bool | None]
+) -> None:
+    """Open every source (closed with ``stack``) and check them against the models: every
+    model feature provided, no feature claimed by two sources (before any output file)."""
+    for source in sources:
+        await source.open()
+        stack.push_async_callback(source.close)
+    check_coverage(models, sources)
+    source_columns(sources, models.feature_names)
 
-        progress = choose(
-            self.env.stderr,
-            quiet=self.settings.run.quiet,
-            interval=self.settings.run.progress_interval,
-            is_tty=self.env.stderr_isatty,
-        )
-        pipeline = Pipeline(
-            sources=sources,
-            models=self.p.models,
-            sink=files.sink,
-            errors=files.errors,
-            progress=progress,
-            stats=stats,
-            options=self._options(previous.lines if previous.started else None),
-            checkpoint=checkpoint,
-        )
-        self.stopper.watch(pipeline, self.limits)
-        try:
-            await pipeline.run(items, stall)
-            if self.stopper.received is not None:
-                raise InterruptedRun(self.stopper.received, stats.done)
-            await files.commit(pipeline.writer.written, stats.counters())
-        except BaseException:
-            await files.abort()
-            raise
-        finally:
-            progress.close(stats)
+
+async def score_into(
+    work: Work,
+    sources: list[Source],
+    files: RunFiles,
+    items: Iterator[idmod.InputItem],
+    *,
+    stats: RunStats,
+    limits: Limits,
+    progress: ProgressDisplay,
+    committed: LineRanges | None = None,
+    stall: StallHook | None = None,
+    stopper: Stopper | None = None,
+    before_commit: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Score ``items`` into ``files`` (opened) and commit them: the one scoring pass that
+    every engine runs (a local run over its whole input, a Dask task over one partition).
+
+    ``stopper`` (a local run's signals) may stop the pass: then nothing more is committed and
+    :class:`InterruptedRun` is raised.  ``before_commit`` runs after the last row is written,
+    before the files are committed (a partition records its counts there).
+    """
+
+    async def checkpoint(written: LineRanges) -> None:
+        await files.checkpoint(written, stats.counters())
+
+    pipeline = Pipeline(
+        sources=sources,
+        models=work.models,
+        sink=files.sink,
+        errors=files.errors,
+        progress=progress,
+        stats=stats,
+        options=work.options(committed),
+        checkpoint=checkpoint,
+    )
+    if stopper is not None:
+        stopper.watch(pipeline, limits)
+    try:
+        await pipeline.run(items, stall)
+        if stopper is not None and stopper.received is not None:
+            raise InterruptedRun(stopper.received, stats.done)
+        if before_commit is not None:
+            await before_commit()
+        await files.commit(pipeline.writer.written, stats.counters())
+    except BaseException:
+        await files.abort()
+        raise
+    finally:
+        progress.close(stats)
 
 
 def read_input(

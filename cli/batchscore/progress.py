@@ -56,9 +56,10 @@ class LogProgress:
         self._next = now + self.interval
         total = f"/{stats.total:,}" if stats.total else ""
         rate = stats.done / max(stats.elapsed(), 1e-9)
+        workers = f", {stats.workers} workers" if stats.workers else ""
         print(
             f"batchscore: {stats.done:,}{total} done, {stats.failed_total:,} failed, "
-            f"{rate:,.0f} IDs/s, ETA {_eta(stats)}",
+            f"{rate:,.0f} IDs/s, ETA {_eta(stats)}{workers}",
             file=self.stream,
             flush=True,
         )
@@ -87,6 +88,7 @@ class BarProgress:
             MofNCompleteColumn(),
             TextColumn("{task.fields[rate]} IDs/s"),
             TextColumn("[red]{task.fields[failed]} failed"),
+            TextColumn("{task.fields[workers]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=Console(file=stream),
@@ -106,11 +108,19 @@ class BarProgress:
     def _render(self, stats: RunStats) -> None:
         rate = f"{stats.done / max(stats.elapsed(), 1e-9):,.0f}"
         total = stats.total - stats.skipped if stats.total else None
+        workers = f"{stats.workers} workers" if stats.workers else ""
         if self._task is None:
             self._bar.start()
-            self._task = self._bar.add_task("score", total=total, rate=rate, failed=0)
+            self._task = self._bar.add_task(
+                "score", total=total, rate=rate, failed=0, workers=workers
+            )
         self._bar.update(
-            self._task, completed=stats.done, total=total, rate=rate, failed=stats.failed_total
+            self._task,
+            completed=stats.done,
+            total=total,
+            rate=rate,
+            failed=stats.failed_total,
+            workers=workers,
         )
 
     def close(self, stats: RunStats) -> None:

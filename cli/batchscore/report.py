@@ -87,6 +87,7 @@ class RunStats:
     total: int | None = None
     resumed_from: int = 0  # IDs an earlier, stopped run had already committed
     first_failures: list[ErrorRecord] = field(default_factory=list)  # this run's, as written
+    workers: int = 0  # Dask workers running the run's partitions (0: this process alone)
 
     @property
     def failed_total(self) -> int:
@@ -120,6 +121,36 @@ class RunStats:
         self.failed = Counter({str(k): int(v) for k, v in counters.get("failed", {}).items()})
         self.retries = int(counters.get("retries", 0))
         self.resumed_from = self.done
+
+    def merge(self, part: RunStats) -> None:
+        """Add the counts of a partition's run (another process's stats) to these.
+
+        Busy seconds add up over partitions (they ran side by side, so a stage's total can
+        exceed the elapsed time); latency histograms merge bucket by bucket.
+        """
+        self.read += part.read
+        self.skipped += part.skipped
+        self.scored += part.scored
+        self.failed.update(part.failed)
+        self.retries += part.retries
+        for name, hist in part.latency.items():
+            mine = self.latency.setdefault(name, LatencyHistogram())
+            mine.buckets.update(hist.buckets)
+            mine.count += hist.count
+            mine.total += hist.total
+        self.requests.update(part.requests)
+        for name, counts in part.statuses.items():
+            self.statuses.setdefault(name, Counter()).update(counts)
+        for stage, seconds in part.seconds.items():
+            self.seconds[stage] += seconds
+        if part.quality and not self.quality:  # per model, as the partitions counted them
+            self.quality = [
+                FeatureQuality(q.missing.copy(), q.out_of_range.copy(), 0) for q in part.quality
+            ]
+        for mine_q, theirs in zip(self.quality, part.quality, strict=False):
+            mine_q.missing += theirs.missing
+            mine_q.out_of_range += theirs.out_of_range
+            mine_q.rows += theirs.rows
 
     def observe(self, source: str, seconds: float) -> None:
         """Record one request's latency for ``source``."""

@@ -95,6 +95,7 @@ class OutputSettings:
     date: str | None = None  # what {date} in the output path expands to; None = today
     with_features: bool = False  # the feature values the model saw, one column per feature
     add: tuple[str, ...] = ()  # audit columns: AUDIT_COLUMNS
+    merge: bool = False  # --engine dask: also write the parts as one file, in input order
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,9 @@ class RunSettings:
     progress_interval: float = 30.0
     quiet: bool = False
     debug: bool = False
-    engine: str = "local"
-    scheduler: str | None = None
+    engine: str = "local"  # local | dask
+    scheduler: str | None = None  # a Dask scheduler's address; None: a local cluster
+    partition_size: int = 0  # input lines per Dask partition; 0 = chosen from the input size
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -172,7 +174,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("debug", "run", "debug"),
     Option("engine", "run", "engine"),
     Option("scheduler", "run", "scheduler"),
+    Option("partition_size", "run", "partition_size"),
+    Option("merge", "output", "merge"),
 )
+
+ENGINES = ("local", "dask")
 
 SOURCE_KINDS = ("sqlite", "http", "feast", "postgres", "input")
 INPUT_FORMATS = ("text", "csv", "tsv", "jsonl")
@@ -478,14 +484,21 @@ def validate(s: Settings, where: Origins | None = None) -> None:
     if s.output.date is not None:
         parse_date(s.output.date, at("output", "date"))
     audit_columns(s.output.add)
-    if s.run.engine != "local" or s.run.scheduler is not None:
-        # Said plainly rather than ignored: a user asking for a cluster must not silently get
-        # one process.  --shard K/N on N hosts is the scale-out this version has.
-        given = at("run", "engine") if s.run.engine != "local" else at("run", "scheduler")
+    if s.run.engine not in ENGINES:
         raise ConfigError(
-            f"{given}: --engine dask / --scheduler are not available in this version; "
-            "run one process per host with --shard K/N instead"
+            f"{at('run', 'engine')}: the engine must be local or dask"
+            + suggest(str(s.run.engine), ENGINES)
         )
+    if s.run.engine != "dask":
+        for section, key, flag in (
+            ("run", "scheduler", s.run.scheduler is not None),
+            ("run", "partition_size", s.run.partition_size != 0),
+            ("output", "merge", s.output.merge),
+        ):
+            if flag:  # said plainly rather than ignored: a cluster option on a local run
+                raise ConfigError(f"{at(section, key)} is for --engine dask; add --engine dask")
+    if s.run.partition_size < 0:
+        raise ConfigError(f"{at('run', 'partition_size')} must be 0 (chosen) or more lines")
     if not s.models:
         raise ConfigError("no model given; pass -m MODEL or set [model] path in the config")
     if not s.sources:

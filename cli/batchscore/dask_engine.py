@@ -1,0 +1,789 @@
+"""``--engine dask``: one run over many cores or machines, driven from this process.
+
+The driver checks everything a local run checks before any work (model, input as a whole,
+sources, the output folder), cuts the input file into partitions of consecutive lines, and
+submits one Dask task per partition (:func:`batchscore.partition.run_partition`: the same
+pipeline as a local run, on a worker).  It shows one progress display fed by the partitions'
+Dask events and completed futures, and writes, once every part is in place, the merged file
+(``--merge``) and last the ``_SUCCESS`` manifest.
+
+The output folder::
+
+    part-00000.csv                  a partition's scores (complete whenever it exists)
+    errors-00000.jsonl              its errors file
+    .part-00000.csv.done            its lines and counts (removed once _SUCCESS is written)
+    .batchscore-run.json            the run's identity and partitioning (until _SUCCESS)
+    merged.csv, merged.csv.errors.jsonl   with --merge: every part, in input order
+    _SUCCESS                        the manifest, written last
+
+A lost worker's partition is run again by Dask, and replaces its part as a whole; ``--resume``
+after a stopped driver runs only the partitions whose part is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import gzip as gzipmod
+import logging
+import math
+import os
+import queue
+import shutil
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import orjson
+
+from batchscore import ids as idmod
+from batchscore.errors import (
+    BatchscoreError,
+    ExitStatus,
+    InterruptedRun,
+    LeftoverStateError,
+    OutputExistsError,
+    OutputWriteError,
+    SourceDownError,
+    Terminated,
+    UsageError,
+)
+from batchscore.job import (
+    Environment,
+    Outcome,
+    _finish,
+    _identity,
+    _Plan,
+    _status,
+    _write_outcome_files,
+    input_format,
+    input_path,
+    open_sources,
+    plan,
+    read_input,
+)
+from batchscore.partition import (
+    Job,
+    JobPlugin,
+    Partition,
+    PartResult,
+    done_name,
+    errors_name,
+    part_name,
+    run_partition,
+)
+from batchscore.progress import ProgressDisplay, choose
+from batchscore.report import FIRST_FAILURES, RunStats, write_atomically
+from batchscore.settings import Settings
+from batchscore.sinks import EXTENSIONS
+from batchscore.sources import build_sources
+from batchscore.sources.limits import Limits
+from batchscore.state import RunLock, _difference, file_stamp
+
+log = logging.getLogger("batchscore")
+
+SUCCESS = "_SUCCESS"
+MARKER = ".batchscore-run.json"
+MERGED = "merged"
+
+PARTITIONS_PER_WORKER = 4
+"""The chosen partition size aims at this many partitions per worker (a lost worker then
+costs a quarter of its share, and the last partitions finish close together)."""
+MIN_PARTITION, MAX_PARTITION = 1_000, 100_000
+"""Bounds of the chosen partition size, in lines: below, a task's start-up (sources opened,
+a connection pool warmed) outweighs its work; above, a lost worker costs too much again."""
+
+
+def run_dask_job(settings: Settings, env: Environment) -> Outcome:
+    """A ``--engine dask`` run: Settings in, exit status out (as :func:`batchscore.job.run_job`)."""
+    stats = RunStats()
+    try:
+        _refuse_unsupported(settings)
+        p = plan(settings)
+    except BatchscoreError as exc:
+        with contextlib.suppress(OSError):
+            _write_outcome_files(settings, stats, exc.exit_status, "", {}, ())
+        raise
+    ext = _extension(p)
+    # Shown by the summary ("see ..."): every part's errors file.
+    p.errors_path = os.path.join(p.output, "errors-*.jsonl")
+    folder = Path(p.output)
+    lock = RunLock(folder)
+    lock.acquire()
+    driver = _Driver(p, env, stats, ext)
+    error: BaseException | None = None
+    try:
+        driver.run()
+    except BaseException as exc:
+        error = exc
+    finally:
+        lock.release()
+    status = _status(error, stats, settings)
+    if driver.complete_already is not None:
+        p.done = driver.complete_already
+    _finish(p, env, stats, status, earlier=None)
+    if error is not None:
+        raise error
+    return Outcome(status, stats, p.output)
+
+
+def _refuse_unsupported(settings: Settings) -> None:
+    """What a cluster run cannot do, said before anything starts (exit 2)."""
+    s = settings
+    if s.input.from_errors:
+        raise UsageError(
+            "--from-errors retries an errors file in this process; drop --engine dask (an "
+            "errors file is small), or pass the IDs as a file"
+        )
+    if s.input.path == "-":
+        raise UsageError(
+            "--engine dask reads the input file on the workers; pass IDS as a file on storage "
+            "they can reach, not stdin"
+        )
+    if not os.path.isfile(s.input.path):
+        raise UsageError(f"ID file {s.input.path} does not exist or is not a file; pass a file")
+    if s.input.dedupe:
+        raise UsageError(
+            "--dedupe needs every ID seen in one process; drop --engine dask, or dedupe the "
+            "input first (sort -u)"
+        )
+    if s.output.errors:
+        raise UsageError(
+            "--engine dask writes each part's errors file beside it (errors-NNNNN.jsonl); "
+            "drop --errors"
+        )
+    if s.output.merge and s.output.format in ("parquet", "sqlite"):
+        raise UsageError(f"--merge writes CSV or JSON lines; {s.output.format} parts stay parts")
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise UsageError("--engine dask needs Dask: pip install 'batchscore[dask]'") from None
+
+
+def _extension(p: _Plan) -> str:
+    """The part files' extension: ``csv``, ``jsonl.gz``, ``parquet`` ..."""
+    by_format = {fmt: ext.lstrip(".") for ext, fmt in reversed(EXTENSIONS.items())}
+    ext = by_format.get(p.fmt, p.fmt)
+    if p.gzip:
+        if p.fmt in ("parquet", "sqlite"):
+            raise UsageError(f"--format {p.fmt} cannot be gzipped; drop the .gz")
+        ext += ".gz"
+    if p.settings.output.merge and p.fmt in ("parquet", "sqlite"):
+        raise UsageError(f"--merge writes CSV or JSON lines; {p.fmt} parts stay parts")
+    return ext
+
+
+def split_lines(path: str, size: int, skip_first: bool) -> tuple[list[Partition], int]:
+    """Cut a file into partitions of ``size`` physical lines (the last one shorter); with
+    ``skip_first``, line 1 (a header) belongs to none.  Returns them and the file's line count.
+
+    One pass that counts newlines a block at a time; only a block where a partition ends is
+    searched for the newline's position.
+    """
+    parts: list[Partition] = []
+    with open(path, "rb") as f:
+        start_line, start_byte = 1, 0
+        if skip_first:
+            first = f.readline()
+            if first:
+                start_line, start_byte = 2, len(first)
+        pos = start_byte
+        counted = 0  # newlines since the partition's start
+        last = b"\n"
+        while block := f.read(1 << 22):
+            last = block[-1:]
+            newlines = block.count(b"\n")
+            if counted + newlines < size:
+                counted += newlines
+                pos += len(block)
+                continue
+            ends = np.flatnonzero(np.frombuffer(block, np.uint8) == ord("\n"))
+            i = 0
+            while counted + (len(ends) - i) >= size:
+                j = i + (size - counted) - 1
+                end = pos + int(ends[j]) + 1
+                parts.append(
+                    Partition(len(parts), start_line, start_line + size - 1, start_byte, end)
+                )
+                start_line, start_byte, counted, i = start_line + size, end, 0, j + 1
+            counted += len(ends) - i
+            pos += len(block)
+        if pos > start_byte:
+            last_line = start_line + counted - 1 + (0 if last == b"\n" else 1)
+            parts.append(Partition(len(parts), start_line, last_line, start_byte, pos))
+    lines = parts[-1].last_line if parts else start_line - 1
+    return parts, lines
+
+
+def choose_partition_size(id_lines: int, workers: int) -> int:
+    """About :data:`PARTITIONS_PER_WORKER` partitions per worker, within the bounds."""
+    wanted = math.ceil(max(id_lines, 1) / (PARTITIONS_PER_WORKER * max(workers, 1)))
+    return max(MIN_PARTITION, min(MAX_PARTITION, wanted))
+
+
+@dataclass
+class _Live:
+    """A running partition's last reported counts (of its latest attempt)."""
+
+    attempt: str
+    read: int = 0
+    skipped: int = 0
+    scored: int = 0
+    failed: int = 0
+
+
+class _Driver:
+    """The driver's part of one run: folder, partitions, cluster, progress, manifest."""
+
+    def __init__(self, p: _Plan, env: Environment, stats: RunStats, ext: str) -> None:
+        self.p = p
+        self.env = env
+        self.stats = stats
+        self.settings = p.settings
+        self.ext = ext
+        self.folder = Path(p.output).absolute()
+        self.input = os.path.abspath(input_path(p.settings))
+        self.identity = {**_identity(p), "engine": "dask"}
+        self.complete_already: dict[str, Any] | None = None
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._live: dict[int, _Live] = {}
+        self._first_failures: dict[int, list[Any]] = {}
+
+    # -- before anything is written ---------------------------------------------------------
+
+    def run(self) -> None:
+        previous = self._take_folder()
+        if self.complete_already is not None:
+            self.stats.restore(self.complete_already["counters"])
+            return
+        # The input as a whole (header, first rows, --min-ids) and the sources, as a local run
+        # checks them: here, once, before any worker starts.
+        with open(self.input, "rb") as stream:
+            read_input(self.settings, stream)
+        asyncio.run(self._check_sources())
+        self._clean_staged()
+        self.folder.mkdir(exist_ok=True)
+        fmt = input_format(self.settings)
+        skip_first = fmt in ("csv", "tsv")
+        header_lines = 1 if skip_first or self.settings.input.header else 0
+        cluster = _Cluster(self.settings)
+        try:
+            cluster.start()
+            size = self.settings.run.partition_size or (
+                previous["partition_size"]
+                if previous
+                else choose_partition_size(
+                    max(idmod.count_lines(self.input) - header_lines, 0), cluster.workers()
+                )
+            )
+            if previous and previous["partition_size"] != size:
+                raise LeftoverStateError(
+                    f"the stopped run in {self.folder} used --partition-size "
+                    f"{previous['partition_size']}, now {size}; rerun it with the same size, or "
+                    "pass --overwrite to start over"
+                )
+            parts, lines = split_lines(self.input, size, skip_first)
+            self.stats.total = max(lines - header_lines, 0)
+            write_atomically(
+                str(self.folder / MARKER),
+                orjson.dumps(
+                    {
+                        "identity": self.identity,
+                        "partition_size": size,
+                        "partitions": len(parts),
+                        "input_stamp": file_stamp(self.input),
+                    }
+                ),
+            )
+            todo = self._skip_complete(parts)
+            header = _header_line(self.input) if skip_first else None
+            self._score(cluster, todo, header, fmt)
+        finally:
+            cluster.close()
+            if cluster.local:  # its workers are gone: what they were writing is garbage
+                self._clean_staged()
+        self._merge(parts)
+        self._write_success(parts, size)
+
+    def _take_folder(self) -> dict[str, Any] | None:
+        """Check the output folder; the stopped run's record when ``--resume`` continues one.
+
+        Sets :attr:`complete_already` when ``--resume`` finds this job complete (a no-op).
+        """
+        s = self.settings.output
+        folder = self.folder
+        if not folder.exists():
+            return None
+        success, marker = folder / SUCCESS, folder / MARKER
+        if success.exists() and not s.overwrite:
+            record = _read_json(success)
+            if not s.resume:
+                raise OutputExistsError(
+                    f"output folder {self.p.output} holds a completed run (its {SUCCESS}); pass "
+                    "--overwrite to replace it or choose another -o"
+                )
+            self._same_job(record, "completed")
+            self.complete_already = record
+            return None
+        if marker.exists() and not s.overwrite:
+            if not s.resume:
+                raise LeftoverStateError(
+                    f"a stopped run left parts in {self.p.output}; rerun with --resume to "
+                    "continue it, or --overwrite to start over"
+                )
+            stopped: dict[str, Any] = _read_json(marker)
+            self._same_job(stopped, "stopped")
+            return stopped
+        ours = [f for f in folder.iterdir() if _is_ours(f.name)]
+        others = [f for f in folder.iterdir() if not _is_ours(f.name)]
+        if ours and not s.overwrite:  # parts without a marker: not a run we can continue
+            raise OutputExistsError(
+                f"output folder {self.p.output} holds part files; pass --overwrite to replace "
+                "them or choose another -o"
+            )
+        if others and not s.overwrite and not s.resume:
+            raise OutputExistsError(
+                f"output folder {self.p.output} holds other files ({others[0].name}); name a "
+                "new or empty folder"
+            )
+        for path in ours:
+            path.unlink()
+        return None
+
+    def _same_job(self, record: dict[str, Any], what: str) -> None:
+        """A continued or completed run must be this job, over the same input file."""
+        stored = orjson.dumps(record.get("identity"), option=orjson.OPT_SORT_KEYS).decode()
+        now = orjson.dumps(self.identity, option=orjson.OPT_SORT_KEYS).decode()
+        error = OutputExistsError if what == "completed" else LeftoverStateError
+        if stored != now:
+            raise error(
+                f"the {what} run in {self.p.output} used another {_difference(stored, now)}; "
+                "rerun it with the same arguments, or pass --overwrite to start over"
+            )
+        if record.get("input_stamp") != file_stamp(self.input):
+            raise error(
+                f"{self.input} has changed since the {what} run in {self.p.output}; pass "
+                "--overwrite to start over"
+            )
+
+    async def _check_sources(self) -> None:
+        limits = Limits(concurrency=1, rate_limit=0, observe=lambda name, seconds: None)
+        sources = build_sources(self.settings.sources, limits, self.settings.fetch, RunStats())
+        async with contextlib.AsyncExitStack() as stack:
+            await open_sources(self.p.models, sources, stack)
+
+    def _clean_staged(self) -> None:
+        """Temporary files of attempts that died (a worker killed, a driver stopped)."""
+        if not self.folder.is_dir():
+            return
+        for path in self.folder.iterdir():
+            if path.name.startswith(".") and path.name.endswith((".tmp", ".partial")):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+
+    def _skip_complete(self, parts: list[Partition]) -> list[Partition]:
+        """The partitions still to run; the counts of those a stopped run completed."""
+        todo = []
+        earlier = RunStats()
+        for part in parts:
+            name = part_name(part.index, self.ext)
+            record = _read_json(self.folder / done_name(name), missing_ok=True)
+            if (
+                (self.folder / name).exists()
+                and record is not None
+                and record.get("first_line") == part.first_line
+                and record.get("last_line") == part.last_line
+            ):
+                done = RunStats()
+                done.restore(record["counters"])
+                earlier.merge(done)
+            else:
+                todo.append(part)
+        self.stats.merge(earlier)
+        self.stats.resumed_from = earlier.done
+        return todo
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def _score(
+        self, cluster: _Cluster, todo: list[Partition], header: bytes | None, fmt: str
+    ) -> None:
+        settings = self.settings
+        p = self.p
+        job = Job(
+            run_id=p.run_id,
+            settings=_for_workers(settings),
+            models=tuple(
+                (m.name, Path(m.info.booster_file).read_bytes(), m.info.version)
+                for m in p.models.members
+            ),
+            columns=p.columns,
+            input_path=self.input,
+            input_format=fmt,
+            header=header,
+            folder=str(self.folder),
+            fmt=p.fmt,
+            gzip=p.gzip,
+            ext=self.ext,
+            topic=f"batchscore-{p.run_id}",
+        )
+        progress = choose(
+            self.env.stderr,
+            quiet=settings.run.quiet,
+            interval=settings.run.progress_interval,
+            is_tty=self.env.stderr_isatty,
+        )
+        client = cluster.client
+        plugin = JobPlugin(job)
+        try:
+            client.register_plugin(plugin, name=plugin.name)
+            client.subscribe_topic(
+                job.topic, lambda event: self._events.put(("progress", event[1]))
+            )
+            futures = {}
+            for part in todo:
+                future = client.submit(
+                    run_partition,
+                    plugin.name,
+                    part,
+                    key=f"batchscore-{p.run_id}-part-{part.index:05d}",
+                    pure=False,
+                )
+                future.add_done_callback(lambda f: self._events.put(("done", f)))
+                futures[future.key] = (future, part)
+            self._wait(cluster, futures, progress)
+        except (KeyboardInterrupt, Terminated) as exc:
+            sig = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
+            self._second_signal_exits()
+            raise InterruptedRun(sig, self.stats.done) from None
+        finally:
+            progress.close(self._view(cluster))
+            with contextlib.suppress(Exception):
+                client.unregister_worker_plugin(plugin.name)
+            # The summary names the first failed IDs in input order, whatever order the
+            # partitions finished in.
+            self.stats.first_failures = [
+                record
+                for index in sorted(self._first_failures)
+                for record in self._first_failures[index]
+            ][:FIRST_FAILURES]
+
+    def _wait(
+        self,
+        cluster: _Cluster,
+        futures: dict[str, tuple[Any, Partition]],
+        progress: ProgressDisplay,
+    ) -> None:
+        from distributed import KilledWorker
+
+        pending = set(futures)
+        while pending:
+            try:
+                kind, item = self._events.get(timeout=0.5)
+            except queue.Empty:
+                progress.update(self._view(cluster))
+                continue
+            if kind == "progress":
+                self._on_progress(item, pending, futures)
+            elif item.key in pending:
+                pending.discard(item.key)
+                part = futures[item.key][1]
+                try:
+                    result: PartResult = item.result()
+                except KilledWorker:
+                    raise SourceDownError(
+                        f"Dask workers died {_allowed_failures()} times running partition "
+                        f"{part.index} (lines {part.first_line:,}-{part.last_line:,}): out of "
+                        "memory, or killed; rerun with --resume"
+                    ) from None
+                except Exception as exc:
+                    raise SourceDownError(
+                        f"the Dask cluster lost partition {part.index} ({type(exc).__name__}: "
+                        f"{exc}); rerun with --resume"
+                    ) from None
+                self._live.pop(part.index, None)
+                if result.status != ExitStatus.OK:
+                    raise _error_of(result)
+                self.stats.merge(result.stats)
+                self._first_failures[part.index] = result.stats.first_failures
+            progress.update(self._view(cluster))
+
+    def _on_progress(
+        self, msg: dict[str, Any], pending: set[str], futures: dict[str, tuple[Any, Partition]]
+    ) -> None:
+        index = int(msg["part"])
+        key = f"batchscore-{self.p.run_id}-part-{index:05d}"
+        if key not in pending:
+            return  # a late event of a finished partition
+        live = self._live.get(index)
+        if live is None or live.attempt != msg["attempt"]:
+            live = self._live[index] = _Live(str(msg["attempt"]))  # a new attempt starts over
+        live.read, live.skipped = int(msg["read"]), int(msg["skipped"])
+        live.scored, live.failed = int(msg["scored"]), int(msg["failed"])
+
+    def _view(self, cluster: _Cluster) -> RunStats:
+        """The whole run's counts so far: finished partitions and running ones."""
+        s = self.stats
+        live = list(self._live.values())
+        view = RunStats(
+            started=s.started,
+            read=s.read + sum(x.read for x in live),
+            skipped=s.skipped + sum(x.skipped for x in live),
+            scored=s.scored + sum(x.scored for x in live),
+            failed=Counter({"failed": s.failed_total + sum(x.failed for x in live)}),
+            total=s.total,
+            workers=cluster.workers(),
+        )
+        view.resumed_from = s.resumed_from
+        return view
+
+    def _second_signal_exits(self) -> None:
+        """While the cluster shuts down, a second Ctrl-C or SIGTERM leaves at once."""
+        if not self.env.handle_signals:
+            return
+
+        def leave(signum: int, frame: object) -> None:
+            os.write(2, b"batchscore: stopped at once; rerun with --resume to continue\n")
+            os._exit(int(ExitStatus.SIGINT if signum == signal.SIGINT else ExitStatus.SIGTERM))
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, leave)
+
+    # -- after every part is in place -----------------------------------------------------------
+
+    def _merge(self, parts: list[Partition]) -> None:
+        """``--merge``: the parts as one file in input order (and their errors files as one),
+        byte for byte what a local run writes (a .gz: the same decompressed bytes)."""
+        if not self.settings.output.merge:
+            return
+        from batchscore.sinks.encoders import CsvEncoder
+
+        header = CsvEncoder(self.p.columns).header() if self.p.fmt == "csv" else b""
+        merged = self.folder / f"{MERGED}.{self.ext}"
+        names = [part_name(part.index, self.ext) for part in parts]
+        try:
+            _concatenate([self.folder / name for name in names], merged, header, gzip=self.p.gzip)
+            _concatenate(
+                [self.folder / errors_name(part.index) for part in parts],
+                self.folder / f"{merged.name}.errors.jsonl",
+                b"",
+                gzip=False,
+            )
+        except OSError as exc:
+            from batchscore.sinks.files import write_error
+
+            raise write_error(merged, exc) from None
+
+    def _write_success(self, parts: list[Partition], size: int) -> None:
+        """The manifest, last; then the records it replaces."""
+        s = self.stats
+        records = []
+        for part in parts:
+            name = part_name(part.index, self.ext)
+            record = _read_json(self.folder / done_name(name))
+            records.append(
+                {
+                    "file": name,
+                    "errors": errors_name(part.index),
+                    "first_line": part.first_line,
+                    "last_line": part.last_line,
+                    **record["counters"],
+                }
+            )
+        manifest = {
+            "run_id": self.p.run_id,
+            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "model_version": ",".join(
+                f"{m.name}={m.info.version}" if m.name else m.info.version
+                for m in self.p.models.members
+            ),
+            "config_fingerprint": self.settings.fingerprint,
+            "input": self.input,
+            "input_stamp": file_stamp(self.input),
+            "format": self.ext,
+            "partition_size": size,
+            "counters": s.counters(),
+            "counts": {
+                "read": s.read,
+                "scored": s.scored,
+                "failed": s.failed_total,
+                "skipped": s.skipped,
+                "failed_by_reason": dict(sorted(s.failed.items())),
+            },
+            "merged": f"{MERGED}.{self.ext}" if self.settings.output.merge else None,
+            "partitions": records,
+            "identity": self.identity,
+        }
+        try:
+            write_atomically(
+                str(self.folder / SUCCESS), orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
+            )
+        except OSError as exc:
+            raise OutputWriteError(
+                f"cannot write {self.folder / SUCCESS}: {exc.strerror}; rerun with --resume"
+            ) from None
+        for part in parts:
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / done_name(part_name(part.index, self.ext))).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (self.folder / MARKER).unlink()
+        self._clean_staged()
+
+
+class _Cluster:
+    """The Dask client, and the local cluster it runs on when no ``--scheduler`` is given."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.client: Any = None
+        self._cluster: Any = None
+        self._workers = 0
+        self._asked = 0.0
+
+    @property
+    def local(self) -> bool:
+        """Whether the cluster is this run's own (stopped with it)."""
+        return self._cluster is not None
+
+    def start(self) -> None:
+        from distributed import Client, LocalCluster
+
+        run = self.settings.run
+        # Dask's own INFO lines (scheduler started, worker registered ...) are not this run's
+        # news; its warnings (a worker died and is restarted) are.
+        level = logging.DEBUG if run.debug else logging.ERROR if run.quiet else logging.WARNING
+        for name in ("distributed", "dask"):
+            logging.getLogger(name).setLevel(level)
+        address = run.scheduler
+        if address is None:
+            # One single-threaded worker process per core: a task runs its own event loop and
+            # scores on its own thread, so a process per core uses every core without threads
+            # of one process fighting over its GIL.
+            self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
+                n_workers=os.cpu_count() or 1,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                # The workers' own lines (a heartbeat cut short as the cluster closes) too.
+                silence_logs=logging.DEBUG if run.debug else logging.CRITICAL,
+            )
+            self.client = Client(self._cluster)  # type: ignore[no-untyped-call]
+            return
+        try:
+            self.client = Client(address, timeout=30)  # type: ignore[no-untyped-call]
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise UsageError(
+                f"cannot reach the Dask scheduler at {address} ({exc}); start it "
+                "(dask scheduler) or fix --scheduler"
+            ) from None
+
+    def workers(self) -> int:
+        """Workers in the cluster now (asked of the scheduler at most once a second)."""
+        now = time.monotonic()
+        if self.client is not None and now - self._asked > 1.0:
+            self._asked = now
+            with contextlib.suppress(Exception):
+                self._workers = len(self.client.scheduler_info()["workers"])
+        return self._workers
+
+    def close(self) -> None:
+        """Leave an existing cluster running; stop a local one (its workers with it)."""
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.close()
+        if self._cluster is not None:
+            with contextlib.suppress(Exception):
+                self._cluster.close()
+
+
+def _for_workers(settings: Settings) -> Settings:
+    """The settings a worker needs: paths absolute (workers may run elsewhere), one LightGBM
+    thread per predict unless --threads says (a worker process per core already uses them)."""
+    sources = tuple(
+        {
+            key: (
+                os.path.abspath(value)
+                if key in ("path", "ca_bundle") and isinstance(value, str) and "://" not in value
+                else value
+            )
+            for key, value in table.items()
+        }
+        for table in settings.sources
+    )
+    threads = 1 if settings.score.threads is None else settings.score.threads
+    return replace(settings, sources=sources, score=replace(settings.score, threads=threads))
+
+
+def _error_of(result: PartResult) -> BatchscoreError:
+    """The error that stopped a partition, with its exit status, raised on the driver."""
+    error = BatchscoreError(result.message)
+    error.exit_status = ExitStatus(result.status)
+    return error
+
+
+def _allowed_failures() -> int:
+    import dask
+
+    return int(dask.config.get("distributed.scheduler.allowed-failures"))
+
+
+def _header_line(path: str) -> bytes:
+    """A CSV/TSV input's header line, as every partition is given it (without a BOM)."""
+    with open(path, "rb") as f:
+        line = f.readline()
+    return line.removeprefix(b"\xef\xbb\xbf")
+
+
+def _read_json(path: Path, missing_ok: bool = False) -> Any:
+    try:
+        return orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise LeftoverStateError(
+            f"{path} is missing; pass --overwrite to start the run over"
+        ) from None
+    except (OSError, orjson.JSONDecodeError):
+        raise LeftoverStateError(
+            f"{path} cannot be read; pass --overwrite to start the run over"
+        ) from None
+
+
+def _is_ours(name: str) -> bool:
+    """Files a cluster run writes in its output folder."""
+    return name.startswith(("part-", ".part-", f"{MERGED}.", f".{MERGED}.")) or name in (
+        SUCCESS,
+        MARKER,
+    )
+
+
+def _concatenate(sources: list[Path], target: Path, header: bytes, *, gzip: bool) -> None:
+    """``target`` made of ``sources`` in order, each without its first ``len(header)`` bytes
+    (the CSV header every part begins with), ``header`` once at the start; atomically."""
+    temp = target.with_name(f".{target.name}.partial")
+    with open(temp, "wb") as raw:
+        out: BinaryIO = gzipmod.GzipFile(fileobj=raw, mode="wb", mtime=0) if gzip else raw  # type: ignore[assignment]
+        with out if gzip else contextlib.nullcontext():
+            out.write(header)
+            for source in sources:
+                with _open_part(source, gzip) as part:
+                    if header:
+                        part.read(len(header))
+                    shutil.copyfileobj(part, out, 1 << 20)
+        raw.flush()
+        os.fsync(raw.fileno())
+    os.replace(temp, target)
+
+
+def _open_part(path: Path, gzip: bool) -> BinaryIO:
+    if gzip:
+        return gzipmod.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+__all__ = ["choose_partition_size", "run_dask_job", "split_lines"]

@@ -1,0 +1,376 @@
+"""One partition of a ``--engine dask`` run, on a worker: consecutive lines of the input scored
+by the same pipeline as a local run (:func:`batchscore.job.score_into`), into a part file.
+
+What every partition of a run shares (the settings, the model's bytes, the output columns) is
+sent to each worker process once, as a Dask worker plugin (:class:`JobPlugin`); a task carries
+only its :class:`Partition` (which lines, where they are in the file).  The plugin's repr never
+shows the settings, so a source's token or password cannot reach a Dask log, a dashboard or a
+task's repr; the worker registers those secrets with :mod:`batchscore.redact` before anything
+can print them, and a task returns its error as a redacted one-line message instead of raising
+it (a raised error would be logged by Dask with its traceback).
+
+A partition's files appear atomically, last of all the part itself:
+
+1. the pipeline writes ``.part-NNNNN.EXT.<attempt>.tmp`` and its errors file beside it (each
+   through the sinks' own temporary names; ``<attempt>`` is new for every attempt, so a
+   re-run of a lost worker's partition never writes into a file another attempt still holds);
+2. ``.part-NNNNN.EXT.done`` records the partition's lines and counts;
+3. the errors file is renamed to ``errors-NNNNN.jsonl``, then the part to
+   ``part-NNNNN.EXT``.
+
+So a part file that exists is complete, and its counts and errors are there: ``--resume``
+skips it.  A re-run replaces a part as a whole, so every ID is in exactly one part however
+often its partition ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+from distributed import WorkerPlugin, get_worker
+
+from batchscore import ids as idmod
+from batchscore.errors import BatchscoreError, ExitStatus
+from batchscore.model import ModelSet, read_info
+from batchscore.redact import RedactingFormatter, format_exception, redact, register_sources
+from batchscore.report import RunStats
+from batchscore.settings import Settings
+from batchscore.sinks import Columns
+from batchscore.sinks.errorlog import ErrorLog
+from batchscore.sinks.files import FileTarget, fsync_dir
+from batchscore.sources import build_sources
+from batchscore.sources.limits import Limits
+from batchscore.state import RunFiles
+
+PROGRESS_INTERVAL = 0.5
+"""Seconds between a partition's progress events to the driver."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Input lines ``first_line`` to ``last_line`` (as an editor numbers them), which are bytes
+    ``start`` to ``end`` of the input file."""
+
+    index: int
+    first_line: int
+    last_line: int
+    start: int
+    end: int
+
+
+def part_name(index: int, ext: str) -> str:
+    """``part-00007.csv``: five digits, so a plain sort lists the parts in input order."""
+    return f"part-{index:05d}.{ext}"
+
+
+def errors_name(index: int) -> str:
+    """The errors file beside a part: ``errors-00007.jsonl`` (not ``part-...``, so that a
+    ``part-*.jsonl`` glob finds the parts alone)."""
+    return f"errors-{index:05d}.jsonl"
+
+
+def done_name(part: str) -> str:
+    """The record of a finished partition, written just before its part appears."""
+    return f".{part}.done"
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every partition of one run shares."""
+
+    run_id: str
+    settings: Settings  # paths made absolute; score.threads set for one core per task
+    models: tuple[tuple[str, bytes, str], ...]  # per model: name, booster file, version
+    columns: Columns
+    input_path: str  # absolute
+    input_format: str
+    header: bytes | None  # a CSV/TSV input's header line, given to every partition
+    folder: str  # absolute
+    fmt: str
+    gzip: bool
+    ext: str
+    topic: str  # the Dask event topic the partitions' progress goes to
+
+    def __repr__(self) -> str:
+        # Never the settings: they hold the sources' secrets.
+        return f"<batchscore job {self.run_id}: {self.input_path} -> {self.folder}>"
+
+
+class JobPlugin(WorkerPlugin):
+    """Puts a :class:`Job` on every worker process (also those that join or restart later)
+    and loads its model there once, for every task of the run."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.name = plugin_name(job.run_id)
+        self._models: ModelSet | None = None
+        self._lock = threading.Lock()
+        self._folder: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<JobPlugin {self.job!r}>"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"job": self.job, "name": self.name}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.job = state["job"]
+        self.name = state["name"]
+        self._models = None
+        self._lock = threading.Lock()
+        self._folder = None
+
+    def setup(self, worker: Any) -> None:
+        """Register the run's secrets before anything on this worker can print them; send
+        batchscore's log lines through the redacting formatter."""
+        register_sources(self.job.settings.sources)
+        logger = logging.getLogger("batchscore")
+        if not any(isinstance(h.formatter, RedactingFormatter) for h in logger.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(
+                RedactingFormatter("batchscore (worker): %(levelname)s %(name)s: %(message)s")
+            )
+            logger.addHandler(handler)
+            logger.propagate = False
+        run = self.job.settings.run
+        logger.setLevel(
+            logging.DEBUG if run.debug else logging.ERROR if run.quiet else logging.WARNING
+        )
+
+    def teardown(self, worker: Any) -> None:
+        """The run is over: drop the models and their files."""
+        self._models = None
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+    def models(self) -> ModelSet:
+        """The run's models, loaded once per worker process (tasks run in several threads)."""
+        with self._lock:
+            if self._models is None:
+                self._folder = tempfile.mkdtemp(prefix="batchscore-model-")
+                infos = []
+                for i, (name, text, version) in enumerate(self.job.models):
+                    path = os.path.join(self._folder, f"model-{i}.txt")
+                    with open(path, "wb") as f:
+                        f.write(text)
+                    info = read_info(path)
+                    if info.version != version:  # pragma: no cover - a bug
+                        raise RuntimeError("a model's bytes changed on their way to the worker")
+                    infos.append((name, info))
+                self._models = ModelSet(infos, threads=self.job.settings.score.threads or 0)
+            return self._models
+
+
+def plugin_name(run_id: str) -> str:
+    """The worker plugin's name for a run."""
+    return f"batchscore-{run_id}"
+
+
+@dataclass
+class PartResult:
+    """How a partition ended: ``status`` 0 (its part is written) or the exit status of the
+    error that stopped it, with that error's message (secrets masked), and what it counted."""
+
+    index: int
+    status: int
+    message: str
+    stats: RunStats
+
+
+def run_partition(plugin: str, part: Partition) -> PartResult:
+    """The Dask task: score one partition into its part file."""
+    worker = get_worker()
+    job_plugin = worker.plugins[plugin]
+    assert isinstance(job_plugin, JobPlugin)
+    job = job_plugin.job
+    stats = RunStats()
+    status, message = ExitStatus.OK, ""
+    try:
+        models = job_plugin.models()
+        progress = _Publisher(worker, job.topic, part.index)
+        asyncio.run(_score_partition(job, models, part, stats, progress))
+    except BatchscoreError as exc:
+        status, message = exc.exit_status, redact(exc.message)
+    except Exception as exc:  # a bug: said by the driver, never logged here with its args
+        status = ExitStatus.INTERNAL
+        message = (
+            format_exception(exc)
+            if job.settings.run.debug
+            else redact(f"{type(exc).__name__}: {exc}")
+        )
+    stats.seconds = defaultdict(float, stats.seconds)  # picklable (no lambda factory)
+    return PartResult(part.index, int(status), message, stats)
+
+
+class _Publisher:
+    """The partition's progress, as Dask events to the driver's one display (no files)."""
+
+    def __init__(self, worker: Any, topic: str, index: int) -> None:
+        self.worker = worker
+        self.topic = topic
+        self.index = index
+        self.attempt = uuid.uuid4().hex[:8]
+        self._next = 0.0
+
+    def update(self, stats: RunStats) -> None:
+        """Send the counts, at most every :data:`PROGRESS_INTERVAL` seconds."""
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + PROGRESS_INTERVAL
+        self.worker.log_event(
+            self.topic,
+            {
+                "part": self.index,
+                "attempt": self.attempt,
+                "read": stats.read,
+                "skipped": stats.skipped,
+                "scored": stats.scored,
+                "failed": stats.failed_total,
+            },
+        )
+
+    def close(self, stats: RunStats) -> None:
+        """Nothing: the task's result carries the final counts."""
+
+
+class _Lines:
+    """The lines of one partition of a file (bytes ``start`` to ``end``), after ``header``."""
+
+    def __init__(self, file: BinaryIO, part: Partition, header: bytes | None) -> None:
+        self.file = file
+        self.part = part
+        self.header = header
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self.header is not None:
+            yield self.header
+        self.file.seek(self.part.start)
+        left = self.part.end - self.part.start
+        for line in self.file:
+            if left <= 0:
+                break
+            left -= len(line)
+            yield line if left >= 0 else line[:left]
+
+
+def _environment() -> Any:
+    """The Environment a sink factory asks for; a partition never writes to a stream."""
+    from batchscore.job import Environment
+
+    return Environment(
+        stdin=io.BytesIO(),
+        stdout_fd=-1,
+        stderr=sys.stderr,
+        stderr_isatty=False,
+        environ={},
+    )
+
+
+async def _score_partition(
+    job: Job, models: ModelSet, part: Partition, stats: RunStats, progress: _Publisher
+) -> None:
+    from batchscore.job import Work, make_sink, open_sources, score_into
+
+    settings = job.settings
+    folder = Path(job.folder)
+    name = part_name(part.index, job.ext)
+    attempt = progress.attempt
+    staged = folder / f".{name}.{attempt}.tmp"
+    staged_errors = folder / f".{errors_name(part.index)}.{attempt}.tmp"
+    limits = Limits(
+        concurrency=settings.fetch.concurrency,
+        rate_limit=settings.fetch.rate_limit,
+        observe=stats.observe,
+    )
+    sources = build_sources(settings.sources, limits, settings.fetch, stats)
+    async with contextlib.AsyncExitStack() as stack:
+        # Opened here, read by the pipeline's reader thread (the job's reader is blocking).
+        file = stack.enter_context(open(job.input_path, "rb"))  # noqa: ASYNC230, SIM115
+        header = job.header is not None
+        items = idmod.read_ids(
+            _Lines(file, part, job.header),
+            job.input_format,
+            settings.input.id_column,
+            settings.input.id_field,
+            settings.input.keep,
+            header=settings.input.header and part.first_line == 1 and not header,
+            start=part.first_line - 1 if header else part.first_line,
+            whole=False,
+        )
+        await open_sources(models, sources, stack)
+        files = RunFiles(
+            sink=make_sink(str(staged), job.fmt, job.gzip, job.columns, True, _environment()),
+            errors=ErrorLog(
+                FileTarget(staged_errors, overwrite=True, gzip=False), settings.input.keep
+            ),
+            state=None,
+            output_partial=None,
+            errors_partial=None,
+        )
+        await files.open(resume=False, overwrite=True)
+        try:
+            await score_into(
+                Work(settings, models, job.columns),
+                sources,
+                files,
+                items,
+                stats=stats,
+                limits=limits,
+                progress=progress,
+            )
+            record = {
+                "index": part.index,
+                "first_line": part.first_line,
+                "last_line": part.last_line,
+                "model_versions": [version for _, _, version in job.models],
+                "counters": stats.counters(),
+            }
+            await asyncio.to_thread(
+                _publish, folder, part.index, name, staged, staged_errors, record
+            )
+        finally:
+            for leftover in (staged, staged_errors):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+
+
+def _publish(
+    folder: Path, index: int, name: str, staged: Path, staged_errors: Path, record: dict[str, Any]
+) -> None:
+    """Steps 2 and 3: the done record, the errors file, then the part (see the module)."""
+    from batchscore.report import write_atomically
+
+    write_atomically(str(folder / done_name(name)), orjson.dumps(record))
+    os.replace(staged_errors, folder / errors_name(index))
+    os.replace(staged, folder / name)
+    fsync_dir(folder)
+
+
+__all__ = [
+    "Job",
+    "JobPlugin",
+    "PartResult",
+    "Partition",
+    "done_name",
+    "errors_name",
+    "part_name",
+    "plugin_name",
+    "run_partition",
+]

@@ -1,0 +1,353 @@
+"""``--engine dask``: a real Dask cluster of worker processes runs the partitions.
+
+Most runs use one module-wide ``LocalCluster`` (2 worker processes of 1 thread) through
+``--scheduler``, so a test can kill one of its workers by pid; the first test lets the command
+start its own local cluster, as a user's run does.  Each test reads what a user reads: the part
+files in order, ``_SUCCESS``, the merged file, exit statuses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import (
+    ROOT,
+    SAMPLE_CONFIG,
+    RunCli,
+    TrainedModel,
+    batchscore_command,
+    clean_environ,
+    output_scores,
+    read_errors,
+    read_output,
+    write_config,
+)
+from featureserver import Faults, FeatureServer
+
+distributed = pytest.importorskip("distributed")
+
+SAMPLE = ROOT / "sample_data"
+TOKEN = "s3cr3t-dask-token-0042"
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """2 worker processes x 1 thread; yields a client of it."""
+    local = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    client = distributed.Client(local)
+    try:
+        yield client
+    finally:
+        client.close()
+        local.close()
+
+
+@pytest.fixture(scope="module")
+def slow_server() -> Iterator[FeatureServer]:
+    """The sample's features over per-ID HTTP, 10 ms a request: runs long enough to stop."""
+    server = FeatureServer.from_sqlite(
+        SAMPLE / "features.db", "customer_features", "customer_id", faults=Faults(latency=0.01)
+    )
+    with server as srv:
+        yield srv
+
+
+def http_config(folder: Path, url: str) -> Path:
+    return write_config(
+        folder / "http.toml",
+        model=SAMPLE / "model.txt",
+        sources=[
+            {
+                "name": "profile",
+                "kind": "http",
+                "url": f"{url}/features/{{id}}",
+                "features_path": "features",
+                "headers": {"Authorization": "Bearer ${DASK_TEST_TOKEN}"},
+            }
+        ],
+        fetch={"concurrency": 8},
+    )
+
+
+def parts_of(folder: Path, ext: str = "csv") -> list[Path]:
+    return sorted(folder.glob(f"part-*.{ext}"))
+
+
+def rows_of(folder: Path) -> list[dict[str, Any]]:
+    return [row for part in parts_of(folder) for row in read_output(part)]
+
+
+def assert_complete(folder: Path, ids: list[str]) -> dict[str, Any]:
+    """Every ID exactly once over the parts, in input order; _SUCCESS written last and
+    agreeing; no temporary file left."""
+    scored = [row["id"] for row in rows_of(folder)]
+    failed = [
+        record["id"]
+        for errors in sorted(folder.glob("errors-*.jsonl"))
+        for record in read_errors(errors)
+    ]
+    assert len(list(folder.glob("errors-*.jsonl"))) == len(parts_of(folder))
+    assert sorted(scored + failed) == sorted(ids)
+    assert len(set(scored)) == len(scored)
+    assert scored == [i for i in ids if i in set(scored)]  # input order across the parts
+    success = folder / "_SUCCESS"
+    manifest = json.loads(success.read_text())
+    assert [p["file"] for p in manifest["partitions"]] == [p.name for p in parts_of(folder)]
+    assert manifest["counts"]["scored"] == len(scored)
+    assert manifest["counts"]["failed"] == len(failed)
+    last = success.stat().st_mtime_ns
+    assert all(f.stat().st_mtime_ns <= last for f in folder.iterdir())
+    assert [f.name for f in folder.iterdir() if f.name.startswith(".")] == []
+    return manifest
+
+
+def test_scores_are_exact_and_every_id_is_in_one_part(
+    trained_models: dict[str, TrainedModel], run_cli: RunCli, tmp_path: Path
+) -> None:
+    # No --scheduler: the command starts (and stops) its own local cluster.
+    model = trained_models["multiclass"]
+    config = write_config(
+        tmp_path / "c.toml",
+        model=model.model_path,
+        sources=[model.source(batch_size=50)],
+        score={"batch_size": 64},
+    )
+    ids = model.ids_file(tmp_path / "ids.txt")
+    out = tmp_path / "scores"
+    result = run_cli(
+        "score", ids, "-c", config, "-o", out, "--engine", "dask", "--partition-size", "70"
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(parts_of(out)) == 5  # 300 lines in partitions of 70
+    manifest = assert_complete(out, list(model.ids))
+    rows = rows_of(out)
+    assert [row["id"] for row in rows] == list(model.ids)
+    assert np.array_equal(output_scores(rows, model.score_columns), model.expected())
+    assert manifest["model_version"] and manifest["partition_size"] == 70
+    assert "scored 300" in result.stderr
+
+
+def test_merge_is_byte_identical_to_a_local_run(
+    cluster: Any, run_cli: RunCli, tmp_path: Path
+) -> None:
+    # A CSV input (its header given to every partition) with a kept column, JSON-lines output.
+    lines = (SAMPLE / "ids.txt").read_text().splitlines()
+    ids = tmp_path / "ids.csv"
+    ids.write_text("id,note\n" + "".join(f"{i},n{n}\n" for n, i in enumerate(lines)))
+    common = ["score", ids, "-c", SAMPLE_CONFIG, "--keep", "note", "--max-failed", "100"]
+    local = run_cli(*common, "-o", tmp_path / "local.jsonl", cwd=ROOT)
+    assert local.returncode == 0, local.stderr
+    out = tmp_path / "cluster.jsonl"
+    dask = run_cli(
+        *common,
+        "-o",
+        out,
+        "--engine",
+        "dask",
+        "--scheduler",
+        cluster.scheduler.address,
+        "--partition-size",
+        "777",
+        "--merge",
+        cwd=ROOT,
+    )
+    assert dask.returncode == 0, dask.stderr
+    assert (out / "merged.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
+    assert (out / "merged.jsonl.errors.jsonl").read_bytes() == (
+        tmp_path / "local.jsonl.errors.jsonl"
+    ).read_bytes()
+    assert len(parts_of(out, "jsonl")) == 7
+    assert json.loads((out / "_SUCCESS").read_text())["merged"] == "merged.jsonl"
+
+
+def worker_pids(client: Any) -> dict[str, int]:
+    return dict(client.run(os.getpid))
+
+
+def wait_for(condition: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_worker_killed_mid_run_costs_nothing(
+    cluster: Any, slow_server: FeatureServer, tmp_path: Path
+) -> None:
+    ids = (SAMPLE / "ids.txt").read_text().splitlines()[:1600]
+    (tmp_path / "ids.txt").write_text("".join(f"{i}\n" for i in ids))
+    out = tmp_path / "scores"
+    cluster.wait_for_workers(2)
+    before = worker_pids(cluster)
+    slow_server.reset_stats()
+    proc = subprocess.Popen(
+        [
+            *batchscore_command(),
+            "score",
+            "ids.txt",
+            "-c",
+            str(http_config(tmp_path, slow_server.url)),
+            "-o",
+            str(out),
+            "--engine",
+            "dask",
+            "--scheduler",
+            cluster.scheduler.address,
+            "--partition-size",
+            "200",
+            "--max-failed",
+            "100",
+        ],
+        cwd=tmp_path,
+        env=clean_environ({"DASK_TEST_TOKEN": TOKEN}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    # Kill a worker while it is inside a partition: after the first part is in place, with
+    # requests still arriving.
+    wait_for(lambda: len(parts_of(out)) >= 1)
+    requests = slow_server.stats(brief=True)["requests_total"]
+    wait_for(lambda: slow_server.stats(brief=True)["requests_total"] > requests + 50)
+    busy = [address for address, keys in cluster.processing().items() if keys]
+    victim = before[busy[0]]
+    os.kill(victim, signal.SIGKILL)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err.decode()
+    assert_complete(out, ids)
+    # The killed worker's partition was fetched again: more requests than IDs.
+    assert slow_server.stats(brief=True)["requests_total"] > len(ids)
+    assert TOKEN not in err.decode()
+    cluster.wait_for_workers(2)  # the nanny restarted it
+    assert victim not in worker_pids(cluster).values()
+
+
+def test_resume_after_the_driver_is_killed(
+    slow_server: FeatureServer, run_cli: RunCli, tmp_path: Path
+) -> None:
+    ids = (SAMPLE / "ids.txt").read_text().splitlines()[:1600]
+    (tmp_path / "ids.txt").write_text("".join(f"{i}\n" for i in ids))
+    out = tmp_path / "scores"
+    args = [
+        "score",
+        "ids.txt",
+        "-c",
+        str(http_config(tmp_path, slow_server.url)),
+        "-o",
+        str(out),
+        "--engine",
+        "dask",
+        "--partition-size",
+        "200",
+        "--max-failed",
+        "100",
+    ]
+    env = {"DASK_TEST_TOKEN": TOKEN}
+    proc = subprocess.Popen(
+        [*batchscore_command(), *args],
+        cwd=tmp_path,
+        env=clean_environ(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: len(parts_of(out)) >= 2)
+    proc.kill()  # the driver, and with it its local cluster
+    proc.wait(timeout=30)
+    done_before = {p.name: p.stat().st_mtime_ns for p in parts_of(out)}
+    assert not (out / "_SUCCESS").exists()
+
+    refused = run_cli(*args, env=env)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+
+    slow_server.reset_stats()
+    resumed = run_cli(*args, "--resume", env=env, timeout=90)
+    assert resumed.returncode == 0, resumed.stderr
+    manifest = assert_complete(out, ids)
+    assert manifest["counts"]["read"] == len(ids)
+    # The parts the killed run completed were kept, not fetched again.
+    for name, mtime in done_before.items():
+        assert (out / name).stat().st_mtime_ns == mtime
+    assert slow_server.stats(brief=True)["requests_total"] <= len(ids) - 200 * len(done_before)
+
+    again = run_cli(*args, "--resume", env=env)
+    assert again.returncode == 0 and "complete already" in again.stderr
+
+
+def test_sigterm_stops_the_driver_cleanly(slow_server: FeatureServer, tmp_path: Path) -> None:
+    ids = (SAMPLE / "ids.txt").read_text().splitlines()[:1600]
+    (tmp_path / "ids.txt").write_text("".join(f"{i}\n" for i in ids))
+    out = tmp_path / "scores"
+    proc = subprocess.Popen(
+        [
+            *batchscore_command(),
+            "score",
+            "ids.txt",
+            "-c",
+            str(http_config(tmp_path, slow_server.url)),
+            "-o",
+            str(out),
+            "--engine",
+            "dask",
+            "--partition-size",
+            "200",
+        ],
+        cwd=tmp_path,
+        env=clean_environ({"DASK_TEST_TOKEN": TOKEN}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    wait_for(lambda: len(parts_of(out)) >= 1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err.decode()
+    assert "--resume" in err.decode().strip().splitlines()[-1]
+    assert not (out / "_SUCCESS").exists()
+    # Only whole parts and their records are left: nothing half-written.
+    left = sorted(f.name for f in out.iterdir() if f.name.startswith("."))
+    assert all(name.endswith(".done") for name in left if name != ".batchscore-run.json")
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--engine", "spark", "-o", "out"],
+        ["--scheduler", "tcp://127.0.0.1:8786", "-o", "out.csv"],
+        ["--engine", "dask"],  # stdout is no folder
+        ["--engine", "dask", "-o", "out", "--dedupe"],
+        ["--engine", "dask", "-o", "out", "--format", "parquet", "--merge"],
+    ],
+)
+def test_what_a_cluster_run_cannot_do_is_a_usage_error(
+    run_cli: RunCli, tmp_path: Path, flags: list[str]
+) -> None:
+    result = run_cli("score", SAMPLE / "ids_small.txt", "-c", SAMPLE_CONFIG, *flags, cwd=ROOT)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stdout == b""
+
+
+def test_the_job_sent_to_workers_never_shows_its_secrets(tmp_path: Path) -> None:
+    from batchscore.partition import Job, JobPlugin, Partition
+    from batchscore.settings import resolve
+
+    config = http_config(tmp_path, "http://127.0.0.1:1")
+    settings = resolve({"ids": "x.txt"}, str(config), {"DASK_TEST_TOKEN": TOKEN})
+    assert TOKEN in repr(settings)  # the settings do hold it ...
+    job = Job(
+        "run", settings, b"", "v", None, "/in", "text", None, "/out", "csv", False, "csv", "t"
+    )  # type: ignore[arg-type]
+    plugin = JobPlugin(job)
+    for shown in (repr(job), str(job), repr(plugin), repr(Partition(0, 1, 2, 0, 10))):
+        assert TOKEN not in shown  # ... what Dask may log or show never does
