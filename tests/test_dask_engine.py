@@ -172,6 +172,69 @@ def test_merge_is_byte_identical_to_a_local_run(
     assert json.loads((out / "_SUCCESS").read_text())["merged"] == "merged.jsonl"
 
 
+def test_two_models_on_the_cluster_merge_to_the_local_runs_bytes(
+    cluster: Any, run_cli: RunCli, tmp_path: Path
+) -> None:
+    """Every worker gets every model of the run: the same one-pass scoring as a local run."""
+    challenger = tmp_path / "challenger.txt"
+    text = (SAMPLE / "model.txt").read_text()
+    challenger.write_text(
+        text.replace(
+            '["basic", "plus", "premium", "family"]', '["plus", "basic", "family", "premium"]'
+        )
+    )
+    models = ["-m", f"champion={SAMPLE / 'model.txt'}", "-m", f"challenger={challenger}"]
+    common = ["score", SAMPLE / "ids.txt", "-c", SAMPLE_CONFIG, *models, "--max-failed", "100"]
+    local = run_cli(*common, "-o", tmp_path / "local.csv", cwd=ROOT)
+    assert local.returncode == 0, local.stderr
+    out = tmp_path / "cluster.csv"
+    dask = run_cli(
+        *common,
+        "-o",
+        out,
+        "--engine",
+        "dask",
+        "--scheduler",
+        cluster.scheduler.address,
+        "--partition-size",
+        "1500",
+        "--merge",
+        cwd=ROOT,
+    )
+    assert dask.returncode == 0, dask.stderr
+    merged = (out / "merged.csv").read_bytes()
+    assert merged == (tmp_path / "local.csv").read_bytes()
+    assert merged.startswith(b"id,score_champion,score_challenger\n")
+    assert "champion=" in json.loads((out / "_SUCCESS").read_text())["model_version"]
+
+
+def test_features_from_the_input_file_on_the_cluster(
+    cluster: Any, run_cli: RunCli, tmp_path: Path
+) -> None:
+    """A source of kind input: each partition reads its rows' feature cells (with the header
+    the partition is given), as a local run does."""
+    config = ROOT / "configs" / "input.toml"
+    common = ["score", SAMPLE / "customers.csv", "-c", config]
+    assert run_cli(*common, "-o", tmp_path / "local.csv", cwd=ROOT).returncode == 0
+    out = tmp_path / "cluster.csv"
+    dask = run_cli(
+        *common,
+        "-o",
+        out,
+        "--engine",
+        "dask",
+        "--scheduler",
+        cluster.scheduler.address,
+        "--partition-size",
+        "7",
+        "--merge",
+        cwd=ROOT,
+    )
+    assert dask.returncode == 0, dask.stderr
+    assert (out / "merged.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
+    assert len(parts_of(out, "csv")) == 3
+
+
 def worker_pids(client: Any) -> dict[str, int]:
     return dict(client.run(os.getpid))
 
@@ -346,7 +409,18 @@ def test_the_job_sent_to_workers_never_shows_its_secrets(tmp_path: Path) -> None
     settings = resolve({"ids": "x.txt"}, str(config), {"DASK_TEST_TOKEN": TOKEN})
     assert TOKEN in repr(settings)  # the settings do hold it ...
     job = Job(
-        "run", settings, b"", "v", None, "/in", "text", None, "/out", "csv", False, "csv", "t"
+        "run",
+        settings,
+        (("", b"", "v"),),
+        None,
+        "/in",
+        "text",
+        None,
+        "/out",
+        "csv",
+        False,
+        "csv",
+        "t",
     )  # type: ignore[arg-type]
     plugin = JobPlugin(job)
     for shown in (repr(job), str(job), repr(plugin), repr(Partition(0, 1, 2, 0, 10))):
