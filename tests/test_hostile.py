@@ -351,6 +351,17 @@ def test_resume_of_a_completed_run_refuses_when_something_changed(tmp_path: Path
     assert b"has changed since" in changed.stderr and str(ids).encode() in changed.stderr
 
 
+def test_resume_of_a_completed_run_refuses_other_raw_scores(tmp_path: Path) -> None:
+    """--raw-score changes every score but no column name: the done record must tell it, or
+    the same command with --raw-score would be a no-op that leaves probabilities in place."""
+    out = tmp_path / "scores.csv"
+    args = _sample_run(out, "--resume", *ALLOW)
+    assert _run(args).returncode == 0
+    raw = _run([*args, "--raw-score"])
+    assert raw.returncode == 2, raw.stderr
+    assert b"--raw-score" in raw.stderr and b"already exists" in raw.stderr
+
+
 def test_another_days_unfinished_run_is_named_and_can_be_resumed(
     tmp_path: Path, reference: tuple[bytes, bytes]
 ) -> None:

@@ -179,6 +179,48 @@ def test_a_kept_column_named_like_a_feature_column_is_refused(
     )
 
 
+@pytest.mark.parametrize(
+    ("names", "fmt", "shown"),
+    [
+        (("m", "m_0"), "csv", "'score_m_0'"),  # multiclass m gives score_m_0 .. score_m_2
+        (("M", "m"), "db", "'score_M' and 'score_m'"),  # SQLite names ignore case
+    ],
+)
+def test_models_whose_score_columns_collide_are_refused_before_any_file(
+    trained_models: dict[str, TrainedModel],
+    run_cli: RunCli,
+    tmp_path: Path,
+    names: tuple[str, str],
+    fmt: str,
+    shown: str,
+) -> None:
+    multiclass, binary = trained_models["multiclass"], trained_models["binary"]
+    first = multiclass if fmt == "csv" else binary
+    out = tmp_path / f"o.{fmt}"
+    code, _, err = run_cli(
+        "score", "-", "-c", model_config(binary, tmp_path), "-o", out,
+        "-m", f"{names[0]}={first.model_path}", "-m", f"{names[1]}={binary.model_path}",
+        stdin=b"b-00000\n", timeout=30,
+    )  # fmt: skip
+    assert code == 2, err  # not a hang on an open SQLite connection, not exit 74
+    assert err.count("\n") == 1 and shown in err
+    assert not list(tmp_path.glob("*o.*"))
+
+
+def test_a_kept_column_named_like_id_in_another_case_is_refused_for_sqlite(
+    trained_models: dict[str, TrainedModel], run_cli: RunCli, tmp_path: Path
+) -> None:
+    model = trained_models["binary"]
+    ids = tmp_path / "ids.csv"
+    ids.write_text("id,ID\nb-00000,x\n")
+    code, _, err = run_cli(
+        "score", ids, "-c", model_config(model, tmp_path), "--keep", "ID",
+        "-o", tmp_path / "o.db", timeout=30,
+    )  # fmt: skip
+    assert code == 2, err
+    assert "'id' and 'ID'" in err
+
+
 # -- --add model_version / scored_at --------------------------------------------------------------
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -77,7 +77,7 @@ class CheckResult:
 
     def add(self, topic: str, text: str) -> None:
         """One line of the report."""
-        self.lines.append(f"{topic:<9}{text}")
+        self.lines.append(f"{topic:<8} {text}")
 
     def fail(self, status: ExitStatus) -> None:
         """Record a problem; the most serious status wins (4 over 2)."""

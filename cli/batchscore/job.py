@@ -300,6 +300,7 @@ def plan(settings: Settings) -> _Plan:
             )
     columns = output_columns(settings, models, fmt)
     _check_kept_names(columns)
+    _check_distinct_names(columns, fmt)
     p = _Plan(settings, models, output, fmt, gzip, errors_path, columns, run_id, resumable)
     if resumable:
         p.unfinished = unfinished_days(settings.output.path, day)
@@ -402,6 +403,24 @@ def _check_kept_names(columns: Columns) -> None:
                 "column once, and not one named like an output column (id, score, explain_..., "
                 "feature_..., model_version, scored_at)"
             )
+
+
+def _check_distinct_names(columns: Columns, fmt: str) -> None:
+    """No two output columns may share a name (a SQLite table's names are compared without
+    case): ``-m a=...`` multiclass gives ``score_a_0``, as does ``-m a_0=...``, and ``-m A=``
+    beside ``-m a=`` makes two ``score_a`` columns in SQLite.  Refused before any file exists,
+    not found by ``CREATE TABLE`` once the run has started."""
+    seen: dict[str, str] = {}
+    for name in columns.names:
+        key = name.casefold() if fmt == "sqlite" else name
+        if key in seen:
+            same = f"'{name}'" if seen[key] == name else f"'{seen[key]}' and '{name}'"
+            raise UsageError(
+                f"the output would have two columns named {same}"
+                + (" (SQLite compares column names without case)" if seen[key] != name else "")
+                + "; rename a model (-m NAME=PATH) or a --keep column so that each is unique"
+            )
+        seen[key] = name
 
 
 def input_path(settings: Settings) -> str:
@@ -618,6 +637,9 @@ def _identity(p: _Plan) -> dict[str, Any]:
         # Which lines are IDs, and where the ID is in them: only what differs from plain text
         # with the default column, so a plain text run's state reads as it always did.
         **_reading(s),
+        # What changes the scores written, when set (so a state from before reads the same).
+        **({"raw_score": True} if s.score.raw_score else {}),
+        **({"allow_empty": True} if s.score.allow_empty else {}),
         "errors": os.path.abspath(p.errors_path) if p.errors_path else None,
     }
 

@@ -309,6 +309,8 @@ _IDENTITY_NAMES = {
     "header": "--header",
     "id_column": "--id-column",
     "id_field": "--id-field",
+    "raw_score": "--raw-score",
+    "allow_empty": "allow_empty",
 }
 
 

@@ -55,6 +55,7 @@ class SqliteSink:
                 self._rows = resume_at
             await self._db.commit()
         except Exception as exc:
+            await self.abort()  # an open connection's thread keeps the process from exiting
             raise write_error(self.path, OSError(str(exc))) from None
 
     async def write(self, batch: ScoredBatch) -> None:
