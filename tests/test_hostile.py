@@ -525,3 +525,17 @@ def test_every_error_path_exits_at_once_with_one_line(tmp_path: Path, case: str)
     assert "Traceback" not in err and word in err, err
     errors = [line for line in err.splitlines() if line.startswith("batchscore: error:")]
     assert len(errors) == 1, err
+
+
+def test_resume_of_a_completed_run_refuses_when_the_config_changed(tmp_path: Path) -> None:
+    """Another table or store behind the same IDs makes other scores: not a no-op."""
+    config = tmp_path / "c.toml"
+    text = SAMPLE_CONFIG.read_text().replace('"sample_data/', f'"{SAMPLE_DIR}/')
+    config.write_text(text)
+    out = tmp_path / "scores.csv"
+    args = ["score", str(SAMPLE_DIR / "ids.txt"), "-c", str(config), "-o", str(out), *ALLOW]
+    assert _run([*args, "--resume"]).returncode == 0
+    config.write_text(text.replace("concurrency = 8", "concurrency = 4"))
+    changed = _run([*args, "--resume"])
+    assert changed.returncode == 2
+    assert b"config file with other content" in changed.stderr

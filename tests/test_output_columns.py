@@ -452,3 +452,29 @@ def test_score_help_says_what_contributions_are_and_lists_the_new_options(
     assert "with the bias they sum to the raw score; multiclass: the predicted class" in text
     for option in ("--with-features", "--add COL", "--from-errors PATH"):
         assert option in text
+
+
+def test_from_errors_keeps_the_reason_of_an_input_error_without_an_id(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_bytes(b"C000001\n\xff\xfe\nC999001\n")
+    sample = ROOT / "configs" / "sample.toml"
+    first = tmp_path / "first.csv"
+    code, _, err = run_cli("score", ids, "-c", sample, "-o", first, cwd=ROOT)
+    assert code == 3, err
+    errors_file = Path(f"{first}.errors.jsonl")
+    assert [(r["id"], r["reason"]) for r in read_errors(errors_file)] == [
+        (None, "invalid_utf8"),
+        ("C999001", "not_found"),
+    ]
+    retry = tmp_path / "retry.csv"
+    code, _, err = run_cli(
+        "score", "--from-errors", errors_file, "-c", sample, "-o", retry, cwd=ROOT
+    )
+    assert code == 3, err
+    again = read_errors(Path(f"{retry}.errors.jsonl"))
+    assert [(r["id"], r["line"], r["reason"]) for r in again] == [
+        (None, 1, "invalid_utf8"),
+        ("C999001", 2, "not_found"),
+    ]

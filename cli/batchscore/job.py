@@ -355,7 +355,7 @@ def _check_existing(p: _Plan) -> dict[str, Any] | None:
 
 
 def _done_record(p: _Plan) -> DoneRecord:
-    return DoneRecord(Path(p.output), _identity(p), input_path(p.settings))
+    return DoneRecord(Path(p.output), _identity(p), input_path(p.settings), p.settings.fingerprint)
 
 
 def output_columns(settings: Settings, models: ModelSet, fmt: str) -> Columns:

@@ -294,6 +294,8 @@ def named_model(given: str) -> NamedModel:
     """``NAME=PATH`` or ``PATH`` (a path with ``=`` in it: write it as ``./a=b.txt``)."""
     name, sep, path = given.partition("=")
     if sep and MODEL_NAME.fullmatch(name):
+        if not path:
+            raise ConfigError(f"-m {given} names no model; pass -m {name}=PATH")
         return NamedModel(name, path)
     return NamedModel("", given)
 

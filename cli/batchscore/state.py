@@ -81,16 +81,20 @@ class DoneRecord:
     existing output.
     """
 
-    def __init__(self, output: Path, identity: dict[str, Any], input_path: str) -> None:
+    def __init__(
+        self, output: Path, identity: dict[str, Any], input_path: str, config: str = ""
+    ) -> None:
         self.output = output
         self.path = done_path(output)
         self.identity = orjson.dumps(identity, option=orjson.OPT_SORT_KEYS).decode()
         self.input_path = input_path
+        self.config = config  # the config file's fingerprint (its sources, tables, keys ...)
 
     def write(self, counters: dict[str, Any]) -> None:
         """Record the completed run (after its output is in place), atomically."""
         record = {
             "identity": self.identity,
+            "config": self.config,
             "counters": counters,
             "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "input": file_stamp(self.input_path),
@@ -131,6 +135,11 @@ class DoneRecord:
             raise refuse(
                 f"; the run that wrote it used another "
                 f"{_difference(str(record.get('identity')), self.identity)}"
+            )
+        if record.get("config", "") != self.config:
+            raise refuse(
+                "; the run that wrote it used a config file with other content (sources, "
+                "tables, settings)"
             )
         if self.input_path == "-" or record.get("input") != file_stamp(self.input_path):
             raise refuse(
@@ -350,7 +359,7 @@ class RunState:
 
         Without ``resume``, leftovers are an error, unless ``overwrite`` removes them.
         """
-        import aiosqlite
+        from batchscore.dbopen import open_sqlite
 
         left = self.leftovers(partials)
         if left and not resume:
@@ -367,7 +376,7 @@ class RunState:
         progress = Committed()
         fresh = not self.path.exists()
         try:
-            self._db = await aiosqlite.connect(self.path)
+            self._db = await open_sqlite(self.path)
             await self._db.execute("PRAGMA synchronous = FULL")
             await self._db.execute(_SCHEMA)
             cursor = await self._db.execute(

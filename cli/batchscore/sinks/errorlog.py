@@ -120,10 +120,11 @@ def _error_items(
             yield InputProblem(number, None, "invalid_json"), None
             continue
         ident = record.get("id")
-        if not isinstance(ident, str) or not ident:
+        if record.get("stage") == "input":  # an input problem again, with its reason
+            shown = ident if isinstance(ident, str) and ident else None
+            yield InputProblem(number, shown, str(record.get("reason", "input"))), record
+        elif not isinstance(ident, str) or not ident:
             yield InputProblem(number, None, "missing_id"), record
-        elif record.get("stage") == "input":
-            yield InputProblem(number, ident, str(record.get("reason", "input"))), record
         else:
             carried = record.get("keep")
             values = carried if isinstance(carried, dict) else {}

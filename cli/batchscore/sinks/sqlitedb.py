@@ -39,14 +39,14 @@ class SqliteSink:
 
     async def open(self, resume_at: int | None = None) -> None:
         """Create the table (or take over a stopped run's database, cut back to ``resume_at``)."""
-        import aiosqlite
+        from batchscore.dbopen import open_sqlite
 
         refuse_existing(self.path, self.overwrite)
         if resume_at is None:
             with contextlib.suppress(FileNotFoundError):
                 self.temp.unlink()
         try:
-            self._db = await aiosqlite.connect(self.temp, isolation_level="DEFERRED")
+            self._db = await open_sqlite(self.temp, isolation_level="DEFERRED")
             await self._db.execute("PRAGMA synchronous = FULL")
             body = ", ".join(f"{_quote(n)} {t}" for n, t in self._column_types())
             await self._db.execute(f"CREATE TABLE IF NOT EXISTS {self.TABLE} ({body})")

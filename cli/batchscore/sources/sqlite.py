@@ -87,7 +87,7 @@ class SqliteSource:
 
     async def open(self) -> None:
         """Open read-only and check the table, key and columns against the schema."""
-        import aiosqlite
+        from batchscore.dbopen import open_sqlite
 
         path = Path(self.config.path)
         if not path.is_file():
@@ -95,7 +95,12 @@ class SqliteSource:
                 f"source '{self.name}': SQLite file {self.config.path} does not exist"
             )
         uri = path.resolve().as_uri() + "?mode=ro"
-        self._db = await aiosqlite.connect(uri, uri=True)
+        try:
+            self._db = await open_sqlite(uri, uri=True)
+        except sqlite3.Error as exc:
+            raise ConfigError(
+                f"source '{self.name}': {self.config.path} cannot be opened ({exc})"
+            ) from None
         try:
             # Lookups by key are random reads: through mmap, not a read() call per page
             # (bench/RESULTS.md, P3).  A file truncated by another process while mapped can
