@@ -8,9 +8,12 @@ files in order, ``_SUCCESS``, the merged file, exit statuses.
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -425,3 +428,235 @@ def test_the_job_sent_to_workers_never_shows_its_secrets(tmp_path: Path) -> None
     plugin = JobPlugin(job)
     for shown in (repr(job), str(job), repr(plugin), repr(Partition(0, 1, 2, 0, 10))):
         assert TOKEN not in shown  # ... what Dask may log or show never does
+
+
+# -- failures through the cluster: a source down, too many failed IDs, unreachable scheduler -----
+
+
+def down_config(folder: Path, url: str, **fetch: Any) -> Path:
+    """A per-ID HTTP source with quick retries: a down source is found out in well under a
+    second."""
+    return write_config(
+        folder / "down.toml",
+        model=SAMPLE / "model.txt",
+        sources=[
+            {"name": "profile", "kind": "http", "url": f"{url}/features/{{id}}"}
+            | ({"features_path": "features"} if "://127.0.0.1:1" not in url else {})
+        ],
+        fetch={"concurrency": 2, "retries": 1, "backoff_base": 0.001, "backoff_max": 0.01} | fetch,
+    )
+
+
+def cluster_args(cluster: Any, ids: Path, config: Path, out: Path, size: int) -> list[str]:
+    return [
+        "score",
+        str(ids),
+        "-c",
+        str(config),
+        "-o",
+        str(out),
+        "--engine",
+        "dask",
+        "--scheduler",
+        cluster.scheduler.address,
+        "--partition-size",
+        str(size),
+    ]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("batchscore: error:")]
+
+
+@pytest.fixture
+def sample_server() -> Iterator[FeatureServer]:
+    """The sample's features over per-ID HTTP, 20 ms a request; faults set per test."""
+    server = FeatureServer.from_sqlite(
+        SAMPLE / "features.db", "customer_features", "customer_id", faults=Faults(latency=0.02)
+    )
+    with server as srv:
+        yield srv
+
+
+def test_a_source_down_mid_run_stops_it_and_resume_finishes_it(
+    cluster: Any, sample_server: FeatureServer, run_cli: RunCli, tmp_path: Path
+) -> None:
+    ids = (SAMPLE / "ids.txt").read_text().splitlines()[:300]
+    (tmp_path / "ids.txt").write_text("".join(f"{i}\n" for i in ids))
+    out = tmp_path / "scores"
+    args = cluster_args(
+        cluster, tmp_path / "ids.txt", down_config(tmp_path, sample_server.url), out, 50
+    )
+    proc = subprocess.Popen(
+        [*batchscore_command(), *args, "--max-failed", "10"],
+        cwd=tmp_path,
+        env=clean_environ(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    wait_for(lambda: len(parts_of(out)) >= 1)
+    sample_server.faults.fail_all = True  # every request from now on: 503
+    _, err = proc.communicate(timeout=60)
+    stderr = err.decode()
+    assert proc.returncode == 4, stderr
+    assert "Traceback" not in stderr
+    [line] = error_lines(stderr)
+    assert "'profile'" in line and "--resume" in line
+    assert not (out / "_SUCCESS").exists()
+    # On an existing cluster the partitions still running go on until their source fails
+    # them; a partition that stops leaves no temporary file behind.
+    wait_for(lambda: not [f for f in out.iterdir() if f.name.endswith((".tmp", ".partial"))], 15)
+    kept = {}
+    for part in parts_of(out):  # a part is a whole one: its errors file and record beside it
+        assert (out / part.name.replace("part-", "errors-").replace(".csv", ".jsonl")).exists()
+        record = json.loads((out / f".{part.name}.done").read_text())
+        if not record["dead"]:  # not one written while the source was down
+            kept[part.name] = part.stat().st_mtime_ns
+    assert kept and len(kept) < 6
+
+    sample_server.faults.fail_all = False  # the source is back
+    sample_server.reset_stats()
+    resumed = run_cli(*args, "--max-failed", "10", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_complete(out, ids)
+    for name, mtime in kept.items():  # kept, not fetched again
+        assert (out / name).stat().st_mtime_ns == mtime
+    assert sample_server.stats(brief=True)["requests_total"] <= len(ids) - 50 * len(kept)
+
+
+def test_a_source_down_over_partitions_smaller_than_down_after_is_down(
+    cluster: Any, sample_server: FeatureServer, run_cli: RunCli, tmp_path: Path
+) -> None:
+    """Each partition of 5 IDs sends 10 failed attempts, under down_after = 25: the driver
+    counts failures in a row over the partitions, as one process would.  Before, every part
+    was written full of failures, the run exited 3 with _SUCCESS, and --resume could never
+    fetch those IDs again."""
+    sample_server.faults = Faults(fail_all=True)
+    ids = (SAMPLE / "ids_small.txt").read_text().splitlines()
+    out = tmp_path / "scores"
+    config = down_config(tmp_path, sample_server.url, down_after=25)
+    args = cluster_args(cluster, SAMPLE / "ids_small.txt", config, out, 5)
+    stopped = run_cli(*args)
+    assert stopped.returncode == 4, stopped.stderr
+    [line] = error_lines(stopped.stderr)
+    assert "source 'profile' failed" in line and "http_503" in line
+    assert not (out / "_SUCCESS").exists()
+
+    sample_server.faults = Faults()
+    sample_server.reset_stats()
+    resumed = run_cli(*args, "--resume", "--max-failed", "1")
+    assert resumed.returncode == 0, resumed.stderr
+    manifest = assert_complete(out, ids)
+    # Every ID fetched again, the parts written while the source was down included.
+    assert manifest["counts"] == {
+        "read": 50,
+        "scored": 49,
+        "failed": 1,
+        "skipped": 0,
+        "failed_by_reason": {"not_found": 1},
+    }
+    assert sample_server.stats(brief=True)["requests_total"] == 50
+
+
+def test_an_unreachable_source_is_down_through_the_cluster(
+    cluster: Any, run_cli: RunCli, tmp_path: Path
+) -> None:
+    out = tmp_path / "scores"
+    config = down_config(tmp_path, "http://127.0.0.1:1", retries=2)
+    result = run_cli(*cluster_args(cluster, SAMPLE / "ids_small.txt", config, out, 10))
+    assert result.returncode == 4, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = error_lines(result.stderr)
+    assert "source 'profile'" in line and "connect_error" in line
+    assert not (out / "_SUCCESS").exists()
+
+
+def test_too_many_failed_ids_exit_3_as_a_local_run_does(
+    cluster: Any, run_cli: RunCli, tmp_path: Path
+) -> None:
+    lines = (SAMPLE / "ids.txt").read_text().splitlines()[:300]
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"{i}\n" for i in [*lines, "nope-1", "nope-2"]))
+    local = run_cli("score", ids, "-c", SAMPLE_CONFIG, "-o", tmp_path / "local.csv", cwd=ROOT)
+    assert local.returncode == 3, local.stderr
+    out = tmp_path / "scores"
+    dask = run_cli(*cluster_args(cluster, ids, SAMPLE_CONFIG, out, 50), cwd=ROOT)
+    assert dask.returncode == 3, dask.stderr
+    last = dask.stderr.strip().splitlines()[-1]
+    assert last == local.stderr.strip().splitlines()[-1]
+    assert last.startswith("exit 3: 5 failed IDs")
+    # The run finished: its outputs and errors are complete, every failed ID once.
+    manifest = assert_complete(out, [*lines, "nope-1", "nope-2"])
+    failed = [r for e in sorted(out.glob("errors-*.jsonl")) for r in read_errors(e)]
+    assert failed == read_errors(tmp_path / "local.csv.errors.jsonl")
+    assert len({r["id"] for r in failed}) == len(failed) == 5
+    assert manifest["counts"]["failed"] == 5
+
+
+@pytest.mark.parametrize("name", ["scores.parquet", "scores.db", "scores.csv.gz"])
+def test_parquet_sqlite_and_gzip_parts_read_back_as_a_local_run(
+    cluster: Any, run_cli: RunCli, tmp_path: Path, name: str
+) -> None:
+    if name.endswith(".parquet"):
+        pq = pytest.importorskip("pyarrow.parquet")
+    ids = tmp_path / "ids.txt"
+    ids.write_text("".join(f"{i}\n" for i in (SAMPLE / "ids.txt").read_text().split()[:300]))
+    common = ["--max-failed", "10"]
+    local = tmp_path / f"local-{name}"
+    assert (
+        run_cli("score", ids, "-c", SAMPLE_CONFIG, "-o", local, *common, cwd=ROOT).returncode == 0
+    )
+    out = tmp_path / name
+    extra = ["--merge"] if name.endswith(".gz") else []
+    dask = run_cli(*cluster_args(cluster, ids, SAMPLE_CONFIG, out, 70), *common, *extra, cwd=ROOT)
+    assert dask.returncode == 0, dask.stderr
+    ext = name.removeprefix("scores.")
+    parts = parts_of(out, ext)
+    assert len(parts) == 5  # 300 lines in partitions of 70
+    if ext == "parquet":
+        import pyarrow as pa
+
+        assert pa.concat_tables([pq.read_table(p) for p in parts]).equals(pq.read_table(local))
+    elif ext == "db":
+
+        def rows(path: Path) -> list[tuple[Any, ...]]:
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                return db.execute("SELECT * FROM predictions ORDER BY rowid").fetchall()
+
+        assert [row for p in parts for row in rows(p)] == rows(local)
+    else:
+        expected = gzip.decompress(local.read_bytes())
+        header = expected.split(b"\n", 1)[0] + b"\n"
+        bodies = [gzip.decompress(p.read_bytes()) for p in parts]
+        assert all(body.startswith(header) for body in bodies)
+        assert header + b"".join(body[len(header) :] for body in bodies) == expected
+        assert gzip.decompress((out / "merged.csv.gz").read_bytes()) == expected
+
+
+def test_an_unreachable_scheduler_is_a_one_line_usage_error_at_once(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    out = tmp_path / "scores"
+    started = time.monotonic()
+    result = run_cli(
+        "score",
+        SAMPLE / "ids_small.txt",
+        "-c",
+        SAMPLE_CONFIG,
+        "-o",
+        out,
+        "--engine",
+        "dask",
+        "--scheduler",
+        "tcp://127.0.0.1:1",
+        cwd=ROOT,
+        timeout=20,
+    )
+    assert time.monotonic() - started < 10  # Dask's own connect would retry for 30 s
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(
+        "batchscore: error: cannot reach the Dask scheduler at tcp://127.0.0.1:1"
+    )
+    assert "--scheduler" in line
+    assert not out.exists()  # nothing written for a run that never started

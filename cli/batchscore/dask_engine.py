@@ -32,6 +32,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -83,6 +84,7 @@ from batchscore.settings import Settings
 from batchscore.sinks import EXTENSIONS
 from batchscore.sources import build_sources
 from batchscore.sources.limits import Limits
+from batchscore.sources.retry import down_message
 from batchscore.state import RunLock, _difference, file_stamp
 
 log = logging.getLogger("batchscore")
@@ -94,6 +96,8 @@ MERGED = "merged"
 PARTITIONS_PER_WORKER = 4
 """The chosen partition size aims at this many partitions per worker (a lost worker then
 costs a quarter of its share, and the last partitions finish close together)."""
+PROBE_TIMEOUT = 5.0
+"""Seconds a TCP connection to ``--scheduler`` may take before it is unreachable (exit 2)."""
 MIN_PARTITION, MAX_PARTITION = 1_000, 100_000
 """Bounds of the chosen partition size, in lines: below, a task's start-up (sources opened,
 a connection pool warmed) outweighs its work; above, a lost worker costs too much again."""
@@ -253,6 +257,11 @@ class _Driver:
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._live: dict[int, _Live] = {}
         self._first_failures: dict[int, list[Any]] = {}
+        # Per source, failed attempts in a row over the partitions, in the order they finished
+        # (a partition counts from 0: a source down over many small partitions is down all
+        # the same); and the finished parts in which a source never answered, set aside.
+        self._streaks: dict[str, int] = {}
+        self._dead: dict[int, PartResult] = {}
 
     # -- before anything is written ---------------------------------------------------------
 
@@ -267,13 +276,13 @@ class _Driver:
             read_input(self.settings, stream)
         asyncio.run(self._check_sources())
         self._clean_staged()
-        self.folder.mkdir(exist_ok=True)
         fmt = input_format(self.settings)
         skip_first = fmt in ("csv", "tsv")
         header_lines = 1 if skip_first or self.settings.input.header else 0
         cluster = _Cluster(self.settings)
         try:
-            cluster.start()
+            cluster.start()  # before the folder: an unreachable scheduler leaves nothing behind
+            self.folder.mkdir(exist_ok=True)
             size = self.settings.run.partition_size or (
                 previous["partition_size"]
                 if previous
@@ -398,6 +407,7 @@ class _Driver:
                 and record is not None
                 and record.get("first_line") == part.first_line
                 and record.get("last_line") == part.last_line
+                and not record.get("dead")  # its IDs failed only because a source was down
             ):
                 done = RunStats()
                 done.restore(record["counters"])
@@ -456,7 +466,11 @@ class _Driver:
                 )
                 future.add_done_callback(lambda f: self._events.put(("done", f)))
                 futures[future.key] = (future, part)
-            self._wait(cluster, futures, progress)
+            try:
+                self._wait(cluster, futures, progress)
+            except BaseException:
+                self._drop_dead()
+                raise
         except (KeyboardInterrupt, Terminated) as exc:
             sig = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
             self._second_signal_exits()
@@ -509,9 +523,40 @@ class _Driver:
                 self._live.pop(part.index, None)
                 if result.status != ExitStatus.OK:
                     raise _error_of(result)
-                self.stats.merge(result.stats)
-                self._first_failures[part.index] = result.stats.first_failures
+                self._accept(result)
             progress.update(self._view(cluster))
+        # The run went through: parts whose source never answered are its outcome too.
+        for result in self._dead.values():
+            self._count(result)
+        self._dead.clear()
+
+    def _accept(self, result: PartResult) -> None:
+        """A finished part: counted; or, when a source never answered it, set aside until the
+        run completes (a stopped run removes it, so that ``--resume`` fetches it again).
+        Raises SourceDownError when a source's failures in a row reach ``down_after``."""
+        if any(answers == 0 and failures for answers, failures, _ in result.health.values()):
+            self._dead[result.index] = result
+        else:
+            self._count(result)
+        for name, (answers, failures, reason) in sorted(result.health.items()):
+            streak = failures if answers else self._streaks.get(name, 0) + failures
+            self._streaks[name] = streak
+            if streak >= self.settings.fetch.down_after:
+                raise SourceDownError(down_message(name, streak, reason))
+
+    def _count(self, result: PartResult) -> None:
+        self.stats.merge(result.stats)
+        self._first_failures[result.index] = result.stats.first_failures
+
+    def _drop_dead(self) -> None:
+        """The run stops: the parts set aside go (the part first: a part without its done
+        record is run again), so that their IDs are fetched again by ``--resume``."""
+        for index in sorted(self._dead):
+            name = part_name(index, self.ext)
+            for path in (name, errors_name(index), done_name(name)):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.folder / path).unlink()
+        self._dead.clear()
 
     def _on_progress(
         self, msg: dict[str, Any], pending: set[str], futures: dict[str, tuple[Any, Partition]]
@@ -530,12 +575,19 @@ class _Driver:
         """The whole run's counts so far: finished partitions and running ones."""
         s = self.stats
         live = list(self._live.values())
+        aside = [result.stats for result in self._dead.values()]
         view = RunStats(
             started=s.started,
-            read=s.read + sum(x.read for x in live),
-            skipped=s.skipped + sum(x.skipped for x in live),
-            scored=s.scored + sum(x.scored for x in live),
-            failed=Counter({"failed": s.failed_total + sum(x.failed for x in live)}),
+            read=s.read + sum(x.read for x in live) + sum(x.read for x in aside),
+            skipped=s.skipped + sum(x.skipped for x in live) + sum(x.skipped for x in aside),
+            scored=s.scored + sum(x.scored for x in live) + sum(x.scored for x in aside),
+            failed=Counter(
+                {
+                    "failed": s.failed_total
+                    + sum(x.failed for x in live)
+                    + sum(x.failed_total for x in aside)
+                }
+            ),
             total=s.total,
             workers=cluster.workers(),
         )
@@ -674,6 +726,7 @@ class _Cluster:
             )
             self.client = Client(self._cluster)  # type: ignore[no-untyped-call]
             return
+        _probe_scheduler(address)
         try:
             self.client = Client(address, timeout=30)  # type: ignore[no-untyped-call]
         except (OSError, TimeoutError, ValueError) as exc:
@@ -699,6 +752,28 @@ class _Cluster:
         if self._cluster is not None:
             with contextlib.suppress(Exception):
                 self._cluster.close()
+
+
+def _probe_scheduler(address: str) -> None:
+    """A scheduler address nothing listens on is said at once: Dask's Client retries a
+    refused connection until its timeout (30 s), a long wait for a typo in --scheduler."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme not in ("tcp", "tls"):
+            return
+        host, port = parse_host_port(location)
+    except (ValueError, TypeError):
+        return  # Dask's Client says what is wrong with the address
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"cannot reach the Dask scheduler at {address} ({exc.strerror or exc}); start it "
+            "(dask scheduler) or fix --scheduler"
+        ) from None
 
 
 def _for_workers(settings: Settings) -> Settings:

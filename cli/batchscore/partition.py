@@ -38,7 +38,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -57,6 +57,7 @@ from batchscore.sinks.files import FileTarget, fsync_dir
 from batchscore.sources import build_sources
 from batchscore.sources.input import input_values
 from batchscore.sources.limits import Limits
+from batchscore.sources.retry import SourceHealth
 from batchscore.state import RunFiles
 
 PROGRESS_INTERVAL = 0.5
@@ -192,6 +193,10 @@ class PartResult:
     status: int
     message: str
     stats: RunStats
+    health: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+    """Per source that counts failures in a row: attempts it answered, the failed attempts
+    in a row it ended with, and the last one's reason.  A partition's own count starts at 0,
+    so the driver joins them: a source down across many small partitions is down."""
 
 
 def run_partition(plugin: str, part: Partition) -> PartResult:
@@ -201,11 +206,12 @@ def run_partition(plugin: str, part: Partition) -> PartResult:
     assert isinstance(job_plugin, JobPlugin)
     job = job_plugin.job
     stats = RunStats()
+    health: dict[str, tuple[int, int, str]] = {}
     status, message = ExitStatus.OK, ""
     try:
         models = job_plugin.models()
         progress = _Publisher(worker, job.topic, part.index)
-        asyncio.run(_score_partition(job, models, part, stats, progress))
+        asyncio.run(_score_partition(job, models, part, stats, progress, health))
     except BatchscoreError as exc:
         status, message = exc.exit_status, redact(exc.message)
     except Exception as exc:  # a bug: said by the driver, never logged here with its args
@@ -216,7 +222,7 @@ def run_partition(plugin: str, part: Partition) -> PartResult:
             else redact(f"{type(exc).__name__}: {exc}")
         )
     stats.seconds = defaultdict(float, stats.seconds)  # picklable (no lambda factory)
-    return PartResult(part.index, int(status), message, stats)
+    return PartResult(part.index, int(status), message, stats, health)
 
 
 class _Publisher:
@@ -285,7 +291,12 @@ def _environment() -> Any:
 
 
 async def _score_partition(
-    job: Job, models: ModelSet, part: Partition, stats: RunStats, progress: _Publisher
+    job: Job,
+    models: ModelSet,
+    part: Partition,
+    stats: RunStats,
+    progress: _Publisher,
+    health: dict[str, tuple[int, int, str]],
 ) -> None:
     from batchscore.job import Work, make_sink, open_sources, score_into
 
@@ -338,18 +349,30 @@ async def _score_partition(
                 limits=limits,
                 progress=progress,
             )
+            for source in sources:
+                if isinstance(h := getattr(source, "health", None), SourceHealth):
+                    health[source.name] = (h.answers, h.failures, h.last_reason)
             record = {
                 "index": part.index,
                 "first_line": part.first_line,
                 "last_line": part.last_line,
                 "model_versions": [version for _, _, version in job.models],
                 "counters": stats.counters(),
+                # A source never answered it (down while it ran): --resume runs it again.
+                "dead": any(answers == 0 and failed for answers, failed, _ in health.values()),
             }
             await asyncio.to_thread(
                 _publish, folder, part.index, name, staged, staged_errors, record
             )
         finally:
-            for leftover in (staged, staged_errors):
+            # A partition that stopped leaves nothing behind: a partition has no --resume of
+            # its own (the sinks' temporary files too: ``.<staged>.partial``).
+            for leftover in (
+                staged,
+                staged_errors,
+                staged.with_name(f".{staged.name}.partial"),
+                staged_errors.with_name(f".{staged_errors.name}.partial"),
+            ):
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
 

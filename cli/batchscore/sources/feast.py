@@ -98,6 +98,7 @@ class FeastSource:
         self.name = config.name
         self.batch_size = config.batch_size
         self._endpoint = endpoint
+        self.health = endpoint.health  # read by a cluster partition's driver
         self._url = config.url.rstrip("/") + "/get-online-features"
         self._source_names = inverse_rename(config.rename)
         self._stats = stats

@@ -112,6 +112,7 @@ class HttpSource:
         # per_id: one ID per fetch, so the pipeline's latency figures are per request.
         self.batch_size = 1 if self.per_id else (config.batch_size or 100)
         self._endpoint = endpoint
+        self.health = endpoint.health  # read by a cluster partition's driver
         self._template = config.url.split(PLACEHOLDER)
         default_path = "" if self.per_id else "features"
         self._features_path = (

@@ -191,6 +191,7 @@ class PostgresSource:
         self._policy = policy
         self._stats = stats
         self._health = SourceHealth(config.name, policy.down_after)
+        self.health = self._health  # read by a cluster partition's driver
         self._server = server_of(config.dsn)
         self._pool: Any = None
         self._relation = ""  # the quoted table, or the parenthesised query

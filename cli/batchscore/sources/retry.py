@@ -134,6 +134,14 @@ class RetryPolicy:
 _rng = random.Random()
 
 
+def down_message(source: str, failures: int, reason: str) -> str:
+    """What a run stopped by a down source says (a local run's and a cluster run's words)."""
+    return (
+        f"source '{source}' failed {failures} requests in a row (last: {reason}); it looks "
+        "down. Progress is kept: rerun with --resume when it is back"
+    )
+
+
 class SourceHealth:
     """Failed attempts in a row of one source; past ``down_after`` the source is down.
 
@@ -160,6 +168,8 @@ class SourceHealth:
         self._sent = 0  # attempts numbered so far
         self._counted_from: int | None = None  # attempts from this number on count
         self._down: str | None = None  # the message, once the source is down
+        self.answers = 0  # attempts the source answered (a partition tells its driver)
+        self.last_reason = ""  # the reason of the last counted failure
 
     def sending(self) -> int:
         """The number of the attempt about to be sent (give it to :meth:`failed`)."""
@@ -168,6 +178,7 @@ class SourceHealth:
 
     def answered(self) -> None:
         """The source answered."""
+        self.answers += 1
         self.failures = 0
         self._counted_from = None
 
@@ -182,12 +193,9 @@ class SourceHealth:
             self._counted_from = self._sent + 1  # what is in flight now does not count
         elif attempt >= self._counted_from:
             self.failures += 1
+        self.last_reason = failed.reason
         if self.failures >= self.down_after and self._down is None:
-            self._down = (
-                f"source '{self.source}' failed {self.failures} requests in a row (last: "
-                f"{failed.reason}); it looks down. Progress is kept: rerun with --resume "
-                "when it is back"
-            )
+            self._down = down_message(self.source, self.failures, failed.reason)
         if self._down is not None:
             raise SourceDownError(self._down)
 
