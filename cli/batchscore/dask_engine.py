@@ -650,10 +650,7 @@ class _Driver:
         manifest = {
             "run_id": self.p.run_id,
             "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "model_version": ",".join(
-                f"{m.name}={m.info.version}" if m.name else m.info.version
-                for m in self.p.models.members
-            ),
+            "model_version": self.p.models.version_label,
             "config_fingerprint": self.settings.fingerprint,
             "input": self.input,
             "input_stamp": file_stamp(self.input),

@@ -575,14 +575,10 @@ def _finish(
 def _model_identity(models: ModelSet) -> dict[str, Any]:
     """The models in the report and metrics: ``model_version`` (``NAME=VERSION,...`` for named
     models: one metrics label) and, per model, its name, path and version."""
-    members = models.members
-    version = (
-        members[0].info.version
-        if models.plain
-        else ",".join(f"{m.name}={m.info.version}" for m in members)
-    )
-    listed = [{"name": m.name, "path": m.info.path, "version": m.info.version} for m in members]
-    return {"model_version": version, "models": listed}
+    listed = [
+        {"name": m.name, "path": m.info.path, "version": m.info.version} for m in models.members
+    ]
+    return {"model_version": models.version_label, "models": listed}
 
 
 def _feature_lists(models: ModelSet) -> list[tuple[str, tuple[str, ...]]]:

@@ -520,6 +520,14 @@ class ModelSet:
         """One unnamed model: columns as they always were (``score``, ``model_version``)."""
         return len(self.members) == 1 and not self.members[0].name
 
+    @property
+    def version_label(self) -> str:
+        """The models' versions as one text (a report field, a metrics label, a manifest):
+        the version of one unnamed model, else ``NAME=VERSION,...``."""
+        if self.plain:
+            return self.members[0].info.version
+        return ",".join(f"{m.name}={m.info.version}" for m in self.members)
+
     def version_columns(self) -> dict[str, str]:
         """The ``model_version`` audit column(s) and their value: ``model_version``, or
         ``model_version_NAME`` per named model."""
