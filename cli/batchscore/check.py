@@ -427,15 +427,14 @@ def run_check(settings: Settings, ids_path: str | None, sample_size: int, out: T
         fmt = idmod.detect_format(ids_path, settings.input.format)
         if given is not None and fmt == "text":
             raise UsageError(idmod.TEXT_HAS_NO_FEATURES)
-        id_name = settings.input.id_field if fmt == "jsonl" else settings.input.id_column
+        id_name = idmod.id_key(fmt, settings.input.id_column, settings.input.id_field)
         choose = input_values([given], id_name, models.feature_names) if given else None
         rows = read_sample(ids_path, settings, sample_size, choose)
         sample = [row.id for row in rows]
         if given is not None:
             given.preload({row.id: row.values for row in rows})
-        total = idmod.count_lines(ids_path)
-        if fmt in ("csv", "tsv") or (fmt == "text" and settings.input.header):
-            total = max(total - 1, 0)  # the header is no ID
+        skipped = idmod.header_lines(fmt, settings.input.header)
+        total = max(idmod.count_lines(ids_path) - skipped, 0)  # a header is no ID
         result.add("sample", f"{len(sample)} IDs from {ids_path} ({total:,} lines)")
     else:
         result.add("sample", "no ID list given: one probe request per source")

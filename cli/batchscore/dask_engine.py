@@ -278,7 +278,7 @@ class _Driver:
         self._clean_staged()
         fmt = input_format(self.settings)
         skip_first = fmt in ("csv", "tsv")
-        header_lines = 1 if skip_first or self.settings.input.header else 0
+        header_lines = idmod.header_lines(fmt, self.settings.input.header)
         cluster = _Cluster(self.settings)
         try:
             cluster.start()  # before the folder: an unreachable scheduler leaves nothing behind

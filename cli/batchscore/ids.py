@@ -472,6 +472,17 @@ def looks_like_header(value: str, names: Iterable[str] = ()) -> bool:
     return _WORD_BREAK.split(value)[-1].lower() in {"id", "ids", "key", "uuid"}
 
 
+def id_key(fmt: str, id_column: str, id_field: str) -> str:
+    """Where a row's ID is: the JSON-lines field (``jsonl``), else the CSV/TSV column."""
+    return id_field if fmt == "jsonl" else id_column
+
+
+def header_lines(fmt: str, header: bool) -> int:
+    """Lines of an input before its first ID: a CSV or TSV header, or a text input's header
+    line (``--header``); what the progress total leaves out of the line count."""
+    return 1 if fmt in ("csv", "tsv") or (fmt == "text" and header) else 0
+
+
 def count_lines(path: str) -> int:
     """A fast count of newline-terminated lines (the progress bar's total); blank lines included."""
     count = 0
@@ -498,6 +509,8 @@ __all__ = [
     "InputProblem",
     "count_lines",
     "detect_format",
+    "header_lines",
+    "id_key",
     "looks_like_header",
     "read_ids",
     "stable_hash",

@@ -460,9 +460,8 @@ def run_job(settings: Settings, env: Environment) -> Outcome:
     run = _Run(p, env, stats)
     in_path = input_path(settings)
     if in_path != "-" and os.path.isfile(in_path):
-        stats.total = idmod.count_lines(in_path)
-        if _reading(settings).get("input_format") in ("csv", "tsv") or settings.input.header:
-            stats.total = max(stats.total - 1, 0)  # the header is no ID
+        skipped = idmod.header_lines(input_format(settings), settings.input.header)
+        stats.total = max(idmod.count_lines(in_path) - skipped, 0)  # a header is no ID
     lock = RunLock(Path(p.output)) if p.resumable else None
     if lock is not None:
         lock.acquire()
@@ -700,10 +699,10 @@ class _Run:
             stream = watch_stalls(open_input(source_path, self.env, stack), stall)
             # A CSV header is read (and checked) here: off the loop, so that a signal still
             # stops a run whose stdin is silent.
-            id_name = settings.input.id_field if input_format(settings) == "jsonl" else None
-            values = input_values(
-                sources, id_name or settings.input.id_column, p.models.feature_names
+            id_name = idmod.id_key(
+                input_format(settings), settings.input.id_column, settings.input.id_field
             )
+            values = input_values(sources, id_name, p.models.feature_names)
             reading = in_daemon_thread(read_input, settings, stream, values)
             self.stopper.cancel_on_signal(reading)
             items: Iterator[idmod.InputItem] = await reading

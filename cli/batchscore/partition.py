@@ -316,7 +316,7 @@ async def _score_partition(
         # Opened here, read by the pipeline's reader thread (the job's reader is blocking).
         file = stack.enter_context(open(job.input_path, "rb"))  # noqa: ASYNC230, SIM115
         header = job.header is not None
-        id_name = settings.input.id_field if job.input_format == "jsonl" else None
+        id_name = idmod.id_key(job.input_format, settings.input.id_column, settings.input.id_field)
         items = idmod.read_ids(
             _Lines(file, part, job.header),
             job.input_format,
@@ -324,7 +324,7 @@ async def _score_partition(
             settings.input.id_field,
             settings.input.keep,
             header=settings.input.header and part.first_line == 1 and not header,
-            values=input_values(sources, id_name or settings.input.id_column, models.feature_names),
+            values=input_values(sources, id_name, models.feature_names),
             start=part.first_line - 1 if header else part.first_line,
             whole=False,
         )
