@@ -142,17 +142,15 @@ def test_scores_are_exact_and_every_id_is_in_one_part(
     assert "scored 300" in result.stderr
 
 
-def test_merge_is_byte_identical_to_a_local_run(
-    cluster: Any, run_cli: RunCli, tmp_path: Path
-) -> None:
-    # A CSV input (its header given to every partition) with a kept column, JSON-lines output.
-    lines = (SAMPLE / "ids.txt").read_text().splitlines()
-    ids = tmp_path / "ids.csv"
-    ids.write_text("id,note\n" + "".join(f"{i},n{n}\n" for n, i in enumerate(lines)))
-    common = ["score", ids, "-c", SAMPLE_CONFIG, "--keep", "note", "--max-failed", "100"]
-    local = run_cli(*common, "-o", tmp_path / "local.jsonl", cwd=ROOT)
+def merged_beside_local(
+    run_cli: RunCli, cluster: Any, tmp_path: Path, common: list[Any], ext: str, size: int
+) -> Path:
+    """Run ``common`` locally into ``local.EXT`` and on the cluster with ``--merge`` into the
+    folder ``cluster.EXT`` (partitions of ``size`` lines); both succeed and the merged file is
+    the local run's, byte for byte.  Returns the cluster's folder."""
+    local = run_cli(*common, "-o", tmp_path / f"local.{ext}", cwd=ROOT)
     assert local.returncode == 0, local.stderr
-    out = tmp_path / "cluster.jsonl"
+    out = tmp_path / f"cluster.{ext}"
     dask = run_cli(
         *common,
         "-o",
@@ -162,12 +160,24 @@ def test_merge_is_byte_identical_to_a_local_run(
         "--scheduler",
         cluster.scheduler.address,
         "--partition-size",
-        "777",
+        str(size),
         "--merge",
         cwd=ROOT,
     )
     assert dask.returncode == 0, dask.stderr
-    assert (out / "merged.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
+    assert (out / f"merged.{ext}").read_bytes() == (tmp_path / f"local.{ext}").read_bytes()
+    return out
+
+
+def test_merge_is_byte_identical_to_a_local_run(
+    cluster: Any, run_cli: RunCli, tmp_path: Path
+) -> None:
+    # A CSV input (its header given to every partition) with a kept column, JSON-lines output.
+    lines = (SAMPLE / "ids.txt").read_text().splitlines()
+    ids = tmp_path / "ids.csv"
+    ids.write_text("id,note\n" + "".join(f"{i},n{n}\n" for n, i in enumerate(lines)))
+    common = ["score", ids, "-c", SAMPLE_CONFIG, "--keep", "note", "--max-failed", "100"]
+    out = merged_beside_local(run_cli, cluster, tmp_path, common, "jsonl", 777)
     assert (out / "merged.jsonl.errors.jsonl").read_bytes() == (
         tmp_path / "local.jsonl.errors.jsonl"
     ).read_bytes()
@@ -188,25 +198,8 @@ def test_two_models_on_the_cluster_merge_to_the_local_runs_bytes(
     )
     models = ["-m", f"champion={SAMPLE / 'model.txt'}", "-m", f"challenger={challenger}"]
     common = ["score", SAMPLE / "ids.txt", "-c", SAMPLE_CONFIG, *models, "--max-failed", "100"]
-    local = run_cli(*common, "-o", tmp_path / "local.csv", cwd=ROOT)
-    assert local.returncode == 0, local.stderr
-    out = tmp_path / "cluster.csv"
-    dask = run_cli(
-        *common,
-        "-o",
-        out,
-        "--engine",
-        "dask",
-        "--scheduler",
-        cluster.scheduler.address,
-        "--partition-size",
-        "1500",
-        "--merge",
-        cwd=ROOT,
-    )
-    assert dask.returncode == 0, dask.stderr
+    out = merged_beside_local(run_cli, cluster, tmp_path, common, "csv", 1500)
     merged = (out / "merged.csv").read_bytes()
-    assert merged == (tmp_path / "local.csv").read_bytes()
     assert merged.startswith(b"id,score_champion,score_challenger\n")
     assert "champion=" in json.loads((out / "_SUCCESS").read_text())["model_version"]
 
@@ -218,23 +211,7 @@ def test_features_from_the_input_file_on_the_cluster(
     the partition is given), as a local run does."""
     config = ROOT / "configs" / "input.toml"
     common = ["score", SAMPLE / "customers.csv", "-c", config]
-    assert run_cli(*common, "-o", tmp_path / "local.csv", cwd=ROOT).returncode == 0
-    out = tmp_path / "cluster.csv"
-    dask = run_cli(
-        *common,
-        "-o",
-        out,
-        "--engine",
-        "dask",
-        "--scheduler",
-        cluster.scheduler.address,
-        "--partition-size",
-        "7",
-        "--merge",
-        cwd=ROOT,
-    )
-    assert dask.returncode == 0, dask.stderr
-    assert (out / "merged.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
+    out = merged_beside_local(run_cli, cluster, tmp_path, common, "csv", 7)
     assert len(parts_of(out, "csv")) == 3
 
 
