@@ -370,6 +370,17 @@ def test_sigterm_stops_the_driver_cleanly(slow_server: FeatureServer, tmp_path: 
         ["--engine", "dask"],  # stdout is no folder
         ["--engine", "dask", "-o", "out", "--dedupe"],
         ["--engine", "dask", "-o", "out", "--format", "parquet", "--merge"],
+        # two models whose columns SQLite parts could not tell apart
+        [
+            "--engine",
+            "dask",
+            "-o",
+            "out.db",
+            "-m",
+            "a=sample_data/model.txt",
+            "-m",
+            "A=sample_data/model.txt",
+        ],
     ],
 )
 def test_what_a_cluster_run_cannot_do_is_a_usage_error(

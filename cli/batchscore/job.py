@@ -299,8 +299,6 @@ def plan(settings: Settings) -> _Plan:
                 "choose another -o (or --errors)"
             )
     columns = output_columns(settings, models, fmt)
-    _check_kept_names(columns)
-    _check_distinct_names(columns, fmt)
     p = _Plan(settings, models, output, fmt, gzip, errors_path, columns, run_id, resumable)
     if resumable:
         p.unfinished = unfinished_days(settings.output.path, day)
@@ -335,7 +333,6 @@ def _plan_folder(settings: Settings, models: ModelSet, output: str, run_id: str)
             "never continue one; use a fixed name (or {date})"
         )
     columns = output_columns(settings, models, fmt)  # models checked; each worker loads its own
-    _check_kept_names(columns)
     return _Plan(settings, models, output, fmt, gzip, None, columns, run_id, True)
 
 
@@ -363,7 +360,7 @@ def output_columns(settings: Settings, models: ModelSet, fmt: str) -> Columns:
 
     ``--add model_version`` is a column per named model (``model_version_NAME``); a SQLite
     output always has them (its rows are a prediction log), a Parquet file names the models in
-    its metadata.
+    its metadata.  Two columns with one name are refused here, for every engine.
     """
     smallest = min(len(m.info.features) for m in models.members)
     explain = min(settings.score.explain, smallest)  # no empty explanation columns
@@ -382,7 +379,7 @@ def output_columns(settings: Settings, models: ModelSet, fmt: str) -> Columns:
                 f"--with-features: the models encode feature '{twice}' differently (other "
                 "categories), so one column cannot hold what each saw; score them separately"
             )
-    return Columns(
+    columns = Columns(
         models.score_columns,
         settings.input.keep,
         explain,
@@ -391,6 +388,9 @@ def output_columns(settings: Settings, models: ModelSet, fmt: str) -> Columns:
         explain_prefixes=models.explain_prefixes(),
         models=tuple(models.versions.items()),
     )
+    _check_kept_names(columns)
+    _check_distinct_names(columns, fmt)
+    return columns
 
 
 def _check_kept_names(columns: Columns) -> None:
