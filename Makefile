@@ -22,7 +22,7 @@ demo: $(STAMP)
 	@echo "scores are in out/demo-scores.csv (IDs not in the store are in out/demo-scores.csv.errors.jsonl)"
 
 lint: $(STAMP)
-	$(BIN)/ruff check cli tests bench sample_data
+	$(BIN)/ruff check cli tests bench sample_data tools
 	$(BIN)/ruff format --check cli
 
 typecheck: $(STAMP)
