@@ -136,6 +136,89 @@ def _text_items(stream: Iterable[bytes], header: bool, start: int = 1) -> Iterat
         yield _check_id(number, value) or IdRow(number, value)
 
 
+MAX_RECORD_LINES = 1000
+"""Physical lines one CSV record may span (a quoted field may hold newlines); a quote still open
+after this many lines is taken for a quote that was never closed."""
+
+
+class _RecordTooLong(Exception):
+    """A CSV record grew past :data:`MAX_RECORD_LINES` lines (raised through ``csv.reader``)."""
+
+
+class _CsvLines:
+    """The decoded lines a ``csv.reader`` reads, numbered, with the lines of the record being
+    read held back (at most :data:`MAX_RECORD_LINES`), so that a record that cannot be read
+    gives back the lines after its first to be read again: no line silently vanishes into a
+    quote that was never closed.
+
+    An iterator class, not a generator: an exception raised through the reader (a record too
+    long) must leave it usable for the reader made next.
+    """
+
+    def __init__(self, stream: Iterable[bytes], start: int, problems: list[InputProblem]) -> None:
+        self._lines = _physical_lines(stream, start)
+        self._problems = problems
+        self._again: list[tuple[int, str]] = []  # lines to read again, the next one last
+        self.record: list[tuple[int, str]] = []  # the lines of the record being read
+        self.ended = False  # the input ran out while a record was being read
+
+    def __iter__(self) -> _CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        if len(self.record) >= MAX_RECORD_LINES:
+            raise _RecordTooLong
+        if self._again:
+            number, text = self._again.pop()
+        else:
+            for number, raw in self._lines:
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    self._problems.append(InputProblem(number, None, "invalid_utf8"))
+                    continue
+                break
+            else:
+                self.ended = True
+                raise StopIteration
+        self.record.append((number, text))
+        return text
+
+    @property
+    def first(self) -> int:
+        """The line where the record just read (or being read) starts."""
+        return self.record[0][0] if self.record else 0
+
+    def well_formed(self) -> bool:
+        """Whether the record just read is one strict CSV record, if it spans lines.
+
+        Records on one line are read leniently (``"5" screen"`` is ``5 screen"``), but a stray
+        quote that joined lines (``C1,"5 inch`` and, lines later, ``C9,"x"``) is how IDs vanish
+        into a note: a record that spans lines must be well formed, its quotes paired.
+        """
+        if len(self.record) < 2:
+            return True
+        try:
+            for _ in csv.reader([text for _, text in self.record], strict=True):
+                pass
+        except csv.Error:
+            return False
+        return True
+
+    def next_record(self) -> None:
+        """The record just read is done with: forget its lines."""
+        self.record.clear()
+
+    def read_again(self) -> int:
+        """Give back the lines of the record being read but its first, to be read again as
+        records of their own; return the first's number."""
+        first = self.first
+        self._again.extend(reversed(self.record[1:]))
+        self.record.clear()
+        self.ended = False
+        return first
+
+
 def read_csv(
     stream: Iterable[bytes],
     id_column: str,
@@ -152,36 +235,41 @@ def read_csv(
     The header is read and checked at once (a missing column is a usage error before any
     output is written); the rows are then read lazily.  TSV is split on tabs and nothing
     else: a quote is data, as ``cut -f`` and PostgreSQL's ``COPY`` see it.
+
+    A quoted field may hold newlines, as CSV allows, over at most :data:`MAX_RECORD_LINES`
+    lines.  A record that cannot be read (a quote still open at the end of the input or after
+    that many lines, a record over several lines whose quotes do not pair, a bare CR) is an
+    ``invalid_csv`` problem at the line where it starts, and the lines after that one are read
+    again as records of their own.
     """
     name = "TSV" if tsv else "CSV"
     problems: list[InputProblem] = []
-    first_line: list[int | None] = [None]  # where the record being read starts (it may span lines)
+    lines = _CsvLines(stream, start, problems)
 
-    def decoded() -> Iterator[str]:
-        for number, raw in _physical_lines(stream, start):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                problems.append(InputProblem(number, None, "invalid_utf8"))
-                continue
-            if first_line[0] is None:
-                first_line[0] = number
-            yield text
+    def new_reader() -> Iterator[list[str]]:
+        if tsv:
+            return csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return csv.reader(lines)
 
-    reader = (
-        csv.reader(decoded(), delimiter="\t", quoting=csv.QUOTE_NONE)
-        if tsv
-        else csv.reader(decoded())
-    )
+    reader = new_reader()
     try:
         header = next(reader, None)
-    except csv.Error as exc:
+    except (csv.Error, _RecordTooLong) as exc:
+        detail = (
+            f"a quoted field is still open after {MAX_RECORD_LINES:,} lines"
+            if isinstance(exc, _RecordTooLong)
+            else str(exc)
+        )
         raise UsageError(
-            f"the input's {name} header cannot be read ({exc}); check the file"
+            f"the input's {name} header cannot be read ({detail}); check the file"
         ) from None
     if header is None:
         return iter(())
-    first_line[0] = None
+    if lines.ended:
+        raise UsageError(
+            f"the input's {name} header opens a quote that is never closed; check the file"
+        )
+    lines.next_record()
     header = [h.strip() for h in header]
     missing = [c for c in (id_column, *keep) if c not in header]
     if missing:
@@ -200,20 +288,23 @@ def read_csv(
     last_index = max((id_index, *keep_index, *value_index))  # a shorter row is short
 
     def rows() -> Iterator[InputItem]:
+        nonlocal reader
         while True:
             try:
                 row = next(reader)
+                unreadable = lines.ended or not lines.well_formed()
             except StopIteration:
                 break
-            except csv.Error:  # a bare CR outside quotes, a NUL: this record is unreadable
-                yield from problems
-                problems.clear()
-                number, first_line[0] = first_line[0] or 0, None
-                yield InputProblem(number, None, "invalid_csv")
-                continue
+            except (csv.Error, _RecordTooLong):  # a bare CR outside quotes, a NUL, too long
+                unreadable = True
             yield from problems
             problems.clear()
-            number, first_line[0] = first_line[0] or 0, None
+            if unreadable:
+                yield InputProblem(lines.read_again(), None, "invalid_csv")
+                reader = new_reader()
+                continue
+            number = lines.first
+            lines.next_record()
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) <= last_index:
