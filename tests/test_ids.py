@@ -189,6 +189,14 @@ def test_jsonl_takes_the_id_field_as_a_string_and_carries_keep_fields() -> None:
     ]
 
 
+def test_jsonl_numbers_beyond_the_double_range_are_null_and_the_line_is_kept() -> None:
+    data = b'{"id": "A", "x": 1e400}\n{"id": "B", "x": [-1e400, NaN, -Infinity]}\n'
+    assert read(data, "jsonl", keep=("x",)) == [
+        IdRow(1, "A", (None,)),
+        IdRow(2, "B", ([None, None, None],)),
+    ]
+
+
 def test_jsonl_bad_lines_become_problems_with_their_line_numbers() -> None:
     data = (
         b'{"id": "A"}\n'

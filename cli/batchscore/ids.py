@@ -14,8 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-import orjson
-
+from batchscore import jsontext
 from batchscore.errors import UsageError
 
 MAX_ID_LENGTH = 1024
@@ -470,8 +469,8 @@ def _jsonl_items(
             yield InputProblem(number, None, "invalid_utf8"), ()
             continue
         try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError:
+            obj = jsontext.loads(raw)
+        except ValueError:
             yield InputProblem(number, None, "invalid_json"), ()
             continue
         if not isinstance(obj, dict):

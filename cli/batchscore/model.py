@@ -320,10 +320,13 @@ class Encoder:
     One rule per value type, the same in every batch, so that a row's features (and its score)
     never depend on the rows it happens to be batched with:
 
-    - a number is its float value (``bool`` is 0.0 or 1.0; an integer too large for a float
-      is missing);
-    - a string of ASCII float syntax (``"1.5"``, ``"-2e3"``, ``"nan"``) is that number; any
-      other string is missing;
+    - a number is its float value (``bool`` is 0.0 or 1.0);
+    - a string of ASCII float syntax (``"1.5"``, ``"-2e3"``) is that number; any other string
+      is missing;
+    - a value that is no finite number is missing: beyond the double range (``1e400``, an
+      integer too large for a float), infinite (``inf``, ``-Infinity``) or ``nan``, whichever
+      source or input it came from (JSON text reads the first two as null already:
+      :mod:`batchscore.jsontext`);
     - ``None``, bytes, lists, objects: missing (NaN);
     - a categorical feature's value is the code LightGBM gave its category (matching the
       category or its text); anything else, unseen categories included, is missing.
@@ -356,9 +359,12 @@ class Encoder:
                 return np.fromiter(map(_category_code, repeat(codes), values), np.float64, n)
         if set(map(type, values)) <= _PLAIN:
             try:
-                return np.array(values, dtype=np.float64)
+                column = np.array(values, dtype=np.float64)
             except OverflowError:  # an integer beyond float range: per value, below
                 pass
+            else:
+                column[np.isinf(column)] = math.nan
+                return column
         return np.fromiter(map(to_float, values), np.float64, n)
 
     def matrix(self, rows: Sequence[Mapping[str, Any]]) -> Matrix:
@@ -381,15 +387,17 @@ def to_float(value: Any) -> float:
     kind = type(value)
     if kind is float or kind is int or kind is bool:
         try:
-            return float(value)
+            number = float(value)
         except OverflowError:
             return math.nan
-    if kind is str and value.isascii() and "_" not in value:
+    elif kind is str and value.isascii() and "_" not in value:
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             return math.nan
-    return math.nan
+    else:
+        return math.nan
+    return number if math.isfinite(number) else math.nan
 
 
 class Model:
