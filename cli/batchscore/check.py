@@ -39,6 +39,7 @@ from batchscore.sources.input import InputSource, input_values
 from batchscore.sources.limits import Limits
 
 PROBE_ID = "0"
+MAX_SAMPLE = 100_000  # IDs a check fetches at most: they are held in memory, several times over
 MOSTLY_MISSING = 0.5  # share of sample rows above which a feature is "mostly missing"
 SHOWN = 8  # feature names listed per line before "and N more"
 
@@ -404,8 +405,11 @@ def _input_source(settings: Settings) -> InputSource | None:
 
 def run_check(settings: Settings, ids_path: str | None, sample_size: int, out: TextIO) -> int:
     """Check everything a run needs; print the findings to ``out``; return the exit status."""
-    if sample_size < 1:
-        raise UsageError("--sample must be at least 1")
+    if not 1 <= sample_size <= MAX_SAMPLE:
+        raise UsageError(
+            f"--sample must be between 1 and {MAX_SAMPLE:,} (the sample is held in memory; "
+            "a whole list is for batchscore score)"
+        )
     result = CheckResult()
     from batchscore.job import load_models
 

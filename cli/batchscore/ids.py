@@ -85,14 +85,22 @@ def _physical_lines(stream: Iterable[bytes], start: int = 1) -> Iterator[tuple[i
     A UTF-16 input (Excel's "Unicode text") is refused at its first line: its ASCII IDs are
     valid UTF-8 with a NUL between characters, so no line would fail, and none would be found.
     ``start`` > 1: the stream is a later part of a file (a partition), which has no first line.
+    A read that fails (a disk error, a descriptor that cannot be read) is a UsageError naming
+    the line it was after.
     """
-    for number, raw in enumerate(stream, start=start):
-        if number == 1 and raw.startswith(_UTF16_BOMS):
-            raise UsageError(
-                "the input is UTF-16 (it starts with a UTF-16 byte order mark); convert it to "
-                "UTF-8 first, e.g. iconv -f UTF-16 -t UTF-8"
-            )
-        yield number, (raw[3:] if number == 1 and raw.startswith(_BOM) else raw)
+    number = start - 1
+    try:
+        for number, raw in enumerate(stream, start=start):
+            if number == 1 and raw.startswith(_UTF16_BOMS):
+                raise UsageError(
+                    "the input is UTF-16 (it starts with a UTF-16 byte order mark); convert it "
+                    "to UTF-8 first, e.g. iconv -f UTF-16 -t UTF-8"
+                )
+            yield number, (raw[3:] if number == 1 and raw.startswith(_BOM) else raw)
+    except OSError as exc:
+        raise UsageError(
+            f"the input cannot be read after line {number:,}: {exc.strerror or exc}"
+        ) from None
 
 
 def read_text(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import fcntl
 import glob
 import itertools
 import logging
@@ -125,6 +126,11 @@ def open_input(
 ) -> BinaryIO:
     """The ID input as a binary stream (stdin for ``-``)."""
     if path == "-":
+        if not _readable(env.stdin):
+            raise UsageError(
+                "the IDs are read from stdin (IDS is - or not given), but stdin is closed; "
+                "pass the ID file as IDS, or pipe the IDs in"
+            )
         return env.stdin
     try:
         return stack.enter_context(open(path, "rb"))
@@ -896,6 +902,16 @@ def _items(
 
 def _ids_of(items: Iterator[idmod.InputItem]) -> Iterator[idmod.IdRow]:
     return (item for item in items if isinstance(item, idmod.IdRow))
+
+
+def _readable(stream: BinaryIO) -> bool:
+    """Whether ``stream`` can be read: False for a descriptor open for writing only, which is
+    what a closed stdin becomes (``batchscore.__main__``)."""
+    try:
+        mode = fcntl.fcntl(stream.fileno(), fcntl.F_GETFL) & os.O_ACCMODE
+    except (AttributeError, ValueError, OSError):  # no descriptor: an in-memory stream
+        return True
+    return mode != os.O_WRONLY
 
 
 def _is_terminal(stream: BinaryIO) -> bool:

@@ -243,6 +243,22 @@ def _parse_header(data: bytes, path: str) -> dict[str, str]:
     return header
 
 
+def _num_class(text: str, path: str) -> int:
+    """The header's ``num_class``: a whole number, at least 1 (LightGBM loads a model that says
+    0 and then predicts no column at all)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ModelError(
+            f"model file {path} says num_class={text.strip()}; a model has at least 1 class "
+            "(1 for binary and regression, K for multiclass): it was edited or damaged, "
+            "export it again"
+        )
+    return value
+
+
 def _categorical_indices(data: bytes, infos: Sequence[str]) -> list[int]:
     match = re.search(rb"\[categorical_feature: ([0-9,]*)\]", data)
     if match and match.group(1):
@@ -260,6 +276,7 @@ def read_info(model_path: str) -> ModelInfo:
     infos = header.get("feature_infos", "").split(" ")
     if len(infos) != len(names):
         infos = ["none"] * len(names)
+    num_class = _num_class(header["num_class"], path)
     _verify_in_child(path, len(names))
     cat_index = _categorical_indices(data, infos)
     pandas_cats = _pandas_categorical(data)
@@ -284,7 +301,7 @@ def read_info(model_path: str) -> ModelInfo:
         path=model_path,
         version=hashlib.sha256(data).hexdigest()[:16],
         objective=header["objective"],
-        num_class=int(header["num_class"]),
+        num_class=num_class,
         num_trees=num_trees,
         features=tuple(features),
         booster_file=path,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import sys
 import tomllib
 import typing
 from collections.abc import Mapping, Sequence
@@ -430,10 +431,31 @@ def fingerprint(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+MAX_INT = sys.maxsize
+"""The largest whole number a setting takes (Python's index size: a count beyond it cannot be
+used, only mistyped)."""
+MAX_THREADS = 1024
+"""The most LightGBM threads ``--threads`` asks for.  A fixed cap, not a multiple of this
+machine's cores, because the setting also goes to Dask workers on other machines; it is above
+the hardware threads of the largest servers (a predict gains nothing past them), and far below
+what fails: libgomp cannot start 40,000 threads, and 65,536 crash LightGBM."""
+
+
 def validate(s: Settings, where: Origins | None = None) -> None:
     """Cross-field checks that no single field can make; a message names the value as the
     user gave it (flag, variable, or config key and file: see :class:`Origins`)."""
     at = where or Origins()
+    for section in SECTIONS:
+        values = getattr(s, section)
+        for f in dataclasses.fields(values):
+            value = getattr(values, f.name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > MAX_INT:
+                raise ConfigError(f"{at(section, f.name)} is too large: at most {MAX_INT:,}")
+    if s.score.threads is not None and s.score.threads > MAX_THREADS:
+        raise ConfigError(
+            f"{at('score', 'threads')}: at most {MAX_THREADS:,} LightGBM threads (more threads "
+            "than the machine's cores make a predict no faster, and thousands fail to start)"
+        )
     if s.fetch.concurrency < 1:
         raise ConfigError(f"{at('fetch', 'concurrency')} must be at least 1")
     if s.fetch.retries < 0:
