@@ -31,6 +31,7 @@ from batchscore.chunk import Matrix
 from batchscore.errors import ExitStatus, SourceDownError, UsageError
 from batchscore.model import Member, ModelSet
 from batchscore.pipeline import merge_answers, source_columns
+from batchscore.redact import redact
 from batchscore.report import LatencyHistogram, RunStats
 from batchscore.settings import Settings
 from batchscore.sources import NOT_FOUND, Failure, Fetched, Source, build_sources
@@ -444,7 +445,7 @@ def run_check(settings: Settings, ids_path: str | None, sample_size: int, out: T
         result.add("sample", "no ID list given: one probe request per source")
     asyncio.run(_check_sources(settings, models, sample, result, total, given))
     for line in result.lines:
-        print(line, file=out)
+        print(redact(line), file=out)  # a source's answer or error may quote its URL
     verdict = {
         ExitStatus.OK: "ok       a real run should work",
         ExitStatus.USAGE: "FAILED   fix the config problem above, then check again",
