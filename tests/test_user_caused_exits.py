@@ -188,3 +188,40 @@ def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(tmp_path: 
     assert proc.returncode == 130, err
     assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, err
     assert err == b"batchscore: interrupted\n" and out == b""
+
+
+# -- a report or metrics file that cannot be written ----------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["missing-folder", "directory-in-the-way"])
+def test_a_report_that_cannot_be_written_is_named_and_exit_74_with_the_scores_kept(
+    tmp_path: Path, run_cli: RunCli, where: str
+) -> None:
+    out, metrics = tmp_path / "out.csv", tmp_path / "run.prom"
+    report = tmp_path / "no-such-folder" / "report.json"
+    if where == "directory-in-the-way":
+        report = tmp_path / "report.json"
+        report.mkdir()
+    args = score_args(out, "--max-failed", "1", "--report", str(report), "--metrics", str(metrics))
+    result = run_cli(*args, cwd=ROOT)
+    assert result.returncode == 74, result.stderr
+    [line] = [x for x in result.stderr.splitlines() if x.startswith("batchscore: error:")]
+    reason = "No such file or directory" if where == "missing-folder" else "Is a directory"
+    assert f"--report file {report}: {reason}" in line and "the output is complete" in line
+    assert len(read_output(out)) == SCORED  # the scores are there
+    # The metrics a monitor reads say how the run ended: 74, not an older run's 0.
+    [exit_line] = [
+        x for x in metrics.read_text().splitlines() if x.startswith("batchscore_exit_code{")
+    ]
+    assert exit_line.endswith(" 74")
+    assert not list(tmp_path.rglob(".*tmp*")), "no temporary file left behind"
+
+
+def test_metrics_that_cannot_be_written_leave_a_failed_run_its_own_status(
+    tmp_path: Path, run_cli: RunCli
+) -> None:
+    metrics = tmp_path / "no-such-folder" / "run.prom"
+    args = score_args(tmp_path / "out.csv", "--min-ids", "1000", "--metrics", str(metrics))
+    result = run_cli(*args, cwd=ROOT)
+    assert result.returncode == 2, result.stderr  # the refusal, not the metrics, is the news
+    assert "--min-ids" in result.stderr
