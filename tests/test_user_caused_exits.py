@@ -89,6 +89,24 @@ def test_stderr_full_during_an_error_keeps_the_errors_exit_status(tmp_path: Path
     assert result.returncode == 2
 
 
+@pytest.mark.parametrize("redirect", [">&-", ">/dev/full"])
+@pytest.mark.parametrize("command", ["model-info", "check", "score"])
+def test_stdout_closed_or_full_is_exit_74_with_one_line(redirect: str, command: str) -> None:
+    if redirect.endswith("/dev/full") and not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    args: list[str | Path] = {
+        "model-info": ["model-info", SAMPLE_DIR / "model.txt"],
+        "check": ["check", "-c", SAMPLE_CONFIG],
+        "score": ["score", IDS, "-c", SAMPLE_CONFIG, "--max-failed", "1"],  # scores to stdout
+    }[command]
+    result = in_shell(redirect, *args)
+    err = result.stderr.decode()
+    assert result.returncode == 74, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    errors = [x for x in err.splitlines() if x.startswith("batchscore: error:")]
+    assert len(errors) == 1 and "cannot write stdout" in errors[0], err
+
+
 # -- numbers that cannot be meant ---------------------------------------------------------------
 
 

@@ -7,7 +7,8 @@ file), in the direction that keeps what a closed stream means: stdin open for wr
 that reading IDs from it fails (and says stdin is closed), stdout for reading only, so that
 scores written to it fail (exit 74) instead of vanishing, stderr for writing, so messages go
 nowhere.  And stderr never raises: a message that cannot be written (``2>/dev/full``, a closed
-pipe) is dropped, so the exit status is the run's, not the message's.
+pipe) is dropped, so the exit status is the run's, not the message's; text that cannot be
+written to stdout is exit 74 (141 for a closed pipe), never a traceback at exit.
 """
 
 from __future__ import annotations
@@ -32,56 +33,79 @@ def reopen_closed_stdio() -> None:
                 os.close(opened)
     if sys.stdin is None:
         sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115 - the process's own
-    if sys.stdout is None:
-        sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115 - likewise
 
 
-class QuietStderr(io.TextIOBase):
-    """Text written straight to descriptor 2 (unbuffered, as stderr should be), where a write
-    that fails (a full disk, a closed pipe, a closed descriptor) is dropped instead of raising:
-    a message is never worth a crash or a different exit status."""
+class _Direct(io.TextIOBase):
+    """Text written straight to a descriptor, unbuffered (nothing is left to fail at exit);
+    what a failed write means is the subclass's :meth:`failed`."""
 
-    def __init__(self, fd: int = 2, encoding: str = "utf-8") -> None:
+    def __init__(self, fd: int, encoding: str = "utf-8") -> None:
         super().__init__()
         self._fd = fd
         self._encoding = encoding
 
     @property
     def encoding(self) -> str:  # type: ignore[override]  # read-only, as on every text stream
-        """The encoding of the text written (the one Python chose for stderr)."""
+        """The encoding of the text written (the one Python chose for the stream)."""
         return self._encoding
 
     def writable(self) -> bool:
-        """Always: a write that fails is dropped."""
+        """Always: :meth:`failed` says what a failed write means."""
         return True
 
     def write(self, text: str) -> int:
-        """Write ``text`` whole, or drop the rest of it at the first error."""
+        """Write ``text`` whole, or stop at the first error and call :meth:`failed`."""
         data = text.encode(self._encoding, "backslashreplace")
         try:
             while data:
                 data = data[os.write(self._fd, data) :]
-        except OSError:
-            pass
+        except OSError as exc:
+            self.failed(exc)
         return len(text)
 
+    def failed(self, exc: OSError) -> None:
+        """A write failed."""
+        raise exc
+
     def fileno(self) -> int:
-        """Descriptor 2 (a terminal check, a progress bar's width)."""
+        """The descriptor (a terminal check, a progress bar's width)."""
         return self._fd
 
     def isatty(self) -> bool:
-        """Whether stderr is a terminal."""
+        """Whether the descriptor is a terminal."""
         try:
             return os.isatty(self._fd)
         except OSError:
             return False
 
 
+class QuietStderr(_Direct):
+    """stderr, where a write that fails (a full disk, a closed pipe or descriptor) is dropped
+    instead of raising: a message is never worth a crash or a different exit status."""
+
+    def failed(self, exc: OSError) -> None:
+        """Drop the rest of the message."""
+
+
+class CheckedStdout(_Direct):
+    """stdout of the text commands (``check``, ``model-info``, help): a write that fails is
+    the error of its exit status, 141 for a reader that went away (``| head``), else 74.
+    (``score`` writes its scores to the descriptor itself, with the same statuses.)"""
+
+    def failed(self, exc: OSError) -> None:
+        """Raise the error the command line reports."""
+        from batchscore.errors import OutputWriteError, PipeClosedError
+
+        if isinstance(exc, BrokenPipeError):
+            raise PipeClosedError("stdout was closed by its reader") from None
+        raise OutputWriteError(f"cannot write stdout: {exc.strerror or exc}") from None
+
+
 def main() -> None:
     """Run the command line and exit with its status."""
     reopen_closed_stdio()
-    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
-    sys.stderr = QuietStderr(2, encoding)
+    sys.stderr = QuietStderr(2, getattr(sys.stderr, "encoding", None) or "utf-8")
+    sys.stdout = CheckedStdout(1, getattr(sys.stdout, "encoding", None) or "utf-8")
     try:
         from batchscore.app import run_cli
     except KeyboardInterrupt:  # Ctrl-C while the command's modules load: no traceback
