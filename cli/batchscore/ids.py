@@ -148,18 +148,14 @@ MAX_RECORD_LINES = 1000
 after this many lines is taken for a quote that was never closed."""
 
 
-class _RecordTooLong(Exception):
-    """A CSV record grew past :data:`MAX_RECORD_LINES` lines (raised through ``csv.reader``)."""
-
-
 class _CsvLines:
-    """The decoded lines a ``csv.reader`` reads, numbered, with the lines of the record being
+    """The decoded lines ``csv.reader`` reads, numbered, with the lines of the record being
     read held back (at most :data:`MAX_RECORD_LINES`), so that a record that cannot be read
     gives back the lines after its first to be read again: no line silently vanishes into a
     quote that was never closed.
 
-    An iterator class, not a generator: an exception raised through the reader (a record too
-    long) must leave it usable for the reader made next.
+    Each reader gets a :meth:`feed` of its own (a reader that met an unreadable record is
+    dropped, with its state); the feeds share the input and the lines given back.
     """
 
     def __init__(self, stream: Iterable[bytes], start: int, problems: list[InputProblem]) -> None:
@@ -167,44 +163,41 @@ class _CsvLines:
         self._problems = problems
         self._again: list[tuple[int, str]] = []  # lines to read again, the next one last
         self.record: list[tuple[int, str]] = []  # the lines of the record being read
-        self.ended = False  # the input ran out while a record was being read
+        self.ended = False  # the input ran out (a record still open then was never closed)
+        self.too_long = False  # the record being read reached MAX_RECORD_LINES lines
 
-    def __iter__(self) -> _CsvLines:
-        return self
-
-    def __next__(self) -> str:
-        if len(self.record) >= MAX_RECORD_LINES:
-            raise _RecordTooLong
-        if self._again:
-            number, text = self._again.pop()
-        else:
-            for number, raw in self._lines:
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    self._problems.append(InputProblem(number, None, "invalid_utf8"))
-                    continue
-                break
-            else:
-                self.ended = True
-                raise StopIteration
-        self.record.append((number, text))
-        return text
-
-    @property
-    def first(self) -> int:
-        """The line where the record just read (or being read) starts."""
-        return self.record[0][0] if self.record else 0
+    def feed(self) -> Iterator[str]:
+        """The lines for one reader: those given back first, then the input's.  It ends early
+        (the reader sees the end of its input) when a record reaches its last line allowed."""
+        record, again = self.record, self._again
+        while again:
+            if len(record) >= MAX_RECORD_LINES:
+                self.too_long = True
+                return
+            line = again.pop()
+            record.append(line)
+            yield line[1]
+        for number, raw in self._lines:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self._problems.append(InputProblem(number, None, "invalid_utf8"))
+                continue
+            if len(record) >= MAX_RECORD_LINES:
+                again.append((number, text))
+                self.too_long = True
+                return
+            record.append((number, text))
+            yield text
+        self.ended = True
 
     def well_formed(self) -> bool:
-        """Whether the record just read is one strict CSV record, if it spans lines.
+        """Whether the record just read, which spans lines, is one strict CSV record.
 
         Records on one line are read leniently (``"5" screen"`` is ``5 screen"``), but a stray
-        quote that joined lines (``C1,"5 inch`` and, lines later, ``C9,"x"``) is how IDs vanish
-        into a note: a record that spans lines must be well formed, its quotes paired.
+        quote that joined lines (``C1,"5 inch`` and, lines later, ``C9,"x" y``) is how IDs
+        vanish into a note: a record that spans lines must be well formed, its quotes paired.
         """
-        if len(self.record) < 2:
-            return True
         try:
             for _ in csv.reader([text for _, text in self.record], strict=True):
                 pass
@@ -212,17 +205,13 @@ class _CsvLines:
             return False
         return True
 
-    def next_record(self) -> None:
-        """The record just read is done with: forget its lines."""
-        self.record.clear()
-
     def read_again(self) -> int:
         """Give back the lines of the record being read but its first, to be read again as
-        records of their own; return the first's number."""
-        first = self.first
+        records of their own (by a new reader: :meth:`feed`); return the first's number."""
+        first = self.record[0][0]
         self._again.extend(reversed(self.record[1:]))
         self.record.clear()
-        self.ended = False
+        self.ended = self.too_long = False
         return first
 
 
@@ -255,28 +244,23 @@ def read_csv(
 
     def new_reader() -> Iterator[list[str]]:
         if tsv:
-            return csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
-        return csv.reader(lines)
+            return csv.reader(lines.feed(), delimiter="\t", quoting=csv.QUOTE_NONE)
+        return csv.reader(lines.feed())
 
     reader = new_reader()
     try:
         header = next(reader, None)
-    except (csv.Error, _RecordTooLong) as exc:
-        detail = (
-            f"a quoted field is still open after {MAX_RECORD_LINES:,} lines"
-            if isinstance(exc, _RecordTooLong)
-            else str(exc)
-        )
+    except csv.Error as exc:
         raise UsageError(
-            f"the input's {name} header cannot be read ({detail}); check the file"
+            f"the input's {name} header cannot be read ({exc}); check the file"
         ) from None
-    if header is None:
-        return iter(())
-    if lines.ended:
+    if header is not None and (lines.ended or lines.too_long):
         raise UsageError(
             f"the input's {name} header opens a quote that is never closed; check the file"
         )
-    lines.next_record()
+    if header is None:
+        return iter(())
+    lines.record.clear()
     header = [h.strip() for h in header]
     missing = [c for c in (id_column, *keep) if c not in header]
     if missing:
@@ -296,22 +280,29 @@ def read_csv(
 
     def rows() -> Iterator[InputItem]:
         nonlocal reader
+        record = lines.record
         while True:
             try:
                 row = next(reader)
-                unreadable = lines.ended or not lines.well_formed()
             except StopIteration:
-                break
-            except (csv.Error, _RecordTooLong):  # a bare CR outside quotes, a NUL, too long
+                if not record:
+                    break
+                unreadable = True  # the input ended inside the record
+            except csv.Error:  # a bare CR outside quotes
                 unreadable = True
-            yield from problems
-            problems.clear()
+            else:  # a record ended by the end of its reader's input is a quote left open
+                unreadable = (
+                    lines.ended or lines.too_long or (len(record) > 1 and not lines.well_formed())
+                )
+            if problems:
+                yield from problems
+                problems.clear()
             if unreadable:
                 yield InputProblem(lines.read_again(), None, "invalid_csv")
                 reader = new_reader()
                 continue
-            number = lines.first
-            lines.next_record()
+            number = record[0][0]
+            record.clear()
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) <= last_index:
