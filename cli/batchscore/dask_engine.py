@@ -591,7 +591,7 @@ class _Driver:
             total=s.total,
             workers=cluster.workers(),
         )
-        view.resumed_from = s.resumed_from
+        view.resumed_from, view.resumed_read = s.resumed_from, s.resumed_read
         return view
 
     def _second_signal_exits(self) -> None:
