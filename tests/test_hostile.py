@@ -119,6 +119,32 @@ def test_a_bare_cr_in_a_csv_line_is_an_input_error_and_the_run_goes_on(
     assert [(e["line"], e["reason"]) for e in errors] == [(3, "invalid_csv")]
 
 
+def test_a_quote_never_closed_in_a_csv_loses_no_line(tmp_path: Path, run_cli: RunCli) -> None:
+    (tmp_path / "ids.csv").write_bytes(
+        b'id,note\nC000858,"5 inch screen\nC004769,x\nC004943,y\nC000858,z\n'
+    )
+    result = run_cli(
+        "score",
+        tmp_path / "ids.csv",
+        "-c",
+        SAMPLE_CONFIG,
+        "-o",
+        tmp_path / "out.csv",
+        "--max-failed",
+        "1",
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "read 4 IDs, scored 3, failed 1" in result.stderr
+    assert [r["id"] for r in read_output(tmp_path / "out.csv")] == [
+        "C004769",
+        "C004943",
+        "C000858",
+    ]
+    errors = read_errors(tmp_path / "out.csv.errors.jsonl")
+    assert [(e["line"], e["reason"]) for e in errors] == [(2, "invalid_csv")]
+
+
 def test_a_window_smaller_than_a_batch_still_finishes(tmp_path: Path, run_cli: RunCli) -> None:
     config = tmp_path / "small.toml"
     config.write_text(SAMPLE_CONFIG.read_text() + "\n[output]\nwindow = 10\n")

@@ -128,6 +128,49 @@ def test_empty_csv_gives_nothing() -> None:
     assert read(b"", "csv") == []
 
 
+def test_csv_quote_never_closed_is_invalid_at_its_line_and_the_lines_it_held_are_read() -> None:
+    data = b'id,note\nC1,"5 inch screen\nC2,x\n\nC3,y\nC4,z'
+    items = read(data, "csv")
+    assert [(i.line, i.reason) for i in items if isinstance(i, InputProblem)] == [
+        (2, "invalid_csv")
+    ]
+    assert [(i.line, i.id) for i in items if isinstance(i, IdRow)] == [
+        (3, "C2"),
+        (5, "C3"),
+        (6, "C4"),
+    ]
+
+
+def test_csv_quote_open_over_too_many_lines_is_invalid_and_every_line_is_read_again() -> None:
+    from batchscore.ids import MAX_RECORD_LINES
+
+    rows = b"".join(b"K%d,x\n" % n for n in range(MAX_RECORD_LINES + 50))
+    data = b'id,note\nA,"open\n' + rows + b'B,"a ""quoted""\nnote"\n'
+    items = read(data, "csv", keep=("note",))
+    assert items[0] == InputProblem(2, None, "invalid_csv")
+    assert [i.id for i in items[1:-1]] == [f"K{n}" for n in range(MAX_RECORD_LINES + 50)]
+    assert [i.line for i in items[1:-1]] == list(range(3, MAX_RECORD_LINES + 53))
+    assert items[-1] == IdRow(MAX_RECORD_LINES + 53, "B", ('a "quoted"\nnote',))
+
+
+def test_csv_stray_quote_closing_a_quote_lines_later_swallows_no_line() -> None:
+    # Line 2 opens a quote; line 4's first quote closes it, and text follows: not one record.
+    data = b'id,note\nA,"5 inch\nB,x\nC,"ok" fine\nD,"two\nlines"\n'
+    items = read(data, "csv", keep=("note",))
+    assert [(i.line, getattr(i, "reason", i.id)) for i in items] == [
+        (2, "invalid_csv"),
+        (3, "B"),
+        (4, "C"),
+        (5, "D"),
+    ]
+    assert items[2].keep == ("ok fine",) and items[3].keep == ("two\nlines",)  # type: ignore[union-attr]
+
+
+def test_csv_header_opening_a_quote_never_closed_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="never closed"):
+        read(b'id,"note\nA,1\nB,2\n', "csv")
+
+
 # -- JSON lines -----------------------------------------------------------------------------------
 
 
@@ -143,6 +186,14 @@ def test_jsonl_takes_the_id_field_as_a_string_and_carries_keep_fields() -> None:
         IdRow(1, "007", ("x", 1.5)),  # JSON values as parsed: a JSON-lines output keeps types
         IdRow(3, "42", (None, None)),
         IdRow(4, "C3", ("y", [1, 2])),
+    ]
+
+
+def test_jsonl_numbers_beyond_the_double_range_are_null_and_the_line_is_kept() -> None:
+    data = b'{"id": "A", "x": 1e400}\n{"id": "B", "x": [-1e400, NaN, -Infinity]}\n'
+    assert read(data, "jsonl", keep=("x",)) == [
+        IdRow(1, "A", (None,)),
+        IdRow(2, "B", ([None, None, None],)),
     ]
 
 

@@ -40,7 +40,9 @@ from conftest import (
     clean_environ,
     feature_names,
     read_output,
+    sqlite_source,
     write_config,
+    write_feature_db,
 )
 
 INPUT_CONFIG = ROOT / "configs" / "input.toml"
@@ -259,6 +261,65 @@ def test_numbers_as_text_as_json_numbers_and_as_json_strings_are_the_same_double
         assert run.status == 0, run.stderr
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1] == outputs[2]
+
+
+# Numbers that are no finite double, as each format writes them (JSON: the bare tokens).
+NOT_FINITE_TEXT = ["1e400", "-1e400", "inf", "-Infinity", "NaN", "1" + "0" * 400]
+NOT_FINITE_JSON = ["1e400", "-1e400", "Infinity", "-Infinity", "NaN", "1" + "0" * 400]
+
+
+@pytest.mark.parametrize("path", ["csv", "tsv", "jsonl", "sqlite"])
+def test_a_number_that_is_no_finite_double_is_missing_in_every_input_format_and_store(
+    tmp_path: Path,
+    trained_models: dict[str, TrainedModel],
+    score_in_process: ScoreInProcess,
+    path: str,
+) -> None:
+    """One rule: ``1e400`` (or ``inf``, ``NaN``) in a CSV or TSV cell, in a JSON-lines line or
+    in a SQLite REAL column is a missing value: the row is scored, as if the cell were empty.
+    (HTTP and Feast answers: test_server_answers.py.)"""
+    model = trained_models["binary"]
+    names = feature_names(model.features.shape[1])
+    n = 24
+    ids, rows = list(model.ids[:n]), model.features[:n].copy()
+    j = int(np.argmax(model.booster.feature_importance("split")))
+    rows[:, j] = 0.5
+    missing = rows.copy()
+    missing[:, j] = math.nan
+    expected = model.booster.predict(missing)
+    infinite = rows.copy()
+    infinite[:, j] = math.inf
+    assert (model.booster.predict(infinite) != expected).any(), "inf would score otherwise"
+
+    config = input_config(tmp_path / "c.toml", model.model_path)
+    data = tmp_path / f"rows.{path}"
+    if path in ("csv", "tsv"):
+        texts = [[cell(v) for v in row] for row in rows]
+        for i, row in enumerate(texts):
+            row[j] = NOT_FINITE_TEXT[i % len(NOT_FINITE_TEXT)]
+        write_rows(data, path, ids, texts, names)
+    elif path == "jsonl":
+        lines = []
+        for i, (ident, row) in enumerate(zip(ids, rows, strict=True)):
+            record = {"id": ident, **{name: float(v) for name, v in zip(names, row, strict=True)}}
+            record[names[j]] = "@"
+            lines.append(json.dumps(record).replace('"@"', NOT_FINITE_JSON[i % 6]))
+        data.write_text("\n".join(lines) + "\n")
+    else:
+        store = rows.copy()
+        store[:, j] = math.inf  # a REAL column holds infinities
+        store[1::2, j] = -math.inf
+        db = write_feature_db(tmp_path / "inf.db", store, ids)
+        config = write_config(
+            tmp_path / "s.toml", model=model.model_path, sources=[sqlite_source(db)]
+        )
+        data.write_text("\n".join(ids) + "\n")
+    out = tmp_path / "scores.csv"
+    run = score_in_process(config=config, ids=str(data), output=str(out))
+    assert run.status == 0, run.stderr
+    scored, scores = scores_of(out, ["score"])
+    assert scored == ids
+    assert (bits(scores[:, 0]) == bits(expected)).all()
 
 
 def test_the_sample_csv_scores_as_the_store_does_categoricals_given_as_text(

@@ -3,14 +3,18 @@ summary's list of the first failed IDs."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from batchscore.report import RunStats, summary_lines, write_metrics
 from batchscore.sinks.errorlog import ErrorRecord
+from conftest import ROOT, SAMPLE_CONFIG, ScoreInProcess
 
 # name{labels} value: the text exposition format's sample line (no timestamps are written).
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?P<labels>\{.*\})? (?P<value>\S+)$")
@@ -97,3 +101,24 @@ def test_when_every_failure_is_listed_the_title_does_not_say_first() -> None:
     stats = RunStats(read=1)
     stats.add_failures([ErrorRecord("C1", 1, "fetch", "features", "not_found")])
     assert summary_lines(stats)[2:4] == ["failed IDs:", "  line 1  C1  not_found (features)"]
+
+
+def test_the_rate_counts_the_lines_a_dedupe_run_went_through_not_the_ids_it_scored(
+    tmp_path: Path, score_in_process: ScoreInProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18: 1M lines of one ID with --dedupe said "(1 IDs/s)"."""
+    monkeypatch.chdir(ROOT)  # the sample config's paths are relative to the repository
+    lines = 20_000
+    ids = tmp_path / "ids.txt"
+    ids.write_text("C000858\n" * lines)
+    report = tmp_path / "report.json"
+    run = score_in_process(
+        config=SAMPLE_CONFIG, ids=str(ids), dedupe=True, report=str(report), output="-"
+    )
+    assert run.status == 0, run.stderr
+    body = json.loads(report.read_text())
+    assert (body["scored"], body["ids_skipped"]) == (1, lines - 1)
+    went_through = body["ids_per_second"] * body["elapsed_seconds"]
+    assert went_through == pytest.approx(lines, rel=0.05)
+    shown = re.search(r"\(([\d,]+) IDs/s\)", run.stderr)
+    assert shown is not None and int(shown.group(1).replace(",", "")) > 1

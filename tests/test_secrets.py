@@ -181,3 +181,41 @@ def test_an_unreachable_source_with_secrets_in_its_url(
     assert "looks down" in stderr and "connect_error" in stderr
     assert "Traceback" in stderr
     assert_no_secret_anywhere(tmp_path, stdout, stderr)
+
+
+@pytest.mark.parametrize(
+    ("placement", "shown"),
+    [
+        (
+            "headers-as-a-list",
+            "headers must be a table of strings, not ['Authorization: Bearer ***']",
+        ),
+        ("timeout-as-text", "timeout must be a number, not '***'"),
+        ("retries-as-text", "retries must be a whole number, not '***'"),
+    ],
+)
+def test_a_token_under_a_key_of_the_wrong_type_is_masked_in_score_and_check(
+    run_cli: RunCli, tmp_path: Path, model: TrainedModel, placement: str, shown: str
+) -> None:
+    """Whatever key a ${VAR} value sits under, and whatever its type, a message about it
+    shows *** (issue 18: a headers list printed the token in its type error)."""
+    source: dict[str, Any] = {
+        "name": "profile",
+        "kind": "http",
+        "url": "http://127.0.0.1:9/features/{id}",
+    }
+    fetch: dict[str, Any] = {}
+    if placement == "headers-as-a-list":
+        source["headers"] = ["Authorization: Bearer ${BEARER}"]
+    elif placement == "timeout-as-text":
+        source["timeout"] = "${BEARER}"
+    else:
+        fetch["retries"] = "${BEARER}"
+    env = {"BEARER": BEARER}
+    status, stdout, stderr = score(run_cli, tmp_path, model, [source], env, ["a"], **fetch)
+    assert status == 2, stderr
+    assert shown in stderr
+    checked = run_cli("check", "ids.txt", "-c", "config.toml", "--debug", env=env)
+    assert checked.returncode == 2, checked.stderr
+    assert shown in checked.stderr
+    assert_no_secret_anywhere(tmp_path, stdout, stderr, checked.stdout, checked.stderr)

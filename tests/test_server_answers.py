@@ -292,6 +292,39 @@ def test_a_wrong_typed_value_is_missing_for_its_feature_only(
         assert [r["score"] for r in rows] == [expected] * len(JOB_IDS), kind
 
 
+def test_a_number_that_is_no_finite_double_is_missing_as_in_an_input_cell(
+    job: Job, score_in_process: ScoreInProcess
+) -> None:
+    """The one rule of every path (test_input_source.py has the input formats and SQLite): a
+    number beyond the double range, an infinity or NaN in an answer is missing, the row scored."""
+    model = job.model
+    row = model.features[0].copy()
+    row[np.isnan(row)] = 0.5
+    j = int(np.argmax(model.booster.feature_importance("split")))
+    sent = {f"f{k}": float(value) for k, value in enumerate(row)}
+    row[j] = math.nan
+    expected = float(model.booster.predict(row.reshape(1, -1))[0])
+    n = 3
+    for token in (b"1e400", b"-1e400", b"Infinity", b"NaN", b"1" + b"0" * 400):
+        sent[f"f{j}"] = "@"  # type: ignore[assignment]
+        bodies = {
+            "per_id": json.dumps({"features": sent}),
+            "batch": json.dumps({"results": [{"id": i, "features": sent} for i in "abc"]}),
+            "feast": json.dumps(
+                {
+                    "metadata": {"feature_names": ["id", *sent]},
+                    "results": [{"values": list("abc"), "statuses": ["PRESENT"] * n}]
+                    + [{"values": [v] * n, "statuses": ["PRESENT"] * n} for v in sent.values()],
+                }
+            ),
+        }
+        for kind, text in bodies.items():
+            body = text.encode().replace(b'"@"', token)
+            status, rows, errors = job.run(score_in_process, kind, body)
+            assert (status, errors) == (0, []), (kind, token)
+            assert [r["score"] for r in rows] == [expected] * len(JOB_IDS), (kind, token)
+
+
 def test_a_malformed_answer_fails_its_ids_with_the_reason_and_the_run_goes_on(
     job: Job, score_in_process: ScoreInProcess
 ) -> None:

@@ -31,6 +31,7 @@ from batchscore.chunk import Matrix
 from batchscore.errors import ExitStatus, SourceDownError, UsageError
 from batchscore.model import Member, ModelSet
 from batchscore.pipeline import merge_answers, source_columns
+from batchscore.redact import redact
 from batchscore.report import LatencyHistogram, RunStats
 from batchscore.settings import Settings
 from batchscore.sources import NOT_FOUND, Failure, Fetched, Source, build_sources
@@ -39,6 +40,7 @@ from batchscore.sources.input import InputSource, input_values
 from batchscore.sources.limits import Limits
 
 PROBE_ID = "0"
+MAX_SAMPLE = 100_000  # IDs a check fetches at most: they are held in memory, several times over
 MOSTLY_MISSING = 0.5  # share of sample rows above which a feature is "mostly missing"
 SHOWN = 8  # feature names listed per line before "and N more"
 
@@ -404,8 +406,11 @@ def _input_source(settings: Settings) -> InputSource | None:
 
 def run_check(settings: Settings, ids_path: str | None, sample_size: int, out: TextIO) -> int:
     """Check everything a run needs; print the findings to ``out``; return the exit status."""
-    if sample_size < 1:
-        raise UsageError("--sample must be at least 1")
+    if not 1 <= sample_size <= MAX_SAMPLE:
+        raise UsageError(
+            f"--sample must be between 1 and {MAX_SAMPLE:,} (the sample is held in memory; "
+            "a whole list is for batchscore score)"
+        )
     result = CheckResult()
     from batchscore.job import load_models
 
@@ -440,7 +445,7 @@ def run_check(settings: Settings, ids_path: str | None, sample_size: int, out: T
         result.add("sample", "no ID list given: one probe request per source")
     asyncio.run(_check_sources(settings, models, sample, result, total, given))
     for line in result.lines:
-        print(line, file=out)
+        print(redact(line), file=out)  # a source's answer or error may quote its URL
     verdict = {
         ExitStatus.OK: "ok       a real run should work",
         ExitStatus.USAGE: "FAILED   fix the config problem above, then check again",

@@ -37,8 +37,11 @@ def check_keys(table: Mapping[str, Any], valid: Iterable[str], where: str) -> No
             raise ConfigError(f"unknown key '{key}' in {where}{suggest(key, valid)}")
 
 
-def expand_env(value: Any, where: str, environ: Mapping[str, str]) -> Any:
-    """Replace ``${NAME}`` in every string of ``value`` (recursively) from ``environ``."""
+def expand_env(
+    value: Any, where: str, environ: Mapping[str, str], expanded: set[str] | None = None
+) -> Any:
+    """Replace ``${NAME}`` in every string of ``value`` (recursively) from ``environ``; add
+    each value a reference expanded to to ``expanded``."""
     if isinstance(value, str):
 
         def repl(match: re.Match[str]) -> str:
@@ -48,13 +51,15 @@ def expand_env(value: Any, where: str, environ: Mapping[str, str]) -> Any:
                     f"{where} uses ${{{name}}} but the environment variable {name} is not set; "
                     f"export it or remove the reference"
                 )
+            if expanded is not None:
+                expanded.add(environ[name])
             return environ[name]
 
         return _VAR.sub(repl, value)
     if isinstance(value, dict):
-        return {k: expand_env(v, f"{where}.{k}", environ) for k, v in value.items()}
+        return {k: expand_env(v, f"{where}.{k}", environ, expanded) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, f"{where}[{i}]", environ) for i, v in enumerate(value)]
+        return [expand_env(v, f"{where}[{i}]", environ, expanded) for i, v in enumerate(value)]
     return value
 
 

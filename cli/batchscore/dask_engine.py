@@ -130,7 +130,7 @@ def run_dask_job(settings: Settings, env: Environment) -> Outcome:
     status = _status(error, stats, settings)
     if driver.complete_already is not None:
         p.done = driver.complete_already
-    _finish(p, env, stats, status, earlier=None)
+    status = _finish(p, env, stats, status, earlier=None)
     if error is not None:
         raise error
     return Outcome(status, stats, p.output)
@@ -591,7 +591,7 @@ class _Driver:
             total=s.total,
             workers=cluster.workers(),
         )
-        view.resumed_from = s.resumed_from
+        view.resumed_from, view.resumed_read = s.resumed_from, s.resumed_read
         return view
 
     def _second_signal_exits(self) -> None:

@@ -14,8 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
-import orjson
-
+from batchscore import jsontext
 from batchscore.errors import UsageError
 
 MAX_ID_LENGTH = 1024
@@ -86,14 +85,22 @@ def _physical_lines(stream: Iterable[bytes], start: int = 1) -> Iterator[tuple[i
     A UTF-16 input (Excel's "Unicode text") is refused at its first line: its ASCII IDs are
     valid UTF-8 with a NUL between characters, so no line would fail, and none would be found.
     ``start`` > 1: the stream is a later part of a file (a partition), which has no first line.
+    A read that fails (a disk error, a descriptor that cannot be read) is a UsageError naming
+    the line it was after.
     """
-    for number, raw in enumerate(stream, start=start):
-        if number == 1 and raw.startswith(_UTF16_BOMS):
-            raise UsageError(
-                "the input is UTF-16 (it starts with a UTF-16 byte order mark); convert it to "
-                "UTF-8 first, e.g. iconv -f UTF-16 -t UTF-8"
-            )
-        yield number, (raw[3:] if number == 1 and raw.startswith(_BOM) else raw)
+    number = start - 1
+    try:
+        for number, raw in enumerate(stream, start=start):
+            if number == 1 and raw.startswith(_UTF16_BOMS):
+                raise UsageError(
+                    "the input is UTF-16 (it starts with a UTF-16 byte order mark); convert it "
+                    "to UTF-8 first, e.g. iconv -f UTF-16 -t UTF-8"
+                )
+            yield number, (raw[3:] if number == 1 and raw.startswith(_BOM) else raw)
+    except OSError as exc:
+        raise UsageError(
+            f"the input cannot be read after line {number:,}: {exc.strerror or exc}"
+        ) from None
 
 
 def read_text(
@@ -136,6 +143,78 @@ def _text_items(stream: Iterable[bytes], header: bool, start: int = 1) -> Iterat
         yield _check_id(number, value) or IdRow(number, value)
 
 
+MAX_RECORD_LINES = 1000
+"""Physical lines one CSV record may span (a quoted field may hold newlines); a quote still open
+after this many lines is taken for a quote that was never closed."""
+
+
+class _CsvLines:
+    """The decoded lines ``csv.reader`` reads, numbered, with the lines of the record being
+    read held back (at most :data:`MAX_RECORD_LINES`), so that a record that cannot be read
+    gives back the lines after its first to be read again: no line silently vanishes into a
+    quote that was never closed.
+
+    Each reader gets a :meth:`feed` of its own (a reader that met an unreadable record is
+    dropped, with its state); the feeds share the input and the lines given back.
+    """
+
+    def __init__(self, stream: Iterable[bytes], start: int, problems: list[InputProblem]) -> None:
+        self._lines = _physical_lines(stream, start)
+        self._problems = problems
+        self._again: list[tuple[int, str]] = []  # lines to read again, the next one last
+        self.record: list[tuple[int, str]] = []  # the lines of the record being read
+        self.ended = False  # the input ran out (a record still open then was never closed)
+        self.too_long = False  # the record being read reached MAX_RECORD_LINES lines
+
+    def feed(self) -> Iterator[str]:
+        """The lines for one reader: those given back first, then the input's.  It ends early
+        (the reader sees the end of its input) when a record reaches its last line allowed."""
+        record, again = self.record, self._again
+        while again:
+            if len(record) >= MAX_RECORD_LINES:
+                self.too_long = True
+                return
+            line = again.pop()
+            record.append(line)
+            yield line[1]
+        for number, raw in self._lines:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                self._problems.append(InputProblem(number, None, "invalid_utf8"))
+                continue
+            if len(record) >= MAX_RECORD_LINES:
+                again.append((number, text))
+                self.too_long = True
+                return
+            record.append((number, text))
+            yield text
+        self.ended = True
+
+    def well_formed(self) -> bool:
+        """Whether the record just read, which spans lines, is one strict CSV record.
+
+        Records on one line are read leniently (``"5" screen"`` is ``5 screen"``), but a stray
+        quote that joined lines (``C1,"5 inch`` and, lines later, ``C9,"x" y``) is how IDs
+        vanish into a note: a record that spans lines must be well formed, its quotes paired.
+        """
+        try:
+            for _ in csv.reader([text for _, text in self.record], strict=True):
+                pass
+        except csv.Error:
+            return False
+        return True
+
+    def read_again(self) -> int:
+        """Give back the lines of the record being read but its first, to be read again as
+        records of their own (by a new reader: :meth:`feed`); return the first's number."""
+        first = self.record[0][0]
+        self._again.extend(reversed(self.record[1:]))
+        self.record.clear()
+        self.ended = self.too_long = False
+        return first
+
+
 def read_csv(
     stream: Iterable[bytes],
     id_column: str,
@@ -152,36 +231,36 @@ def read_csv(
     The header is read and checked at once (a missing column is a usage error before any
     output is written); the rows are then read lazily.  TSV is split on tabs and nothing
     else: a quote is data, as ``cut -f`` and PostgreSQL's ``COPY`` see it.
+
+    A quoted field may hold newlines, as CSV allows, over at most :data:`MAX_RECORD_LINES`
+    lines.  A record that cannot be read (a quote still open at the end of the input or after
+    that many lines, a record over several lines whose quotes do not pair, a bare CR) is an
+    ``invalid_csv`` problem at the line where it starts, and the lines after that one are read
+    again as records of their own.
     """
     name = "TSV" if tsv else "CSV"
     problems: list[InputProblem] = []
-    first_line: list[int | None] = [None]  # where the record being read starts (it may span lines)
+    lines = _CsvLines(stream, start, problems)
 
-    def decoded() -> Iterator[str]:
-        for number, raw in _physical_lines(stream, start):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                problems.append(InputProblem(number, None, "invalid_utf8"))
-                continue
-            if first_line[0] is None:
-                first_line[0] = number
-            yield text
+    def new_reader() -> Iterator[list[str]]:
+        if tsv:
+            return csv.reader(lines.feed(), delimiter="\t", quoting=csv.QUOTE_NONE)
+        return csv.reader(lines.feed())
 
-    reader = (
-        csv.reader(decoded(), delimiter="\t", quoting=csv.QUOTE_NONE)
-        if tsv
-        else csv.reader(decoded())
-    )
+    reader = new_reader()
     try:
         header = next(reader, None)
     except csv.Error as exc:
         raise UsageError(
             f"the input's {name} header cannot be read ({exc}); check the file"
         ) from None
+    if header is not None and (lines.ended or lines.too_long):
+        raise UsageError(
+            f"the input's {name} header opens a quote that is never closed; check the file"
+        )
     if header is None:
         return iter(())
-    first_line[0] = None
+    lines.record.clear()
     header = [h.strip() for h in header]
     missing = [c for c in (id_column, *keep) if c not in header]
     if missing:
@@ -200,20 +279,30 @@ def read_csv(
     last_index = max((id_index, *keep_index, *value_index))  # a shorter row is short
 
     def rows() -> Iterator[InputItem]:
+        nonlocal reader
+        record = lines.record
         while True:
             try:
                 row = next(reader)
             except StopIteration:
-                break
-            except csv.Error:  # a bare CR outside quotes, a NUL: this record is unreadable
+                if not record:
+                    break
+                unreadable = True  # the input ended inside the record
+            except csv.Error:  # a bare CR outside quotes
+                unreadable = True
+            else:  # a record ended by the end of its reader's input is a quote left open
+                unreadable = (
+                    lines.ended or lines.too_long or (len(record) > 1 and not lines.well_formed())
+                )
+            if problems:
                 yield from problems
                 problems.clear()
-                number, first_line[0] = first_line[0] or 0, None
-                yield InputProblem(number, None, "invalid_csv")
+            if unreadable:
+                yield InputProblem(lines.read_again(), None, "invalid_csv")
+                reader = new_reader()
                 continue
-            yield from problems
-            problems.clear()
-            number, first_line[0] = first_line[0] or 0, None
+            number = record[0][0]
+            record.clear()
             if not row or all(not c.strip() for c in row):
                 continue
             if len(row) <= last_index:
@@ -379,8 +468,8 @@ def _jsonl_items(
             yield InputProblem(number, None, "invalid_utf8"), ()
             continue
         try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError:
+            obj = jsontext.loads(raw)
+        except ValueError:
             yield InputProblem(number, None, "invalid_json"), ()
             continue
         if not isinstance(obj, dict):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import fcntl
 import glob
 import itertools
 import logging
@@ -125,6 +126,11 @@ def open_input(
 ) -> BinaryIO:
     """The ID input as a binary stream (stdin for ``-``)."""
     if path == "-":
+        if not _readable(env.stdin):
+            raise UsageError(
+                "the IDs are read from stdin (IDS is - or not given), but stdin is closed; "
+                "pass the ID file as IDS, or pipe the IDs in"
+            )
         return env.stdin
     try:
         return stack.enter_context(open(path, "rb"))
@@ -449,13 +455,12 @@ def run_job(settings: Settings, env: Environment) -> Outcome:
     try:
         p = plan(settings)
     except BatchscoreError as exc:
-        with contextlib.suppress(OSError):  # the refusal is what the user must see
-            _write_outcome_files(settings, stats, exc.exit_status, "", {}, ())
+        # Written if they can be; the refusal is what the user must see.
+        _write_outcome_files(settings, stats, exc.exit_status, "", {}, ())
         raise
     if p.done is not None:  # --resume of a job that completed already: nothing to do
         stats.restore(p.done["counters"])
-        status = _status(None, stats, settings)
-        _finish(p, env, stats, status, earlier=None)
+        status = _finish(p, env, stats, _status(None, stats, settings), earlier=None)
         return Outcome(status, stats, p.output)
     run = _Run(p, env, stats)
     in_path = input_path(settings)
@@ -479,7 +484,7 @@ def run_job(settings: Settings, env: Environment) -> Outcome:
         if run.finished_earlier
         else None
     )
-    _finish(p, env, stats, status, earlier=earlier)
+    status = _finish(p, env, stats, status, earlier=earlier)
     if error is not None:
         raise error
     return Outcome(status, stats, p.output)
@@ -500,8 +505,9 @@ def _status(error: BaseException | None, stats: RunStats, settings: Settings) ->
 
 def _finish(
     p: _Plan, env: Environment, stats: RunStats, status: ExitStatus, *, earlier: str | None
-) -> None:
-    """The summary on stderr, the report and the metrics.  ``earlier``: this run found the work
+) -> ExitStatus:
+    """The summary on stderr, the report and the metrics; the run's exit status (74 when a
+    finished run's report or metrics cannot be written).  ``earlier``: this run found the work
     done by an earlier one (said first)."""
     settings = p.settings
     finished_earlier = earlier is not None
@@ -554,21 +560,18 @@ def _finish(
             )
     identity = {**_model_identity(p.models), "config_fingerprint": settings.fingerprint}
     unfinished = [{"date": day, "state": str(state)} for day, state in p.unfinished]
-    try:
-        _write_outcome_files(
-            settings,
-            stats,
-            status,
-            p.run_id,
-            identity,
-            _feature_lists(p.models),
-            {"unfinished_runs": unfinished} if unfinished else {},
-        )
-    except OSError as exc:
-        print(
-            f"batchscore: error: cannot write the report or metrics: {exc.strerror}",
-            file=env.stderr,
-        )
+    notes = {"unfinished_runs": unfinished} if unfinished else {}
+    features = _feature_lists(p.models)
+    failures = _write_outcome_files(settings, stats, status, p.run_id, identity, features, notes)
+    if failures and status in (ExitStatus.OK, ExitStatus.PARTIAL):
+        # The output is complete, but a monitor reading the metrics would see an older run:
+        # that is output that cannot be written.  What could be written says 74 too.
+        status = ExitStatus.CANT_WRITE
+        _write_outcome_files(settings, stats, status, p.run_id, identity, features, notes)
+        failures = [f"{f}; the output is complete, only this file is missing" for f in failures]
+    for failure in failures:
+        print(f"batchscore: error: {failure}", file=env.stderr)
+    return status
 
 
 def _model_identity(models: ModelSet) -> dict[str, Any]:
@@ -606,14 +609,22 @@ def _write_outcome_files(
     identity: dict[str, Any],
     features: Sequence[tuple[str, Sequence[str]]],
     notes: dict[str, Any] | None = None,
-) -> None:
-    """``--report`` (with ``notes``) and ``--metrics``, if asked for."""
-    if settings.output.report:
-        write_report(
-            settings.output.report, stats, features, status, run_id, {**identity, **(notes or {})}
-        )
-    if settings.output.metrics:
-        write_metrics(settings.output.metrics, stats, status, identity)
+) -> list[str]:
+    """``--report`` (with ``notes``) and ``--metrics``, if asked for, each whatever became of
+    the other; a message for each that could not be written, naming it and why."""
+    failures = []
+    report, metrics = settings.output.report, settings.output.metrics
+    if report:
+        try:
+            write_report(report, stats, features, status, run_id, {**identity, **(notes or {})})
+        except OSError as exc:
+            failures.append(f"cannot write the --report file {report}: {exc.strerror or exc}")
+    if metrics:
+        try:
+            write_metrics(metrics, stats, status, identity)
+        except OSError as exc:
+            failures.append(f"cannot write the --metrics file {metrics}: {exc.strerror or exc}")
+    return failures
 
 
 def _identity(p: _Plan) -> dict[str, Any]:
@@ -896,6 +907,16 @@ def _items(
 
 def _ids_of(items: Iterator[idmod.InputItem]) -> Iterator[idmod.IdRow]:
     return (item for item in items if isinstance(item, idmod.IdRow))
+
+
+def _readable(stream: BinaryIO) -> bool:
+    """Whether ``stream`` can be read: False for a descriptor open for writing only, which is
+    what a closed stdin becomes (``batchscore.__main__``)."""
+    try:
+        mode = fcntl.fcntl(stream.fileno(), fcntl.F_GETFL) & os.O_ACCMODE
+    except (AttributeError, ValueError, OSError):  # no descriptor: an in-memory stream
+        return True
+    return mode != os.O_WRONLY
 
 
 def _is_terminal(stream: BinaryIO) -> bool:

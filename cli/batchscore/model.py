@@ -243,6 +243,22 @@ def _parse_header(data: bytes, path: str) -> dict[str, str]:
     return header
 
 
+def _num_class(text: str, path: str) -> int:
+    """The header's ``num_class``: a whole number, at least 1 (LightGBM loads a model that says
+    0 and then predicts no column at all)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ModelError(
+            f"model file {path} says num_class={text.strip()}; a model has at least 1 class "
+            "(1 for binary and regression, K for multiclass): it was edited or damaged, "
+            "export it again"
+        )
+    return value
+
+
 def _categorical_indices(data: bytes, infos: Sequence[str]) -> list[int]:
     match = re.search(rb"\[categorical_feature: ([0-9,]*)\]", data)
     if match and match.group(1):
@@ -260,6 +276,7 @@ def read_info(model_path: str) -> ModelInfo:
     infos = header.get("feature_infos", "").split(" ")
     if len(infos) != len(names):
         infos = ["none"] * len(names)
+    num_class = _num_class(header["num_class"], path)
     _verify_in_child(path, len(names))
     cat_index = _categorical_indices(data, infos)
     pandas_cats = _pandas_categorical(data)
@@ -284,7 +301,7 @@ def read_info(model_path: str) -> ModelInfo:
         path=model_path,
         version=hashlib.sha256(data).hexdigest()[:16],
         objective=header["objective"],
-        num_class=int(header["num_class"]),
+        num_class=num_class,
         num_trees=num_trees,
         features=tuple(features),
         booster_file=path,
@@ -320,10 +337,13 @@ class Encoder:
     One rule per value type, the same in every batch, so that a row's features (and its score)
     never depend on the rows it happens to be batched with:
 
-    - a number is its float value (``bool`` is 0.0 or 1.0; an integer too large for a float
-      is missing);
-    - a string of ASCII float syntax (``"1.5"``, ``"-2e3"``, ``"nan"``) is that number; any
-      other string is missing;
+    - a number is its float value (``bool`` is 0.0 or 1.0);
+    - a string of ASCII float syntax (``"1.5"``, ``"-2e3"``) is that number; any other string
+      is missing;
+    - a value that is no finite number is missing: beyond the double range (``1e400``, an
+      integer too large for a float), infinite (``inf``, ``-Infinity``) or ``nan``, whichever
+      source or input it came from (JSON text reads the first two as null already:
+      :mod:`batchscore.jsontext`);
     - ``None``, bytes, lists, objects: missing (NaN);
     - a categorical feature's value is the code LightGBM gave its category (matching the
       category or its text); anything else, unseen categories included, is missing.
@@ -356,9 +376,12 @@ class Encoder:
                 return np.fromiter(map(_category_code, repeat(codes), values), np.float64, n)
         if set(map(type, values)) <= _PLAIN:
             try:
-                return np.array(values, dtype=np.float64)
+                column = np.array(values, dtype=np.float64)
             except OverflowError:  # an integer beyond float range: per value, below
                 pass
+            else:
+                column[np.isinf(column)] = math.nan
+                return column
         return np.fromiter(map(to_float, values), np.float64, n)
 
     def matrix(self, rows: Sequence[Mapping[str, Any]]) -> Matrix:
@@ -381,15 +404,17 @@ def to_float(value: Any) -> float:
     kind = type(value)
     if kind is float or kind is int or kind is bool:
         try:
-            return float(value)
+            number = float(value)
         except OverflowError:
             return math.nan
-    if kind is str and value.isascii() and "_" not in value:
+    elif kind is str and value.isascii() and "_" not in value:
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             return math.nan
-    return math.nan
+    else:
+        return math.nan
+    return number if math.isfinite(number) else math.nan
 
 
 class Model:

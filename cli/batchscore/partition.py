@@ -48,7 +48,13 @@ from distributed import WorkerPlugin, get_worker
 from batchscore import ids as idmod
 from batchscore.errors import BatchscoreError, ExitStatus
 from batchscore.model import ModelSet, read_info
-from batchscore.redact import RedactingFormatter, format_exception, redact, register_sources
+from batchscore.redact import (
+    RedactingFormatter,
+    format_exception,
+    redact,
+    register_secrets,
+    register_sources,
+)
 from batchscore.report import RunStats
 from batchscore.settings import Settings
 from batchscore.sinks import Columns
@@ -142,6 +148,7 @@ class JobPlugin(WorkerPlugin):
         """Register the run's secrets before anything on this worker can print them; send
         batchscore's log lines through the redacting formatter."""
         register_sources(self.job.settings.sources)
+        register_secrets(self.job.settings.secrets)
         logger = logging.getLogger("batchscore")
         if not any(isinstance(h.formatter, RedactingFormatter) for h in logger.handlers):
             handler = logging.StreamHandler(sys.stderr)

@@ -35,7 +35,9 @@ class NoProgress:
 def _eta(stats: RunStats) -> str:
     if not stats.total or not stats.done:
         return "?"
-    rate = stats.done / max(stats.elapsed(), 1e-9)
+    rate = stats.rate()
+    if rate <= 0:
+        return "?"
     remaining = max(stats.total - stats.done - stats.skipped, 0) / rate
     return f"{remaining:,.0f} s"
 
@@ -55,7 +57,7 @@ class LogProgress:
             return
         self._next = now + self.interval
         total = f"/{stats.total:,}" if stats.total else ""
-        rate = stats.done / max(stats.elapsed(), 1e-9)
+        rate = stats.rate()
         workers = f", {stats.workers} workers" if stats.workers else ""
         print(
             f"batchscore: {stats.done:,}{total} done, {stats.failed_total:,} failed, "
@@ -106,7 +108,7 @@ class BarProgress:
         self._render(stats)
 
     def _render(self, stats: RunStats) -> None:
-        rate = f"{stats.done / max(stats.elapsed(), 1e-9):,.0f}"
+        rate = f"{stats.rate():,.0f}"
         total = stats.total - stats.skipped if stats.total else None
         workers = f"{stats.workers} workers" if stats.workers else ""
         if self._task is None:

@@ -1,12 +1,13 @@
 """Secrets never leak: one registry of secret strings, applied to everything batchscore prints.
 
-Sources register what is secret in their config when they are built (header values, the
-password and user of URL credentials, query-string values, a PostgreSQL DSN's password); from
-then on every log record that reaches the stderr handler, every error message and every
-``--debug`` traceback passes through :func:`redact`.  Redaction works on the final text, so it
-also covers text we do not compose: the per-request ``HTTP Request: GET <url>`` line at
-``--debug`` (the URL with its query tokens), and aiohttp's exception messages and tracebacks,
-which can hold a URL.
+Every value a config's ``${VAR}`` reference expanded to is registered as the config is read,
+whatever key holds it; sources register what is secret in their config when they are built
+(header values, the password and user of URL credentials, query-string values, a PostgreSQL
+DSN's password); from then on every log record that reaches the stderr handler, every error
+message and every ``--debug`` traceback passes through :func:`redact`.  Redaction works on the
+final text, so it also covers text we do not compose: the per-request ``HTTP Request: GET
+<url>`` line at ``--debug`` (the URL with its query tokens), and aiohttp's exception messages
+and tracebacks, which can hold a URL.
 
 Each secret is also redacted in its percent-encoded and ``+``-for-space forms, because that is
 how it appears inside a URL.  Strings shorter than :data:`MIN_SECRET_LENGTH` are not registered:
@@ -148,6 +149,13 @@ def register_sources(tables: Iterable[Mapping[str, object]]) -> None:
         REDACTOR.add_source_config(table)
 
 
+def register_secrets(values: Iterable[str]) -> None:
+    """Register values that are secret whatever they are (what a config's ``${VAR}``
+    references expanded to)."""
+    for value in values:
+        REDACTOR.add(value)
+
+
 class RedactingFormatter(logging.Formatter):
     """A formatter whose every line (message, traceback, stack) has the secrets masked."""
 
@@ -170,5 +178,6 @@ __all__ = [
     "Redactor",
     "format_exception",
     "redact",
+    "register_secrets",
     "register_sources",
 ]

@@ -7,6 +7,7 @@ number of IDs: latencies go into log-spaced histogram buckets (2% wide), not lis
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -86,6 +87,7 @@ class RunStats:
     quality: list[FeatureQuality] = field(default_factory=list)  # per model
     total: int | None = None
     resumed_from: int = 0  # IDs an earlier, stopped run had already committed
+    resumed_read: int = 0  # input rows an earlier, stopped run had already read
     first_failures: list[ErrorRecord] = field(default_factory=list)  # this run's, as written
     workers: int = 0  # Dask workers running the run's partitions (0: this process alone)
 
@@ -102,6 +104,14 @@ class RunStats:
     def elapsed(self) -> float:
         """Seconds since the run started."""
         return time.monotonic() - self.started
+
+    def rate(self, elapsed: float | None = None) -> float:
+        """Input rows this run went through per second (of ``elapsed``, default: so far):
+        scored, failed, or left out by ``--shard`` or ``--dedupe`` (a run that reads a
+        million lines of one ID with ``--dedupe`` scores one ID, but its speed is the million
+        lines)."""
+        seconds = self.elapsed() if elapsed is None else elapsed
+        return (self.read - self.resumed_read) / max(seconds, 1e-9)
 
     def counters(self) -> dict[str, Any]:
         """The counts a resumed run carries on from (kept in the run state)."""
@@ -121,6 +131,7 @@ class RunStats:
         self.failed = Counter({str(k): int(v) for k, v in counters.get("failed", {}).items()})
         self.retries = int(counters.get("retries", 0))
         self.resumed_from = self.done
+        self.resumed_read = self.read
 
     def merge(self, part: RunStats) -> None:
         """Add the counts of a partition's run (another process's stats) to these.
@@ -129,6 +140,7 @@ class RunStats:
         exceed the elapsed time); latency histograms merge bucket by bucket.
         """
         self.read += part.read
+        self.resumed_read += part.resumed_read
         self.skipped += part.skipped
         self.scored += part.scored
         self.failed.update(part.failed)
@@ -200,9 +212,7 @@ def as_dict(stats: RunStats, models: Sequence[tuple[str, Sequence[str]]] = ()) -
         "failed_by_reason": dict(sorted(stats.failed.items())),
         "retries": stats.retries,
         "elapsed_seconds": round(elapsed, 3),
-        "ids_per_second": (
-            round((stats.done - stats.resumed_from) / elapsed, 1) if elapsed > 0 else None
-        ),
+        "ids_per_second": round(stats.rate(elapsed), 1) if elapsed > 0 else None,
         "latency_seconds": latency,
         "source_statuses": {k: dict(v) for k, v in sorted(stats.statuses.items())},
         "busy_seconds": {k: round(v, 3) for k, v in sorted(stats.seconds.items())},
@@ -300,11 +310,16 @@ def write_atomically(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file and a rename (readers never see half)."""
     target = Path(path)
     temp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    with open(temp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, target)
+    try:
+        with open(temp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk, a directory in the way
+            temp.unlink()
+        raise
 
 
 class BusyClock:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import sys
 import tomllib
 import typing
 from collections.abc import Mapping, Sequence
@@ -19,6 +20,7 @@ from typing import Any
 
 from batchscore.configtools import build, check_keys, coerce, expand_env, suggest
 from batchscore.errors import ConfigError
+from batchscore.redact import register_secrets
 
 
 @dataclass(frozen=True)
@@ -202,12 +204,20 @@ class Settings:
     models: tuple[NamedModel, ...] = ()  # the models scored (one, unnamed, from [model] path)
     config_path: str | None = None
     fingerprint: str = ""
+    # What the config's ${VAR} references expanded to: secrets, whatever key holds them.
+    secrets: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
 
-def load_config_file(path: str, environ: Mapping[str, str]) -> tuple[dict[str, Any], str]:
-    """Read a TOML config, expand ``${VAR}`` references; return it and its fingerprint.
+def load_config_file(
+    path: str, environ: Mapping[str, str]
+) -> tuple[dict[str, Any], str, tuple[str, ...]]:
+    """Read a TOML config, expand ``${VAR}`` references; return it, its fingerprint and the
+    values the references expanded to.
 
-    The fingerprint hashes the file before expansion, so secrets never feed into it.
+    The fingerprint hashes the file before expansion, so secrets never feed into it.  Every
+    expanded value is a secret from here on (:mod:`batchscore.redact`), under whatever key and
+    of whatever type: a message about a value of the wrong type (``headers`` written as a
+    list) must not show the token in it either.
     """
     p = Path(path)
     try:
@@ -222,8 +232,11 @@ def load_config_file(path: str, environ: Mapping[str, str]) -> tuple[dict[str, A
         data = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    expanded: dict[str, Any] = expand_env(data, "config", environ)
-    return expanded, fingerprint(data)
+    values: set[str] = set()
+    expanded: dict[str, Any] = expand_env(data, "config", environ, values)
+    secrets = tuple(sorted(values))
+    register_secrets(secrets)
+    return expanded, fingerprint(data), secrets
 
 
 def resolve(
@@ -236,7 +249,7 @@ def resolve(
     ``flags`` holds only the flags the user gave (name -> value, ``None`` meaning not given).
     """
     config_path = config_path or environ.get("BATCHSCORE_CONFIG") or None
-    data, digest = load_config_file(config_path, environ) if config_path else ({}, "")
+    data, digest, secrets = load_config_file(config_path, environ) if config_path else ({}, "", ())
     check_keys(data, [*SECTIONS, "sources", "models"], "the config file")
     flags = dict(flags)
     model_flags = flags.pop("model", None)
@@ -276,6 +289,7 @@ def resolve(
         models=_models(model_flags or [], sections["model"], data.get("models")),
         config_path=config_path,
         fingerprint=digest,
+        secrets=secrets,
     )
     validate(settings, origins)
     if settings.input.from_errors and flags.get("ids") is not None:
@@ -430,10 +444,31 @@ def fingerprint(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+MAX_INT = sys.maxsize
+"""The largest whole number a setting takes (Python's index size: a count beyond it cannot be
+used, only mistyped)."""
+MAX_THREADS = 1024
+"""The most LightGBM threads ``--threads`` asks for.  A fixed cap, not a multiple of this
+machine's cores, because the setting also goes to Dask workers on other machines; it is above
+the hardware threads of the largest servers (a predict gains nothing past them), and far below
+what fails: libgomp cannot start 40,000 threads, and 65,536 crash LightGBM."""
+
+
 def validate(s: Settings, where: Origins | None = None) -> None:
     """Cross-field checks that no single field can make; a message names the value as the
     user gave it (flag, variable, or config key and file: see :class:`Origins`)."""
     at = where or Origins()
+    for section in SECTIONS:
+        values = getattr(s, section)
+        for f in dataclasses.fields(values):
+            value = getattr(values, f.name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > MAX_INT:
+                raise ConfigError(f"{at(section, f.name)} is too large: at most {MAX_INT:,}")
+    if s.score.threads is not None and s.score.threads > MAX_THREADS:
+        raise ConfigError(
+            f"{at('score', 'threads')}: at most {MAX_THREADS:,} LightGBM threads (more threads "
+            "than the machine's cores make a predict no faster, and thousands fail to start)"
+        )
     if s.fetch.concurrency < 1:
         raise ConfigError(f"{at('fetch', 'concurrency')} must be at least 1")
     if s.fetch.retries < 0:

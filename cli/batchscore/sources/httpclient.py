@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
-import math
 import re
 import ssl
 from collections.abc import Callable, Mapping
@@ -37,7 +35,7 @@ from aiohttp.connector import Connection
 from aiohttp.tracing import Trace
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from batchscore import __version__
+from batchscore import __version__, jsontext
 from batchscore.errors import ConfigError, SourceDownError
 from batchscore.report import RunStats
 from batchscore.sources import NOT_FOUND, Failure
@@ -272,50 +270,14 @@ def _basic(user: str, password: str) -> str:
 
 
 def parse_json(content: bytes) -> Any:
-    """A response body as JSON, or :class:`Malformed`.
-
-    orjson reads it (the hot path).  What orjson refuses is read again by the standard library,
-    for two things JSON services do send: numbers beyond the double range (``1e400``) and
-    Python's ``NaN``/``Infinity`` (``json.dumps`` writes them by default).  Both become ``null``,
-    a missing value, instead of failing every ID the answer was for.  Anything else refused
-    (not UTF-8, not JSON, a lone surrogate, nesting too deep) is malformed.
-    """
+    """A response body as JSON, or :class:`Malformed`: read by :func:`batchscore.jsontext.loads`,
+    the rule of every JSON batchscore reads (numbers beyond the double range and
+    ``NaN``/``Infinity`` are ``null``, a missing value, instead of failing every ID the answer
+    was for)."""
     try:
-        return orjson.loads(content)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        body = json.loads(
-            content.decode("utf-8"), parse_float=_finite_or_none, parse_constant=_none
-        )
-        _check_text(body)
-    except (ValueError, RecursionError):  # UnicodeError and JSONDecodeError are ValueErrors
+        return jsontext.loads(content)
+    except ValueError:
         raise Malformed("the body is not JSON") from None
-    return body
-
-
-def _finite_or_none(text: str) -> float | None:
-    value = float(text)
-    return value if math.isfinite(value) else None
-
-
-def _none(_constant: str) -> None:
-    return None
-
-
-def _check_text(body: Any) -> None:
-    """Raise UnicodeEncodeError for a string that is not text (a lone surrogate escape, which
-    orjson refuses and the standard library lets through)."""
-    stack = [body]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, str):
-            value.encode("utf-8")
-        elif isinstance(value, dict):
-            stack.extend(value.keys())
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
 
 
 def dig(body: Any, path: str, what: str) -> Any:
