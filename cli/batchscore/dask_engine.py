@@ -827,8 +827,11 @@ def _read_json(path: Path, missing_ok: bool = False) -> Any:
 
 
 def _is_ours(name: str) -> bool:
-    """Files a cluster run writes in its output folder."""
-    return name.startswith(("part-", ".part-", f"{MERGED}.", f".{MERGED}.")) or name in (
+    """Files a cluster run writes in its output folder (``--overwrite`` removes them all: an
+    old run's ``errors-NNNNN.jsonl`` left beside the new parts would count its failures
+    again)."""
+    prefixes = ("part-", ".part-", "errors-", ".errors-", f"{MERGED}.", f".{MERGED}.")
+    return name.startswith(prefixes) or name in (
         SUCCESS,
         MARKER,
     )
