@@ -35,6 +35,7 @@ import signal
 import socket
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -83,6 +84,7 @@ from batchscore.report import FIRST_FAILURES, RunStats, write_atomically
 from batchscore.settings import Settings
 from batchscore.sinks import EXTENSIONS
 from batchscore.sources import build_sources
+from batchscore.sources.input import input_values
 from batchscore.sources.limits import Limits
 from batchscore.sources.retry import down_message
 from batchscore.state import RunLock, _difference, file_stamp
@@ -272,11 +274,10 @@ class _Driver:
             return
         # The input as a whole (header, first rows, --min-ids) and the sources, as a local run
         # checks them: here, once, before any worker starts.
-        with open(self.input, "rb") as stream:
-            read_input(self.settings, stream)
+        fmt = input_format(self.settings)
+        fields = self._read_input(fmt)
         asyncio.run(self._check_sources())
         self._clean_staged()
-        fmt = input_format(self.settings)
         skip_first = fmt in ("csv", "tsv")
         header_lines = idmod.header_lines(fmt, self.settings.input.header)
         cluster = _Cluster(self.settings)
@@ -310,8 +311,14 @@ class _Driver:
                 ),
             )
             todo = self._skip_complete(parts)
-            header = _header_line(self.input) if skip_first else None
-            self._score(cluster, todo, header, fmt)
+            self._score(
+                cluster,
+                todo,
+                fmt,
+                header=_header_line(self.input) if skip_first else None,
+                header_at=_text_header_at(self.input) if fmt == "text" and header_lines else 0,
+                fields=fields,
+            )
         finally:
             cluster.close()
             if cluster.local:  # its workers are gone: what they were writing is garbage
@@ -380,6 +387,29 @@ class _Driver:
                 "--overwrite to start over"
             )
 
+    def _read_input(self, fmt: str) -> tuple[str, ...] | None:
+        """Read the input as a whole as a local run does (header, first rows, --min-ids, the
+        columns of a source of kind input); the fields that source chose its columns from.
+
+        Every partition is given those fields: a JSON-lines partition's own first line with an
+        ID may have others, and its reader would choose them only once it reached that line.
+        """
+        settings = self.settings
+        limits = Limits(concurrency=1, rate_limit=0, observe=lambda name, seconds: None)
+        sources = build_sources(settings.sources, limits, settings.fetch, RunStats())
+        id_name = idmod.id_key(fmt, settings.input.id_column, settings.input.id_field)
+        choose = input_values(sources, id_name, self.p.models.feature_names)
+        fields: list[tuple[str, ...]] = []
+
+        def recording(header: Sequence[str], what: str) -> Sequence[str]:
+            assert choose is not None
+            fields.append(tuple(header))
+            return choose(header, what)
+
+        with open(self.input, "rb") as stream:
+            read_input(settings, stream, None if choose is None else recording)
+        return fields[0] if fields else None
+
     async def _check_sources(self) -> None:
         limits = Limits(concurrency=1, rate_limit=0, observe=lambda name, seconds: None)
         sources = build_sources(self.settings.sources, limits, self.settings.fetch, RunStats())
@@ -421,7 +451,14 @@ class _Driver:
     # -- the run --------------------------------------------------------------------------------
 
     def _score(
-        self, cluster: _Cluster, todo: list[Partition], header: bytes | None, fmt: str
+        self,
+        cluster: _Cluster,
+        todo: list[Partition],
+        fmt: str,
+        *,
+        header: bytes | None,
+        header_at: int,
+        fields: tuple[str, ...] | None,
     ) -> None:
         settings = self.settings
         p = self.p
@@ -441,6 +478,8 @@ class _Driver:
             gzip=p.gzip,
             ext=self.ext,
             topic=f"batchscore-{p.run_id}",
+            header_at=header_at,
+            input_fields=fields,
         )
         progress = choose(
             self.env.stderr,
@@ -809,6 +848,14 @@ def _header_line(path: str) -> bytes:
     with open(path, "rb") as f:
         line = f.readline()
     return line.removeprefix(b"\xef\xbb\xbf")
+
+
+def _text_header_at(path: str) -> int:
+    """The line of a text input's ``--header``: its first non-blank line (0: none).  With
+    small partitions it may be in any of them, after blank lines."""
+    with open(path, "rb") as f:
+        first = next(idmod.read_text(f, whole=False), None)
+    return 0 if first is None else first.line
 
 
 def _read_json(path: Path, missing_ok: bool = False) -> Any:
