@@ -433,6 +433,68 @@ def test_sigterm_stops_the_driver_cleanly(slow_server: FeatureServer, tmp_path: 
     assert all(name.endswith(".done") for name in left if name != ".batchscore-run.json")
 
 
+def spawned_children(pid: int) -> list[int]:
+    """The processes ``pid`` started through multiprocessing (Dask's worker processes)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and b"multiprocessing.spawn" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+    return found
+
+
+def loaded(pid: int, library: str) -> bool:
+    """Whether process ``pid`` has loaded a shared library whose name holds ``library``."""
+    with contextlib.suppress(OSError):
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    return False
+
+
+@pytest.mark.parametrize("moment", ["spawned", "importing"])
+def test_ctrl_c_while_the_local_cluster_starts_exits_130_quietly(
+    tmp_path: Path, moment: str
+) -> None:
+    """SIGINT to the driver as soon as a worker process exists, or once it is importing Dask
+    (msgpack's extension loaded).  Before, the half-started LocalCluster could not be closed
+    (28 lines of an atexit AssertionError from Dask), or the run ended on a bare summary
+    line."""
+    out = tmp_path / "scores"
+    proc = subprocess.Popen(
+        [
+            *batchscore_command(),
+            "score",
+            str(SAMPLE / "ids_small.txt"),
+            "-c",
+            str(SAMPLE_CONFIG),
+            "-o",
+            str(out),
+            "--engine",
+            "dask",
+        ],
+        cwd=ROOT,
+        env=clean_environ(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: spawned_children(proc.pid), timeout=60)  # a worker is starting
+        workers = spawned_children(proc.pid)
+        if moment == "importing":
+            wait_for(lambda: loaded(workers[0], "_cmsgpack"))
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    stderr = err.decode()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+    assert len(stderr.strip().splitlines()) <= 2, stderr
+    assert "--resume" in stderr.strip().splitlines()[-1]
+    assert not out.exists()  # stopped before anything was written: a clean start again
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
+
+
 @pytest.mark.parametrize(
     "flags",
     [

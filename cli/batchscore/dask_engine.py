@@ -35,7 +35,7 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -280,7 +280,7 @@ class _Driver:
         self._clean_staged()
         skip_first = fmt in ("csv", "tsv")
         header_lines = idmod.header_lines(fmt, self.settings.input.header)
-        cluster = _Cluster(self.settings)
+        cluster = _Cluster(self.settings, handle_signals=self.env.handle_signals)
         try:
             cluster.start()  # before the folder: an unreachable scheduler leaves nothing behind
             self.folder.mkdir(exist_ok=True)
@@ -512,7 +512,8 @@ class _Driver:
                 raise
         except (KeyboardInterrupt, Terminated) as exc:
             sig = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
-            self._second_signal_exits()
+            if self.env.handle_signals:
+                _leave_on_second_signal()
             raise InterruptedRun(sig, self.stats.done) from None
         finally:
             progress.close(self._view(cluster))
@@ -633,18 +634,6 @@ class _Driver:
         view.resumed_from, view.resumed_read = s.resumed_from, s.resumed_read
         return view
 
-    def _second_signal_exits(self) -> None:
-        """While the cluster shuts down, a second Ctrl-C or SIGTERM leaves at once."""
-        if not self.env.handle_signals:
-            return
-
-        def leave(signum: int, frame: object) -> None:
-            os.write(2, b"batchscore: stopped at once; rerun with --resume to continue\n")
-            os._exit(int(ExitStatus.SIGINT if signum == signal.SIGINT else ExitStatus.SIGTERM))
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, leave)
-
     # -- after every part is in place -----------------------------------------------------------
 
     def _merge(self, parts: list[Partition]) -> None:
@@ -726,8 +715,9 @@ class _Driver:
 class _Cluster:
     """The Dask client, and the local cluster it runs on when no ``--scheduler`` is given."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, handle_signals: bool = False) -> None:
         self.settings = settings
+        self.handle_signals = handle_signals  # the command's own: signals may be deferred
         self.client: Any = None
         self._cluster: Any = None
         self._workers = 0
@@ -752,15 +742,25 @@ class _Cluster:
             # One single-threaded worker process per core: a task runs its own event loop and
             # scores on its own thread, so a process per core uses every core without threads
             # of one process fighting over its GIL.
-            self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
-                n_workers=os.cpu_count() or 1,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                # The workers' own lines (a heartbeat cut short as the cluster closes) too.
-                silence_logs=logging.DEBUG if run.debug else logging.CRITICAL,
-            )
-            self.client = Client(self._cluster)  # type: ignore[no-untyped-call]
+            with _signals_deferred(self.handle_signals) as received:
+                try:
+                    self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
+                        n_workers=os.cpu_count() or 1,
+                        threads_per_worker=1,
+                        processes=True,
+                        dashboard_address=None,
+                        # The workers' own lines (a heartbeat cut short as the cluster closes).
+                        silence_logs=logging.DEBUG if run.debug else logging.CRITICAL,
+                    )
+                    self.client = Client(self._cluster)  # type: ignore[no-untyped-call]
+                except Exception:
+                    if not received:
+                        raise
+                    # A Ctrl-C at a terminal reaches the worker processes too: one that died
+                    # of it as it started fails the cluster's start, which the signal explains.
+            if received:  # the caller closes the cluster (whole, or none)
+                _leave_on_second_signal()
+                raise InterruptedRun(received[0], 0)
             return
         _probe_scheduler(address)
         try:
@@ -788,6 +788,42 @@ class _Cluster:
         if self._cluster is not None:
             with contextlib.suppress(Exception):
                 self._cluster.close()
+
+
+@contextlib.contextmanager
+def _signals_deferred(enabled: bool) -> Iterator[list[int]]:
+    """SIGINT and SIGTERM wait while a local cluster starts: the signals that came meanwhile.
+
+    Dask cannot close a ``LocalCluster`` interrupted inside its constructor (its atexit hook
+    then fails on the half-started workers, 28 lines of traceback), so the signal is acted on
+    once the cluster is whole; starting takes a second or two.
+    """
+    received: list[int] = []
+    if not enabled:
+        yield received
+        return
+
+    def defer(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, defer) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _leave_on_second_signal() -> None:
+    """While the cluster shuts down after a signal, a second Ctrl-C or SIGTERM leaves at once
+    (the committed parts stay; worker processes exit with their parent)."""
+
+    def leave(signum: int, frame: object) -> None:
+        os.write(2, b"batchscore: stopped at once; rerun with --resume to continue\n")
+        os._exit(int(ExitStatus.SIGINT if signum == signal.SIGINT else ExitStatus.SIGTERM))
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, leave)
 
 
 def _probe_scheduler(address: str) -> None:
