@@ -749,6 +749,9 @@ class _Cluster:
                         threads_per_worker=1,
                         processes=True,
                         dashboard_address=None,
+                        # Its HTTP routes (health, metrics) on a free loopback port: with
+                        # Dask's 8787 taken (another run) it warned in four lines.
+                        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                         # The workers' own lines (a heartbeat cut short as the cluster closes).
                         silence_logs=logging.DEBUG if run.debug else logging.CRITICAL,
                     )
