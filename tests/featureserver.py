@@ -419,10 +419,11 @@ def _send(
 
 def gzip_padded(body: bytes, spaces: int) -> bytes:
     """``body`` and ``spaces`` spaces after it, gzip-compressed (a gigabyte of spaces in about
-    a megabyte: a gzip bomb that is valid JSON), in milliseconds.
+    a megabyte: a gzip bomb that is valid JSON), in about a second where zlib takes four.
 
     After a full flush a compressor starts afresh, so one megabyte of spaces compresses to the
-    same bytes every time: they are repeated, and the trailer's CRC and size computed here.
+    same bytes every time: they are repeated, and the trailer's CRC (the second) and size
+    computed here.
     """
     block = b" " * (1 << 20)
     whole, rest = divmod(spaces, len(block))
