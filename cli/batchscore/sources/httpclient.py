@@ -481,7 +481,7 @@ class Endpoint:
             status = response.status
             if 200 <= status < 300:
                 if content is None:  # the same request would get the same answer: no retry
-                    self._too_large(status)
+                    self._too_large(status, per_id)
                     raise AttemptFailed(TOO_LARGE, status=status, retryable=False)
                 try:
                     return parse(content)
@@ -513,17 +513,18 @@ class Endpoint:
             health=self.health,
         )
 
-    def _too_large(self, status: int) -> None:
+    def _too_large(self, status: int, per_id: bool) -> None:
+        """Say once per source what an oversized answer means and what to change."""
         if not self._told_too_large:
             self._told_too_large = True
             log.warning(
                 "source '%s': an answer (HTTP %d) was longer than max_response_bytes = %d; the "
-                "IDs of such answers fail with %s (raise max_response_bytes in its config, or "
-                "ask for fewer IDs at once with batch_size)",
+                "IDs of such answers fail with %s (raise max_response_bytes in its config%s)",
                 self.source,
                 status,
                 self.options.max_response_bytes,
                 TOO_LARGE,
+                "" if per_id else ", or ask for fewer IDs at once with batch_size",
             )
 
     def _retrying(self, failed: AttemptFailed, attempt: int) -> None:
