@@ -16,9 +16,6 @@ answer), ``GET /features/{id}`` with each candidate at several concurrencies:
     The whole per-ID source path: URL template, the Endpoint above, features path, rename.
 ``raw aiohttp``
     ``aiohttp.ClientSession`` with a ``TCPConnector(limit=concurrency)``.
-``raw aiohttp, read_capped``
-    The same, the body read by :func:`batchscore.sources.httpclient.read_capped` (streamed up
-    to the per-ID cap) instead of ``response.read()``: what the cap costs a small answer.
 
 Each cell runs ``concurrency`` workers for ``--seconds`` after a warm-up and counts completed
 requests (every answer is read and parsed with orjson); the best of ``--repeat`` interleaved
@@ -57,12 +54,7 @@ import orjson
 from batchscore.report import RunStats
 from batchscore.settings import FetchSettings
 from batchscore.sources import Failure, build_sources
-from batchscore.sources.httpclient import (
-    MAX_PER_ID_RESPONSE_BYTES,
-    ClientOptions,
-    Endpoint,
-    read_capped,
-)
+from batchscore.sources.httpclient import ClientOptions, Endpoint
 from batchscore.sources.limits import Limits
 from batchscore.sources.retry import RetryPolicy
 
@@ -194,27 +186,12 @@ async def raw_aiohttp(url: str, concurrency: int) -> AsyncIterator[Fetch]:
         yield fetch
 
 
-@contextlib.asynccontextmanager
-async def raw_aiohttp_capped(url: str, concurrency: int) -> AsyncIterator[Fetch]:
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def fetch(id_: str) -> Any:
-            async with session.get(f"{url}/features/{id_}") as response:
-                body = await read_capped(response, MAX_PER_ID_RESPONSE_BYTES)
-                assert body is not None
-                return orjson.loads(body)
-
-        yield fetch
-
-
 CLIENTS: dict[str, Callable[[str, int], contextlib.AbstractAsyncContextManager[Fetch]]] = {
     "httpx default (httpcore pool)": httpx_default,
     "httpx + httpx_aiohttp.AiohttpTransport": httpx_aiohttp_transport,
     "batchscore Endpoint (aiohttp direct)": batchscore_endpoint,
     "batchscore per_id source (whole path)": batchscore_source,
     "raw aiohttp": raw_aiohttp,
-    "raw aiohttp, read_capped": raw_aiohttp_capped,
 }
 if AiohttpTransport is None:
     del CLIENTS["httpx + httpx_aiohttp.AiohttpTransport"]
