@@ -23,7 +23,10 @@ Endpoints (faults apply to the first three only):
 ``POST /_raw-body?route=features|batch|feast``
     From now on answer that route 200 with exactly the request's body (even an empty one;
     ``&clear=1`` goes back to normal answers): how a test serves arbitrary JSON, or anything
-    else, to a client run in another process.  See :attr:`Faults.raw_bodies`.
+    else, to a client run in another process.  ``&encoding=gzip`` sends it with that
+    ``Content-Encoding`` (the body is then the compressed bytes: see :func:`gzip_padded`);
+    ``&padding=N`` sends N spaces after it, streamed as the client reads (a body of any size,
+    never held in memory).  See :attr:`Faults.raw_bodies`.
 
 In-process use (pytest)::
 
@@ -58,6 +61,7 @@ import sys
 import threading
 import time
 import traceback
+import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -74,6 +78,7 @@ __all__ = [
     "Faults",
     "FeatureServer",
     "FeatureValue",
+    "gzip_padded",
     "load_json",
     "load_sqlite",
     "main",
@@ -165,6 +170,12 @@ class Faults:
     raw_bodies: dict[str, bytes] = field(default_factory=dict)
     """Route (``features``, ``batch``, ``feast``) -> a body every request to it is answered
     with, status 200, sent as is (any bytes: JSON of any shape, or not JSON)."""
+    raw_encodings: dict[str, str] = field(default_factory=dict)
+    """Route -> the ``Content-Encoding`` its raw body is sent with (``gzip``: the raw body is
+    compressed bytes, e.g. from :func:`gzip_padded`)."""
+    raw_padding: dict[str, int] = field(default_factory=dict)
+    """Route -> spaces sent after its raw body (counted in ``Content-Length``), written as the
+    client reads them: a huge body that the server never holds."""
     outside_max_age_ids: set[str] = field(default_factory=set)
     """Feast: known ids answered with status ``OUTSIDE_MAX_AGE`` (values still sent)."""
     seed: int = 0
@@ -370,17 +381,23 @@ class _Plan:
     delay: float = 0.0
     close: bool = False
     interval: float = 0.0
+    padding: int = 0  # action "pad": spaces streamed after data
 
 
 def _response(
-    status: int, body: bytes, *, close: bool = False, headers: Iterable[tuple[str, str]] = ()
+    status: int,
+    body: bytes,
+    *,
+    close: bool = False,
+    headers: Iterable[tuple[str, str]] = (),
+    padding: int = 0,
 ) -> tuple[bytes, int]:
-    """Return the full response bytes and the length of its head."""
+    """Return the full response bytes (but ``padding``) and the length of its head."""
     head = [
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
         "Server: featureserver",
         "Content-Type: application/json",
-        f"Content-Length: {len(body)}",
+        f"Content-Length: {len(body) + padding}",
     ]
     head.extend(f"{k}: {v}" for k, v in headers)
     if close:
@@ -398,6 +415,29 @@ def _send(
 ) -> _Plan:
     data, head_len = _response(status, body, close=close, headers=headers)
     return _Plan("send", data, head_len, status, delay, close)
+
+
+def gzip_padded(body: bytes, spaces: int) -> bytes:
+    """``body`` and ``spaces`` spaces after it, gzip-compressed (a gigabyte of spaces in about
+    a megabyte: a gzip bomb that is valid JSON), in about a second where zlib takes four.
+
+    After a full flush a compressor starts afresh, so one megabyte of spaces compresses to the
+    same bytes every time: they are repeated, and the trailer's CRC (the second) and size
+    computed here.
+    """
+    block = b" " * (1 << 20)
+    whole, rest = divmod(spaces, len(block))
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate: header and trailer are ours
+    flush = zlib.Z_FULL_FLUSH
+    packed = deflate.compress(body) + deflate.flush(flush)
+    packed += (deflate.compress(block) + deflate.flush(flush)) * whole if whole else b""
+    packed += deflate.compress(block[:rest]) + deflate.flush()
+    crc = zlib.crc32(body)
+    for _ in range(whole):
+        crc = zlib.crc32(block, crc)
+    crc = zlib.crc32(block[:rest], crc)
+    size = (len(body) + spaces) & 0xFFFFFFFF
+    return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + packed + struct.pack("<II", crc, size)
 
 
 def _split(plan: _Plan, body_delay: float) -> _Plan:
@@ -433,7 +473,9 @@ class _HttpProtocol(asyncio.Protocol):
         self._queue: deque[_Request] = deque()
         self._current: _Request | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._drip: asyncio.Task[None] | None = None
+        self._drip: asyncio.Task[None] | None = None  # a dripped or padded answer's writer
+        self._writable = asyncio.Event()  # the transport's buffer is below its high mark
+        self._writable.set()
         self._closed = False
         self._broken = False  # stop reading requests on this connection
         self._paused = False
@@ -500,6 +542,12 @@ class _HttpProtocol(asyncio.Protocol):
             del buf[: req.need]
             self._pending = None
             self._enqueue(req)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -627,6 +675,8 @@ class _HttpProtocol(asyncio.Protocol):
             self._finish(close=True)
         elif plan.action == "drip":
             self._drip = self._loop.create_task(self._drip_out(plan))
+        elif plan.action == "pad":
+            self._drip = self._loop.create_task(self._pad_out(plan))
         elif plan.action == "split":  # the head now, the body after plan.interval
             transport.write(plan.data[: plan.head_len])
             self._timer = self._loop.call_later(plan.interval, self._send_body, plan)
@@ -637,6 +687,22 @@ class _HttpProtocol(asyncio.Protocol):
         if self._closed or transport is None or transport.is_closing():
             return
         transport.write(plan.data[plan.head_len :])
+        self._finish(plan.close)
+
+    async def _pad_out(self, plan: _Plan) -> None:
+        """The answer, then its padding a block at a time, as fast as the client reads."""
+        transport = self._transport
+        assert transport is not None
+        transport.write(plan.data)
+        block = b" " * min(plan.padding, 1 << 20)
+        left = plan.padding
+        while left > 0:
+            await self._writable.wait()
+            if transport.is_closing():
+                return
+            transport.write(block if left >= len(block) else block[:left])
+            left -= len(block)
+        self._drip = None
         self._finish(plan.close)
 
     async def _drip_out(self, plan: _Plan) -> None:
@@ -907,7 +973,18 @@ class FeatureServer:
         raw = f.raw_bodies.get(route)
         if raw is not None:
             stats.fault("raw_body")
-            return _send(200, raw, close, delay)
+            encoding = f.raw_encodings.get(route)
+            padding = f.raw_padding.get(route, 0)
+            data, head_len = _response(
+                200,
+                raw,
+                close=close,
+                headers=[("Content-Encoding", encoding)] if encoding else [],
+                padding=padding,
+            )
+            return _Plan(
+                "pad" if padding else "send", data, head_len, 200, delay, close, 0.0, padding
+            )
 
         kind, frac = _pick(f, draw)
         if kind is not None:
@@ -966,11 +1043,20 @@ class FeatureServer:
             if route not in _ROUTES[:3]:
                 return _send(400, _error_body("route must be features, batch or feast"), close)
             bodies = dict(self._faults.raw_bodies)
-            if parse_qs(query).get("clear"):
-                bodies.pop(route, None)
-            else:
+            encodings = dict(self._faults.raw_encodings)
+            padding = dict(self._faults.raw_padding)
+            params = parse_qs(query)
+            for table in (bodies, encodings, padding):
+                table.pop(route, None)
+            if not params.get("clear"):
                 bodies[route] = body
-            self._faults = replace(self._faults, raw_bodies=bodies)
+                if "encoding" in params:
+                    encodings[route] = params["encoding"][-1]
+                if "padding" in params:
+                    padding[route] = int(params["padding"][-1])
+            self._faults = replace(
+                self._faults, raw_bodies=bodies, raw_encodings=encodings, raw_padding=padding
+            )
             return _send(200, b'{"ok":true}', close)
         return _send(405, _error_body("method not allowed"), close)
 
@@ -1218,6 +1304,20 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="ROUTE=PATH",
         help="answer ROUTE (features, batch, feast) 200 with the bytes of PATH (repeatable)",
     )
+    fg.add_argument(
+        "--raw-encoding",
+        action="append",
+        default=[],
+        metavar="ROUTE=ENCODING",
+        help="send ROUTE's raw body with this Content-Encoding (its bytes are compressed)",
+    )
+    fg.add_argument(
+        "--raw-padding",
+        action="append",
+        default=[],
+        metavar="ROUTE=BYTES",
+        help="stream BYTES spaces after ROUTE's raw body (repeatable)",
+    )
     fg.add_argument("--required-token", help="require 'Authorization: Bearer TOKEN', else 401")
     fg.add_argument("--redirect-to", help="answer every request 302 to this Location")
     fg.add_argument(
@@ -1265,6 +1365,10 @@ def _faults_from_args(args: argparse.Namespace) -> Faults:
         raw_bodies={
             route: Path(path).read_bytes()
             for route, _, path in (text.partition("=") for text in args.raw_body)
+        },
+        raw_encodings=dict(text.partition("=")[::2] for text in args.raw_encoding),
+        raw_padding={
+            route: int(size) for route, _, size in (t.partition("=") for t in args.raw_padding)
         },
         required_token=args.required_token,
         redirect_to=args.redirect_to,

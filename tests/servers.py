@@ -54,10 +54,17 @@ class ServerProcess:
             body: dict[str, Any] = client.get(f"{self.url}/_stats").json()
         return body
 
-    def raw_body(self, route: str, body: bytes | None) -> None:
+    def raw_body(
+        self, route: str, body: bytes | None, *, encoding: str | None = None, padding: int = 0
+    ) -> None:
         """Answer ``route`` (features, batch, feast) 200 with ``body`` from now on (None:
-        normal answers again)."""
+        normal answers again): sent with ``Content-Encoding: encoding`` if given (``body`` is
+        then compressed), and ``padding`` spaces streamed after it."""
         params = {"route": route, **({"clear": "1"} if body is None else {})}
+        if encoding is not None:
+            params["encoding"] = encoding
+        if padding:
+            params["padding"] = str(padding)
         with httpx.Client(trust_env=False, timeout=10) as client:
             client.post(f"{self.url}/_raw-body", params=params, content=body or b"")
 

@@ -215,6 +215,77 @@ def test_features_from_the_input_file_on_the_cluster(
     assert len(parts_of(out, "csv")) == 3
 
 
+def test_json_lines_features_from_the_input_on_the_cluster(
+    cluster: Any, run_cli: RunCli, tmp_path: Path
+) -> None:
+    """A JSON-lines input with a source of kind input: every partition carries the columns
+    chosen from the file's first line with an ID, as a local run does.  Before, every
+    partition failed with IndexError (its chunks were cut before its own first line chose
+    the columns), and a partition whose first line lacks a field would not have carried it."""
+    text = (SAMPLE / "customers.csv").read_text().splitlines()
+    header = text[0].split(",")
+
+    def value(name: str, cell: str) -> Any:  # numbers as JSON numbers, an empty cell null
+        if not cell or name == "customer_id":
+            return cell or None
+        with contextlib.suppress(ValueError):
+            return float(cell)
+        return cell
+
+    lines = []
+    for n, row in enumerate(text[1:]):
+        record = {name: value(name, c) for name, c in zip(header, row.split(","), strict=True)}
+        if n == 7:  # the first line of the second partition lacks a feature field
+            del record["logins_30d"]
+        lines.append(json.dumps(record))
+    ids = tmp_path / "customers.jsonl"
+    ids.write_text("".join(f"{line}\n" for line in lines))
+    common = ["score", ids, "-c", ROOT / "configs" / "input.toml", "--id-field", "customer_id"]
+    out = merged_beside_local(run_cli, cluster, tmp_path, common, "csv", 7)
+    assert len(parts_of(out, "csv")) == 3
+    assert json.loads((out / "_SUCCESS").read_text())["counts"]["scored"] == 20
+
+
+def test_a_text_header_after_blank_lines_is_no_id_on_the_cluster(
+    cluster: Any, run_cli: RunCli, tmp_path: Path
+) -> None:
+    """``--header`` skips a text input's first non-blank line, wherever a partition starts:
+    with partitions of one line the header is alone in the second one.  Before, it was
+    scored as an ID there (not_found, exit 3)."""
+    ids = (SAMPLE / "ids.txt").read_text().splitlines()[:5]
+    path = tmp_path / "ids.txt"
+    path.write_text("\n \ncustomer_id\n" + "".join(f"{i}\n" for i in ids))
+    common = ["score", path, "-c", SAMPLE_CONFIG, "--header"]
+    out = merged_beside_local(run_cli, cluster, tmp_path, common, "csv", 1)
+    assert [row["id"] for row in rows_of(out)] == ids
+    assert all(not read_errors(e) for e in out.glob("errors-*.jsonl"))
+
+
+def test_overwrite_leaves_no_errors_file_of_the_run_it_replaces(
+    cluster: Any, run_cli: RunCli, tmp_path: Path
+) -> None:
+    """A run over a folder of more partitions, then --overwrite with fewer: only the new
+    run's errors files are left, so ``errors-*.jsonl`` holds each failure once.  Before,
+    the old run's errors-00002.jsonl ... stayed, and the failure in one of them counted
+    twice."""
+    ids = SAMPLE / "ids_small.txt"  # 50 lines; C999001 on line 31 is not found
+    out = tmp_path / "scores"
+    args = cluster_args(cluster, ids, SAMPLE_CONFIG, out, 10)
+    first = run_cli(*args, "--max-failed", "1", cwd=ROOT)
+    assert first.returncode == 0, first.stderr
+    assert len(list(out.glob("errors-*.jsonl"))) == 5
+    again = cluster_args(cluster, ids, SAMPLE_CONFIG, out, 25)
+    second = run_cli(*again, "--max-failed", "1", "--overwrite", cwd=ROOT)
+    assert second.returncode == 0, second.stderr
+    assert sorted(e.name for e in out.glob("errors-*.jsonl")) == [
+        "errors-00000.jsonl",
+        "errors-00001.jsonl",
+    ]
+    failed = [r["id"] for e in sorted(out.glob("errors-*.jsonl")) for r in read_errors(e)]
+    assert failed == ["C999001"]
+    assert_complete(out, ids.read_text().split())
+
+
 def worker_pids(client: Any) -> dict[str, int]:
     return dict(client.run(os.getpid))
 
@@ -360,6 +431,68 @@ def test_sigterm_stops_the_driver_cleanly(slow_server: FeatureServer, tmp_path: 
     # Only whole parts and their records are left: nothing half-written.
     left = sorted(f.name for f in out.iterdir() if f.name.startswith("."))
     assert all(name.endswith(".done") for name in left if name != ".batchscore-run.json")
+
+
+def spawned_children(pid: int) -> list[int]:
+    """The processes ``pid`` started through multiprocessing (Dask's worker processes)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and b"multiprocessing.spawn" in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+    return found
+
+
+def loaded(pid: int, library: str) -> bool:
+    """Whether process ``pid`` has loaded a shared library whose name holds ``library``."""
+    with contextlib.suppress(OSError):
+        return library in Path(f"/proc/{pid}/maps").read_text()
+    return False
+
+
+@pytest.mark.parametrize("moment", ["spawned", "importing"])
+def test_ctrl_c_while_the_local_cluster_starts_exits_130_quietly(
+    tmp_path: Path, moment: str
+) -> None:
+    """SIGINT to the driver as soon as a worker process exists, or once it is importing Dask
+    (msgpack's extension loaded).  Before, the half-started LocalCluster could not be closed
+    (28 lines of an atexit AssertionError from Dask), or the run ended on a bare summary
+    line."""
+    out = tmp_path / "scores"
+    proc = subprocess.Popen(
+        [
+            *batchscore_command(),
+            "score",
+            str(SAMPLE / "ids_small.txt"),
+            "-c",
+            str(SAMPLE_CONFIG),
+            "-o",
+            str(out),
+            "--engine",
+            "dask",
+        ],
+        cwd=ROOT,
+        env=clean_environ(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: spawned_children(proc.pid), timeout=60)  # a worker is starting
+        workers = spawned_children(proc.pid)
+        if moment == "importing":
+            wait_for(lambda: loaded(workers[0], "_cmsgpack"))
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    stderr = err.decode()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+    assert len(stderr.strip().splitlines()) <= 2, stderr
+    assert "--resume" in stderr.strip().splitlines()[-1]
+    assert not out.exists()  # stopped before anything was written: a clean start again
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 try:
-    from featureserver import Faults, FeatureServer
+    from featureserver import Faults, FeatureServer, gzip_padded
 except ImportError:  # tests/ became a package
-    from tests.featureserver import Faults, FeatureServer
+    from tests.featureserver import Faults, FeatureServer, gzip_padded
 
 SERVER_SCRIPT = Path(__file__).resolve().parent / "featureserver.py"
 AWKWARD_IDS = ["a/b", "with space", "q?x=1", "hash#frag", "../etc/passwd", "%41", "ünï"]
@@ -154,6 +154,25 @@ def test_byte_level_faults(srv: FeatureServer, client: httpx.Client) -> None:
     assert r.status_code == 200
     with pytest.raises(ValueError):
         r.json()
+
+
+def test_raw_bodies_gzip_encoded_or_padded_to_any_size(
+    srv: FeatureServer, client: httpx.Client
+) -> None:
+    body = b'{"features": {"amount": 1}}'
+    srv.faults.raw_bodies = {"features": gzip_padded(body, 3_000_000)}
+    srv.faults.raw_encodings = {"features": "gzip"}
+    answer = client.get("/features/C1")  # httpx decodes it
+    assert answer.headers["content-encoding"] == "gzip"
+    assert answer.content == body + b" " * 3_000_000
+    assert len(answer.headers["content-length"]) < 5  # a few KB on the wire
+    srv.faults.raw_bodies = {"batch": body}
+    srv.faults.raw_padding = {"batch": 5_000_000}  # written as the client reads
+    with client.stream("POST", "/batch", content=b'{"ids": ["C1"]}') as streamed:
+        assert int(streamed.headers["content-length"]) == len(body) + 5_000_000
+        first, *rest = streamed.iter_raw()
+        assert first.startswith(body) and not first[len(body) :].strip()
+        assert len(first) + sum(map(len, rest)) == len(body) + 5_000_000
 
 
 def test_fault_draws_are_deterministic_with_a_seed(client: httpx.Client) -> None:

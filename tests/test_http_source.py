@@ -659,6 +659,8 @@ def test_proxy_credentials_are_the_proxys_and_the_services_stay_the_services(
         ({"ca_bundle": "/nonexistent/ca.pem"}, "no file /nonexistent/ca.pem"),
         ({"ca_bundle": "/etc/hosts", "insecure": True}, "not both"),
         ({"timeout": 0}, "timeout must be more than 0"),
+        ({"max_response_bytes": 0}, "max_response_bytes must be at least 1"),
+        ({"max_response_bytes": "64MB"}, "max_response_bytes"),
         ({"features_pth": "x"}, "did you mean 'features_path'"),
     ],
 )

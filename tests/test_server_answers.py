@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,8 +30,16 @@ from hypothesis import strategies as st
 from batchscore.model import to_float
 from batchscore.settings import FetchSettings
 from batchscore.sources import NOT_FOUND, Failure
-from conftest import ScoreInProcess, TrainedModel, read_errors, read_output
+from conftest import (
+    ScoreInProcess,
+    TrainedModel,
+    batchscore_command,
+    clean_environ,
+    read_errors,
+    read_output,
+)
 from conftest import write_config as write_config_file
+from featureserver import gzip_padded
 from servers import FetchResult, ServerProcess, fetch_all, no_backoff_waits, server_process
 
 __all__ = ["no_backoff_waits"]  # a fixture, used by name
@@ -65,12 +75,21 @@ def source(url: str, kind: str, **extra: Any) -> dict[str, Any]:
     return {"name": "svc", "kind": "feast" if kind == "feast" else "http", "url": url, **extra}
 
 
-def answers(srv: ServerProcess, kind: str, body: bytes) -> list[FetchResult]:
-    """What the source of ``kind`` makes of ``body`` for :data:`IDS`."""
-    srv.raw_body(ROUTES[kind], body)
+def answers(
+    srv: ServerProcess,
+    kind: str,
+    body: bytes,
+    *,
+    encoding: str | None = None,
+    padding: int = 0,
+    **extra: Any,
+) -> list[FetchResult]:
+    """What the source of ``kind`` (with ``extra`` config keys) makes of ``body`` for
+    :data:`IDS` (sent with ``encoding``, ``padding`` spaces after it)."""
+    srv.raw_body(ROUTES[kind], body, encoding=encoding, padding=padding)
     try:
         [results], _ = fetch_all(
-            [source(srv.url, kind)], IDS, fetch=FetchSettings(retries=RETRIES), names=NAMES
+            [source(srv.url, kind, **extra)], IDS, fetch=FetchSettings(retries=RETRIES), names=NAMES
         )
     finally:
         srv.raw_body(ROUTES[kind], None)
@@ -218,6 +237,93 @@ def test_int_entity_keys_may_come_back_as_strings(server: ServerProcess) -> None
     finally:
         server.raw_body("feast", None)
     assert results == [features(1), features(2)]
+
+
+# -- answers too long: a gzip bomb, an endless body ----------------------------------------------
+
+TOO_LARGE = Failure("response_too_large", 200, 1, False)
+FITTING: dict[str, tuple[bytes, list[FetchResult]]] = {
+    "per_id": (b'{"features": {"f0": 1, "f1": 2}}', [features(1, 2), features(1, 2)]),
+    "batch": (
+        b'{"results": [{"id": "a", "features": {"f0": 1}}, {"id": "b", "features": {"f1": 2}}]}',
+        [features(1), features(None, 2)],
+    ),
+    "feast": (feast_body(("f0", [1, 2], ["PRESENT"] * 2)), [features(1), features(2)]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FITTING))
+def test_an_answer_longer_than_max_response_bytes_fails_its_ids_without_a_retry(
+    server: ServerProcess, kind: str
+) -> None:
+    """The cap is on the decoded body, to the byte, plain or gzip-encoded.  Before, there was
+    no cap: every answer was read whole, however long."""
+    body, expected = FITTING[kind]
+    cap = {"max_response_bytes": len(body) + 100}
+    assert answers(server, kind, body, padding=100, **cap) == expected
+    assert answers(server, kind, gzip_padded(body, 100), encoding="gzip", **cap) == expected
+    assert answers(server, kind, body, padding=101, **cap) == [TOO_LARGE, TOO_LARGE]
+    bomb = gzip_padded(body, 101)
+    assert answers(server, kind, bomb, encoding="gzip", **cap) == [TOO_LARGE, TOO_LARGE]
+
+
+def peak_run(args: list[str], cwd: Path) -> tuple[int, str, float]:
+    """Run the real command; its exit status, stderr and peak RSS in MB (``wait4``)."""
+    proc = subprocess.Popen(
+        [*batchscore_command(), *args],
+        cwd=cwd,
+        env=clean_environ(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    stderr = proc.stderr.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, stderr, usage.ru_maxrss / 1024
+
+
+GIGABYTE = 1 << 30
+
+
+@pytest.mark.parametrize(
+    ("kind", "encoding"), [("per_id", "gzip"), ("batch", None), ("feast", "gzip")]
+)
+def test_a_gzip_bomb_or_a_gigabyte_body_costs_no_gigabyte_and_fails_its_ids(
+    server: ServerProcess,
+    trained_models: dict[str, TrainedModel],
+    tmp_path: Path,
+    kind: str,
+    encoding: str | None,
+) -> None:
+    """Answers of a gigabyte of JSON whitespace, as ~1 MB of gzip or as plain bytes, under the
+    default caps.  Before, the process read them whole (1.1 GB and more of memory) and accepted
+    them."""
+    body, _ = FITTING[kind]
+    if encoding == "gzip":
+        server.raw_body(ROUTES[kind], gzip_padded(body, GIGABYTE), encoding="gzip")
+    else:
+        server.raw_body(ROUTES[kind], body, padding=GIGABYTE)
+    try:
+        config = write_config_file(
+            tmp_path / "config.toml",
+            model=trained_models["binary"].model_path,
+            sources=[source(server.url, kind)],
+        )
+        (tmp_path / "ids.txt").write_text("a\nb\n")
+        out = tmp_path / "scores.csv"
+        status, stderr, peak = peak_run(
+            ["score", "ids.txt", "-c", str(config), "-o", str(out)], tmp_path
+        )
+    finally:
+        server.raw_body(ROUTES[kind], None)
+    assert status == 3, stderr  # failed IDs, more than --max-failed 0
+    assert [(e["id"], e["reason"]) for e in read_errors(Path(f"{out}.errors.jsonl"))] == [
+        ("a", "response_too_large"),
+        ("b", "response_too_large"),
+    ]
+    assert "max_response_bytes" in stderr  # said once, with what to do
+    assert peak < 300, f"peak RSS {peak:.0f} MB"
 
 
 # -- through the scoring job ---------------------------------------------------------------------

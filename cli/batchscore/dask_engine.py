@@ -35,6 +35,7 @@ import signal
 import socket
 import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -83,6 +84,7 @@ from batchscore.report import FIRST_FAILURES, RunStats, write_atomically
 from batchscore.settings import Settings
 from batchscore.sinks import EXTENSIONS
 from batchscore.sources import build_sources
+from batchscore.sources.input import input_values
 from batchscore.sources.limits import Limits
 from batchscore.sources.retry import down_message
 from batchscore.state import RunLock, _difference, file_stamp
@@ -272,14 +274,13 @@ class _Driver:
             return
         # The input as a whole (header, first rows, --min-ids) and the sources, as a local run
         # checks them: here, once, before any worker starts.
-        with open(self.input, "rb") as stream:
-            read_input(self.settings, stream)
+        fmt = input_format(self.settings)
+        fields = self._read_input(fmt)
         asyncio.run(self._check_sources())
         self._clean_staged()
-        fmt = input_format(self.settings)
         skip_first = fmt in ("csv", "tsv")
         header_lines = idmod.header_lines(fmt, self.settings.input.header)
-        cluster = _Cluster(self.settings)
+        cluster = _Cluster(self.settings, handle_signals=self.env.handle_signals)
         try:
             cluster.start()  # before the folder: an unreachable scheduler leaves nothing behind
             self.folder.mkdir(exist_ok=True)
@@ -310,8 +311,14 @@ class _Driver:
                 ),
             )
             todo = self._skip_complete(parts)
-            header = _header_line(self.input) if skip_first else None
-            self._score(cluster, todo, header, fmt)
+            self._score(
+                cluster,
+                todo,
+                fmt,
+                header=_header_line(self.input) if skip_first else None,
+                header_at=_text_header_at(self.input) if fmt == "text" and header_lines else 0,
+                fields=fields,
+            )
         finally:
             cluster.close()
             if cluster.local:  # its workers are gone: what they were writing is garbage
@@ -380,6 +387,29 @@ class _Driver:
                 "--overwrite to start over"
             )
 
+    def _read_input(self, fmt: str) -> tuple[str, ...] | None:
+        """Read the input as a whole as a local run does (header, first rows, --min-ids, the
+        columns of a source of kind input); the fields that source chose its columns from.
+
+        Every partition is given those fields: a JSON-lines partition's own first line with an
+        ID may have others, and its reader would choose them only once it reached that line.
+        """
+        settings = self.settings
+        limits = Limits(concurrency=1, rate_limit=0, observe=lambda name, seconds: None)
+        sources = build_sources(settings.sources, limits, settings.fetch, RunStats())
+        id_name = idmod.id_key(fmt, settings.input.id_column, settings.input.id_field)
+        choose = input_values(sources, id_name, self.p.models.feature_names)
+        fields: list[tuple[str, ...]] = []
+
+        def recording(header: Sequence[str], what: str) -> Sequence[str]:
+            assert choose is not None
+            fields.append(tuple(header))
+            return choose(header, what)
+
+        with open(self.input, "rb") as stream:
+            read_input(settings, stream, None if choose is None else recording)
+        return fields[0] if fields else None
+
     async def _check_sources(self) -> None:
         limits = Limits(concurrency=1, rate_limit=0, observe=lambda name, seconds: None)
         sources = build_sources(self.settings.sources, limits, self.settings.fetch, RunStats())
@@ -421,7 +451,14 @@ class _Driver:
     # -- the run --------------------------------------------------------------------------------
 
     def _score(
-        self, cluster: _Cluster, todo: list[Partition], header: bytes | None, fmt: str
+        self,
+        cluster: _Cluster,
+        todo: list[Partition],
+        fmt: str,
+        *,
+        header: bytes | None,
+        header_at: int,
+        fields: tuple[str, ...] | None,
     ) -> None:
         settings = self.settings
         p = self.p
@@ -441,6 +478,8 @@ class _Driver:
             gzip=p.gzip,
             ext=self.ext,
             topic=f"batchscore-{p.run_id}",
+            header_at=header_at,
+            input_fields=fields,
         )
         progress = choose(
             self.env.stderr,
@@ -473,7 +512,8 @@ class _Driver:
                 raise
         except (KeyboardInterrupt, Terminated) as exc:
             sig = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
-            self._second_signal_exits()
+            if self.env.handle_signals:
+                _leave_on_second_signal()
             raise InterruptedRun(sig, self.stats.done) from None
         finally:
             progress.close(self._view(cluster))
@@ -594,18 +634,6 @@ class _Driver:
         view.resumed_from, view.resumed_read = s.resumed_from, s.resumed_read
         return view
 
-    def _second_signal_exits(self) -> None:
-        """While the cluster shuts down, a second Ctrl-C or SIGTERM leaves at once."""
-        if not self.env.handle_signals:
-            return
-
-        def leave(signum: int, frame: object) -> None:
-            os.write(2, b"batchscore: stopped at once; rerun with --resume to continue\n")
-            os._exit(int(ExitStatus.SIGINT if signum == signal.SIGINT else ExitStatus.SIGTERM))
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, leave)
-
     # -- after every part is in place -----------------------------------------------------------
 
     def _merge(self, parts: list[Partition]) -> None:
@@ -687,8 +715,9 @@ class _Driver:
 class _Cluster:
     """The Dask client, and the local cluster it runs on when no ``--scheduler`` is given."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, handle_signals: bool = False) -> None:
         self.settings = settings
+        self.handle_signals = handle_signals  # the command's own: signals may be deferred
         self.client: Any = None
         self._cluster: Any = None
         self._workers = 0
@@ -713,15 +742,28 @@ class _Cluster:
             # One single-threaded worker process per core: a task runs its own event loop and
             # scores on its own thread, so a process per core uses every core without threads
             # of one process fighting over its GIL.
-            self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
-                n_workers=os.cpu_count() or 1,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                # The workers' own lines (a heartbeat cut short as the cluster closes) too.
-                silence_logs=logging.DEBUG if run.debug else logging.CRITICAL,
-            )
-            self.client = Client(self._cluster)  # type: ignore[no-untyped-call]
+            with _signals_deferred(self.handle_signals) as received:
+                try:
+                    self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
+                        n_workers=os.cpu_count() or 1,
+                        threads_per_worker=1,
+                        processes=True,
+                        dashboard_address=None,
+                        # Its HTTP routes (health, metrics) on a free loopback port: with
+                        # Dask's 8787 taken (another run) it warned in four lines.
+                        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                        # The workers' own lines (a heartbeat cut short as the cluster closes).
+                        silence_logs=logging.DEBUG if run.debug else logging.CRITICAL,
+                    )
+                    self.client = Client(self._cluster)  # type: ignore[no-untyped-call]
+                except Exception:
+                    if not received:
+                        raise
+                    # A Ctrl-C at a terminal reaches the worker processes too: one that died
+                    # of it as it started fails the cluster's start, which the signal explains.
+            if received:  # the caller closes the cluster (whole, or none)
+                _leave_on_second_signal()
+                raise InterruptedRun(received[0], 0)
             return
         _probe_scheduler(address)
         try:
@@ -749,6 +791,42 @@ class _Cluster:
         if self._cluster is not None:
             with contextlib.suppress(Exception):
                 self._cluster.close()
+
+
+@contextlib.contextmanager
+def _signals_deferred(enabled: bool) -> Iterator[list[int]]:
+    """SIGINT and SIGTERM wait while a local cluster starts: the signals that came meanwhile.
+
+    Dask cannot close a ``LocalCluster`` interrupted inside its constructor (its atexit hook
+    then fails on the half-started workers, 28 lines of traceback), so the signal is acted on
+    once the cluster is whole; starting takes a second or two.
+    """
+    received: list[int] = []
+    if not enabled:
+        yield received
+        return
+
+    def defer(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, defer) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _leave_on_second_signal() -> None:
+    """While the cluster shuts down after a signal, a second Ctrl-C or SIGTERM leaves at once
+    (the committed parts stay; worker processes exit with their parent)."""
+
+    def leave(signum: int, frame: object) -> None:
+        os.write(2, b"batchscore: stopped at once; rerun with --resume to continue\n")
+        os._exit(int(ExitStatus.SIGINT if signum == signal.SIGINT else ExitStatus.SIGTERM))
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, leave)
 
 
 def _probe_scheduler(address: str) -> None:
@@ -811,6 +889,14 @@ def _header_line(path: str) -> bytes:
     return line.removeprefix(b"\xef\xbb\xbf")
 
 
+def _text_header_at(path: str) -> int:
+    """The line of a text input's ``--header``: its first non-blank line (0: none).  With
+    small partitions it may be in any of them, after blank lines."""
+    with open(path, "rb") as f:
+        first = next(idmod.read_text(f, whole=False), None)
+    return 0 if first is None else first.line
+
+
 def _read_json(path: Path, missing_ok: bool = False) -> Any:
     try:
         return orjson.loads(path.read_bytes())
@@ -827,8 +913,11 @@ def _read_json(path: Path, missing_ok: bool = False) -> Any:
 
 
 def _is_ours(name: str) -> bool:
-    """Files a cluster run writes in its output folder."""
-    return name.startswith(("part-", ".part-", f"{MERGED}.", f".{MERGED}.")) or name in (
+    """Files a cluster run writes in its output folder (``--overwrite`` removes them all: an
+    old run's ``errors-NNNNN.jsonl`` left beside the new parts would count its failures
+    again)."""
+    prefixes = ("part-", ".part-", "errors-", ".errors-", f"{MERGED}.", f".{MERGED}.")
+    return name.startswith(prefixes) or name in (
         SUCCESS,
         MARKER,
     )

@@ -37,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -47,6 +47,7 @@ from distributed import WorkerPlugin, get_worker
 
 from batchscore import ids as idmod
 from batchscore.errors import BatchscoreError, ExitStatus
+from batchscore.ids import ChooseValues
 from batchscore.model import ModelSet, read_info
 from batchscore.redact import (
     RedactingFormatter,
@@ -114,6 +115,8 @@ class Job:
     gzip: bool
     ext: str
     topic: str  # the Dask event topic the partitions' progress goes to
+    header_at: int = 0  # a text input's --header line, skipped by the partition holding it
+    input_fields: tuple[str, ...] | None = None  # what an input source chose its columns from
 
     def __repr__(self) -> str:
         # Never the settings: they hold the sources' secrets.
@@ -323,15 +326,16 @@ async def _score_partition(
         # Opened here, read by the pipeline's reader thread (the job's reader is blocking).
         file = stack.enter_context(open(job.input_path, "rb"))  # noqa: ASYNC230, SIM115
         header = job.header is not None
-        id_name = idmod.id_key(job.input_format, settings.input.id_column, settings.input.id_field)
         items = idmod.read_ids(
             _Lines(file, part, job.header),
             job.input_format,
             settings.input.id_column,
             settings.input.id_field,
             settings.input.keep,
-            header=settings.input.header and part.first_line == 1 and not header,
-            values=input_values(sources, id_name, models.feature_names),
+            # The text reader skips the first non-blank line: the header, where it is in this
+            # partition (only blank lines come before it in the file).
+            header=part.first_line <= job.header_at <= part.last_line,
+            values=_chosen_columns(job, sources, models),
             start=part.first_line - 1 if header else part.first_line,
             whole=False,
         )
@@ -382,6 +386,24 @@ async def _score_partition(
             ):
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
+
+
+def _chosen_columns(job: Job, sources: list[Any], models: ModelSet) -> ChooseValues | None:
+    """The columns an input source carries, as the driver chose them from the input as a whole
+    (:attr:`Job.input_fields`), chosen now: before the chunks are cut, which carry them.  (A
+    JSON-lines reader would choose them lazily, from this partition's first line with an ID.)"""
+    id_name = idmod.id_key(
+        job.input_format, job.settings.input.id_column, job.settings.input.id_field
+    )
+    choose = input_values(sources, id_name, models.feature_names)
+    if choose is None or job.input_fields is None:
+        return choose
+    chosen = tuple(choose(job.input_fields, "the input"))
+
+    def as_chosen(fields: Sequence[str], what: str) -> Sequence[str]:
+        return chosen
+
+    return as_chosen
 
 
 def _publish(

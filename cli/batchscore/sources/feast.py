@@ -64,6 +64,7 @@ class FeastConfig:
     ca_bundle: str | None = None
     insecure: bool = False
     proxy: str | None = None
+    max_response_bytes: int | None = None  # of a decoded answer; None: 64 MiB
     rename: dict[str, str] = field(default_factory=dict)
     wins: tuple[str, ...] = ()
 

@@ -36,6 +36,8 @@ from batchscore.errors import ConfigError
 from batchscore.report import RunStats
 from batchscore.sources import Failure, Fetched, inverse_rename, split
 from batchscore.sources.httpclient import (
+    MAX_PER_ID_RESPONSE_BYTES,
+    MAX_RESPONSE_BYTES,
     ClientOptions,
     Endpoint,
     Malformed,
@@ -72,13 +74,15 @@ class HttpConfig:
     ca_bundle: str | None = None
     insecure: bool = False
     proxy: str | None = None  # e.g. "http://proxy:3128"; proxy variables are never read
+    max_response_bytes: int | None = None  # decoded; None: 1 MiB per_id, 64 MiB batch
     rename: dict[str, str] = field(default_factory=dict)
     wins: tuple[str, ...] = ()
 
     @property
     def client_options(self) -> ClientOptions:
         """The connection settings."""
-        return ClientOptions.of(self)
+        per_id = self.mode == "per_id"
+        return ClientOptions.of(self, MAX_PER_ID_RESPONSE_BYTES if per_id else MAX_RESPONSE_BYTES)
 
 
 def encode_id(id_: str) -> str:

@@ -14,6 +14,9 @@ segment); credentials in a URL leave it for a Basic ``Authorization`` header.  R
 followed; TLS is verified unless the config says ``insecure = true``; proxy variables from the
 environment are never read.  Everything that does not change per request (the session, its
 headers, the no-timeout :class:`aiohttp.ClientTimeout`) is built once, in :meth:`Endpoint.open`.
+A body is read as it arrives, decompressed a block at a time, up to the source's
+``max_response_bytes`` (:func:`read_capped`): a gzip bomb or an endless body costs that much
+memory at most, and fails its IDs with ``response_too_large``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 import yarl
+from aiohttp import hdrs
 from aiohttp.connector import Connection
 from aiohttp.tracing import Trace
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -55,6 +59,19 @@ T = TypeVar("T")
 Headers = CIMultiDictProxy[str]
 
 MALFORMED = "malformed_response"
+TOO_LARGE = "response_too_large"
+MAX_RESPONSE_BYTES = 64 << 20
+"""The default cap of a batch or Feast answer's decoded body.  The largest answer the limits
+allow, 10,000 IDs of 50 features in Feast's column-major JSON (each value with its status and
+timestamp, ~60 bytes), is ~30 MB; a hostile answer costs at most this much per request in
+flight."""
+MAX_PER_ID_RESPONSE_BYTES = 1 << 20
+"""The default cap of a per-ID answer's decoded body: one ID's features (a few KB, an
+embedding of thousands of floats ~40 KB) with room to spare, and at most this much per
+request in flight: 64 MB at ``--concurrency`` 64."""
+READ_BLOCK = 1 << 20
+"""Decoded bytes aiohttp may buffer (and decompress in one step) ahead of the reader: a whole
+usual answer, read without pausing the connection, while a bomb inflates a block at a time."""
 USER_AGENT = f"batchscore/{__version__}"
 KEEPALIVE_SECONDS = 30.0
 NO_TIMEOUTS = aiohttp.ClientTimeout()  # aiohttp's own limits off: asyncio.timeout bounds attempts
@@ -146,9 +163,10 @@ class ClientOptions:
     insecure: bool = False
     proxy: str | None = None
     tls: bool = True  # the source's URL is https (redirects are never followed to one)
+    max_response_bytes: int = MAX_RESPONSE_BYTES  # of a decoded body; more: response_too_large
 
     @classmethod
-    def of(cls, config: Any) -> ClientOptions:
+    def of(cls, config: Any, default_max_response_bytes: int = MAX_RESPONSE_BYTES) -> ClientOptions:
         """The connection settings of an http or feast source's config (same key names)."""
         return cls(
             config.timeout,
@@ -157,6 +175,11 @@ class ClientOptions:
             config.insecure,
             config.proxy,
             tls=config.url.lower().startswith("https:"),
+            max_response_bytes=(
+                default_max_response_bytes
+                if config.max_response_bytes is None
+                else config.max_response_bytes
+            ),
         )
 
 
@@ -164,6 +187,8 @@ def check_options(options: ClientOptions, where: str) -> None:
     """Config errors in the connection settings, before anything connects."""
     if not options.timeout > 0:
         raise ConfigError(f"{where}.timeout must be more than 0 seconds")
+    if options.max_response_bytes < 1:
+        raise ConfigError(f"{where}.max_response_bytes must be at least 1 (bytes of a body)")
     if options.insecure and options.ca_bundle:
         raise ConfigError(
             f"{where}: give ca_bundle (verify with this CA) or insecure = true, not both"
@@ -265,6 +290,41 @@ def open_session(
     )
 
 
+async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body of ``response``, decoded, or None when it is longer than ``limit`` bytes: then
+    the connection is closed, and the rest is never read or decompressed.
+
+    Not ``response.read()``: it reads the whole body, inflating each compressed block without
+    bound (two ~500 KB gzip answers took a run to 2.1 GB).  aiohttp decompresses into the
+    stream read here at most :data:`READ_BLOCK` at a time, and stops reading the socket while
+    that much waits.  A ``Content-Length`` beyond the limit (an uncompressed body) is refused
+    before anything is read.
+    """
+    if (
+        response.content_length is not None
+        and response.content_length > limit
+        and hdrs.CONTENT_ENCODING not in response.headers
+    ):
+        response.close()
+        return None
+    content = response.content
+    content.set_read_chunk_size(min(limit, READ_BLOCK))
+    chunks = []
+    size = 0
+    try:
+        while chunk := await content.readany():
+            size += len(chunk)
+            if size > limit:
+                response.close()
+                return None
+            chunks.append(chunk)
+    except BaseException:
+        response.close()  # as response.read() does: the connection is not reusable
+        raise
+    # The end of the body gave the connection back to the pool (aiohttp's on-eof callback).
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
@@ -326,6 +386,7 @@ class Endpoint:
         self._with_credentials: dict[tuple[str, str, bool], Headers] = {}
         self.health = SourceHealth(source, policy.down_after)
         self._rejected: int | None = None  # the 401/403 status once credentials were refused
+        self._told_too_large = False
 
     def open(self) -> None:
         """Create the pooled session (on the running loop)."""
@@ -387,8 +448,9 @@ class Endpoint:
         else:
             target, headers = self._credentials_to_header(target, body is not None)
         timeout = self.options.timeout
+        limit = self.options.max_response_bytes
 
-        async def send() -> tuple[aiohttp.ClientResponse, bytes]:
+        async def send() -> tuple[aiohttp.ClientResponse, bytes | None]:
             refused = self._refusal()
             if refused is not None:  # credentials refused, or the source is down
                 raise refused
@@ -400,7 +462,7 @@ class Endpoint:
                     self.limits.answering()  # a stop now waits for this body (the grace)
                     if response.status in (401, 403):  # stop other sends now, not after the body
                         self._rejected = response.status
-                    content = await response.read()  # whole; closes the connection on failure
+                    content = await read_capped(response, limit)  # None: longer than the limit
             except TimeoutError:
                 raise AttemptFailed("timeout", retryable=True) from None
             except (aiohttp.ClientError, OSError) as exc:
@@ -414,10 +476,13 @@ class Endpoint:
             )
             return response, content
 
-        def interpret(answer: tuple[aiohttp.ClientResponse, bytes]) -> T:
+        def interpret(answer: tuple[aiohttp.ClientResponse, bytes | None]) -> T:
             response, content = answer
             status = response.status
             if 200 <= status < 300:
+                if content is None:  # the same request would get the same answer: no retry
+                    self._too_large(status, per_id)
+                    raise AttemptFailed(TOO_LARGE, status=status, retryable=False)
                 try:
                     return parse(content)
                 except (Malformed, orjson.JSONDecodeError) as exc:
@@ -448,6 +513,20 @@ class Endpoint:
             health=self.health,
         )
 
+    def _too_large(self, status: int, per_id: bool) -> None:
+        """Say once per source what an oversized answer means and what to change."""
+        if not self._told_too_large:
+            self._told_too_large = True
+            log.warning(
+                "source '%s': an answer (HTTP %d) was longer than max_response_bytes = %d; the "
+                "IDs of such answers fail with %s (raise max_response_bytes in its config%s)",
+                self.source,
+                status,
+                self.options.max_response_bytes,
+                TOO_LARGE,
+                "" if per_id else ", or ask for fewer IDs at once with batch_size",
+            )
+
     def _retrying(self, failed: AttemptFailed, attempt: int) -> None:
         self.stats.retries += 1
         log.debug(
@@ -457,6 +536,9 @@ class Endpoint:
 
 __all__ = [
     "MALFORMED",
+    "MAX_PER_ID_RESPONSE_BYTES",
+    "MAX_RESPONSE_BYTES",
+    "TOO_LARGE",
     "TRANSPORT_FAILURES",
     "ClientOptions",
     "ConnectionDropped",
@@ -471,5 +553,6 @@ __all__ = [
     "no_hidden_retry",
     "open_session",
     "parse_json",
+    "read_capped",
     "transport_failure",
 ]
