@@ -467,7 +467,7 @@ def run_job(settings: Settings, env: Environment) -> Outcome:
     if in_path != "-" and os.path.isfile(in_path):
         skipped = idmod.header_lines(input_format(settings), settings.input.header)
         stats.total = max(idmod.count_lines(in_path) - skipped, 0)  # a header is no ID
-    lock = RunLock(Path(p.output)) if p.resumable else None
+    lock = _lock(p)
     if lock is not None:
         lock.acquire()
     error: BaseException | None = None
@@ -488,6 +488,19 @@ def run_job(settings: Settings, env: Environment) -> Outcome:
     if error is not None:
         raise error
     return Outcome(status, stats, p.output)
+
+
+def _lock(p: _Plan) -> RunLock | None:
+    """The locks on every file the run writes: its output and its errors file (two runs with
+    one ``--errors`` would interleave their records)."""
+    errors = (
+        [(Path(p.errors_path), "--errors")]
+        if p.errors_path is not None and not is_stream_path(p.errors_path)
+        else []
+    )
+    if p.resumable:
+        return RunLock(Path(p.output), *errors)
+    return RunLock(errors[0][0], option="--errors") if errors else None
 
 
 def _status(error: BaseException | None, stats: RunStats, settings: Settings) -> ExitStatus:
@@ -719,7 +732,7 @@ class _Run:
             items: Iterator[idmod.InputItem] = await reading
             self.stopper.cancel_on_signal(None)
             await open_sources(p.models, sources, stack)
-            files = self._files()
+            files = await stack.enter_async_context(self._files())  # closed on every path
             previous = await files.open(
                 resume=settings.output.resume, overwrite=settings.output.overwrite
             )
