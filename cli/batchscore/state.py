@@ -268,8 +268,14 @@ def _take(path: Path, file: Path, option: str) -> int:
             break
         os.close(fd)
     started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()}, started {started}".encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}, started {started}".encode())
+    except OSError as exc:  # a full disk: nothing of the run is written yet
+        os.close(fd)
+        from batchscore.sinks.files import write_error
+
+        raise write_error(path, exc, resumable=False) from None
     return fd
 
 

@@ -86,6 +86,7 @@ def write_error(path: Path | str, exc: OSError, resumable: bool = True) -> Outpu
         errno.EACCES: "permission denied",
         errno.EROFS: "the file system is read-only",
         errno.EDQUOT: "the disk quota is exceeded",
+        errno.EFBIG: "the file size limit is reached",
     }.get(exc.errno or 0, exc.strerror or str(exc))
     then = ", then rerun with --resume" if resumable else ""
     return OutputWriteError(f"cannot write {path}: {reason}; free space or fix permissions{then}")
