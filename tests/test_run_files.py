@@ -372,3 +372,17 @@ def test_a_full_disk_at_every_step_exits_74_and_resumes_to_the_same_output(
             resumed, _ = _run([*args, "--resume"])
             assert resumed.returncode == 0, (size, resumed.stderr)
         _same_as_reference(out, fmt, reference)
+
+
+def test_a_run_started_with_overwrite_is_finished_by_resume(
+    tmp_path: Path, reference: dict[str, tuple[Any, bytes]]
+) -> None:
+    """--resume cannot also pass --overwrite: the state remembers that the stopped run was
+    told to replace the output, and its --resume does."""
+    out = tmp_path / "scores.csv"
+    out.write_text("an older output\n")
+    killed, _ = _run(_args(out, "--overwrite"), {"_BATCHSCORE_CRASH_AT": "synced"})
+    assert killed.returncode == -9, killed.stderr
+    resumed, _ = _run(_args(out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    _same_as_reference(out, "csv", reference)

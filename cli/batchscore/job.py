@@ -62,6 +62,7 @@ from batchscore.state import (
     RunLock,
     RunState,
     state_path,
+    stopped_run_replaces,
 )
 
 log = logging.getLogger("batchscore")
@@ -233,6 +234,8 @@ class _Plan:
     run_id: str
     resumable: bool
     done: dict[str, Any] | None = None
+    replaces: bool = False
+    """``--resume`` of a stopped run started with ``--overwrite``: it replaces the output too."""
     unfinished: list[tuple[str, Path]] = field(default_factory=list)
     """Other days' stopped runs of a ``{date}`` output (their state is still there)."""
     """The record of the completed run that already wrote this output (``--resume``)."""
@@ -353,6 +356,7 @@ def _check_existing(p: _Plan) -> dict[str, Any] | None:
     if not s.resume:
         refuse_existing(Path(p.output), overwrite=False)
     if state_path(Path(p.output)).exists():
+        p.replaces = stopped_run_replaces(Path(p.output))
         return None
     return _done_record(p).check()
 
@@ -764,14 +768,17 @@ class _Run:
     def _files(self) -> RunFiles:
         """The output, the errors file and the run state (nothing is opened yet)."""
         p, settings = self.p, self.settings
-        sink = make_sink(p.output, p.fmt, p.gzip, p.columns, settings.output.overwrite, self.env)
+        overwrite = settings.output.overwrite or p.replaces
+        sink = make_sink(p.output, p.fmt, p.gzip, p.columns, overwrite, self.env)
         errors_target = (
             None if p.errors_path is None else make_target(p.errors_path, False, True, self.env)
         )
         return RunFiles(
             sink=sink,
             errors=ErrorLog(errors_target, settings.input.keep),
-            state=RunState(Path(p.output), _identity(p)) if p.resumable else None,
+            state=RunState(Path(p.output), _identity(p), replaces=settings.output.overwrite)
+            if p.resumable
+            else None,
             output_partial=temp_path(Path(p.output)) if p.resumable else None,
             errors_partial=errors_target.temp if isinstance(errors_target, FileTarget) else None,
             done=_done_record(p) if p.resumable and settings.output.resume else None,

@@ -373,9 +373,26 @@ CREATE TABLE IF NOT EXISTS run (
     errors_bytes INTEGER NOT NULL,
     lines TEXT NOT NULL,
     counters TEXT NOT NULL,
-    complete INTEGER NOT NULL DEFAULT 0
+    complete INTEGER NOT NULL DEFAULT 0,
+    replaces INTEGER NOT NULL DEFAULT 0
 )
 """
+# ``replaces``: the run was started with --overwrite, so its --resume may replace the output
+# that was there (a state written before the column existed reads as 0).
+
+
+def stopped_run_replaces(output: Path) -> bool:
+    """Whether the stopped run whose state is beside ``output`` was started with
+    ``--overwrite``: the existing output is the one it was told to replace, and its
+    ``--resume`` (which cannot also pass --overwrite) replaces it too."""
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{state_path(output)}?mode=ro", uri=True)
+        ) as db:
+            row = db.execute("SELECT replaces FROM run").fetchone()
+    except sqlite3.Error:
+        return False  # no such column (an older state), or damaged: refused when opened
+    return row is not None and row[0] == 1
 
 
 _IDENTITY_NAMES = {
@@ -422,10 +439,11 @@ class RunState:
     aiosqlite connection left open keeps the process from ever exiting).
     """
 
-    def __init__(self, output: Path, identity: dict[str, Any]) -> None:
+    def __init__(self, output: Path, identity: dict[str, Any], *, replaces: bool = False) -> None:
         self.output = output
         self.path = state_path(output)
         self.identity = orjson.dumps(identity, option=orjson.OPT_SORT_KEYS).decode()
+        self.replaces = replaces  # started with --overwrite (kept for its --resume)
         self._db: Any = None
         self._entered = False
 
@@ -485,14 +503,20 @@ class RunState:
                 "SELECT identity, output_bytes, errors_bytes, lines, counters, complete FROM run"
             )
             row = await cursor.fetchone()
+            columns = await (await self._db.execute("PRAGMA table_info(run)")).fetchall()
+            if "replaces" not in [c[1] for c in columns]:  # a state from before the column
+                await self._db.execute(
+                    "ALTER TABLE run ADD COLUMN replaces INTEGER NOT NULL DEFAULT 0"
+                )
+                await self._db.commit()
         except (OSError, sqlite3.Error) as exc:
             if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
                 exc, sqlite3.OperationalError
             ):  # "file is not a database", "malformed": not the disk, the file
                 raise self._damaged(str(exc)) from None
             raise OutputWriteError(
-                f"cannot use the state file {self.path} ({exc}); check the folder, or pass "
-                "--overwrite to start over"
+                f"cannot use the state file {self.path} ({exc}); free space or fix the "
+                "folder's permissions, then rerun with --resume"
             ) from None
         if row is not None and not fresh:
             identity = row[0]
@@ -506,7 +530,8 @@ class RunState:
                 )
             return _progress(row, self._damaged)
         await self._update(
-            "INSERT OR REPLACE INTO run VALUES (1, ?, 0, 0, '[]', '{}', 0)", (self.identity,)
+            "INSERT OR REPLACE INTO run VALUES (1, ?, 0, 0, '[]', '{}', 0, ?)",
+            (self.identity, int(self.replaces)),
         )
         return Committed()
 
