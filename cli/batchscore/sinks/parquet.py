@@ -121,7 +121,7 @@ class ParquetSink:
                 self.pa.parquet.read_metadata(segment)
             except FileNotFoundError:
                 raise shorter_than_committed(
-                    self.folder, f"no {segment.name}", f"{self._segments:,} segments"
+                    self.folder, f"no {segment.name}", f"{self._segments:,} segment(s)"
                 ) from None
             except (OSError, self.pa.ArrowException) as exc:
                 if isinstance(exc, OSError) and exc.errno is not None:
