@@ -13,7 +13,8 @@ of three ways:
 - a signal (SIGKILL, SIGINT or SIGTERM) after a random delay drawn over the whole life of a run:
   during start-up (imports, model load, planning), mid-run, or during the commit at the end;
 - a kill -9 *inside* a commit step (``_BATCHSCORE_CRASH_AT``: ``synced``, ``complete``,
-  ``errors-renamed``, ``output-renamed``), the instants a random delay rarely hits;
+  ``errors-renamed``, ``output-renamed``; for Parquet also ``parquet-assembled``,
+  ``parquet-renamed``), the instants a random delay rarely hits;
 - or no stop at all when the run finishes first (counted, not a failure).
 
 A stop may hit a run that is itself a ``--resume``.  Then one more ``--resume`` runs to the end,
@@ -59,6 +60,7 @@ from test_resume_property import (  # noqa: E402
 
 FORMATS = ["csv", "csv.gz", "jsonl", "parquet", "db"]
 CRASH_STEPS = ["synced", "complete", "errors-renamed", "output-renamed"]
+PARQUET_STEPS = ["parquet-assembled", "parquet-renamed"]  # inside Parquet's output step
 SIGNALS = [signal.SIGKILL, signal.SIGINT, signal.SIGTERM]
 STOPPED = {signal.SIGKILL: -9, signal.SIGINT: 130, signal.SIGTERM: 143}
 HANG_SECONDS = 60.0
@@ -187,7 +189,7 @@ def cycle(
     for stop in range(rng.randint(1, 3)):
         env = clean_environ()
         if rng.random() < 0.15:
-            step = rng.choice(CRASH_STEPS)
+            step = rng.choice(CRASH_STEPS + (PARQUET_STEPS if fmt == "parquet" else []))
             env["_BATCHSCORE_CRASH_AT"] = step
             plan.append(f"crash at {step}")
             with tally.lock:

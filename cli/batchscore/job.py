@@ -62,6 +62,7 @@ from batchscore.state import (
     RunLock,
     RunState,
     state_path,
+    stopped_run_replaces,
 )
 
 log = logging.getLogger("batchscore")
@@ -233,6 +234,8 @@ class _Plan:
     run_id: str
     resumable: bool
     done: dict[str, Any] | None = None
+    replaces: bool = False
+    """``--resume`` of a stopped run started with ``--overwrite``: it replaces the output too."""
     unfinished: list[tuple[str, Path]] = field(default_factory=list)
     """Other days' stopped runs of a ``{date}`` output (their state is still there)."""
     """The record of the completed run that already wrote this output (``--resume``)."""
@@ -353,6 +356,7 @@ def _check_existing(p: _Plan) -> dict[str, Any] | None:
     if not s.resume:
         refuse_existing(Path(p.output), overwrite=False)
     if state_path(Path(p.output)).exists():
+        p.replaces = stopped_run_replaces(Path(p.output))
         return None
     return _done_record(p).check()
 
@@ -467,7 +471,7 @@ def run_job(settings: Settings, env: Environment) -> Outcome:
     if in_path != "-" and os.path.isfile(in_path):
         skipped = idmod.header_lines(input_format(settings), settings.input.header)
         stats.total = max(idmod.count_lines(in_path) - skipped, 0)  # a header is no ID
-    lock = RunLock(Path(p.output)) if p.resumable else None
+    lock = _lock(p)
     if lock is not None:
         lock.acquire()
     error: BaseException | None = None
@@ -488,6 +492,19 @@ def run_job(settings: Settings, env: Environment) -> Outcome:
     if error is not None:
         raise error
     return Outcome(status, stats, p.output)
+
+
+def _lock(p: _Plan) -> RunLock | None:
+    """The locks on every file the run writes: its output and its errors file (two runs with
+    one ``--errors`` would interleave their records)."""
+    errors = (
+        [(Path(p.errors_path), "--errors")]
+        if p.errors_path is not None and not is_stream_path(p.errors_path)
+        else []
+    )
+    if p.resumable:
+        return RunLock(Path(p.output), *errors)
+    return RunLock(errors[0][0], option="--errors") if errors else None
 
 
 def _status(error: BaseException | None, stats: RunStats, settings: Settings) -> ExitStatus:
@@ -719,7 +736,7 @@ class _Run:
             items: Iterator[idmod.InputItem] = await reading
             self.stopper.cancel_on_signal(None)
             await open_sources(p.models, sources, stack)
-            files = self._files()
+            files = await stack.enter_async_context(self._files())  # closed on every path
             previous = await files.open(
                 resume=settings.output.resume, overwrite=settings.output.overwrite
             )
@@ -751,14 +768,17 @@ class _Run:
     def _files(self) -> RunFiles:
         """The output, the errors file and the run state (nothing is opened yet)."""
         p, settings = self.p, self.settings
-        sink = make_sink(p.output, p.fmt, p.gzip, p.columns, settings.output.overwrite, self.env)
+        overwrite = settings.output.overwrite or p.replaces
+        sink = make_sink(p.output, p.fmt, p.gzip, p.columns, overwrite, self.env)
         errors_target = (
             None if p.errors_path is None else make_target(p.errors_path, False, True, self.env)
         )
         return RunFiles(
             sink=sink,
             errors=ErrorLog(errors_target, settings.input.keep),
-            state=RunState(Path(p.output), _identity(p)) if p.resumable else None,
+            state=RunState(Path(p.output), _identity(p), replaces=settings.output.overwrite)
+            if p.resumable
+            else None,
             output_partial=temp_path(Path(p.output)) if p.resumable else None,
             errors_partial=errors_target.temp if isinstance(errors_target, FileTarget) else None,
             done=_done_record(p) if p.resumable and settings.output.resume else None,

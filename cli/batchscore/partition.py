@@ -349,6 +349,7 @@ async def _score_partition(
             output_partial=None,
             errors_partial=None,
         )
+        await stack.enter_async_context(files)  # closed on every path
         await files.open(resume=False, overwrite=True)
         try:
             await score_into(

@@ -28,7 +28,7 @@ import os
 import shutil
 import signal
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,9 +128,17 @@ class DoneRecord:
             )
 
         try:
-            record: dict[str, Any] = orjson.loads(self.path.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
+            record: Any = orjson.loads(self.path.read_bytes())
+        except FileNotFoundError:
             raise refuse(" (and no completed run with --resume recorded it)") from None
+        except (OSError, orjson.JSONDecodeError):
+            record = None
+        if not _usable_done(record):
+            raise OutputExistsError(
+                f"output {self.output} already exists and the record of the run that wrote it "
+                f"({self.path}) is damaged, so it cannot tell whether this job is done; pass "
+                "--overwrite to score again (or remove that record and the output)"
+            )
         if record.get("identity") != self.identity:
             raise refuse(
                 f"; the run that wrote it used another "
@@ -149,7 +157,46 @@ class DoneRecord:
             )
         if record.get("output") != file_stamp(self.output):
             raise refuse(" and has changed since the run that wrote it")
-        return record
+        usable: dict[str, Any] = record
+        return usable
+
+
+def _usable_done(record: Any) -> bool:
+    """Whether a done record has every field, each of its type (a hand-edited or truncated one
+    is refused as damaged, never half-read)."""
+    if not isinstance(record, dict):
+        return False
+    stamps_ok = all(
+        stamp is None
+        or (isinstance(stamp, list) and len(stamp) == 2 and all(_count(v) for v in stamp))
+        for stamp in (record.get("input"), record.get("output"))
+    )
+    return (
+        isinstance(record.get("identity"), str)
+        and isinstance(record.get("config", ""), str)
+        and isinstance(record.get("finished"), str)
+        and _usable_counters(record.get("counters"))
+        and stamps_ok
+    )
+
+
+def _count(value: Any) -> bool:
+    """A non-negative integer (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _usable_counters(counters: Any) -> bool:
+    """Counters as :meth:`~batchscore.report.RunStats.counters` writes them: counts, and the
+    failures by reason."""
+    if not isinstance(counters, dict):
+        return False
+    for key, value in counters.items():
+        if key == "failed":
+            if not isinstance(value, dict) or not all(map(_count, value.values())):
+                return False
+        elif not _count(value):
+            return False
+    return True
 
 
 def lock_path(output: Path) -> Path:
@@ -158,52 +205,78 @@ def lock_path(output: Path) -> Path:
 
 
 class RunLock:
-    """An exclusive ``flock`` on ``.<output>.lock``, naming its holder (pid, start time)."""
+    """Exclusive ``flock`` s on ``.<file>.lock`` for every file a run writes (its output, and its
+    errors file wherever ``--errors`` puts it), each naming its holder (pid, start time).
 
-    def __init__(self, output: Path) -> None:
-        self.path = lock_path(output)
+    Two runs that share any of those files cannot both run: the second is refused (exit 75)
+    before it touches anything, naming the file and the run that holds it.
+    """
+
+    def __init__(self, output: Path, *others: tuple[Path, str], option: str = "-o") -> None:
         self.output = output
-        self._fd: int | None = None
+        self.path = lock_path(output)
+        # each file, and the option that chose it (said in the refusal)
+        self._files = [(output, option), *others]
+        self._fds: list[tuple[Path, int]] = []
 
     def acquire(self) -> None:
-        """Take the lock or raise LockedError at once, naming the run that holds it."""
-        while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as exc:
-                raise OutputWriteError(
-                    f"cannot create the lock file {self.path}: {exc.strerror}; "
-                    "check that the output folder is writable"
-                ) from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_holder(fd)
-                os.close(fd)
-                raise LockedError(
-                    f"another batchscore run ({holder}) is writing {self.output}; "
-                    "wait for it to finish or choose another -o"
-                ) from None
-            # The holder may have removed the file between our open and flock: retry on the new one.
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}, started {started}".encode())
-        self._fd = fd
+        """Take every lock or raise LockedError at once, naming the run that holds one."""
+        try:
+            for file, option in self._files:
+                path = lock_path(file)
+                if any(taken == path for taken, _ in self._fds):
+                    continue  # -o and --errors both name one file
+                self._fds.append((path, _take(path, file, option)))
+        except BaseException:
+            self.release()
+            raise
 
     def release(self) -> None:
-        """Remove the lock file and drop the lock."""
-        if self._fd is not None:
+        """Remove the lock files and drop the locks."""
+        while self._fds:
+            path, fd = self._fds.pop()
             with contextlib.suppress(OSError):
-                os.unlink(self.path)
-            os.close(self._fd)
-            self._fd = None
+                os.unlink(path)
+            os.close(fd)
+
+
+def _take(path: Path, file: Path, option: str) -> int:
+    """An exclusive ``flock`` on ``path`` (the lock of ``file``), holder written in it."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputWriteError(
+                f"cannot create the lock file {path}: {exc.strerror}; "
+                "check that the output folder is writable"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise LockedError(
+                f"another batchscore run ({holder}) is writing {file}; "
+                f"wait for it to finish or choose another {option}"
+            ) from None
+        # The holder may have removed the file between our open and flock: retry on the new one.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}, started {started}".encode())
+    except OSError as exc:  # a full disk: nothing of the run is written yet
+        os.close(fd)
+        from batchscore.sinks.files import write_error
+
+        raise write_error(path, exc, resumable=False) from None
+    return fd
 
 
 def _read_holder(fd: int) -> str:
@@ -300,9 +373,26 @@ CREATE TABLE IF NOT EXISTS run (
     errors_bytes INTEGER NOT NULL,
     lines TEXT NOT NULL,
     counters TEXT NOT NULL,
-    complete INTEGER NOT NULL DEFAULT 0
+    complete INTEGER NOT NULL DEFAULT 0,
+    replaces INTEGER NOT NULL DEFAULT 0
 )
 """
+# ``replaces``: the run was started with --overwrite, so its --resume may replace the output
+# that was there (a state written before the column existed reads as 0).
+
+
+def stopped_run_replaces(output: Path) -> bool:
+    """Whether the stopped run whose state is beside ``output`` was started with
+    ``--overwrite``: the existing output is the one it was told to replace, and its
+    ``--resume`` (which cannot also pass --overwrite) replaces it too."""
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{state_path(output)}?mode=ro", uri=True)
+        ) as db:
+            row = db.execute("SELECT replaces FROM run").fetchone()
+    except sqlite3.Error:
+        return False  # no such column (an older state), or damaged: refused when opened
+    return row is not None and row[0] == 1
 
 
 _IDENTITY_NAMES = {
@@ -342,13 +432,28 @@ def _difference(stored: str, current: str) -> str:
 
 
 class RunState:
-    """The committed progress of one output, in ``.<output>.state`` (SQLite, through aiosqlite)."""
+    """The committed progress of one output, in ``.<output>.state`` (SQLite, through aiosqlite).
 
-    def __init__(self, output: Path, identity: dict[str, Any]) -> None:
+    Its connection lives only inside ``async with RunState(...) as state:`` (its one owner is
+    :class:`RunFiles`): leaving the block closes it on every path, an error included (an
+    aiosqlite connection left open keeps the process from ever exiting).
+    """
+
+    def __init__(self, output: Path, identity: dict[str, Any], *, replaces: bool = False) -> None:
         self.output = output
         self.path = state_path(output)
         self.identity = orjson.dumps(identity, option=orjson.OPT_SORT_KEYS).decode()
+        self.replaces = replaces  # started with --overwrite (kept for its --resume)
         self._db: Any = None
+        self._entered = False
+
+    async def __aenter__(self) -> RunState:
+        self._entered = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._entered = False
+        await self.close()
 
     def leftovers(self, partials: list[Path]) -> list[Path]:
         """Files a stopped run left behind."""
@@ -357,10 +462,11 @@ class RunState:
     async def open(self, *, resume: bool, overwrite: bool, partials: list[Path]) -> Committed:
         """Load what an earlier run committed (``resume``), or start afresh.
 
-        Without ``resume``, leftovers are an error, unless ``overwrite`` removes them.
+        Without ``resume``, leftovers are an error, unless ``overwrite`` removes them.  A state
+        that cannot be read as a run's progress is refused (exit 2, naming it), never half-read.
         """
-        from batchscore.dbopen import open_sqlite
-
+        if not self._entered:
+            raise RuntimeError("RunState.open outside `async with RunState(...)`")
         left = self.leftovers(partials)
         if left and not resume:
             if not overwrite:
@@ -368,12 +474,26 @@ class RunState:
                     f"a stopped run left state for {self.output} ({left[0].name}); rerun with "
                     "--resume to continue it, or --overwrite to start over"
                 )
-            for path in left:
-                if path.is_dir():  # a Parquet run's segment folder
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-        progress = Committed()
+            try:
+                for path in left:
+                    if path.is_dir():  # a Parquet run's segment folder
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
+            except OSError as exc:
+                raise OutputWriteError(
+                    f"cannot remove the stopped run's {path} ({exc.strerror}); fix the "
+                    "folder's permissions"
+                ) from None
+        try:
+            return await self._load()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _load(self) -> Committed:
+        from batchscore.dbopen import open_sqlite
+
         fresh = not self.path.exists()
         try:
             self._db = await open_sqlite(self.path)
@@ -383,34 +503,43 @@ class RunState:
                 "SELECT identity, output_bytes, errors_bytes, lines, counters, complete FROM run"
             )
             row = await cursor.fetchone()
+            columns = await (await self._db.execute("PRAGMA table_info(run)")).fetchall()
+            if "replaces" not in [c[1] for c in columns]:  # a state from before the column
+                await self._db.execute(
+                    "ALTER TABLE run ADD COLUMN replaces INTEGER NOT NULL DEFAULT 0"
+                )
+                await self._db.commit()
         except (OSError, sqlite3.Error) as exc:
-            await self.close()
+            if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+                exc, sqlite3.OperationalError
+            ):  # "file is not a database", "malformed": not the disk, the file
+                raise self._damaged(str(exc)) from None
             raise OutputWriteError(
-                f"cannot use the state file {self.path} ({exc}); check the folder, or pass "
-                "--overwrite to start over"
+                f"cannot use the state file {self.path} ({exc}); free space or fix the "
+                "folder's permissions, then rerun with --resume"
             ) from None
         if row is not None and not fresh:
-            identity, out_bytes, err_bytes, lines, counters, complete = row
+            identity = row[0]
+            if not isinstance(identity, str):
+                raise self._damaged("identity")
             if identity != self.identity:
-                await self.close()
                 raise LeftoverStateError(
                     f"the stopped run for {self.output} used another "
                     f"{_difference(identity, self.identity)}; rerun it with the same arguments, "
                     "or pass --overwrite to start over"
                 )
-            progress = Committed(
-                out_bytes,
-                err_bytes,
-                LineRanges(orjson.loads(lines)),
-                orjson.loads(counters),
-                bool(complete),
-            )
-        else:
-            await self._db.execute(
-                "INSERT OR REPLACE INTO run VALUES (1, ?, 0, 0, '[]', '{}', 0)", (self.identity,)
-            )
-            await self._db.commit()
-        return progress
+            return _progress(row, self._damaged)
+        await self._update(
+            "INSERT OR REPLACE INTO run VALUES (1, ?, 0, 0, '[]', '{}', 0, ?)",
+            (self.identity, int(self.replaces)),
+        )
+        return Committed()
+
+    def _damaged(self, what: str) -> LeftoverStateError:
+        return LeftoverStateError(
+            f"the state file {self.path} of the stopped run is damaged ({what}), so what it "
+            "committed is unknown; pass --overwrite to start over"
+        )
 
     async def record(self, progress: Committed) -> None:
         """Record committed progress durably (the output and errors file are already synced)."""
@@ -433,28 +562,60 @@ class RunState:
         try:
             await self._db.execute(sql, params)
             await self._db.commit()
-        except Exception as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise OutputWriteError(
                 f"cannot record progress in {self.path} ({exc}); "
                 "free space, then rerun with --resume"
             ) from None
 
     async def close(self) -> None:
-        """Close the state database."""
+        """Close the state database (again: nothing)."""
         if self._db is not None:
             db, self._db = self._db, None
-            await db.close()
+            with contextlib.suppress(sqlite3.Error):
+                await db.close()
 
     async def remove(self) -> None:
         """The run is complete: the state is no longer needed."""
         await self.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.with_name(self.path.name + "-journal").unlink()
+        try:
+            for path in (self.path, self.path.with_name(self.path.name + "-journal")):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        except OSError as exc:
+            raise OutputWriteError(
+                f"cannot remove the finished run's state {self.path} ({exc.strerror}); fix "
+                "the folder's permissions, then rerun with --resume"
+            ) from None
 
 
-def _crash_point(step: str) -> None:
+def _progress(row: Sequence[Any], damaged: Callable[[str], Exception]) -> Committed:
+    """A state row as :class:`Committed`, each field checked (a hand-edited or half-written
+    value is ``damaged``, never a traceback or a wrong resume point)."""
+    _, out_bytes, err_bytes, lines, counters, complete = row
+    if not (_count(out_bytes) and _count(err_bytes)):
+        raise damaged("output_bytes/errors_bytes")
+    try:
+        ranges = orjson.loads(lines)
+        if not isinstance(ranges, list) or not all(
+            isinstance(r, list) and len(r) == 2 and all(map(_count, r)) for r in ranges
+        ):
+            raise ValueError
+        parsed = LineRanges(ranges)
+    except (TypeError, ValueError):
+        raise damaged("lines") from None
+    try:
+        counts = orjson.loads(counters)
+    except (TypeError, ValueError):
+        counts = None
+    if not _usable_counters(counts):
+        raise damaged("counters")
+    if complete not in (0, 1):
+        raise damaged("complete")
+    return Committed(out_bytes, err_bytes, parsed, counts, bool(complete))
+
+
+def crash_point(step: str) -> None:
     """Tests only: die here, as a kill -9 would, when ``_BATCHSCORE_CRASH_AT`` names this step
     of the commit (the tests prove a kill at every step leaves a resumable run)."""
     if os.environ.get("_BATCHSCORE_CRASH_AT") == step:
@@ -465,17 +626,23 @@ class RunFiles:
     """The files one run writes, opened, committed and left for ``--resume`` together: the
     output (a sink), the errors file, and (for file outputs) the run state.
 
+    Used as ``async with RunFiles(...) as files:`` (:meth:`open` refuses otherwise): leaving the
+    block closes whatever is still open (the state's connection, a SQLite output's), on every
+    path, so that no error can leave the process unable to exit.
+
     The success path commits in an order that leaves the run resumable whatever instant a kill
     comes:
 
     1. sync the output and the errors file, and record their lengths and lines in the state;
     2. mark the state complete (every row is written and durable);
-    3. rename the errors file into place, then the output;
+    3. put the errors file in place, then the output (each sink's own steps: a rename, or for
+       Parquet the segments assembled into one file, see :class:`ParquetSink`);
     4. write the done record (runs started with ``--resume``), then remove the state.
 
     A kill before 2 resumes as any stopped run.  A kill after 2 resumes by finishing 3 and 4
-    (:meth:`finish`): nothing is fetched again.  A resume that finds a partial file missing
-    where the state says rows were written refuses, instead of starting that file afresh.
+    (:meth:`finish`): nothing is fetched again.  A resume that finds a partial file missing, or
+    shorter than the state says (fewer bytes, segments or rows), refuses (exit 2, naming it)
+    instead of starting that file afresh or padding it.
     """
 
     def __init__(
@@ -495,10 +662,24 @@ class RunFiles:
         self.output_partial = output_partial
         self.errors_partial = errors_partial
         self.previous = Committed()
+        self._entered = False
+        self._settled = False  # committed or finished: nothing is left to keep for --resume
+
+    async def __aenter__(self) -> RunFiles:
+        if self.state is not None:
+            await self.state.__aenter__()
+        self._entered = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._entered = False
+        await self.abort()
 
     async def open(self, *, resume: bool, overwrite: bool) -> Committed:
         """Take over what a stopped run committed (``resume``), or start afresh; open the files
         (unless the stopped run was complete: then :meth:`finish` is all that is left)."""
+        if not self._entered:
+            raise RuntimeError("RunFiles.open outside `async with RunFiles(...)`")
         state = self.state
         if state is not None:
             partials = [p for p in (self.output_partial, self.errors_partial) if p is not None]
@@ -509,19 +690,10 @@ class RunFiles:
         if self.done is not None:
             self.done.remove()  # this run replaces the output the record describes
         resuming = previous.started
-        try:
-            if resuming:
-                self._check_partials(previous)
-            await self.sink.open(previous.output_bytes if resuming else None)
-            try:
-                await self.errors.open(previous.errors_bytes if resuming else None)
-            except BaseException:
-                await self.sink.abort()
-                raise
-        except BaseException:
-            if state is not None:
-                await state.close()  # an open connection's thread keeps the process alive
-            raise
+        if resuming:
+            self._check_partials(previous)
+        await self.sink.open(previous.output_bytes if resuming else None)
+        await self.errors.open(previous.errors_bytes if resuming else None)
         return previous
 
     def _check_partials(self, previous: Committed) -> None:
@@ -551,39 +723,39 @@ class RunFiles:
     async def commit(self, written: LineRanges, counters: dict[str, Any]) -> None:
         """The run succeeded: steps 1 to 4."""
         await self.checkpoint(written, counters)
-        _crash_point("synced")
+        crash_point("synced")
         if self.state is not None:
             await self.state.mark_complete()
-        _crash_point("complete")
+        crash_point("complete")
         await self.errors.commit()
-        _crash_point("errors-renamed")
+        crash_point("errors-renamed")
         await self.sink.commit()
-        _crash_point("output-renamed")
+        crash_point("output-renamed")
         await self._done(counters)
 
     async def _done(self, counters: dict[str, Any]) -> None:
         """Step 4."""
+        self._settled = True
         if self.done is not None:
             self.done.write(counters)
         if self.state is not None:
             await self.state.remove()
 
     async def finish(self) -> None:
-        """A complete run was stopped during its renames: do the ones left (steps 3, 4)."""
-        for partial, file, resume_at in (
-            (self.errors_partial, self.errors, self.previous.errors_bytes),
-            (self.output_partial, self.sink, self.previous.output_bytes),
-        ):
-            if partial is not None and partial.exists():
-                await file.open(resume_at)
-                await file.commit()
+        """A complete run was stopped during step 3 or 4: do what is left of them."""
+        if self.errors_partial is not None and self.errors_partial.exists():
+            await self.errors.open(self.previous.errors_bytes)
+            await self.errors.commit()
+        await self.sink.finish(self.previous.output_bytes)
         await self._done(self.previous.counters)
 
     async def abort(self) -> None:
-        """The run stopped: keep what is committed for ``--resume``; close everything."""
-        with contextlib.suppress(Exception):
-            await self.sink.abort()
-        with contextlib.suppress(Exception):
-            await self.errors.abort()
+        """The run stopped: keep what is committed for ``--resume``; close everything (again:
+        nothing)."""
+        if not self._settled:
+            with contextlib.suppress(Exception):
+                await self.sink.abort()
+            with contextlib.suppress(Exception):
+                await self.errors.abort()
         if self.state is not None:
             await self.state.close()

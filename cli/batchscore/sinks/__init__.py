@@ -150,6 +150,10 @@ class Sink(Protocol):
     async def commit(self) -> None:
         """The run succeeded: make the output final (flush, sync, rename into place)."""
 
+    async def finish(self, resume_at: int) -> None:
+        """A run stopped after every row was durable (``resume_at`` of them), during
+        :meth:`commit`: do what is left of it (nothing when the output is in place already)."""
+
     async def abort(self) -> None:
         """The run stopped: flush what is written and leave it for ``--resume``."""
 

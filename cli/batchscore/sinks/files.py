@@ -16,7 +16,12 @@ from typing import Any, Protocol
 
 import aiofiles
 
-from batchscore.errors import OutputExistsError, OutputWriteError, PipeClosedError
+from batchscore.errors import (
+    LeftoverStateError,
+    OutputExistsError,
+    OutputWriteError,
+    PipeClosedError,
+)
 from batchscore.sinks import ScoredBatch
 from batchscore.sinks.encoders import RowEncoder
 
@@ -36,6 +41,9 @@ class ByteTarget(Protocol):
     async def commit(self) -> None:
         """Make what was written final."""
 
+    async def finish(self, resume_at: int) -> None:
+        """A stopped run's complete file (``resume_at`` bytes): make it final, if not yet."""
+
     async def abort(self) -> None:
         """Stop, leaving what was written for ``--resume``."""
 
@@ -51,6 +59,15 @@ def refuse_existing(path: Path, overwrite: bool) -> None:
         raise OutputExistsError(
             f"output {path} already exists; pass --overwrite to replace it or choose another -o"
         )
+
+
+def shorter_than_committed(partial: Path, has: str, expected: str) -> LeftoverStateError:
+    """A stopped run's partial file holds less than its state says was committed (cut short
+    or edited by hand): refused, never padded or taken as it is."""
+    return LeftoverStateError(
+        f"the stopped run's partial file {partial} holds {has}, but its state says {expected} "
+        "were committed, so rows are lost from it; pass --overwrite to start over"
+    )
 
 
 def fsync_dir(directory: Path) -> None:
@@ -69,6 +86,7 @@ def write_error(path: Path | str, exc: OSError, resumable: bool = True) -> Outpu
         errno.EACCES: "permission denied",
         errno.EROFS: "the file system is read-only",
         errno.EDQUOT: "the disk quota is exceeded",
+        errno.EFBIG: "the file size limit is reached",
     }.get(exc.errno or 0, exc.strerror or str(exc))
     then = ", then rerun with --resume" if resumable else ""
     return OutputWriteError(f"cannot write {path}: {reason}; free space or fix permissions{then}")
@@ -98,6 +116,11 @@ class FileTarget:
         refuse_existing(self.path, self.overwrite)
         try:
             if resume_at is not None and self.temp.exists():
+                size = self.temp.stat().st_size
+                if size < resume_at:  # truncate() would pad it with NUL bytes
+                    raise shorter_than_committed(
+                        self.temp, f"{size:,} bytes", f"{resume_at:,} bytes"
+                    )
                 self._file = await aiofiles.open(self.temp, "r+b")
                 await self._file.truncate(resume_at)
                 await self._file.seek(resume_at)
@@ -143,6 +166,12 @@ class FileTarget:
         except OSError as exc:
             raise write_error(self.path, exc) from None
 
+    async def finish(self, resume_at: int) -> None:
+        """Rename the complete temporary file into place (if a kill came before that)."""
+        if self.temp.exists():
+            await self.open(resume_at)
+            await self.commit()
+
     async def abort(self) -> None:
         """Close the temporary file, keeping it."""
         if self._file is not None:
@@ -174,6 +203,10 @@ class StdoutTarget:
         if self._gzip is not None:
             data = self._gzip.compress(data)
         await self._write_raw(data)
+
+    async def finish(self, resume_at: int) -> None:
+        """Never called: stdout is not resumable."""
+        del resume_at
 
     async def commit(self) -> None:
         """Flush the rest."""
@@ -223,6 +256,10 @@ class StreamSink:
     async def commit(self) -> None:
         """Finalize the target."""
         await self.target.commit()
+
+    async def finish(self, resume_at: int) -> None:
+        """Finalize a complete run's target, if not yet."""
+        await self.target.finish(resume_at)
 
     async def abort(self) -> None:
         """Leave the target resumable."""

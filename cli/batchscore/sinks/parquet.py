@@ -4,7 +4,19 @@ A Parquet file is only readable once its footer is written, so a run cannot make
 durable.  Instead each sync closes a small *segment* file in a temporary folder beside the
 output; the sync's length is the number of segments.  On success the segments are streamed, one
 row group each, into the final file under a temporary name, which is then renamed into place.
-A resumed run deletes segments past the recorded count and carries on numbering.
+A resumed run deletes segments past the recorded count and carries on numbering; it refuses
+(exit 2, naming it) a segment that is missing or unreadable below that count.
+
+Putting the file in place takes steps a kill can come between, so each leaves a sign a resume
+reads (:meth:`ParquetSink.finish`):
+
+1. the segments are streamed into ``.<name>.assembling`` (fsynced);
+2. ``.<name>.assembled`` is created: the assembled file is complete;
+3. it is renamed to the output;
+4. the segment folder is removed, then ``.<name>.assembled``.
+
+Without the sign, a resume assembles again from the segments; with it, it does what is left of
+3 and 4 (the output in place is then this run's, not someone else's to refuse).
 """
 
 from __future__ import annotations
@@ -17,9 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from batchscore.errors import UsageError
+from batchscore.errors import LeftoverStateError, UsageError
 from batchscore.sinks import Columns, ScoredBatch, kept_text
-from batchscore.sinks.files import fsync_dir, refuse_existing, temp_path, write_error
+from batchscore.sinks.files import (
+    fsync_dir,
+    refuse_existing,
+    shorter_than_committed,
+    temp_path,
+    write_error,
+)
+from batchscore.state import crash_point
 
 
 def _pyarrow() -> Any:
@@ -62,19 +81,55 @@ class ParquetSink:
     def _segment(self, index: int) -> Path:
         return self.folder / f"segment-{index:08d}.parquet"
 
+    @property
+    def _assembling(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.assembling")
+
+    @property
+    def _assembled(self) -> Path:
+        """The sign that ``_assembling`` is complete (step 2 of the commit)."""
+        return self.path.with_name(f".{self.path.name}.assembled")
+
     async def open(self, resume_at: int | None = None) -> None:
-        """Create the segment folder, or cut a stopped run's back to ``resume_at`` segments."""
+        """Create the segment folder, or cut a stopped run's back to ``resume_at`` segments
+        (refused when one of those is missing or unreadable)."""
+        import asyncio
+
         refuse_existing(self.path, self.overwrite)
         try:
+            for stale in (self._assembled, self._assembling):  # a commit that did not end
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
             if resume_at is None and self.folder.exists():
                 shutil.rmtree(self.folder)
             self.folder.mkdir(exist_ok=True)
             self._segments = resume_at or 0
             for extra in self.folder.glob("segment-*.parquet"):
-                if int(extra.stem.split("-")[1]) >= self._segments:
+                number = extra.stem.split("-")[1]
+                if number.isdigit() and int(number) >= self._segments:
                     extra.unlink()
+            await asyncio.to_thread(self._check_segments)
         except OSError as exc:
             raise write_error(self.path, exc) from None
+
+    def _check_segments(self) -> None:
+        """Every committed segment is there and has its footer (a kill never cuts one: each is
+        written under another name and renamed; a missing or cut one was lost or edited)."""
+        for index in range(self._segments):
+            segment = self._segment(index)
+            try:
+                self.pa.parquet.read_metadata(segment)
+            except FileNotFoundError:
+                raise shorter_than_committed(
+                    self.folder, f"no {segment.name}", f"{self._segments:,} segment(s)"
+                ) from None
+            except (OSError, self.pa.ArrowException) as exc:
+                if isinstance(exc, OSError) and exc.errno is not None:
+                    raise  # the disk, not the file
+                raise LeftoverStateError(
+                    f"the stopped run's segment {segment} is damaged ({exc}), so its rows "
+                    "cannot be recovered; pass --overwrite to start over"
+                ) from None
 
     async def write(self, batch: ScoredBatch) -> None:
         """Keep the batch (as a table of columns) until the next sync writes a segment."""
@@ -124,15 +179,24 @@ class ParquetSink:
         return self._segments
 
     def _assemble(self) -> None:
-        final_temp = self.path.with_name(f".{self.path.name}.assembling")
-        with self.pa.parquet.ParquetWriter(final_temp, self.schema) as writer:
+        """Steps 1 and 2 of the commit (module docstring)."""
+        with self.pa.parquet.ParquetWriter(self._assembling, self.schema) as writer:
             for index in range(self._segments):
                 writer.write_table(self.pa.parquet.read_table(self._segment(index)))
-        with open(final_temp, "rb+") as f:
+        with open(self._assembling, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(final_temp, self.path)
+        self._assembled.touch()
         fsync_dir(self.path.parent)
-        shutil.rmtree(self.folder)
+
+    def _put_in_place(self) -> None:
+        """Steps 3 and 4 (after a kill, what is left of them)."""
+        if self._assembling.exists():
+            os.replace(self._assembling, self.path)
+            fsync_dir(self.path.parent)
+        crash_point("parquet-renamed")
+        if self.folder.exists():
+            shutil.rmtree(self.folder)
+        self._assembled.unlink(missing_ok=True)
 
     async def commit(self) -> None:
         """Stream the segments into the final file and rename it into place."""
@@ -141,11 +205,25 @@ class ParquetSink:
         await self.sync()
         try:
             await asyncio.to_thread(self._assemble)
+            crash_point("parquet-assembled")
+            await asyncio.to_thread(self._put_in_place)
         except OSError as exc:
             raise write_error(self.path, exc) from None
+
+    async def finish(self, resume_at: int) -> None:
+        """A complete run stopped during :meth:`commit`: assemble again from the segments, or
+        (its sign is there) put the assembled file in place and remove the segments."""
+        import asyncio
+
+        if self._assembled.exists():
+            try:
+                await asyncio.to_thread(self._put_in_place)
+            except OSError as exc:
+                raise write_error(self.path, exc) from None
+        elif self.folder.exists():
+            await self.open(resume_at)
+            await self.commit()
 
     async def abort(self) -> None:
         """Drop rows not yet synced; the segments stay for ``--resume``."""
         self._pending = []
-        with contextlib.suppress(OSError):
-            self.folder.mkdir(exist_ok=True)

@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
+from batchscore.errors import LeftoverStateError
 from batchscore.sinks import Columns, ScoredBatch
-from batchscore.sinks.files import fsync_dir, refuse_existing, temp_path, write_error
+from batchscore.sinks.files import (
+    fsync_dir,
+    refuse_existing,
+    shorter_than_committed,
+    temp_path,
+    write_error,
+)
 
 
 def _quote(name: str) -> str:
@@ -51,11 +59,25 @@ class SqliteSink:
             body = ", ".join(f"{_quote(n)} {t}" for n, t in self._column_types())
             await self._db.execute(f"CREATE TABLE IF NOT EXISTS {self.TABLE} ({body})")
             if resume_at is not None:
+                cursor = await self._db.execute(
+                    f"SELECT count(*) FROM {self.TABLE} WHERE rowid <= ?", (resume_at,)
+                )
+                (kept,) = await cursor.fetchone()
+                if kept < resume_at:
+                    raise shorter_than_committed(self.temp, f"{kept:,} rows", f"{resume_at:,}")
                 await self._db.execute(f"DELETE FROM {self.TABLE} WHERE rowid > ?", (resume_at,))
                 self._rows = resume_at
             await self._db.commit()
-        except Exception as exc:
+        except BaseException as exc:
             await self.abort()  # an open connection's thread keeps the process from exiting
+            if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
+                exc, sqlite3.OperationalError
+            ):  # "file is not a database", "malformed": the file, not the disk
+                raise shorter_than_committed(
+                    self.temp, f"no readable table ({exc})", f"{resume_at or 0:,} rows"
+                ) from None
+            if not isinstance(exc, Exception) or isinstance(exc, LeftoverStateError):
+                raise
             raise write_error(self.path, OSError(str(exc))) from None
 
     async def write(self, batch: ScoredBatch) -> None:
@@ -89,6 +111,12 @@ class SqliteSink:
             fsync_dir(self.path.parent)
         except OSError as exc:
             raise write_error(self.path, exc) from None
+
+    async def finish(self, resume_at: int) -> None:
+        """Rename the complete database into place (if a kill came before that)."""
+        if self.temp.exists():
+            await self.open(resume_at)
+            await self.commit()
 
     async def abort(self) -> None:
         """Close, keeping the committed rows for ``--resume``."""
