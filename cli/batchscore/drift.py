@@ -245,7 +245,12 @@ class Histogram:
         """Read :meth:`to_dict`'s form; ValueError when its parts do not fit together."""
         edges = np.array(data["edges"], dtype=np.float64).reshape(-1)
         counts = np.array(data["counts"], dtype=np.int64).reshape(-1)
-        if len(counts) != len(edges) + 1 or (counts < 0).any() or np.any(np.diff(edges) <= 0):
+        if (
+            len(counts) != len(edges) + 1
+            or (counts < 0).any()
+            or not np.isfinite(edges).all()
+            or np.any(np.diff(edges) <= 0)
+        ):
             raise ValueError("a histogram's edges and counts do not fit together")
         low, high = data.get("min"), data.get("max")
         return cls(
@@ -364,7 +369,9 @@ def _read_trees(path: str) -> _Trees:
         numeric = (np.array(fields[b"decision_type"].split(), dtype=np.int64) & 1) == 0
         for j in np.unique(features[numeric]).tolist():
             found.setdefault(j, []).append(thresholds[numeric & (features == j)])
+    # Finite only (a JSON report cannot hold an infinite edge; the top bin is open anyway).
     splits = {j: np.unique(np.concatenate(parts)) for j, parts in found.items()}
+    splits = {j: edges[np.isfinite(edges)] for j, edges in splits.items()}
     return _Trees(splits, categories, ranges, raw_low, raw_high, objective, sigmoid)
 
 
