@@ -390,3 +390,32 @@ def test_the_report_of_a_resumed_run_equals_an_uninterrupted_runs(
     report = json.loads(resumed.read_text())
     assert report["resumed_from"] > 0
     assert report["distribution"] == json.loads(whole.read_text())["distribution"]
+
+
+# -- Dask -----------------------------------------------------------------------------------------
+
+
+def test_a_dask_runs_histograms_merged_over_partitions_equal_a_local_runs(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    """Two models, six partitions on the command's own local cluster: the driver adds the
+    partitions' histograms up to exactly the local run's, model by model."""
+    pytest.importorskip("distributed")
+    sample = ROOT / "sample_data"
+    models = ["-m", f"a={sample / 'model.txt'}", "-m", f"b={sample / 'model.txt'}"]
+    common = ["score", sample / "ids.txt", "-c", SAMPLE_CONFIG, *models, "--max-failed", "100"]
+    local = run_cli(*common, "-o", tmp_path / "l.csv", "--report", tmp_path / "l.json", cwd=ROOT)
+    assert local.returncode == 0, local.stderr
+    dask = run_cli(
+        *common, "-o", tmp_path / "d.csv", "--report", tmp_path / "d.json",
+        "--engine", "dask", "--partition-size", "1000", cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert dask.returncode == 0, dask.stderr
+    by_dask = json.loads((tmp_path / "d.json").read_text())["distribution"]
+    by_local = json.loads((tmp_path / "l.json").read_text())["distribution"]
+    assert [m["name"] for m in by_local["models"]] == ["a", "b"]
+    assert by_dask == by_local
+    assert by_local["models"][0]["rows"] == 5000
+    assert "score_a distribution (5,000 scored):" in dask.stderr
+    success = json.loads((tmp_path / "d.csv" / "_SUCCESS").read_text())
+    assert all("distributions" not in part for part in success["partitions"])

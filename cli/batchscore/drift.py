@@ -822,7 +822,8 @@ def distribution_lines(
             first = moved[0]
             lines.append(
                 head
-                + f"{len(drift.drifted_names)} column(s) moved: "
+                + f"{len(drift.drifted_names)} column{'s' if len(drift.drifted_names) > 1 else ''}"
+                + " moved: "
                 + ", ".join(drift.drifted_names[:5])
                 + (" ..." if len(drift.drifted_names) > 5 else "")
             )
