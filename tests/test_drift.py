@@ -109,12 +109,37 @@ def test_every_histogram_counts_every_row_scored_and_the_summary_draws_the_score
         assert len(hist["counts"]) == len(hist["edges"]) + 1
         assert sum(hist["counts"]) + hist["missing"] == 3000, name
     assert dist["features"]["f2"]["missing"] == 300
-    assert 0 < dist["scores"]["score"]["min"] < dist["scores"]["score"]["max"] < 1
+    low, high = dist["scores"]["score"]["range"]  # what the trees can produce
+    assert 0 < low < high < 1
     assert "score distribution (3,000 scored):" in err
     bars = err.split("score distribution (3,000 scored):\n", 1)[1].splitlines()[:8]
     assert all("█" in line and line.endswith("%") for line in bars), bars
     shares = [float(line.rsplit(" ", 1)[1].rstrip("%")) for line in bars]
     assert sum(shares) == pytest.approx(100, abs=0.5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_every_value_lands_in_the_bin_a_binary_search_gives(model: Path, data: Any) -> None:
+    """The lookup grid (:attr:`Layout.lookup`) against ``searchsorted`` on each column's edges,
+    with values on, a hair around and far beyond the edges, infinities and NaN."""
+    from batchscore.drift import Distribution, layout_of
+
+    layout = layout_of("", "v", str(model), ("score",), FEATURES, raw=False)
+    rows = data.draw(st.integers(1, 300))
+    block = np.empty((rows, len(layout.names)))
+    for j, edges in enumerate(layout.edges):
+        special = [*edges, *np.nextafter(edges, np.inf), *np.nextafter(edges, -np.inf)]
+        special += [np.nan, np.inf, -np.inf, 0.0, -1e300, 1e300]
+        values = st.one_of(st.sampled_from(special), st.floats(allow_nan=True))
+        block[:, j] = data.draw(st.lists(values, min_size=rows, max_size=rows))
+    counted = Distribution.observe(layout, block[:, :1], block[:, 1:])
+    for j, edges in enumerate(layout.edges):
+        column = block[:, j]
+        present = column[~np.isnan(column)]
+        expected = np.bincount(np.searchsorted(edges, present), minlength=len(edges) + 1)
+        assert counted.histogram(j).counts.tolist() == expected.tolist()
+        assert counted.histogram(j).missing == int(np.isnan(column).sum())
 
 
 def test_the_histograms_memory_does_not_grow_with_the_rows(model: Path) -> None:
@@ -123,14 +148,14 @@ def test_the_histograms_memory_does_not_grow_with_the_rows(model: Path) -> None:
     layout = layout_of("", "v", str(model), ("score",), FEATURES, raw=False)
     booster = lgb.Booster(model_file=str(model))
     total = Distribution(layout)
-    size = total.counts.nbytes + total.missing.nbytes + total.low.nbytes + total.high.nbytes
+    size = total.counts.nbytes + total.missing.nbytes
     for seed in range(20):  # 20 chunks of 5,000 rows
         x = draw(seed, 5000)
         total.add(Distribution.observe(layout, booster.predict(x).reshape(-1, 1), x))
     assert total.rows == 100_000
-    after = total.counts.nbytes + total.missing.nbytes + total.low.nbytes + total.high.nbytes
+    after = total.counts.nbytes + total.missing.nbytes
     assert after == size  # O(bins): the same arrays, only the counts changed
-    assert size < 16 * 1024  # 7 columns of at most 256 bins of 8 bytes, and 4 small arrays
+    assert size < 16 * 1024  # 7 columns of at most 256 bins of 8 bytes, and the missing counts
 
 
 # -- no false alarm -------------------------------------------------------------------------------

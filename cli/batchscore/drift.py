@@ -60,12 +60,17 @@ Ints = npt.NDArray[np.int64]
 # ------------------------------------------------------------------------------ the bins
 
 
+CELLS = 512
+"""Cells of the per-column lookup grid that finds a value's bin in O(1) (see :class:`Layout`)."""
+
+
 @dataclass(frozen=True, eq=False)
 class Layout:
     """The columns of one model's histograms and their bin edges: score columns, then the
     model's features, in its order.  Column ``i`` has ``len(edges[i]) + 1`` bins,
     ``(-inf, e0], (e0, e1], ..., (e_last, +inf)`` (LightGBM's own ``<=`` goes left), stored
-    from ``offsets[i]`` in one flat array."""
+    from ``offsets[i]`` in one flat array; ``bounds[i]`` are the values the end bins are taken
+    to reach (the training range, the scores' range) when a share is interpolated in them."""
 
     model: str
     version: str
@@ -73,12 +78,40 @@ class Layout:
     names: tuple[str, ...]
     kinds: tuple[str, ...]  # "score" | "feature"
     edges: tuple[Floats, ...]
+    bounds: tuple[tuple[float, float], ...]
 
     @functools.cached_property
     def offsets(self) -> npt.NDArray[np.intp]:
         """Where each column's bins start in the flat counts (and, last, their total)."""
         sizes = [len(e) + 1 for e in self.edges]
         return np.concatenate([[0], np.cumsum(sizes)]).astype(np.intp)
+
+    @functools.cached_property
+    def lookup(self) -> tuple[Floats, Floats, npt.NDArray[np.intp], Floats]:
+        """A grid per column that finds a value's bin without a binary search.
+
+        Column ``j``'s range ``[e0, e_last]`` is cut into :data:`CELLS` equal cells; a cell
+        gives the flat index of a bin at or below the value's (the first edge of the cell
+        before it, so that rounding never overshoots), and a short walk up the flat edges
+        (each column's ending in +inf) finds the bin.  Returns per column the grid's start and
+        cells per unit, the (columns, CELLS + 2) table of flat indices, and the flat edges.
+        """
+        width = len(self.edges)
+        start = np.zeros(width)
+        scale = np.zeros(width)
+        table = np.zeros((width, CELLS + 2), np.intp)
+        flat = np.concatenate([np.append(e, np.inf) for e in self.edges]) if width else np.zeros(0)
+        for j, (edges, kind) in enumerate(zip(self.edges, self.kinds, strict=True)):
+            table[j] = self.offsets[j]
+            if len(edges) < 2 or not edges[-1] > edges[0] or kind == "score":
+                continue  # a score's edges crowd near 0 and 1: a binary search (one column)
+            start[j], scale[j] = edges[0], CELLS / (edges[-1] - edges[0])
+            # Cell c (1..CELLS) starts at edges[0] + (c - 1) / scale: the edges below a hair
+            # under that, so that no rounding of a value's cell can overshoot its bin.
+            lefts = edges[0] + (np.arange(CELLS) - 1e-6) / scale[j]
+            table[j, 1:-1] += np.searchsorted(edges, lefts, side="left")
+            table[j, -1] += np.searchsorted(edges, edges[-1], side="left")  # >= the last edge
+        return start, scale, table, flat
 
     def same_bins(self, other: Layout) -> bool:
         """Whether counts of ``other`` can be added to counts of this layout."""
@@ -93,53 +126,57 @@ class Distribution:
     """One model's histograms (mutable; merged by the writer, on the event loop's thread)."""
 
     def __init__(
-        self,
-        layout: Layout,
-        counts: Ints | None = None,
-        missing: Ints | None = None,
-        low: Floats | None = None,
-        high: Floats | None = None,
+        self, layout: Layout, counts: Ints | None = None, missing: Ints | None = None
     ) -> None:
-        width = len(layout.names)
         self.layout = layout
         self.counts = np.zeros(int(layout.offsets[-1]), np.int64) if counts is None else counts
-        self.missing = np.zeros(width, np.int64) if missing is None else missing
-        self.low = np.full(width, np.inf) if low is None else low
-        self.high = np.full(width, -np.inf) if high is None else high
+        self.missing = np.zeros(len(layout.names), np.int64) if missing is None else missing
 
     @classmethod
     def observe(cls, layout: Layout, scores: Floats, features: Floats) -> Distribution:
         """The histograms of one chunk's scored rows: ``scores`` (rows, score columns) and
-        ``features`` (rows, model features), float64, NaN = missing."""
+        ``features`` (rows, model features), float64, NaN = missing.
+
+        Vectorised over the whole block (a bin search per value costs a few times more: see
+        :attr:`Layout.lookup`); NaN lands in each column's first bin and is moved to
+        ``missing``.
+        """
         block = np.concatenate([scores, features], axis=1) if scores.size else features
-        rows, width = block.shape
+        width = block.shape[1]
         if width != len(layout.names):
             raise ValueError("a block's columns do not match the layout")
-        where = np.empty((rows, width), np.intp)
-        for j, edges in enumerate(layout.edges):  # NaN sorts last: into the top bin, below
-            where[:, j] = np.searchsorted(edges, block[:, j])
-        where += layout.offsets[:-1]
-        counts = np.bincount(where.ravel(), minlength=int(layout.offsets[-1])).astype(np.int64)
-        nan = np.isnan(block)
-        missing = nan.sum(axis=0).astype(np.int64)
-        counts[layout.offsets[1:] - 1] -= missing  # NaN went to each column's top bin
-        with np.errstate(invalid="ignore"):
-            low = np.fmin.reduce(block, axis=0, initial=np.inf)
-            high = np.fmax.reduce(block, axis=0, initial=-np.inf)
-        return cls(layout, counts, missing, low, high)
+        start, scale, table, flat = layout.lookup
+        with np.errstate(invalid="ignore", over="ignore"):  # inf * 0, 1e308 * cells
+            cell = (block - start) * scale
+        np.fmax(cell, -1.0, out=cell)  # NaN (missing, or inf * 0) too: the first cell
+        np.minimum(cell, CELLS, out=cell)  # from -1 to CELLS: cast, then + 1, 0 to CELLS + 1
+        index = cell.astype(np.intp)
+        index += np.arange(width) * (CELLS + 2) + 1  # into the flat table
+        where = table.ravel()[index.ravel()]  # the bin of each value's cell start
+        values = block.ravel()
+        moving = np.flatnonzero(flat[where] < values)  # past an edge within its cell
+        where[moving] += 1
+        moving = moving[flat[where[moving]] < values[moving]]  # past two: edges crowd there
+        if len(moving):
+            columns = moving % width
+            for j in np.unique(columns).tolist():  # a binary search for those few
+                mine = moving[columns == j]
+                found = np.searchsorted(layout.edges[j], values[mine], side="left")
+                where[mine] = layout.offsets[j] + found
+        counts = np.bincount(where, minlength=int(layout.offsets[-1])).astype(np.int64)
+        gaps = np.flatnonzero(np.isnan(values)) % width
+        missing = np.bincount(gaps, minlength=width).astype(np.int64)
+        counts[layout.offsets[:-1]] -= missing  # NaN compared false: it stayed in bin 0
+        return cls(layout, counts, missing)
 
     def add(self, other: Distribution) -> None:
         """Count ``other``'s rows too (same layout)."""
         self.counts += other.counts
         self.missing += other.missing
-        np.fmin(self.low, other.low, out=self.low)
-        np.fmax(self.high, other.high, out=self.high)
 
     def copy(self) -> Distribution:
         """An independent copy."""
-        return Distribution(
-            self.layout, self.counts.copy(), self.missing.copy(), self.low.copy(), self.high.copy()
-        )
+        return Distribution(self.layout, self.counts.copy(), self.missing.copy())
 
     @property
     def rows(self) -> int:
@@ -151,12 +188,9 @@ class Distribution:
     def histogram(self, i: int) -> Histogram:
         """Column ``i``'s histogram."""
         start, end = self.layout.offsets[i], self.layout.offsets[i + 1]
+        low, high = self.layout.bounds[i]
         return Histogram(
-            self.layout.edges[i],
-            self.counts[start:end],
-            int(self.missing[i]),
-            float(self.low[i]),
-            float(self.high[i]),
+            self.layout.edges[i], self.counts[start:end], int(self.missing[i]), low, high
         )
 
     def column(self, name: str, kind: str) -> Histogram | None:
@@ -198,21 +232,17 @@ class Distribution:
             tuple(names),
             tuple(kinds),
             tuple(h.edges for h in hists),
+            tuple((h.low, h.high) for h in hists),
         )
         counts = np.concatenate([h.counts for h in hists]) if hists else np.zeros(0, np.int64)
-        return cls(
-            layout,
-            counts.astype(np.int64),
-            np.array([h.missing for h in hists], np.int64),
-            np.array([h.low for h in hists], np.float64),
-            np.array([h.high for h in hists], np.float64),
-        )
+        return cls(layout, counts.astype(np.int64), np.array([h.missing for h in hists], np.int64))
 
 
 @dataclass(frozen=True, eq=False)
 class Histogram:
-    """One column's counts: bins ``(-inf, e0], ..., (e_last, +inf)``, NaNs apart, and the
-    smallest and largest value seen (+inf/-inf when none)."""
+    """One column's counts: bins ``(-inf, e0], ..., (e_last, +inf)``, NaNs apart, and how far
+    the end bins are taken to reach (``low``, ``high``: the training range of a feature, the
+    range of a score) when a share is interpolated in them."""
 
     edges: Floats
     counts: Ints
@@ -231,13 +261,12 @@ class Histogram:
         return self.present + self.missing
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"edges", "counts", "missing", "min", "max"}`` (min/max null when empty)."""
+        """``{"edges", "counts", "missing", "range"}``."""
         return {
             "edges": self.edges.tolist(),
             "counts": self.counts.tolist(),
             "missing": self.missing,
-            "min": self.low if math.isfinite(self.low) else None,
-            "max": self.high if math.isfinite(self.high) else None,
+            "range": [self.low, self.high],
         }
 
     @classmethod
@@ -252,14 +281,10 @@ class Histogram:
             or np.any(np.diff(edges) <= 0)
         ):
             raise ValueError("a histogram's edges and counts do not fit together")
-        low, high = data.get("min"), data.get("max")
-        return cls(
-            edges,
-            counts,
-            int(data.get("missing", 0)),
-            math.inf if low is None else float(low),
-            -math.inf if high is None else float(high),
-        )
+        low, high = (float(v) for v in data["range"])
+        if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+            raise ValueError("a histogram's range is not two finite numbers, low to high")
+        return cls(edges, counts, int(data.get("missing", 0)), low, high)
 
     def _knots(self, low: float | None = None, high: float | None = None) -> tuple[Floats, Floats]:
         """The piecewise-linear cumulative count: at ``x[k]``, ``y[k]`` values are <= it.
@@ -432,15 +457,33 @@ def _score_edges(trees: _Trees, k: int, raw: bool) -> Floats:
     return np.unique(grid[np.isfinite(grid)])
 
 
+def _bounds(edges: Floats, known: tuple[float, float] | None) -> tuple[float, float]:
+    """How far a column's end bins reach: its known range, widened to its edges."""
+    if not len(edges):
+        return known or (0.0, 0.0)
+    low, high = known or (float(edges[0]), float(edges[-1]))
+    return min(low, float(edges[0])), max(high, float(edges[-1]))
+
+
+def _feature_range(trees: _Trees, j: int) -> tuple[float, float] | None:
+    if j in trees.categories and len(trees.categories[j]):
+        values = trees.categories[j]
+        return float(values[0]), float(values[-1])
+    return trees.ranges.get(j)
+
+
 @functools.lru_cache(maxsize=16)
 def _layout(
     booster_file: str, model: str, version: str, raw: bool, scores: tuple[str, ...], n: int
-) -> tuple[tuple[Floats, ...], tuple[Floats, ...]]:
+) -> tuple[tuple[Floats, ...], tuple[tuple[float, float], ...]]:
     trees = _read_trees(booster_file)
     classes = len(trees.raw_low)
     score_edges = tuple(_score_edges(trees, k % classes, raw) for k in range(len(scores)))
     feature_edges = tuple(_feature_edges(trees, j) for j in range(n))
-    return score_edges, feature_edges
+    bounds = tuple(_bounds(e, None) for e in score_edges) + tuple(
+        _bounds(e, _feature_range(trees, j)) for j, e in enumerate(feature_edges)
+    )
+    return (*score_edges, *feature_edges), bounds
 
 
 def layout_of(
@@ -452,16 +495,15 @@ def layout_of(
     raw: bool,
 ) -> Layout:
     """The bins of a model's histograms, from its booster file (read once per process)."""
-    score_edges, feature_edges = _layout(
-        booster_file, model, version, raw, tuple(score_columns), len(features)
-    )
+    edges, bounds = _layout(booster_file, model, version, raw, tuple(score_columns), len(features))
     return Layout(
         model,
         version,
         "raw" if raw else "output",
         (*score_columns, *features),
         ("score",) * len(score_columns) + ("feature",) * len(features),
-        (*score_edges, *feature_edges),
+        edges,
+        bounds,
     )
 
 
