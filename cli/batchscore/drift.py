@@ -2,7 +2,7 @@
 
 Every run keeps, per model, a histogram of each score column and of each model feature: fixed
 bin edges chosen once from the model file, counts added chunk by chunk in the scoring thread
-(one ``searchsorted`` per column and one ``bincount`` per chunk), merged by the writer in
+(vectorised: a lookup grid per feature, then one ``bincount``), merged by the writer in
 chunk order, across Dask partitions by the driver, and carried by the run state across a stop
 and ``--resume``.  Memory is O(bins): never a value per row.
 
@@ -21,9 +21,9 @@ Where the edges come from (all of it in the model file, nothing learnt from the 
   Multiclass probabilities (a softmax, not a function of one class's margin) use a fixed
   log-odds grid over (0, 1).  Linear trees can leave the range: the end bins hold the rest.
 
-Besides the counts each histogram keeps its missing values (NaN) and the smallest and largest
-value seen, so that the cumulative distribution can be interpolated within every bin, the end
-bins included.  A comparison re-bins both histograms on the *baseline's* deciles
+Besides the counts each histogram keeps its missing values (NaN) and how far its end bins are
+taken to reach (the feature's training range, the scores' range), so that the cumulative
+distribution can be interpolated within every bin, the end bins included.  A comparison re-bins both histograms on the *baseline's* deciles
 (:func:`compare`), so a baseline from another model version (other edges) compares as well.
 """
 
@@ -668,8 +668,8 @@ def _psi_ks(current: Histogram, base: Histogram) -> tuple[float, float, int]:
     Where the two histograms share edges (the same model, or thresholds kept across versions)
     both statistics use only those, where each CDF is exact: the deciles are moved to the
     shared edge nearest in the baseline's CDF.  Otherwise values are spread evenly within
-    bins, the end bins reaching to the smallest and largest value either run saw, so two
-    samples of one population interpolate alike.
+    bins, the end bins reaching to the wider of the two ranges, so two samples of one
+    population interpolate alike.
     """
     n, m = current.total, base.total
     low, high = min(current.low, base.low), max(current.high, base.high)
