@@ -23,8 +23,9 @@ Where the edges come from (all of it in the model file, nothing learnt from the 
 
 Besides the counts each histogram keeps its missing values (NaN) and how far its end bins are
 taken to reach (the feature's training range, the scores' range), so that the cumulative
-distribution can be interpolated within every bin, the end bins included.  A comparison re-bins both histograms on the *baseline's* deciles
-(:func:`compare`), so a baseline from another model version (other edges) compares as well.
+distribution can be interpolated within every bin, the end bins included.  A comparison
+re-bins both histograms on the *baseline's* deciles (:func:`compare`), so a baseline from
+another model version (other edges) compares as well.
 """
 
 from __future__ import annotations
@@ -112,6 +113,10 @@ class Layout:
             table[j, 1:-1] += np.searchsorted(edges, lefts, side="left")
             table[j, -1] += np.searchsorted(edges, edges[-1], side="left")  # >= the last edge
         return start, scale, table, flat
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Not the cached lookup grid: a partition's result travels to the driver without it.
+        return {k: v for k, v in self.__dict__.items() if k not in ("lookup", "offsets")}
 
     def same_bins(self, other: Layout) -> bool:
         """Whether counts of ``other`` can be added to counts of this layout."""
