@@ -230,9 +230,9 @@ class _Plan:
     done: dict[str, Any] | None = None
     unfinished: list[tuple[str, Path]] = field(default_factory=list)
     """Other days' stopped runs of a ``{date}`` output (their state is still there)."""
+    """The record of the completed run that already wrote this output (``--resume``)."""
     baseline: Baseline | None = None
     """``--baseline``'s distributions, read before this run's report can replace the file."""
-    """The record of the completed run that already wrote this output (``--resume``)."""
 
 
 def plan(settings: Settings) -> _Plan:
