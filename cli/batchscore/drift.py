@@ -848,7 +848,8 @@ def distribution_lines(
             if len(scores) > 1:  # multiclass: a line per class
                 top = max(float(mine.max()), 1e-12)
                 spark = "".join(_SPARK[min(int(share / top * 7.999), 7)] for share in mine)
-                span = f"{_number(hist.low)} .. {_number(hist.high)}"
+                ends = hist.quantiles(np.array([0.005, 0.995]))  # what the bars span
+                span = f"{_number(float(ends[0]))} .. {_number(float(ends[1]))}"
                 lines.append(f"{name} distribution: {spark}  {span}")
                 continue
             title = f"{name} distribution ({hist.present:,} scored"
