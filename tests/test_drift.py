@@ -433,7 +433,8 @@ def test_a_dask_runs_histograms_merged_over_partitions_equal_a_local_runs(
     assert local.returncode == 0, local.stderr
     dask = run_cli(
         *common, "-o", tmp_path / "d.csv", "--report", tmp_path / "d.json",
-        "--engine", "dask", "--partition-size", "1000", cwd=ROOT, timeout=120,
+        "--engine", "dask", "--partition-size", "1000", "--baseline", tmp_path / "l.json",
+        "--max-drift", "0.001", cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert dask.returncode == 0, dask.stderr
     by_dask = json.loads((tmp_path / "d.json").read_text())["distribution"]
@@ -441,6 +442,8 @@ def test_a_dask_runs_histograms_merged_over_partitions_equal_a_local_runs(
     assert [m["name"] for m in by_local["models"]] == ["a", "b"]
     assert by_dask == by_local
     assert by_local["models"][0]["rows"] == 5000
-    assert "score_a distribution (5,000 scored):" in dask.stderr
+    assert "score_a distribution (5,000 scored; baseline 5,000, right):" in dask.stderr
+    drift = json.loads((tmp_path / "d.json").read_text())["drift"]  # the same rows: no move
+    assert drift["score_psi"] == 0 and drift["drifted"] == [] and drift["not_compared"] == []
     success = json.loads((tmp_path / "d.csv" / "_SUCCESS").read_text())
     assert all("distributions" not in part for part in success["partitions"])
