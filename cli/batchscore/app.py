@@ -349,6 +349,26 @@ def score(
         str | None,
         Opt("--metrics", metavar="PATH", help="Prometheus textfile path.", rich_help_panel=OUTPUT),
     ] = None,
+    baseline: Annotated[
+        str | None,
+        Opt(
+            "--baseline",
+            metavar="REPORT",
+            help="Compare the score and feature distributions with an earlier run's --report "
+            "(PSI, KS; the same path as --report works).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    max_drift: Annotated[
+        float | None,
+        Opt(
+            "--max-drift",
+            metavar="PSI",
+            help="Exit 5 (after complete outputs) when a score's PSI against --baseline is "
+            "above this (0.25: a large shift).",
+            rich_help_panel=RUN,
+        ),
+    ] = None,
     max_failed: Annotated[
         int | None,
         Opt(

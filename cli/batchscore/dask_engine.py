@@ -65,6 +65,7 @@ from batchscore.job import (
     _write_outcome_files,
     input_format,
     input_path,
+    judge_drift,
     open_sources,
     plan,
     read_input,
@@ -129,7 +130,7 @@ def run_dask_job(settings: Settings, env: Environment) -> Outcome:
         error = exc
     finally:
         lock.release()
-    status = _status(error, stats, settings)
+    status = judge_drift(p, stats, _status(error, stats, settings))
     if driver.complete_already is not None:
         p.done = driver.complete_already
     status = _finish(p, env, stats, status, earlier=None)
@@ -672,7 +673,8 @@ class _Driver:
                     "errors": errors_name(part.index),
                     "first_line": part.first_line,
                     "last_line": part.last_line,
-                    **record["counters"],
+                    # The run's histograms are in its own counters below, not per part.
+                    **{k: v for k, v in record["counters"].items() if k != "distributions"},
                 }
             )
         manifest = {

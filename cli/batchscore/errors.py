@@ -17,6 +17,7 @@ class ExitStatus(enum.IntEnum):
     USAGE = 2
     PARTIAL = 3
     STOPPED = 4
+    DRIFT = 5  # complete outputs, but the scores moved beyond --max-drift
     CANT_WRITE = 74
     LOCKED = 75
     SIGINT = 130

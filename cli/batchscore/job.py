@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO, TypeVar
 
 from batchscore import ids as idmod
+from batchscore.drift import Baseline, compare, load_baseline
 from batchscore.errors import (
     BatchscoreError,
     ExitStatus,
@@ -239,16 +240,25 @@ class _Plan:
     unfinished: list[tuple[str, Path]] = field(default_factory=list)
     """Other days' stopped runs of a ``{date}`` output (their state is still there)."""
     """The record of the completed run that already wrote this output (``--resume``)."""
+    baseline: Baseline | None = None
+    """``--baseline``'s distributions, read before this run's report can replace the file."""
 
 
 def plan(settings: Settings) -> _Plan:
     """Check the model, the input options and the output path; nothing is created yet."""
     models = load_models(settings)
+    baseline = (
+        load_baseline(settings.drift.baseline, settings.output.report)
+        if settings.drift.baseline
+        else None
+    )
     run_id = uuid.uuid4().hex[:12]
     day = settings.output.date or dt.date.today().isoformat()
     output = expand_path(settings.output.path, run_id, day)
     if settings.run.engine == "dask":
-        return _plan_folder(settings, models, output, run_id)
+        folder = _plan_folder(settings, models, output, run_id)
+        folder.baseline = baseline
+        return folder
     fmt, gzip = output_format(output, settings.output.format)
     named, _ = format_of_name(output)
     if named is None and not settings.output.format and not is_stream_path(output):
@@ -309,6 +319,7 @@ def plan(settings: Settings) -> _Plan:
             )
     columns = output_columns(settings, models, fmt)
     p = _Plan(settings, models, output, fmt, gzip, errors_path, columns, run_id, resumable)
+    p.baseline = baseline
     if resumable:
         p.unfinished = unfinished_days(settings.output.path, day)
     try:
@@ -464,7 +475,8 @@ def run_job(settings: Settings, env: Environment) -> Outcome:
         raise
     if p.done is not None:  # --resume of a job that completed already: nothing to do
         stats.restore(p.done["counters"])
-        status = _finish(p, env, stats, _status(None, stats, settings), earlier=None)
+        status = judge_drift(p, stats, _status(None, stats, settings))
+        status = _finish(p, env, stats, status, earlier=None)
         return Outcome(status, stats, p.output)
     run = _Run(p, env, stats)
     in_path = input_path(settings)
@@ -482,7 +494,7 @@ def run_job(settings: Settings, env: Environment) -> Outcome:
     finally:
         if lock is not None:
             lock.release()
-    status = _status(error, stats, settings)
+    status = judge_drift(p, stats, _status(error, stats, settings))
     earlier = (
         "the stopped run had written every row already; its files are now in place"
         if run.finished_earlier
@@ -520,6 +532,20 @@ def _status(error: BaseException | None, stats: RunStats, settings: Settings) ->
     return ExitStatus.INTERNAL
 
 
+def judge_drift(p: _Plan, stats: RunStats, status: ExitStatus) -> ExitStatus:
+    """Compare the run's distributions with ``--baseline`` (kept in ``stats.drift`` for the
+    summary, report and metrics); a run that would exit 0 exits 5 when a score's PSI is above
+    ``--max-drift``.  Its outputs are complete: the scores are right, the world moved."""
+    if p.baseline is None or not stats.distributions:
+        return status
+    stats.drift = compare(stats.distributions, p.baseline)
+    limit = p.settings.drift.max_psi
+    score_psi = stats.drift.score_psi
+    if status == ExitStatus.OK and limit is not None and (score_psi or 0.0) > limit:
+        return ExitStatus.DRIFT
+    return status
+
+
 def _finish(
     p: _Plan, env: Environment, stats: RunStats, status: ExitStatus, *, earlier: str | None
 ) -> ExitStatus:
@@ -541,9 +567,10 @@ def _finish(
             print(earlier, file=env.stderr)
         for line in summary_lines(stats):
             print(line, file=env.stderr)
-        if status in (ExitStatus.OK, ExitStatus.PARTIAL) and p.output != "-":
+        complete = status in (ExitStatus.OK, ExitStatus.PARTIAL, ExitStatus.DRIFT)
+        if complete and p.output != "-":
             print(f"scores written to {p.output}", file=env.stderr)
-        if stats.failed_total and status in (ExitStatus.OK, ExitStatus.PARTIAL):
+        if stats.failed_total and complete:
             where = f"see {p.errors_path}" if p.errors_path else "pass --errors PATH to keep them"
             print(f"{stats.failed_total:,} IDs were not scored; {where}", file=env.stderr)
         header = _header_taken_for_an_id(settings, stats)
@@ -566,6 +593,19 @@ def _finish(
         print(
             f"exit 3: {stats.failed_total:,} failed IDs are more than {allowance} allows; "
             "raise the allowance if they are expected",
+            file=env.stderr,
+        )
+    if status == ExitStatus.DRIFT and stats.drift is not None and not settings.run.quiet:
+        worst = max(stats.drift.scores, key=lambda c: c.psi)
+        print(
+            f"exit 5: {worst.column} moved from the baseline by PSI {worst.psi:.3f}, more than "
+            f"--max-drift {settings.drift.max_psi:g}; the outputs are complete",
+            file=env.stderr,
+        )
+    if started and settings.drift.baseline and p.baseline is None:
+        print(  # also under --quiet: the comparison asked for did not happen
+            f"batchscore: warning: no baseline at {settings.drift.baseline} yet (the first run "
+            "of this job?); nothing compared, this run's report is the next run's baseline",
             file=env.stderr,
         )
     if started and p.unfinished:

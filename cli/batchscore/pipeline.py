@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from batchscore.chunk import Chunk, Explanations, Status
+from batchscore.drift import Distribution, Layout, layout_of
 from batchscore.errors import BatchscoreError, ConfigError
 from batchscore.feed import ChunkFeed, Filters, StallHook
 from batchscore.ids import InputItem
@@ -202,6 +203,7 @@ class Scorer:
         self.models = models
         self.options = options
         self.bounds = [_training_bounds(m) for m in models.members]
+        self.layouts = [layout_for(m, options.raw_score) for m in models.members]
         self.width = len(models.score_columns)
         # --explain: a feature is named by its index into every model's names, one after another
         self.explain_offsets = np.cumsum([0] + [len(m.info.features) for m in models.members])
@@ -242,6 +244,9 @@ class Scorer:
                 with np.errstate(invalid="ignore"):
                     quality.out_of_range += ((x < low) | (x > high)).sum(axis=0)
                 quality.rows = len(rows)
+                quality.distribution = Distribution.observe(
+                    self.layouts[i], scores[rows, at : at + width], x
+                )
             qualities.append(quality)
             at += width
         if explained:
@@ -274,6 +279,19 @@ class Scorer:
         values[rows] = np.take_along_axis(x, order, axis=1)
         contributions[rows] = np.take_along_axis(per_row, order, axis=1)
         return Explanations(features, values, contributions)
+
+
+def layout_for(member: Member, raw_score: bool) -> Layout:
+    """The bins of a model's score and feature histograms (see :mod:`batchscore.drift`)."""
+    info = member.info
+    return layout_of(
+        member.name,
+        info.version,
+        info.booster_file,
+        member.score_columns,
+        info.feature_names,
+        raw_score,
+    )
 
 
 def _training_bounds(
@@ -351,6 +369,9 @@ class Writer:
                 total.missing += part.missing
                 total.out_of_range += part.out_of_range
                 total.rows += part.rows
+            for histograms, part in zip(stats.distributions, quality, strict=True):
+                if part.distribution is not None:
+                    histograms.add(part.distribution)
         self.written.add(chunk.first_line, chunk.last_line)
         self._dirty = True
         self.progress.update(stats)
@@ -433,6 +454,12 @@ class Pipeline:
             FeatureQuality(np.zeros(n, np.int64), np.zeros(n, np.int64))
             for n in (len(m.info.features) for m in models.members)
         ]
+        fresh = [Distribution(layout) for layout in self.scorer.layouts]
+        if len(stats.distributions) != len(fresh) or not all(
+            kept.layout.same_bins(new.layout)
+            for kept, new in zip(stats.distributions, fresh, strict=True)
+        ):  # a new run, or a state from before these bins: count from here
+            stats.distributions = fresh
         # A source that answers from the chunk's own values, without a request.
         self._input = next((s for s in self.sources if isinstance(s, InputSource)), None)
         self._clocks = {stage: BusyClock(stats, stage) for stage in ("fetch", "score", "write")}

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from batchscore.drift import Distribution, DriftResult, distribution_lines
+
 if TYPE_CHECKING:
     from batchscore.sinks.errorlog import ErrorRecord
 
@@ -68,6 +70,7 @@ class FeatureQuality:
     missing: npt.NDArray[np.int64]
     out_of_range: npt.NDArray[np.int64]
     rows: int = 0
+    distribution: Distribution | None = None  # a chunk's histograms (the writer adds them up)
 
 
 @dataclass
@@ -90,6 +93,8 @@ class RunStats:
     resumed_read: int = 0  # input rows an earlier, stopped run had already read
     first_failures: list[ErrorRecord] = field(default_factory=list)  # this run's, as written
     workers: int = 0  # Dask workers running the run's partitions (0: this process alone)
+    distributions: list[Distribution] = field(default_factory=list)  # per model, rows written
+    drift: DriftResult | None = None  # against --baseline, once the run is over
 
     @property
     def failed_total(self) -> int:
@@ -121,6 +126,12 @@ class RunStats:
             "scored": self.scored,
             "failed": dict(self.failed),
             "retries": self.retries,
+            # The histograms of the rows written, so a resumed run's equal an uninterrupted one's.
+            **(
+                {"distributions": [d.to_dict() for d in self.distributions]}
+                if self.distributions
+                else {}
+            ),
         }
 
     def restore(self, counters: dict[str, Any]) -> None:
@@ -130,6 +141,7 @@ class RunStats:
         self.scored = int(counters.get("scored", 0))
         self.failed = Counter({str(k): int(v) for k, v in counters.get("failed", {}).items()})
         self.retries = int(counters.get("retries", 0))
+        self.distributions = [Distribution.from_dict(d) for d in counters.get("distributions", [])]
         self.resumed_from = self.done
         self.resumed_read = self.read
 
@@ -163,6 +175,11 @@ class RunStats:
             mine_q.missing += theirs.missing
             mine_q.out_of_range += theirs.out_of_range
             mine_q.rows += theirs.rows
+        if part.distributions and not self.distributions:
+            self.distributions = [d.copy() for d in part.distributions]
+        elif part.distributions:
+            for mine_d, theirs_d in zip(self.distributions, part.distributions, strict=True):
+                mine_d.add(theirs_d)
 
     def observe(self, source: str, seconds: float) -> None:
         """Record one request's latency for ``source``."""
@@ -217,6 +234,12 @@ def as_dict(stats: RunStats, models: Sequence[tuple[str, Sequence[str]]] = ()) -
         "source_statuses": {k: dict(v) for k, v in sorted(stats.statuses.items())},
         "busy_seconds": {k: round(v, 3) for k, v in sorted(stats.seconds.items())},
         "data_quality": data_quality,
+        **(
+            {"distribution": {"models": [d.to_dict() for d in stats.distributions]}}
+            if stats.distributions
+            else {}
+        ),
+        **({"drift": stats.drift.to_dict()} if stats.drift is not None else {}),
     }
 
 
@@ -270,6 +293,7 @@ def summary_lines(stats: RunStats) -> list[str]:
     busy = data["busy_seconds"]
     if busy:
         lines.append("time busy: " + ", ".join(f"{k} {v:.2f} s" for k, v in busy.items()))
+    lines += distribution_lines(stats.distributions, stats.drift)
     return lines
 
 
@@ -430,6 +454,23 @@ def metrics_text(stats: RunStats, status: int, identity: dict[str, Any]) -> str:
             if value is not None:
                 latency.append((f'{{source="{_label(source)}",quantile="{q}"}}', value))
     metric("fetch_latency_seconds", "gauge", "Fetch latency quantiles per source.", latency)
+    drift = stats.drift
+    if drift is not None:
+        metric(
+            "score_psi",
+            "gauge",
+            "Population stability index of each score column against --baseline.",
+            [
+                (f'{{model="{_label(c.model)}",column="{_label(c.column)}"}}', c.psi)
+                for c in drift.scores
+            ],
+        )
+        metric(
+            "drifted_columns",
+            "gauge",
+            "Columns (scores and features) beyond the drift thresholds against --baseline.",
+            [("", len(drift.drifted_names))],
+        )
     return "\n".join(out) + "\n"
 
 

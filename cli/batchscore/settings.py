@@ -114,6 +114,14 @@ class RunSettings:
     partition_size: int = 0  # input lines per Dask partition; 0 = chosen from the input size
 
 
+@dataclass(frozen=True)
+class DriftSettings:
+    """The run's distributions against an earlier run's report."""
+
+    baseline: str | None = None  # a --report JSON of an earlier run
+    max_psi: float | None = None  # a score PSI above this: exit 5 (after complete outputs)
+
+
 SECTIONS: dict[str, type[Any]] = {
     "input": InputSettings,
     "model": ModelSettings,
@@ -121,6 +129,7 @@ SECTIONS: dict[str, type[Any]] = {
     "score": ScoreSettings,
     "output": OutputSettings,
     "run": RunSettings,
+    "drift": DriftSettings,
 }
 
 
@@ -178,6 +187,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("scheduler", "run", "scheduler"),
     Option("partition_size", "run", "partition_size"),
     Option("merge", "output", "merge"),
+    Option("baseline", "drift", "baseline"),
+    Option("max_drift", "drift", "max_psi"),
 )
 
 ENGINES = ("local", "dask")
@@ -200,6 +211,7 @@ class Settings:
     score: ScoreSettings = field(default_factory=ScoreSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
     run: RunSettings = field(default_factory=RunSettings)
+    drift: DriftSettings = field(default_factory=DriftSettings)
     sources: tuple[Mapping[str, Any], ...] = ()
     models: tuple[NamedModel, ...] = ()  # the models scored (one, unnamed, from [model] path)
     config_path: str | None = None
@@ -534,6 +546,13 @@ def validate(s: Settings, where: Origins | None = None) -> None:
         ):
             if flag:  # said plainly rather than ignored: a cluster option on a local run
                 raise ConfigError(f"{at(section, key)} is for --engine dask; add --engine dask")
+    if s.drift.max_psi is not None and s.drift.max_psi < 0:
+        raise ConfigError(f"{at('drift', 'max_psi')} must be 0 or more (a PSI)")
+    if s.drift.max_psi is not None and s.drift.baseline is None:
+        raise ConfigError(
+            f"{at('drift', 'max_psi')} compares the scores with a baseline: add --baseline "
+            "REPORT.json (the --report of an earlier run)"
+        )
     if s.run.partition_size < 0:
         raise ConfigError(f"{at('run', 'partition_size')} must be 0 (chosen) or more lines")
     if not s.models:
