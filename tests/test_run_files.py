@@ -272,6 +272,8 @@ def _edit_state(out: Path, column: str, value: object) -> None:
         ("counters", "not json"),
         ("counters", '{"scored": "many"}'),
         ("counters", "[]"),
+        ("counters", '{"scored": 5, "distributions": [{"scores": {"score": {"edges": [1]}}}]}'),
+        ("counters", '{"scored": 5, "distributions": {"a": 1}}'),
         ("output_bytes", -5),
         ("output_bytes", "12kB"),
         ("complete", 7),

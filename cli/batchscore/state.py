@@ -186,16 +186,33 @@ def _count(value: Any) -> bool:
 
 
 def _usable_counters(counters: Any) -> bool:
-    """Counters as :meth:`~batchscore.report.RunStats.counters` writes them: counts, and the
-    failures by reason."""
+    """Counters as :meth:`~batchscore.report.RunStats.counters` writes them: counts, the
+    failures by reason, and the histograms of the rows written."""
     if not isinstance(counters, dict):
         return False
     for key, value in counters.items():
         if key == "failed":
             if not isinstance(value, dict) or not all(map(_count, value.values())):
                 return False
+        elif key == "distributions":
+            if not _usable_distributions(value):
+                return False
         elif not _count(value):
             return False
+    return True
+
+
+def _usable_distributions(value: Any) -> bool:
+    """Histograms that read back (:meth:`~batchscore.drift.Distribution.from_dict`)."""
+    from batchscore.drift import Distribution
+
+    if not isinstance(value, list):
+        return False
+    try:
+        for item in value:
+            Distribution.from_dict(item)
+    except (KeyError, TypeError, ValueError):
+        return False
     return True
 
 
