@@ -277,7 +277,9 @@ class _Stats:
         self.queue_waits = 0  # answers that needed a worker (Faults.workers)
         self.queue_wait_total = 0.0  # seconds they waited for one
         self.first: float | None = None  # when the first counted request arrived
-        self.timeline: list[list[float]] = []  # per TIMELINE_STEP: answers, 503s, max in flight
+        # Per TIMELINE_STEP since the first request: answers (200/404), 503s, the most in
+        # flight, and the queue waits begun in it (sum of seconds, count).
+        self.timeline: list[list[float]] = []
 
     def reset(self) -> None:
         with self._lock:
@@ -289,7 +291,7 @@ class _Stats:
             self.first = now
         index = int((now - self.first) / TIMELINE_STEP)
         while len(self.timeline) <= index:
-            self.timeline.append([0, 0, 0])
+            self.timeline.append([0, 0, 0, 0.0, 0])
         return self.timeline[index]
 
     def elapsed(self) -> float:
@@ -339,6 +341,9 @@ class _Stats:
         with self._lock:
             self.queue_waits += 1
             self.queue_wait_total += seconds
+            slot = self._slot()
+            slot[3] += seconds
+            slot[4] += 1
 
     def fault(self, kind: str) -> None:
         with self._lock:

@@ -16,11 +16,16 @@ requests sent inside it):
   the limit was used in full: grow.  Doubling at first (a slow start), then by ``step`` of the
   limit per window (at least one), and by one at a time near the limit of the last overload.
   Not in full use (the run asked for fewer requests than allowed): hold.
-- **a queue** (latency above ``tolerance`` times the unloaded latency): shrink to the requests
-  in flight the measured answers per second need at the unloaded latency, plus ``headroom``
-  (``answers/s x unloaded latency x headroom``, Little's law), at most halving.  A service that
-  queues is held near its knee; a run whose own CPU is the bottleneck (more in flight, but no
-  more answers) is held where more requests stop bringing more answers.
+- **a queue** (latency above ``tolerance`` times the unloaded latency): shrink towards the
+  requests in flight that the best answers per second of the last ``rate_seconds`` need at the
+  unloaded latency, plus ``headroom`` (``answers/s x unloaded latency x headroom``, Little's
+  law), by at least ``1 - shrink`` and at most half.  A service that queues is held near its
+  knee; a run whose own CPU is the bottleneck (more in flight, but no more answers) is held
+  where more requests stop bringing more answers.  The best recent rate, not the window's
+  own: on a busy machine one slow window (this process descheduled, scoring) reads like a
+  queue, and a target from its low rate would cut the limit far below what the service takes,
+  window after window (Vector ARC's failure on noisy round-trip times).  So a noisy window
+  costs one step of ``1 - shrink``, which the climb gives back.
 - **overload** (429, 503, 504, any answer with ``Retry-After``, timeouts, connections refused or
   reset), from requests sent since the last change: two of them (one is an outlier) cut the
   limit by ``decrease`` at once, without waiting for the window's end.  A timeout is never a
@@ -57,6 +62,8 @@ class AdaptivePolicy:
     headroom: float = 1.25  # in flight kept above what the answers/s need at unloaded latency
     step: float = 0.1  # the gentle climb: this share of the limit per window (at least 1)
     decrease: float = 0.75  # on overload
+    shrink: float = 0.9  # on a queue: at least this step down (to the target if lower)
+    rate_seconds: float = 1.0  # the best answers/s over this long sets the target on a queue
     overloads: int = 2  # overloads (from requests sent since the last change) that back off
     window_rtts: float = 2.0  # a window lasts this many median latencies ...
     min_window: float = 0.05  # ... and at least this many seconds ...
@@ -85,7 +92,9 @@ class AdaptiveLimit:
         self.slow_start = True
         self.in_flight = 0
         self._overload_at: float | None = None  # the limit at the last overload
+        self._good = self._limit  # the highest limit of a window without queue or overload
         self._baselines: deque[tuple[float, float]] = deque()  # (window end, median latency)
+        self._rates: deque[tuple[float, float]] = deque()  # (window end, answers/s)
         self._last_latency: float | None = None
         self._window_start = now
         self._area = 0.0
@@ -131,7 +140,7 @@ class AdaptiveLimit:
             if self._overloads >= self.policy.overloads:
                 return self._overloaded(now)
         if now - self._window_start >= self._window_length() and (
-            len(self._latencies) >= self.policy.min_samples
+            len(self._latencies) >= min(self.policy.min_samples, self.limit)
         ):
             return self._end_window(now)
         return None
@@ -142,6 +151,10 @@ class AdaptiveLimit:
         p = self.policy
         self.slow_start = False
         self._overload_at = self._limit
+        if self._answers:  # some answered: this many in flight was too many
+            self._good = min(self._good, self._limit)
+        # else nothing answered (an outage, not a limit too high): the good level is kept,
+        # and the limit grows back to it quickly once answers return
         reason = f"{self._overloads} overloads (429/503/timeouts/resets)"
         return self._set(now, self._limit * p.decrease, reason)
 
@@ -156,6 +169,10 @@ class AdaptiveLimit:
         self._baselines.append((now, median))
         unloaded = min(m for _, m in self._baselines)
         answers_per_second = self._answers / duration
+        while self._rates and self._rates[0][0] < now - p.rate_seconds:
+            self._rates.popleft()
+        self._rates.append((now, answers_per_second))
+        best_rate = max(r for _, r in self._rates)
         in_flight = self._area / duration
         used = self._peak >= self.limit
         ratio = median / unloaded if unloaded > 0 else 1.0
@@ -166,13 +183,17 @@ class AdaptiveLimit:
         )
         if median > unloaded * p.tolerance + p.slack:
             self.slow_start = False
-            needed = answers_per_second * unloaded * p.headroom
-            target = max(self._limit * 0.5, min(self._limit, needed))
+            self._good = min(self._good, self._limit)
+            needed = best_rate * unloaded * p.headroom
+            target = max(self._limit * 0.5, min(self._limit * p.shrink, needed))
             if int(target) < self.limit:
                 return self._set(now, target, f"queueing: {measured}")
         elif used:
+            self._good = max(self._good, self._limit)
             if self.slow_start:
                 return self._set(now, self._limit * 2, f"slow start: {measured}")
+            if self._limit < 0.5 * self._good:  # back after an outage: straight to half of it
+                return self._set(now, min(self._limit * 2, self._good), f"regaining: {measured}")
             near = self._overload_at is not None and self._limit >= 0.8 * self._overload_at
             if self._overload_at is not None and self._limit > 1.2 * self._overload_at:
                 self._overload_at = None  # grown well past it without an overload: stale
