@@ -14,6 +14,7 @@ import heapq
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -155,7 +156,7 @@ def test_grows_quickly_to_the_ceiling_on_a_roomy_service() -> None:
 
 def test_holds_at_a_queueing_services_knee() -> None:
     service = Queueing(workers=24, service=0.02)
-    control, trace = simulate(service.arrive, 20.0)
+    _, trace = simulate(service.arrive, 20.0)
     steady = trace.limits_between(5.0, 20.0)
     assert min(steady) >= 20 and max(steady) <= 48  # near the 24 workers, never flooding
     assert trace.rate(5.0, 20.0) >= 0.95 * 24 / 0.02  # the workers kept busy
@@ -164,7 +165,7 @@ def test_holds_at_a_queueing_services_knee() -> None:
 
 
 def test_backs_off_on_a_load_shedding_service_with_few_refusals() -> None:
-    control, trace = simulate(Shedding(capacity=24).arrive, 20.0)
+    _, trace = simulate(Shedding(capacity=24).arrive, 20.0)
     assert trace.overloads / trace.requests < 0.05
     assert trace.rate(2.0, 20.0) >= 0.8 * 24 / 0.02
     assert max(trace.limits_between(5.0, 20.0)) <= 32
@@ -178,7 +179,7 @@ def test_an_outage_of_503s_backs_off_to_the_minimum_and_recovery_grows_it_back()
             return Outcome(0.002, Signal.OVERLOAD)
         return roomy.arrive(now)
 
-    control, trace = simulate(service, 10.0)
+    _, trace = simulate(service, 10.0)
     assert trace.limit_at(2.9) == 256
     assert trace.limit_at(5.9) == 1  # backed off all the way while every answer was a 503
     assert trace.limit_at(7.2) >= 128  # straight back to half of where it was (doubling) ...
@@ -207,7 +208,7 @@ def test_one_outlier_changes_nothing() -> None:
             return Outcome(5.0)
         return roomy.arrive(now)
 
-    control, trace = simulate(service, 8.0)
+    _, trace = simulate(service, 8.0)
     assert trace.limit_at(1.5) == 256
     assert trace.limits_between(1.5, 8.0) == [256]
 
@@ -222,7 +223,7 @@ def test_never_exceeds_the_ceiling() -> None:
 def test_follows_a_capacity_drop_and_its_recovery_within_seconds() -> None:
     service = Queueing(workers=48, service=0.02)
     events = {5.0: lambda t: service.resize(12, t), 15.0: lambda t: service.resize(48, t)}
-    control, trace = simulate(service.arrive, 25.0, events=events)
+    _, trace = simulate(service.arrive, 25.0, events=events)
     assert max(trace.limits_between(7.0, 15.0)) <= 24  # followed down within 2 s
     waits = [wait for arrived, wait in service.waits if 7.0 <= arrived < 15.0]
     assert sum(waits) / len(waits) < 0.02
@@ -317,3 +318,40 @@ def test_a_resized_slot_pool_lets_in_flight_requests_finish_and_admits_by_the_ne
         return [admitted_after_two, admitted_after_three, slots._free]
 
     assert asyncio.run(main()) == [0, 1, 3]
+
+
+def test_a_request_waiting_out_retry_after_holds_no_slot() -> None:
+    """Under ``auto`` with room for one request in all, a request told ``Retry-After`` gives
+    both its slots back while it waits: another request goes through meanwhile."""
+    from batchscore.sources.retry import AttemptFailed, RetryPolicy, call
+
+    finished: list[str] = []
+
+    async def main() -> None:
+        limits = Limits(concurrency="auto", max_concurrency=1)
+        limits.declare("svc")
+        tries = {"slow": 0}
+
+        async def refused_once() -> str:
+            tries["slow"] += 1
+            if tries["slow"] == 1:
+                raise AttemptFailed("http_503", status=503, retryable=True, retry_after=0.3)
+            return "slow"
+
+        async def quick() -> str:
+            await asyncio.sleep(0.01)  # sent while the first waits out its Retry-After
+            return "quick"
+
+        async def fetch(send: Callable[[], Any]) -> None:
+            answer = await call(
+                send, lambda raw: raw, policy=RetryPolicy(), limits=limits, source="svc"
+            )
+            finished.append(str(answer))
+
+        first = asyncio.create_task(fetch(refused_once))
+        await asyncio.sleep(0.05)
+        await fetch(quick)
+        await first
+
+    asyncio.run(main())
+    assert finished == ["quick", "slow"]
