@@ -95,7 +95,8 @@ class AdaptiveLimit:
         self._good = self._limit  # the highest limit of a window without queue or overload
         self._baselines: deque[tuple[float, float]] = deque()  # (window end, median latency)
         self._rates: deque[tuple[float, float]] = deque()  # (window end, answers/s)
-        self._last_latency: float | None = None
+        self._unloaded: float | None = None  # the least median of _baselines
+        self._window = p.min_window  # seconds a window lasts at least
         self._window_start = now
         self._area = 0.0
         self._area_since = now
@@ -112,7 +113,7 @@ class AdaptiveLimit:
     @property
     def unloaded(self) -> float | None:
         """The unloaded latency (seconds), once a window has measured one."""
-        return min(m for _, m in self._baselines) if self._baselines else None
+        return self._unloaded
 
     # -- events
 
@@ -139,7 +140,7 @@ class AdaptiveLimit:
             self._overloads += 1
             if self._overloads >= self.policy.overloads:
                 return self._overloaded(now)
-        if now - self._window_start >= self._window_length() and (
+        if now - self._window_start >= self._window and (
             len(self._latencies) >= min(self.policy.min_samples, self.limit)
         ):
             return self._end_window(now)
@@ -163,11 +164,11 @@ class AdaptiveLimit:
         self._integrate(now)
         duration = now - self._window_start
         median = _median(self._latencies)
-        self._last_latency = median
         while self._baselines and self._baselines[0][0] < now - p.baseline_seconds:
             self._baselines.popleft()
         self._baselines.append((now, median))
-        unloaded = min(m for _, m in self._baselines)
+        self._unloaded = unloaded = min(m for _, m in self._baselines)
+        self._window = max(p.min_window, p.window_rtts * median)
         answers_per_second = self._answers / duration
         while self._rates and self._rates[0][0] < now - p.rate_seconds:
             self._rates.popleft()
@@ -230,10 +231,6 @@ class AdaptiveLimit:
         window's mean in flight)."""
         self._area += self.in_flight * max(0.0, now - self._area_since)
         self._area_since = now
-
-    def _window_length(self) -> float:
-        latency = self._last_latency or self.unloaded or 0.0
-        return max(self.policy.min_window, self.policy.window_rtts * latency)
 
 
 def _median(values: list[float]) -> float:
