@@ -57,6 +57,7 @@ class Run:
     setting: str
     ids: int
     wall: float = 0.0
+    cpu: float = 0.0  # user + system seconds of the command
     scored: int = 0
     failed: int = 0
     exit_code: int = 0
@@ -120,6 +121,7 @@ def run_one(
     measure = harness.run_against(server, cmd, cpus=CLIENT_CPUS, log=log)
     stats = server.stats()
     run = Run(service, setting, count, wall=measure.wall, exit_code=measure.returncode)
+    run.cpu = measure.cpu
     run.command = harness.display(harness.pinned(cmd, CLIENT_CPUS))
     if report.exists():
         body = json.loads(report.read_text())
@@ -134,6 +136,7 @@ def run_one(
     run.timeline = stats.get("timeline", [])
     print(
         f"{service:9} {setting:>5}: {run.goodput:7.0f} IDs/s, wall {run.wall:5.2f} s, "
+        f"CPU {run.cpu:5.2f} s, "
         f"refused {run.refused_share:6.1%}, failed {run.failed:5}, queue wait "
         f"{run.queue_wait * 1000:6.1f} ms, max in flight {run.max_inflight:4}, "
         f"limit {run.limit or '-'} exit {run.exit_code}",
@@ -172,15 +175,15 @@ def table(runs: list[Run]) -> list[str]:
     fixed = [r for r in runs if r.setting != "auto"]
     best = max(fixed, key=lambda r: r.goodput)
     lines = [
-        "| setting | goodput IDs/s | vs best fixed | wall s | refused | failed IDs | "
+        "| setting | goodput IDs/s | vs best fixed | wall s | CPU s | refused | failed IDs | "
         "mean queue wait ms | server max in flight | auto limit: final (range) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in runs:
         limit = f"{r.limit['final']} ({r.limit['low']}-{r.limit['high']})" if r.limit else ""
         lines.append(
             f"| {r.setting} | {r.goodput:,.0f} | {r.goodput / best.goodput:.2f}x | {r.wall:.2f} "
-            f"| {r.refused_share:.1%} | {r.failed:,} | {r.queue_wait * 1000:.1f} | "
+            f"| {r.cpu:.2f} | {r.refused_share:.1%} | {r.failed:,} | {r.queue_wait * 1000:.1f} | "
             f"{r.max_inflight} | {limit} |"
         )
     return lines
