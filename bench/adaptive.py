@@ -68,6 +68,7 @@ class Run:
     limit: dict[str, int] = field(default_factory=dict)
     timeline: list[list[float]] = field(default_factory=list)
     command: str = ""
+    rounds: list[float] = field(default_factory=list)  # goodput of each round
 
     @property
     def goodput(self) -> float:
@@ -156,8 +157,11 @@ def sweep(
     count: int,
     *,
     batch: bool = False,
+    rounds: int = 1,
 ) -> list[Run]:
-    """Every setting against one fresh server (one process for the sweep)."""
+    """Every setting against one fresh server (one process for the sweep), ``rounds`` times
+    in alternating order; per setting, the run of median goodput (its ``rounds`` field holds
+    every round's goodput)."""
     server = FeatureServer(p.db_http, latency=latency, cpus=SERVER_CPUS, extra=flags)
     try:
         url = server.wait_ready()
@@ -165,7 +169,17 @@ def sweep(
         # Warm-up: the server caches each ID's encoded answer when first asked (below the
         # limit of a service that has one: a refused request caches nothing).
         run_one(server, service, "24" if flags else "256", ids, cfg, count)
-        return [run_one(server, service, s, ids, cfg, count) for s in settings]
+        done: dict[str, list[Run]] = {s: [] for s in settings}
+        for k in range(rounds):
+            for setting in settings if k % 2 == 0 else settings[::-1]:
+                done[setting].append(run_one(server, service, setting, ids, cfg, count))
+        medians = []
+        for setting in settings:
+            ordered = sorted(done[setting], key=lambda r: r.goodput)
+            median = ordered[(len(ordered) - 1) // 2]
+            median.rounds = [r.goodput for r in done[setting]]
+            medians.append(median)
+        return medians
     finally:
         server.stop()
 
@@ -195,8 +209,10 @@ def verdicts(service: str, runs: list[Run]) -> list[str]:
     auto = next(r for r in runs if r.setting == "auto")
     best = max(fixed, key=lambda r: r.goodput)
     ratio = auto.goodput / best.goodput
+    per_round = [a / b for a, b in zip(auto.rounds, best.rounds, strict=True)]
+    spread = f", rounds {min(per_round):.2f}-{max(per_round):.2f}x" if len(per_round) > 1 else ""
     out = [
-        f"- auto / best fixed ({best.setting}): **{ratio:.2f}x** "
+        f"- auto / best fixed ({best.setting}): **{ratio:.2f}x**{spread} "
         f"({'met' if ratio >= 0.9 else 'MISSED'} >= 0.9x; "
         f"stretch 0.95x {'met' if ratio >= 0.95 else 'missed'})",
         f"- auto's refused share {auto.refused_share:.1%} "
@@ -250,6 +266,7 @@ def main() -> int:
     parser.add_argument("--only", default="", help="services, comma-separated (and 'drop')")
     parser.add_argument("--p12", action="store_true", help="also P1/P2-like roomy runs")
     parser.add_argument("--ids", type=int, default=8_000)
+    parser.add_argument("--rounds", type=int, default=1, help="rounds, in alternating order")
     parser.add_argument("--out", type=Path, default=data.WORK / "adaptive.md")
     args = parser.parse_args()
     p = data.ensure()
@@ -258,12 +275,17 @@ def main() -> int:
     only = set(filter(None, args.only.split(",")))
     md = ["# --concurrency auto against fixed settings (bench/adaptive.py)", ""]
     md += [f"- {k}: {v}" for k, v in harness.machine().items()]
-    md += ["", f"Per-ID GETs, {args.ids:,} IDs per run, 300-tree model, one run each.", ""]
+    md += [
+        "",
+        f"Per-ID GETs, {args.ids:,} IDs per run, 300-tree model, {args.rounds} round(s) in "
+        "alternating order; each row is the run of median goodput.",
+        "",
+    ]
     everything: dict[str, Any] = {}
     for service, (latency, flags) in SERVICES.items():
         if only and service not in only:
             continue
-        runs = sweep(p, service, latency, flags, SETTINGS, ids, args.ids)
+        runs = sweep(p, service, latency, flags, SETTINGS, ids, args.ids, rounds=args.rounds)
         everything[service] = [vars(r) for r in runs]
         md += [f"## {service}: `featureserver.py --latency {latency} {' '.join(flags)}`", ""]
         md += [*table(runs), "", *verdicts(service, runs), ""]
@@ -271,7 +293,9 @@ def main() -> int:
         count = 20_000
         drop_ids = data.take_ids(p.ids_p2, count, p.work / f"ids_adaptive_{count}.txt")
         latency, flags = DROP
-        runs = sweep(p, "drop", latency, flags, ("12", "48", "64", "auto"), drop_ids, count)
+        runs = sweep(
+            p, "drop", latency, flags, ("12", "48", "64", "auto"), drop_ids, count, rounds=1
+        )
         everything["drop"] = [vars(r) for r in runs]
         md += [f"## capacity drop: `featureserver.py --latency {latency} {' '.join(flags)}`", ""]
         md += [*table(runs), ""]
@@ -287,12 +311,14 @@ def main() -> int:
         md += ["", "auto's run, per 0.5 s (server's view):", "", *follow(auto, 0.5), ""]
     if args.p12:
         count = 16_000
-        runs = sweep(p, "P1", 0.02, [], ("64", "128", "256", "auto"), p.ids_p1, count)
+        settings = ("64", "128", "256", "auto")
+        runs = sweep(p, "P1", 0.02, [], settings, p.ids_p1, count, rounds=args.rounds)
         everything["P1"] = [vars(r) for r in runs]
         md += ["## P1-like: per-ID GET, 20 ms, 16,000 IDs", "", *table(runs), ""]
         md += [*verdicts("P1", runs)[:1], ""]
         count = 200_000
-        runs = sweep(p, "P2", 0.02, [], ("8", "16", "32", "auto"), p.ids_p2, count, batch=True)
+        settings = ("8", "16", "32", "auto")
+        runs = sweep(p, "P2", 0.02, [], settings, p.ids_p2, count, batch=True, rounds=args.rounds)
         everything["P2"] = [vars(r) for r in runs]
         md += ["## P2-like: batch POST of 100, 20 ms, 200,000 IDs", "", *table(runs), ""]
         md += [*verdicts("P2", runs)[:1], ""]

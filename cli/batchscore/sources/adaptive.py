@@ -5,8 +5,8 @@ no clock of its own), so tests drive it on a simulated clock.  :class:`~batchsco
 limits.Limits` feeds it every request of its source: when it is sent, when its slot is given
 back, and what came of it (:class:`Signal`: an answer with its latency, an overload, or neither).
 
-How it decides, once per *window* (about two round trips, at least ``min_samples`` answers to
-requests sent inside it):
+How it decides, once per *window* (about two round trips, one during the slow start, and at
+least ``min_samples`` answers to requests sent inside it):
 
 - **unloaded latency**: the lowest median latency of any window over the last
   ``baseline_seconds``.  It is never measured by lowering the limit on purpose (Envoy's periodic
@@ -140,7 +140,10 @@ class AdaptiveLimit:
             self._overloads += 1
             if self._overloads >= self.policy.overloads:
                 return self._overloaded(now)
-        if now - self._window_start >= self._window and (
+        # A slow start decides on the first answers to requests sent at the new limit (about
+        # one round trip), later windows wait for two round trips.
+        length = self.policy.min_window if self.slow_start else self._window
+        if now - self._window_start >= length and (
             len(self._latencies) >= min(self.policy.min_samples, self.limit)
         ):
             return self._end_window(now)
