@@ -16,7 +16,8 @@ least ``min_samples`` answers to requests sent inside it):
   the limit was used in full: grow.  Doubling at first (a slow start), then by ``step`` of the
   limit per window (at least one), and by one at a time near the limit of the last overload.
   Not in full use (the run asked for fewer requests than allowed): hold.
-- **a queue** (latency above ``tolerance`` times the unloaded latency): shrink towards the
+- **a queue** (latency above ``tolerance`` times the unloaded latency, ``confirm`` windows in
+  a row; at once in the slow start): shrink towards the
   requests in flight that the best answers per second of the last ``rate_seconds`` need at the
   unloaded latency, plus ``headroom`` (``answers/s x unloaded latency x headroom``, Little's
   law), by at least ``1 - shrink`` and at most half.  A service that queues is held near its
@@ -63,6 +64,7 @@ class AdaptivePolicy:
     step: float = 0.1  # the gentle climb: this share of the limit per window (at least 1)
     decrease: float = 0.75  # on overload
     shrink: float = 0.9  # on a queue: at least this step down (to the target if lower)
+    confirm: int = 2  # windows in a row over tolerance before a queue is acted on
     rate_seconds: float = 1.0  # the best answers/s over this long sets the target on a queue
     overloads: int = 2  # overloads (from requests sent since the last change) that back off
     window_rtts: float = 2.0  # a window lasts this many median latencies ...
@@ -93,6 +95,7 @@ class AdaptiveLimit:
         self.in_flight = 0
         self._overload_at: float | None = None  # the limit at the last overload
         self._good = self._limit  # the highest limit of a window without queue or overload
+        self._queued = 0  # windows in a row whose latency said "a queue"
         self._baselines: deque[tuple[float, float]] = deque()  # (window end, median latency)
         self._rates: deque[tuple[float, float]] = deque()  # (window end, answers/s)
         self._unloaded: float | None = None  # the least median of _baselines
@@ -185,7 +188,11 @@ class AdaptiveLimit:
             f"{unloaded * 1000:.1f} ms; {answers_per_second:.0f} answers/s at "
             f"{in_flight:.1f} in flight"
         )
-        if median > unloaded * p.tolerance + p.slack:
+        queued = median > unloaded * p.tolerance + p.slack
+        self._queued = self._queued + 1 if queued else 0
+        if queued and self._queued < p.confirm and not self.slow_start:
+            pass  # one slow window on a busy machine is noise until the next confirms it
+        elif queued:
             self.slow_start = False
             self._good = min(self._good, self._limit)
             needed = best_rate * unloaded * p.headroom
