@@ -17,7 +17,9 @@ least ``min_samples`` answers to requests sent inside it):
   limit per window (at least one), and by one at a time near the limit of the last overload.
   Not in full use (the run asked for fewer requests than allowed): hold.
 - **a queue** (latency above ``tolerance`` times the unloaded latency, ``confirm`` windows in
-  a row; at once in the slow start): shrink towards the
+  a row: on a busy machine one window can be slow because this process was descheduled, and
+  right after a doubling the new connections' handshakes make one window slow): shrink
+  towards the
   requests in flight that the best answers per second of the last ``rate_seconds`` need at the
   unloaded latency, plus ``headroom`` (``answers/s x unloaded latency x headroom``, Little's
   law), by at least ``1 - shrink`` and at most half.  A service that queues is held near its
@@ -190,8 +192,8 @@ class AdaptiveLimit:
         )
         queued = median > unloaded * p.tolerance + p.slack
         self._queued = self._queued + 1 if queued else 0
-        if queued and self._queued < p.confirm and not self.slow_start:
-            pass  # one slow window on a busy machine is noise until the next confirms it
+        if queued and self._queued < p.confirm:
+            pass  # one slow window is noise until the next confirms it (see the docstring)
         elif queued:
             self.slow_start = False
             self._good = min(self._good, self._limit)
