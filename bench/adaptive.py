@@ -118,6 +118,7 @@ def run_one(
         "--concurrency",
         setting,
     ]
+    report.unlink(missing_ok=True)  # a run that fails writes none: no stale figures
     log = work / "logs" / f"adaptive-{service}-{setting}.log"
     measure = harness.run_against(server, cmd, cpus=CLIENT_CPUS, log=log)
     stats = server.stats()

@@ -676,7 +676,9 @@ def test_a_bad_config_value_names_the_key_and_the_file(
     config.write_text(id_store.config_path.read_text() + "\n[fetch]\nconcurrency = 0\n")
     code, out, err = run_cli("score", "-c", config, stdin=b"C1\n")
     assert_one_line_error(code, out, err)
-    assert err == f"batchscore: error: [fetch] concurrency = 0 in {config} must be at least 1, or auto\n"
+    assert err == (
+        f"batchscore: error: [fetch] concurrency = 0 in {config} must be at least 1, or auto\n"
+    )
     code, out, err = run_cli(
         "score", "-c", id_store.config_path, stdin=b"C1\n", env={"BATCHSCORE_CONCURRENCY": "0"}
     )
