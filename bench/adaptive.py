@@ -245,10 +245,10 @@ def follow(run: Run, step: float) -> list[str]:
 
 def adapt_times(run: Run, step: float, latency: float) -> tuple[float | None, float | None]:
     """Seconds from the drop until the mean queue wait is under the service's latency again,
-    and from the recovery until answers/s are within 10% of the rate before the drop."""
+    and from the recovery until answers/s are within 10% of the median rate before the drop."""
     slots = run.timeline
-    before = [s[0] / step for i, s in enumerate(slots) if 1.0 <= i * step < DROP_AT]
-    rate = max(before) if before else 0.0
+    before = sorted(s[0] / step for i, s in enumerate(slots) if 1.0 <= i * step < DROP_AT)
+    rate = before[len(before) // 2] if before else 0.0  # the median: single slots are noisy
     settled = recovered = None
     for i, (_, _, _, wait_sum, waits) in enumerate(slots):
         t = i * step
