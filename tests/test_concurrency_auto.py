@@ -50,10 +50,11 @@ def test_the_default_completes_against_a_load_shedding_service_with_no_failed_id
     with server_process(tmp_path, data, *shedding) as srv:
         code, stderr, report, out = score(run_cli, tmp_path, model, srv.url)
         stats = srv.stats()
-        # The old default, a fixed 64, against the same service: IDs fail (what auto avoids).
-        fixed_code, _, fixed_report, _ = score(
-            run_cli, tmp_path, model, srv.url, "--concurrency", "64", name="fixed"
-        )
+        # The old default, a fixed 64, against the same service, for comparison.
+        score(run_cli, tmp_path, model, srv.url, "--concurrency", "64", name="fixed")
+        refused_by_fixed = srv.stats()["responses_by_status"]["503"] - stats[
+            "responses_by_status"
+        ].get("503", 0)
     assert code == 0, stderr
     assert report["failed"] == 0 and report["scored"] == len(model.ids)
     rows = read_output(out)
@@ -65,7 +66,8 @@ def test_the_default_completes_against_a_load_shedding_service_with_no_failed_id
     limit = report["concurrency"]["svc"]
     assert limit["low"] <= 4 < limit["high"]  # started above the capacity, backed off below it
     assert "source svc: concurrency auto" in stderr  # the summary shows the final limit
-    assert fixed_code == 3 and fixed_report["failed"] > 0
+    # A fixed 64 had many times the refusals (and, on a busy machine, failed IDs: exit 3).
+    assert refused_by_fixed > 2 * stats["responses_by_status"]["503"]
 
 
 def test_a_fixed_number_is_never_exceeded(
