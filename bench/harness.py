@@ -171,7 +171,13 @@ class FeatureServer:
     """``tests/featureserver.py`` in its own process (pinned to ``cpus`` if given)."""
 
     def __init__(
-        self, db: Path, *, latency: float, cpus: str | None, per_inflight: float = 0.0
+        self,
+        db: Path,
+        *,
+        latency: float,
+        cpus: str | None,
+        per_inflight: float = 0.0,
+        extra: Sequence[str] = (),
     ) -> None:
         self.cmd = [
             str(BIN / "python"),
@@ -191,6 +197,7 @@ class FeatureServer:
         ]
         if per_inflight:
             self.cmd += ["--latency-per-inflight", str(per_inflight)]
+        self.cmd += list(extra)  # more fault flags (bench/adaptive.py: --workers, --shed-over)
         self.cpus = cpus
         self.proc = subprocess.Popen(
             pinned(self.cmd, cpus), cwd=ROOT, env=CHILD_ENV, stdout=subprocess.PIPE, text=True

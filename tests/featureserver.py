@@ -105,6 +105,7 @@ _MALFORMED: Final = {
 }
 _WRONG_SHAPES: Final = (b"[1, 2, 3]", b'{"foo": 1}')
 _ROUTES: Final = ("features", "batch", "feast", "other")
+TIMELINE_STEP: Final = 0.5  # seconds per entry of the statistics' timeline
 
 
 @dataclass
@@ -180,6 +181,15 @@ class Faults:
     """Feast: known ids answered with status ``OUTSIDE_MAX_AGE`` (values still sent)."""
     seed: int = 0
     """Seed of the fault draws (re-applied on ``faults`` assignment and stats reset)."""
+    workers: int = 0
+    """A queueing service: at most this many answers are being worked on at once (each for
+    ``latency``); the others wait their turn in arrival order (0: no limit)."""
+    capacity_schedule: tuple[tuple[float, int], ...] = ()
+    """``(seconds, workers)`` steps: from that many seconds after the first request on,
+    ``workers`` is the number given (a service losing capacity mid-run, then recovering)."""
+    shed_over: int = 0
+    """A load-shedding service: a request that arrives with more than this many in flight
+    (itself included) is answered 503 at once, with ``Retry-After: retry_after`` (0: never)."""
 
 
 # --------------------------------------------------------------------------- data
@@ -264,10 +274,29 @@ class _Stats:
         self.no_auth = 0
         self.rejected = False  # a 401 or 403 has been written
         self.after_rejection = 0
+        self.queue_waits = 0  # answers that needed a worker (Faults.workers)
+        self.queue_wait_total = 0.0  # seconds they waited for one
+        self.first: float | None = None  # when the first counted request arrived
+        # Per TIMELINE_STEP since the first request: answers (200/404), 503s, the most in
+        # flight, and the queue waits begun in it (sum of seconds, count).
+        self.timeline: list[list[float]] = []
 
     def reset(self) -> None:
         with self._lock:
             self._clear()
+
+    def _slot(self) -> list[float]:
+        now = time.monotonic()
+        if self.first is None:
+            self.first = now
+        index = int((now - self.first) / TIMELINE_STEP)
+        while len(self.timeline) <= index:
+            self.timeline.append([0, 0, 0, 0.0, 0])
+        return self.timeline[index]
+
+    def elapsed(self) -> float:
+        """Seconds since the first counted request (0 before it)."""
+        return 0.0 if self.first is None else time.monotonic() - self.first
 
     def received(self, route: str, target: str, auth: str | None) -> None:
         with self._lock:
@@ -276,6 +305,8 @@ class _Stats:
             self.after_rejection += self.rejected
             self.inflight += 1
             self.max_inflight = max(self.max_inflight, self.inflight)
+            slot = self._slot()
+            slot[2] = max(slot[2], self.inflight)
             if len(self.paths) < self._max:
                 self.paths.append(target)
             else:
@@ -303,6 +334,16 @@ class _Stats:
         with self._lock:
             self.by_status[code] += 1
             self.rejected = self.rejected or code in (401, 403)
+            if self.first is not None and code in (200, 404, 503):
+                self._slot()[1 if code == 503 else 0] += 1
+
+    def waited(self, seconds: float) -> None:
+        with self._lock:
+            self.queue_waits += 1
+            self.queue_wait_total += seconds
+            slot = self._slot()
+            slot[3] += seconds
+            slot[4] += 1
 
     def fault(self, kind: str) -> None:
         with self._lock:
@@ -322,6 +363,11 @@ class _Stats:
                 "requests_after_rejection": self.after_rejection,
                 "distinct_ids": len(self.id_requests),
                 "paths_dropped": self.dropped,
+                "queue_wait_mean": (
+                    self.queue_wait_total / self.queue_waits if self.queue_waits else 0.0
+                ),
+                "timeline_step": TIMELINE_STEP,
+                "timeline": [list(slot) for slot in self.timeline],
             }
             if not brief:
                 snap["id_requests"] = dict(self.id_requests)
@@ -382,6 +428,7 @@ class _Plan:
     close: bool = False
     interval: float = 0.0
     padding: int = 0  # action "pad": spaces streamed after data
+    worker: bool = False  # waits for one of Faults.workers before its delay starts
 
 
 def _response(
@@ -636,6 +683,9 @@ class _HttpProtocol(asyncio.Protocol):
                 plan = self._srv._plan_safely(req)
                 if plan.action == "hang":
                     return
+                if plan.worker:
+                    self._srv._queue_for_worker(self, plan)
+                    return
                 if plan.delay > 0:
                     self._timer = self._loop.call_later(plan.delay, self._execute, plan)
                     return
@@ -749,6 +799,8 @@ class FeatureServer:
         self._faults = faults if faults is not None else Faults()
         self._rng = random.Random(self._faults.seed)
         self._burst = 0  # requests answered 503 by fail_first so far
+        self._busy = 0  # answers being worked on (Faults.workers)
+        self._waiting: deque[tuple[_HttpProtocol, _Plan, float]] = deque()
         self.feast_null_status = feast_null_status
         self._requested_port = port
         self._port: int | None = None
@@ -911,6 +963,37 @@ class FeatureServer:
         self._stats.received(req.route, req.target, req.auth)
         return True
 
+    def _workers(self) -> int:
+        """Faults.workers, or the capacity schedule's step for now."""
+        f = self._faults
+        workers = f.workers
+        elapsed = self._stats.elapsed()
+        for after, count in f.capacity_schedule:
+            if elapsed >= after:
+                workers = count
+        return workers
+
+    def _queue_for_worker(self, conn: _HttpProtocol, plan: _Plan) -> None:
+        """Serve ``plan`` when a worker is free (now, or after those waiting before it)."""
+        assert self._loop is not None
+        self._waiting.append((conn, plan, self._loop.time()))
+        self._next_worker()
+
+    def _next_worker(self) -> None:
+        assert self._loop is not None
+        while self._waiting and self._busy < self._workers():
+            conn, plan, queued = self._waiting.popleft()
+            if conn._closed:
+                continue
+            self._busy += 1
+            self._stats.waited(self._loop.time() - queued)
+            self._loop.call_later(plan.delay, self._worker_done, conn, plan)
+
+    def _worker_done(self, conn: _HttpProtocol, plan: _Plan) -> None:
+        self._busy -= 1
+        conn._execute(plan)
+        self._next_worker()
+
     def _plan_safely(self, req: _Request) -> _Plan:
         try:
             return self._plan(req)
@@ -959,6 +1042,11 @@ class FeatureServer:
                 401, _error_body("unauthorized"), close, delay, [("WWW-Authenticate", "Bearer")]
             )
             return _split(plan, f.error_body_delay)
+        if f.shed_over and stats.inflight > f.shed_over:
+            stats.fault("shed")
+            return _send(
+                503, _error_body("overloaded"), close, headers=[("Retry-After", f.retry_after)]
+            )
         if f.fail_all:
             stats.fault("fail_all")
             return _split(self._plan_status(503, f, close, delay), f.error_body_delay)
@@ -996,13 +1084,15 @@ class FeatureServer:
                 delay += f.stall_seconds
             # Fast path: a keep-alive hit of GET /features/{id} is one dict lookup.
             cacheable = route == "features" and kind is None and not close and "/" not in segment
+            worker = kind is None and (f.workers > 0 or bool(f.capacity_schedule))
             if cacheable and (cached := self._get_cache.get(key)) is not None:
-                return _Plan("send", cached[0], cached[1], 200, delay)
+                return _Plan("send", cached[0], cached[1], 200, delay, worker=worker)
             status, body = render()
             if cacheable and status == 200:
                 data, head_len = self._get_cache[key] = _response(200, body)
-                return _Plan("send", data, head_len, 200, delay)
+                return _Plan("send", data, head_len, 200, delay, worker=worker)
             plan = _send(status, body, close, delay)
+            plan.worker = worker
             if kind == "truncate":
                 plan.action = "truncate"
             elif kind == "drip":
@@ -1279,6 +1369,26 @@ def _build_parser() -> argparse.ArgumentParser:
     fg.add_argument(
         "--drip-interval", type=float, default=d.drip_interval, help="seconds between dripped bytes"
     )
+    fg.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a queueing service: N answers worked on at once (each --latency), the rest wait",
+    )
+    fg.add_argument(
+        "--capacity-schedule",
+        default="",
+        metavar="S:N,...",
+        help="from S seconds after the first request on, N workers (e.g. 3:12,9:48)",
+    )
+    fg.add_argument(
+        "--shed-over",
+        type=int,
+        default=0,
+        metavar="N",
+        help="a load-shedding service: over N in flight, answer 503 + Retry-After at once",
+    )
     fg.add_argument("--fail-all", action="store_true", help="answer every request 503")
     fg.add_argument(
         "--fail-first", type=int, default=0, metavar="N", help="answer the first N requests 503"
@@ -1375,6 +1485,14 @@ def _faults_from_args(args: argparse.Namespace) -> Faults:
         fail_ids=dict(args.fail_id),
         outside_max_age_ids=set(args.outside_max_age_id),
         seed=args.seed,
+        workers=args.workers,
+        capacity_schedule=tuple(
+            (float(after), int(count))
+            for after, _, count in (
+                step.partition(":") for step in args.capacity_schedule.split(",") if step
+            )
+        ),
+        shed_over=args.shed_over,
     )
 
 

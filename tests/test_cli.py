@@ -472,7 +472,8 @@ def test_score_help_shows_defaults_and_the_scale_out_options(run_cli: RunCli) ->
     result = run_cli("score", "--help")
     assert result.returncode == 0
     text = result.stdout.decode()
-    assert "--concurrency N" in text and "[default: 64]" in text and "[default: 1024]" in text
+    assert "--concurrency N|auto" in text and "[default: auto]" in text
+    assert "--max-concurrency N" in text and "[default: 256]" in text and "[default: 1024]" in text
     panels = help_panels(text)
     for flag in ("--engine ENGINE", "--scheduler ADDR", "--partition-size N"):
         assert flag in panels["Run"]
@@ -504,7 +505,8 @@ def test_score_help_groups_its_options_in_panels_with_their_defaults(run_cli: Ru
         "Output",
         "Run",
     ]
-    assert re.search(r"--concurrency N +Fetches in flight \[default: 64\]", panels["Sources"])
+    assert re.search(r"--concurrency N\|auto +Requests in flight", panels["Sources"])
+    assert "[default: auto]" in panels["Sources"] and "--max-concurrency N" in panels["Sources"]
     assert "--batch-size N" in panels["Scoring"] and "[default: 1024]" in panels["Scoring"]
     assert "--header" in panels["Input"] and "text|csv|tsv|jsonl" in panels["Input"]
     assert "--min-ids N" in panels["Input"]
@@ -674,11 +676,13 @@ def test_a_bad_config_value_names_the_key_and_the_file(
     config.write_text(id_store.config_path.read_text() + "\n[fetch]\nconcurrency = 0\n")
     code, out, err = run_cli("score", "-c", config, stdin=b"C1\n")
     assert_one_line_error(code, out, err)
-    assert err == f"batchscore: error: [fetch] concurrency = 0 in {config} must be at least 1\n"
+    assert err == (
+        f"batchscore: error: [fetch] concurrency = 0 in {config} must be at least 1, or auto\n"
+    )
     code, out, err = run_cli(
         "score", "-c", id_store.config_path, stdin=b"C1\n", env={"BATCHSCORE_CONCURRENCY": "0"}
     )
-    assert err == "batchscore: error: BATCHSCORE_CONCURRENCY=0 must be at least 1\n"
+    assert err == "batchscore: error: BATCHSCORE_CONCURRENCY=0 must be at least 1, or auto\n"
 
 
 def test_the_readme_model_info_sample_is_what_the_command_prints(run_cli: RunCli) -> None:

@@ -642,3 +642,27 @@ def test_the_server_stopped_mid_run_exit_4_then_resume_scores_each_id_exactly_on
         for ident in line.split("batchscore asked: ", 1)[1].split()
     }
     assert asked and not asked & committed  # the resumed run never fetched committed IDs
+
+
+def test_under_auto_the_pool_size_is_the_ceiling_of_the_sources_limit(
+    churn: pd.DataFrame, postgres: PostgresServer, score_in_process: ScoreInProcess, tmp_path: Path
+) -> None:
+    source = pg_source(
+        postgres, table="customer_features", key="customer_id", batch_size=8, pool_size=2
+    )
+    config = write_config(
+        tmp_path / "config.toml", model=SAMPLE_DIR / "model.txt", sources=[source]
+    )
+    (tmp_path / "ids.txt").write_text("".join(f"{i}\n" for i in CHURN_IDS), encoding="utf-8")
+    report = tmp_path / "report.json"
+    run = score_in_process(
+        config=config,
+        environ=ENV,
+        ids=str(tmp_path / "ids.txt"),
+        output=str(tmp_path / "scores.jsonl"),
+        report=str(report),
+    )
+    assert run.status == 0, run.stderr
+    body = json.loads(report.read_text())
+    assert body["scored"] == len(CHURN_IDS)
+    assert body["concurrency"]["pg"]["high"] == 2  # started at its pool size, never above

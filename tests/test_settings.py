@@ -406,3 +406,41 @@ def test_header_and_min_ids_come_from_flag_env_or_config(tmp_path: Path) -> None
     assert (settings.input.header, settings.input.min_ids) == (False, 20)
     settings = settings_for(tmp_path, {}, environ, header=True, min_ids=30)
     assert (settings.input.header, settings.input.min_ids) == (True, 30)
+
+
+# -- --concurrency auto (issue 20) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "environ", "flags", "expected"),
+    [
+        ({}, {}, {}, "auto"),  # the default
+        ({"fetch": {"concurrency": 16}}, {"BATCHSCORE_CONCURRENCY": "auto"}, {}, "auto"),
+        ({"fetch": {"concurrency": "auto"}}, {}, {"concurrency": "24"}, 24),
+        ({"fetch": {"concurrency": "auto"}}, {}, {}, "auto"),
+        ({}, {"BATCHSCORE_CONCURRENCY": "12"}, {}, 12),
+    ],
+)
+def test_concurrency_is_auto_by_default_or_a_number_from_any_layer(
+    tmp_path: Path,
+    config: dict[str, Any],
+    environ: dict[str, str],
+    flags: dict[str, Any],
+    expected: Any,
+) -> None:
+    settings = settings_for(tmp_path, config, environ, **flags)
+    assert settings.fetch.concurrency == expected
+    assert settings.fetch.ceiling == (expected if isinstance(expected, int) else 256)
+
+
+def test_a_concurrency_that_is_neither_auto_nor_a_number_is_named_with_a_suggestion(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(UsageError) as error:
+        settings_for(tmp_path, {}, {}, concurrency="atuo")
+    assert error.value.message == (
+        "--concurrency atuo must be auto or a number (did you mean 'auto'?)"
+    )
+    with pytest.raises(UsageError) as error:
+        settings_for(tmp_path, {}, {"BATCHSCORE_MAX_CONCURRENCY": "0"})
+    assert "BATCHSCORE_MAX_CONCURRENCY=0 must be at least 1" in error.value.message

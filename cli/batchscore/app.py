@@ -213,11 +213,23 @@ def score(
     ] = None,
     config: ConfigOption = None,
     concurrency: Annotated[
-        int | None,
+        str | None,
         Opt(
             "--concurrency",
+            metavar="N|auto",
+            help="Requests in flight over all sources, or auto: each source's own limit, "
+            "found as the run goes (grows while answers come faster, backs off on 429/503/"
+            f"timeouts or queueing) [default: {_D.fetch.concurrency}].",
+            rich_help_panel=SOURCES,
+        ),
+    ] = None,
+    max_concurrency: Annotated[
+        int | None,
+        Opt(
+            "--max-concurrency",
             metavar="N",
-            help=f"Fetches in flight [default: {_D.fetch.concurrency}].",
+            help="With --concurrency auto: the most requests in flight over all sources "
+            f"[default: {_D.fetch.max_concurrency}].",
             rich_help_panel=SOURCES,
         ),
     ] = None,

@@ -207,11 +207,7 @@ async def _check_sources(
     from batchscore.job import check_coverage
 
     stats = RunStats()
-    limits = Limits(
-        concurrency=settings.fetch.concurrency,
-        rate_limit=settings.fetch.rate_limit,
-        observe=stats.observe,
-    )
+    limits = Limits.of(settings.fetch, stats.observe, stats.limit_changed)
     sources = build_sources(settings.sources, limits, settings.fetch, stats)
     if given is not None:
         sources = [given if isinstance(s, InputSource) else s for s in sources]
@@ -372,8 +368,10 @@ def _eta(
         0 if isinstance(s, InputSource) else math.ceil(total / s.batch_size) for s in sources
     ]
     busy = sum(n * c.mean_latency for n, c in zip(requests, checks, strict=True))
+    fetch = settings.fetch
+    what = f"up to {fetch.ceiling} (auto)" if fetch.concurrency == "auto" else fetch.ceiling
     bounds = {
-        f"latency at concurrency {settings.fetch.concurrency}": busy / settings.fetch.concurrency,
+        f"latency at concurrency {what}": busy / fetch.ceiling,
         "client CPU": sum(requests) * cpu_per_request,
     }
     if settings.fetch.rate_limit > 0:

@@ -2,7 +2,7 @@
 
 Unknown keys are rejected with the nearest valid key suggested; values are checked against the
 dataclass field types (``int``, ``float``, ``str``, ``bool``, optional forms of these,
-``tuple[str, ...]`` and ``dict[str, str]``).
+``int | str``, ``tuple[str, ...]`` and ``dict[str, str]``).
 """
 
 from __future__ import annotations
@@ -74,7 +74,12 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or (isinstance(value, str) and value == "" and len(args) == 1):
             return None
-        return coerce(value, args[0], where)
+        for arg in args[:-1]:  # ``int | str``: a number if it reads as one, else the text
+            try:
+                return coerce(value, arg, where)
+            except ConfigError:
+                pass
+        return coerce(value, args[-1], where)
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -731,11 +731,7 @@ class _Run:
         self.env = env
         self.stats = stats
         self.settings = p.settings
-        self.limits = Limits(
-            concurrency=self.settings.fetch.concurrency,
-            rate_limit=self.settings.fetch.rate_limit,
-            observe=stats.observe,
-        )
+        self.limits = Limits.of(self.settings.fetch, stats.observe, stats.limit_changed)
         self.stopper = Stopper()
         self.finished_earlier = False  # --resume found a complete run: only renames were left
 

@@ -316,11 +316,7 @@ async def _score_partition(
     attempt = progress.attempt
     staged = folder / f".{name}.{attempt}.tmp"
     staged_errors = folder / f".{errors_name(part.index)}.{attempt}.tmp"
-    limits = Limits(
-        concurrency=settings.fetch.concurrency,
-        rate_limit=settings.fetch.rate_limit,
-        observe=stats.observe,
-    )
+    limits = Limits.of(settings.fetch, stats.observe, stats.limit_changed)
     sources = build_sources(settings.sources, limits, settings.fetch, stats)
     async with contextlib.AsyncExitStack() as stack:
         # Opened here, read by the pipeline's reader thread (the job's reader is blocking).

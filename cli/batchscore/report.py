@@ -74,6 +74,20 @@ class FeatureQuality:
 
 
 @dataclass
+class ConcurrencyRange:
+    """One source's adaptive limit (``--concurrency auto``): the last value, and the range."""
+
+    final: int
+    low: int
+    high: int
+    changes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """For the report."""
+        return {"final": self.final, "low": self.low, "high": self.high, "changes": self.changes}
+
+
+@dataclass
 class RunStats:
     """Counters of one run (mutated only on the event loop thread)."""
 
@@ -95,6 +109,7 @@ class RunStats:
     workers: int = 0  # Dask workers running the run's partitions (0: this process alone)
     distributions: list[Distribution] = field(default_factory=list)  # per model, rows written
     drift: DriftResult | None = None  # against --baseline, once the run is over
+    concurrency: dict[str, ConcurrencyRange] = field(default_factory=dict)  # auto only
 
     @property
     def failed_total(self) -> int:
@@ -167,6 +182,15 @@ class RunStats:
             self.statuses.setdefault(name, Counter()).update(counts)
         for stage, seconds in part.seconds.items():
             self.seconds[stage] += seconds
+        for name, other in part.concurrency.items():  # each partition adapted on its own
+            limit = self.concurrency.get(name)
+            if limit is None:
+                self.concurrency[name] = ConcurrencyRange(**other.as_dict())
+            else:
+                limit.final = other.final
+                limit.low = min(limit.low, other.low)
+                limit.high = max(limit.high, other.high)
+                limit.changes += other.changes
         if part.quality and not self.quality:  # per model, as the partitions counted them
             self.quality = [
                 FeatureQuality(q.missing.copy(), q.out_of_range.copy(), 0) for q in part.quality
@@ -180,6 +204,17 @@ class RunStats:
         elif part.distributions:
             for mine_d, theirs_d in zip(self.distributions, part.distributions, strict=True):
                 mine_d.add(theirs_d)
+
+    def limit_changed(self, source: str, limit: int) -> None:
+        """``source``'s adaptive limit is now ``limit`` (its first value: where it starts)."""
+        seen = self.concurrency.get(source)
+        if seen is None:
+            self.concurrency[source] = ConcurrencyRange(limit, limit, limit)
+        else:
+            seen.final = limit
+            seen.low = min(seen.low, limit)
+            seen.high = max(seen.high, limit)
+            seen.changes += 1
 
     def observe(self, source: str, seconds: float) -> None:
         """Record one request's latency for ``source``."""
@@ -232,6 +267,7 @@ def as_dict(stats: RunStats, models: Sequence[tuple[str, Sequence[str]]] = ()) -
         "ids_per_second": round(stats.rate(elapsed), 1) if elapsed > 0 else None,
         "latency_seconds": latency,
         "source_statuses": {k: dict(v) for k, v in sorted(stats.statuses.items())},
+        "concurrency": {k: v.as_dict() for k, v in sorted(stats.concurrency.items())},
         "busy_seconds": {k: round(v, 3) for k, v in sorted(stats.seconds.items())},
         "data_quality": data_quality,
         **(
@@ -285,6 +321,11 @@ def summary_lines(stats: RunStats) -> list[str]:
         lines.append(
             f"source {name}: {lat['requests']:,} requests, latency p50 {_ms(lat['p50'])}, "
             f"p95 {_ms(lat['p95'])}, p99 {_ms(lat['p99'])}"
+        )
+    for name, limit in data["concurrency"].items():
+        lines.append(
+            f"source {name}: concurrency auto, {limit['final']:,} at the end (range "
+            f"{limit['low']:,}-{limit['high']:,}, {limit['changes']:,} changes)"
         )
     for name, counts in data["source_statuses"].items():
         lines.append(
@@ -470,6 +511,22 @@ def metrics_text(stats: RunStats, status: int, identity: dict[str, Any]) -> str:
             "gauge",
             "Columns (scores and features) beyond the drift thresholds against --baseline.",
             [("", len(drift.drifted_names))],
+        )
+    if stats.concurrency:
+        metric(
+            "source_concurrency",
+            "gauge",
+            "Each source's adaptive limit on requests in flight (--concurrency auto): at the "
+            "end of the last run, and the lowest and highest it took.",
+            [
+                (f'{{source="{_label(name)}",value="{which}"}}', value)
+                for name, limit in sorted(stats.concurrency.items())
+                for which, value in (
+                    ("final", limit.final),
+                    ("low", limit.low),
+                    ("high", limit.high),
+                )
+            ],
         )
     return "\n".join(out) + "\n"
 

@@ -59,13 +59,20 @@ class NamedModel:
 class FetchSettings:
     """Limits and retry policy shared by every source."""
 
-    concurrency: int = 64
+    concurrency: int | str = "auto"  # a number: that many in flight over all sources
+    max_concurrency: int = 256  # auto: the ceiling over all sources together
     retries: int = 4
     rate_limit: float = 0.0
     backoff_base: float = 0.1
     backoff_max: float = 10.0
     retry_after_cap: float = 60.0
     down_after: int = 50  # failed attempts in a row of one source before the run stops
+
+    @property
+    def ceiling(self) -> int:
+        """The most requests in flight over all sources: the number, or under ``auto``
+        ``max_concurrency``."""
+        return self.concurrency if isinstance(self.concurrency, int) else self.max_concurrency
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("min_ids", "input", "min_ids"),
     Option("model", "model", "path"),
     Option("concurrency", "fetch", "concurrency"),
+    Option("max_concurrency", "fetch", "max_concurrency"),
     Option("retries", "fetch", "retries"),
     Option("rate_limit", "fetch", "rate_limit"),
     Option("batch_size", "score", "batch_size"),
@@ -481,8 +489,15 @@ def validate(s: Settings, where: Origins | None = None) -> None:
             f"{at('score', 'threads')}: at most {MAX_THREADS:,} LightGBM threads (more threads "
             "than the machine's cores make a predict no faster, and thousands fail to start)"
         )
-    if s.fetch.concurrency < 1:
-        raise ConfigError(f"{at('fetch', 'concurrency')} must be at least 1")
+    if isinstance(s.fetch.concurrency, str) and s.fetch.concurrency != "auto":
+        raise ConfigError(
+            f"{at('fetch', 'concurrency')} must be auto or a number"
+            + suggest(s.fetch.concurrency, ["auto"])
+        )
+    if isinstance(s.fetch.concurrency, int) and s.fetch.concurrency < 1:
+        raise ConfigError(f"{at('fetch', 'concurrency')} must be at least 1, or auto")
+    if s.fetch.max_concurrency < 1:
+        raise ConfigError(f"{at('fetch', 'max_concurrency')} must be at least 1")
     if s.fetch.retries < 0:
         raise ConfigError(f"{at('fetch', 'retries')} must be 0 or more")
     if s.fetch.rate_limit < 0:

@@ -212,7 +212,7 @@ class HttpSource:
             for i, id_ in todo:
                 answers[i] = await self._fetch_one(id_)
 
-        workers = min(len(ids), self._endpoint.limits.concurrency)
+        workers = min(len(ids), self._endpoint.connections)
         await asyncio.gather(*(worker() for _ in range(workers)))
         return answers
 

@@ -387,12 +387,13 @@ class Endpoint:
         self.health = SourceHealth(source, policy.down_after)
         self._rejected: int | None = None  # the 401/403 status once credentials were refused
         self._told_too_large = False
+        self.connections = limits.declare(source)  # its own adaptive limit under auto
 
     def open(self) -> None:
         """Create the pooled session (on the running loop)."""
         if self._session is None:
             self._session = open_session(
-                self.options, connections=self.limits.concurrency, refusal=self._refusal
+                self.options, connections=self.connections, refusal=self._refusal
             )
             if self.options.insecure:
                 log.warning(

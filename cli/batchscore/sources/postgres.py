@@ -1,8 +1,9 @@
 """PostgreSQL feature source: a table (``table`` + ``key``) or a query, through an asyncpg pool.
 
-One pool per source, at most ``--concurrency`` connections (every query also holds a slot of
-the shared :class:`~batchscore.sources.limits.Limits`, so the pool never waits); asyncpg prepares
-each statement once per connection and reuses it.  Connections are read-only
+One pool per source, at most ``pool_size`` connections (default: ``--concurrency`` when it is a
+number, :data:`AUTO_POOL_SIZE` under ``auto``, whose adaptive limit it caps; every query also
+holds a slot of the shared :class:`~batchscore.sources.limits.Limits`, so the pool never waits);
+asyncpg prepares each statement once per connection and reuses it.  Connections are read-only
 (``default_transaction_read_only``), and ``statement_timeout`` is set on each one when configured.
 
 PostgreSQL decides which row an ID finds, never Python: a batch of IDs is sent as one ``text[]``
@@ -50,6 +51,10 @@ log = logging.getLogger("batchscore.sources")
 
 MAX_BATCH = 100_000
 CLOSE_SECONDS = 5.0
+AUTO_POOL_SIZE = 10
+"""Connections of a pool under ``--concurrency auto`` unless ``pool_size`` says (asyncpg's own
+default): the ceiling of the source's adaptive limit, well under PostgreSQL's default
+``max_connections`` of 100."""
 LOST = frozenset({"connection_error", "timeout"})
 """Failures that say the server is gone, not that these IDs are a problem."""
 
@@ -89,6 +94,7 @@ class PostgresConfig:
     batch_size: int = 1000
     statement_timeout: float | None = None  # seconds, set as PostgreSQL's statement_timeout
     timeout: float = 30.0  # seconds for connecting and for a whole query attempt, client side
+    pool_size: int | None = None  # connections; None: --concurrency, or AUTO_POOL_SIZE if auto
     rename: dict[str, str] = field(default_factory=dict)
     wins: tuple[str, ...] = ()
 
@@ -191,6 +197,8 @@ class PostgresSource:
         self._policy = policy
         self._stats = stats
         self._health = SourceHealth(config.name, policy.down_after)
+        pool_size = config.pool_size or (AUTO_POOL_SIZE if limits.auto else None)
+        self._pool_size = limits.declare(config.name, pool_size)
         self.health = self._health  # read by a cluster partition's driver
         self._server = server_of(config.dsn)
         self._pool: Any = None
@@ -233,6 +241,8 @@ class PostgresSource:
             raise ConfigError(f"{where}.batch_size must be between 1 and {MAX_BATCH}")
         if not config.timeout > 0:
             raise ConfigError(f"{where}.timeout must be more than 0 seconds")
+        if config.pool_size is not None and config.pool_size < 1:
+            raise ConfigError(f"{where}.pool_size must be at least 1 connection")
         if config.statement_timeout is not None and not config.statement_timeout > 0:
             raise ConfigError(f"{where}.statement_timeout must be more than 0 seconds")
         return cls(config, limits, policy, stats)
@@ -268,7 +278,7 @@ class PostgresSource:
             pool = asyncpg.create_pool(
                 self.config.dsn,
                 min_size=0,
-                max_size=self._limits.concurrency,
+                max_size=self._pool_size,
                 timeout=self.config.timeout,
                 server_settings=settings,
                 init=_init_connection,

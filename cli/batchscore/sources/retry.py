@@ -10,7 +10,9 @@ no transport, so a source's start-up pays only for its own.  How long to wait is
 ``Retry-After`` (seconds or an HTTP date) up to a cap.  :func:`call` runs the attempts: each one
 holds a slot of the shared :class:`~batchscore.sources.limits.Limits` (so retries count against
 ``--concurrency`` and ``--rate-limit`` like first attempts), and the slot is released before
-waiting.
+waiting: a retry waiting out its backoff or a ``Retry-After`` holds no slot, so an adaptive
+limit (``--concurrency auto``) really throttles.  Each attempt's outcome goes back to the limits
+as a :class:`~batchscore.sources.adaptive.Signal` (:func:`signal_of`).
 
 Tests that are not about timing call :func:`set_testing` to remove every wait, instead of
 mocking ``asyncio.sleep`` (the idea comes from hynek/stamina).
@@ -30,6 +32,7 @@ from typing import TypeVar
 from batchscore.errors import SourceDownError
 from batchscore.settings import FetchSettings
 from batchscore.sources import Failure
+from batchscore.sources.adaptive import Signal
 from batchscore.sources.limits import Limits
 
 T = TypeVar("T")
@@ -133,6 +136,27 @@ class RetryPolicy:
 
 _rng = random.Random()
 
+OVERLOAD_STATUSES = frozenset({429, 503, 504})
+"""Statuses that say the service has too much to do: an adaptive limit backs off."""
+OVERLOAD_REASONS = frozenset({"timeout", "connect_error", "connection_error", "statement_timeout"})
+"""Failures without a status that say the same: no answer in time (a client or statement
+timeout), a connection refused or reset (PostgreSQL's "too many connections" too)."""
+
+
+def signal_of(failed: AttemptFailed) -> Signal:
+    """What a failed attempt tells an adaptive limit: an overload (429, 503, 504, any
+    ``Retry-After``, a timeout, a connection refused or reset), an answer (the service
+    answered, e.g. 404 or 400: its latency counts), or neither (a 500, a malformed body)."""
+    if (
+        failed.status in OVERLOAD_STATUSES
+        or failed.retry_after is not None
+        or (failed.status is None and failed.reason in OVERLOAD_REASONS)
+    ):
+        return Signal.OVERLOAD
+    if failed.status is not None and not failed.retryable:
+        return Signal.ANSWER
+    return Signal.NEUTRAL
+
 
 def down_message(source: str, failures: int, reason: str) -> str:
     """What a run stopped by a down source says (a local run's and a cluster run's words)."""
@@ -224,16 +248,20 @@ async def call(
     """
     for number in range(1, policy.attempts + 1):
         sent = 0
+        attempt = None
         try:
-            async with limits.request(source):
+            async with limits.request(source) as attempt:
                 if health is not None:
                     sent = health.sending()
                 raw = await send()
             answer = interpret(raw)
+            limits.report(attempt, Signal.ANSWER)
             if health is not None:
                 health.answered()
             return answer
         except AttemptFailed as failed:
+            if attempt is not None:
+                limits.report(attempt, signal_of(failed))
             if health is not None:
                 health.failed(failed, sent)
             if not failed.retryable or number == policy.attempts:
@@ -247,6 +275,7 @@ async def call(
 
 
 __all__ = [
+    "OVERLOAD_STATUSES",
     "RETRYABLE_STATUSES",
     "AttemptFailed",
     "RetryPolicy",
@@ -254,4 +283,5 @@ __all__ = [
     "call",
     "parse_retry_after",
     "set_testing",
+    "signal_of",
 ]
