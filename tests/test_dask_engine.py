@@ -495,6 +495,53 @@ def test_ctrl_c_while_the_local_cluster_starts_exits_130_quietly(
     wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
 
 
+def test_a_terminal_ctrl_c_mid_run_leaves_the_workers_quiet(
+    slow_server: FeatureServer, tmp_path: Path
+) -> None:
+    """Ctrl-C at a terminal signals the whole process group, the run's own worker processes
+    too: only the driver answers it (exit 130, one line).  Before, each worker printed its own
+    KeyboardInterrupt traceback (some 30 lines each) over the summary."""
+    ids = (SAMPLE / "ids.txt").read_text().splitlines()[:1600]
+    (tmp_path / "ids.txt").write_text("".join(f"{i}\n" for i in ids))
+    out = tmp_path / "scores"
+    proc = subprocess.Popen(
+        [
+            *batchscore_command(),
+            "score",
+            str(tmp_path / "ids.txt"),
+            "-c",
+            str(http_config(tmp_path, slow_server.url)),
+            "-o",
+            str(out),
+            "--engine",
+            "dask",
+            "--partition-size",
+            "200",
+            "--concurrency",
+            "2",
+        ],
+        cwd=ROOT,
+        env=clean_environ({"DASK_TEST_TOKEN": TOKEN}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # a process group of its own, as a terminal's foreground job
+    )
+    try:
+        # Partitions are being scored: a worker is writing a part's temporary file.
+        wait_for(lambda: out.is_dir() and any(out.glob(".part-*")), timeout=90)
+        workers = spawned_children(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    stderr = err.decode()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
+    assert "--resume" in stderr.strip().splitlines()[-1]
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
+
+
 @pytest.mark.parametrize(
     "flags",
     [

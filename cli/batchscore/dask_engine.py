@@ -756,6 +756,8 @@ class _Cluster:
                         scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                         # The workers' own lines (a heartbeat cut short as the cluster closes).
                         silence_logs=logging.DEBUG if run.debug else logging.CRITICAL,
+                        # Workers leave a terminal's Ctrl-C to the driver (dask_setup).
+                        preload=["batchscore.partition"],
                     )
                     self.client = Client(self._cluster)  # type: ignore[no-untyped-call]
                 except Exception:

@@ -31,6 +31,7 @@ import io
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -187,6 +188,15 @@ class JobPlugin(WorkerPlugin):
                     infos.append((name, info))
                 self._models = ModelSet(infos, threads=self.job.settings.score.threads or 0)
             return self._models
+
+
+def dask_setup(worker: Any) -> None:
+    """Dask's preload hook, run in each worker process of this run's own local cluster as it
+    starts: the worker ignores SIGINT.  A Ctrl-C at a terminal reaches the whole process group,
+    the workers too; the driver handles it (it stops the cluster, its workers with it), while a
+    worker that took it printed a KeyboardInterrupt traceback of its own over the summary."""
+    del worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def plugin_name(run_id: str) -> str:
