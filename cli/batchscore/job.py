@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import stat
 import threading
 import uuid
@@ -41,7 +42,14 @@ from batchscore.feed import Filters, StallHook, watch_stalls
 from batchscore.model import ModelSet, read_info, scoring_plan
 from batchscore.pipeline import Pipeline, PipelineOptions, allowed, source_columns
 from batchscore.progress import ProgressDisplay, choose
-from batchscore.report import RunStats, summary_lines, write_metrics, write_report
+from batchscore.report import (
+    RunStats,
+    metrics_text,
+    report_body,
+    summary_lines,
+    write_metrics_text,
+    write_report,
+)
 from batchscore.settings import Settings, audit_columns, parse_shard
 from batchscore.sinks import EXTENSIONS, Columns, Sink, format_of_name, output_format
 from batchscore.sinks.errorlog import ErrorLog, read_errors_file
@@ -56,6 +64,7 @@ from batchscore.sinks.files import (
 from batchscore.sources import Source, build_sources
 from batchscore.sources.input import has_input_source, input_values
 from batchscore.sources.limits import Limits
+from batchscore.stamps import iso_time
 from batchscore.state import (
     DoneRecord,
     LineRanges,
@@ -617,14 +626,30 @@ def _finish(
             )
     identity = {**_model_identity(p.models), "config_fingerprint": settings.fingerprint}
     unfinished = [{"date": day, "state": str(state)} for day, state in p.unfinished]
-    notes = {"unfinished_runs": unfinished} if unfinished else {}
+    notes = {
+        **_run_facts(settings, stats, p.output, p.errors_path),
+        **({"unfinished_runs": unfinished} if unfinished else {}),
+    }
     features = _feature_lists(p.models)
-    failures = _write_outcome_files(settings, stats, status, p.run_id, identity, features, notes)
+    kept = p.done.get("monitoring") if p.done is not None else None
+    noop = isinstance(kept, dict)
+    if isinstance(kept, dict):  # a no-op: the figures of the run that wrote the output
+        body = {**kept["report"], "noop": True, "noop_at": iso_time()}
+        text = str(kept["metrics"])
+    else:
+        body = report_body(stats, features, status, p.run_id, identity | notes)
+        text = metrics_text(stats, status, identity)
+        local = settings.run.engine == "local"  # a Dask folder keeps its own record
+        if p.done is None and p.resumable and settings.output.resume and local:
+            _done_record(p).attach({"report": body, "metrics": text})
+    failures = _write_monitoring(settings, body, text, noop=noop)
     if failures and status in (ExitStatus.OK, ExitStatus.PARTIAL):
         # The output is complete, but a monitor reading the metrics would see an older run:
         # that is output that cannot be written.  What could be written says 74 too.
         status = ExitStatus.CANT_WRITE
-        _write_outcome_files(settings, stats, status, p.run_id, identity, features, notes)
+        if not noop:
+            body = report_body(stats, features, status, p.run_id, identity | notes)
+            _write_monitoring(settings, body, metrics_text(stats, status, identity))
         failures = [f"{f}; the output is complete, only this file is missing" for f in failures]
     for failure in failures:
         print(f"batchscore: error: {failure}", file=env.stderr)
@@ -667,21 +692,55 @@ def _write_outcome_files(
     features: Sequence[tuple[str, Sequence[str]]],
     notes: dict[str, Any] | None = None,
 ) -> list[str]:
-    """``--report`` (with ``notes``) and ``--metrics``, if asked for, each whatever became of
-    the other; a message for each that could not be written, naming it and why."""
+    """``--report`` (with ``notes``) and ``--metrics``, if asked for (see
+    :func:`_write_monitoring`)."""
+    facts = _run_facts(settings, stats, settings.output.path, settings.output.errors)
+    body = report_body(stats, features, status, run_id, {**identity, **facts, **(notes or {})})
+    return _write_monitoring(settings, body, metrics_text(stats, status, identity))
+
+
+def _write_monitoring(
+    settings: Settings, body: dict[str, Any], text: str, noop: bool = False
+) -> list[str]:
+    """Write the report ``body`` and the metrics ``text`` where the settings ask, each whatever
+    became of the other; a message for each that could not be written, naming it and why."""
     failures = []
     report, metrics = settings.output.report, settings.output.metrics
     if report:
         try:
-            write_report(report, stats, features, status, run_id, {**identity, **(notes or {})})
+            write_report(report, body)
         except OSError as exc:
             failures.append(f"cannot write the --report file {report}: {exc.strerror or exc}")
     if metrics:
         try:
-            write_metrics(metrics, stats, status, identity)
+            write_metrics_text(metrics, text, noop=noop)
         except OSError as exc:
             failures.append(f"cannot write the --metrics file {metrics}: {exc.strerror or exc}")
     return failures
+
+
+def _run_facts(
+    settings: Settings, stats: RunStats, output: str, errors: str | None
+) -> dict[str, Any]:
+    """What an on-call reader of the report looks for first: which files, when, where, which
+    batchscore.  Paths pass through :func:`~batchscore.redact.redact` (a URL-like path may
+    hold a token)."""
+    from batchscore import __version__
+    from batchscore.redact import redact
+
+    def shown(path: str) -> str:
+        return redact(path if path == "-" else os.path.abspath(path))
+
+    return {
+        "input": shown(input_path(settings)),
+        "output": shown(output),
+        "errors": shown(errors) if errors else None,
+        "started_at": iso_time(stats.started_at),
+        "ended_at": iso_time(),
+        "host": socket.gethostname(),
+        "batchscore_version": __version__,
+        "noop": False,
+    }
 
 
 def _identity(p: _Plan) -> dict[str, Any]:

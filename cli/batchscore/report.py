@@ -92,6 +92,7 @@ class RunStats:
     """Counters of one run (mutated only on the event loop thread)."""
 
     started: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.time)  # wall clock, for the report
     read: int = 0
     skipped: int = 0  # shard, dedupe or already committed by an earlier run
     scored: int = 0
@@ -411,18 +412,21 @@ class BusyClock:
             self.stats.seconds[self.stage] += time.monotonic() - self._since
 
 
-def write_report(
-    path: str,
+def report_body(
     stats: RunStats,
     features: Sequence[tuple[str, Sequence[str]]],
     status: int,
     run_id: str,
     identity: dict[str, Any],
-) -> None:
+) -> dict[str, Any]:
     """The ``--report`` JSON: the summary plus run identity, exit code and data quality."""
+    return {"run_id": run_id, "exit_code": int(status), **identity, **as_dict(stats, features)}
+
+
+def write_report(path: str, body: dict[str, Any]) -> None:
+    """Write a :func:`report_body` atomically."""
     import orjson
 
-    body = {"run_id": run_id, "exit_code": int(status), **identity, **as_dict(stats, features)}
     write_atomically(
         path, orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
     )
@@ -531,6 +535,25 @@ def metrics_text(stats: RunStats, status: int, identity: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def noop_metric(noop: bool) -> str:
+    """The gauge that tells a dashboard whether the last invocation did anything.
+
+    A ``--resume`` run that finds its output complete already writes the figures of the run
+    that wrote it again, with this gauge at 1, so a good night never turns into zeros.
+    """
+    return (
+        "# HELP batchscore_noop 1 when the last invocation found its output complete already "
+        "and did nothing; the other figures are those of the run that wrote it.\n"
+        "# TYPE batchscore_noop gauge\n"
+        f"batchscore_noop {int(noop)}\n"
+    )
+
+
 def write_metrics(path: str, stats: RunStats, status: int, identity: dict[str, Any]) -> None:
     """Write the Prometheus textfile atomically."""
-    write_atomically(path, metrics_text(stats, status, identity).encode())
+    write_metrics_text(path, metrics_text(stats, status, identity))
+
+
+def write_metrics_text(path: str, text: str, *, noop: bool = False) -> None:
+    """Write a :func:`metrics_text` (and :func:`noop_metric`) atomically."""
+    write_atomically(path, (text + noop_metric(noop)).encode())

@@ -100,10 +100,8 @@ class DoneRecord:
             "input": file_stamp(self.input_path),
             "output": file_stamp(self.output),
         }
-        temp = self.path.with_name(self.path.name + ".tmp")
         try:
-            temp.write_bytes(orjson.dumps(record))
-            os.replace(temp, self.path)
+            self._store(record)
         except OSError as exc:  # the output is in place: the run succeeded all the same
             log.warning(
                 "cannot write %s (%s): running the same job again with --resume will say the "
@@ -111,6 +109,27 @@ class DoneRecord:
                 self.path,
                 exc.strerror,
             )
+
+    def _store(self, record: dict[str, Any]) -> None:
+        temp = self.path.with_name(self.path.name + ".tmp")
+        temp.write_bytes(orjson.dumps(record))
+        os.replace(temp, self.path)
+
+    def attach(self, monitoring: dict[str, Any]) -> None:
+        """Keep the run's report and metrics in its record, so that the same job run again
+        (a no-op) writes the real figures again instead of empty ones.  Only a record that
+        describes the output as it is now is touched."""
+        try:
+            record = orjson.loads(self.path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return
+        if not isinstance(record, dict) or record.get("output") != file_stamp(self.output):
+            return
+        record["monitoring"] = monitoring
+        try:
+            self._store(record)
+        except OSError as exc:  # the run succeeded all the same
+            log.warning("cannot keep the report in %s (%s)", self.path, exc.strerror)
 
     def remove(self) -> None:
         """A new run replaces the output: the record no longer describes it."""
