@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import pty
+import re
 import socket
+import subprocess
 from pathlib import Path
 
-from conftest import ROOT, RunCli
+from conftest import ROOT, SAMPLE_CONFIG, RunCli, batchscore_command
 
 NIGHTLY = ROOT / "configs" / "nightly.toml"
 
@@ -85,3 +89,81 @@ def test_a_run_refused_at_the_start_still_says_when_and_where(
     assert body["input"] == str(tmp_path / "missing.txt")
     assert dt.datetime.fromisoformat(body["ended_at"]).tzinfo is not None
     assert body["host"] == socket.gethostname()
+
+
+STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d ")
+
+
+def default_environ() -> dict[str, str]:
+    """The environment of a user who set no batchscore variable."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCORE_")}
+
+
+def test_in_a_cron_log_every_line_starts_with_the_time(tmp_path: Path) -> None:
+    out = tmp_path / "scores.csv"
+    args = ["score", "sample_data/ids.txt", "-c", str(SAMPLE_CONFIG), "-o", str(out)]
+    result = subprocess.run(
+        [*batchscore_command(), *args, "--progress-interval", "0.01", "--batch-size", "64"],
+        capture_output=True,
+        cwd=ROOT,
+        env=default_environ(),
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 3  # the sample's 10 unknown IDs
+    lines = result.stderr.decode().splitlines()
+    assert any(" done, " in line for line in lines), lines  # progress
+    assert any("read 5,010 IDs" in line for line in lines)  # summary
+    assert any(line.endswith("raise the allowance if they are expected") for line in lines)
+    unstamped = [line for line in lines if not STAMP.match(line)]
+    assert unstamped == []
+    first = dt.datetime.fromisoformat(lines[0].split(" ")[0])
+    assert abs((dt.datetime.now(dt.UTC) - first).total_seconds()) < 60
+
+    refused = subprocess.run(  # the output exists now: the one error line is stamped too
+        [*batchscore_command(), *args],
+        capture_output=True,
+        cwd=ROOT,
+        env=default_environ(),
+        check=False,
+    )
+    assert refused.returncode == 2
+    (line,) = refused.stderr.decode().splitlines()
+    assert STAMP.match(line) and line[STAMP.match(line).end() :].startswith("batchscore: error:")
+
+    plain = subprocess.run(
+        [*batchscore_command(), *args, "--timestamps", "never"],
+        capture_output=True,
+        cwd=ROOT,
+        env=default_environ(),
+        check=False,
+    )
+    assert plain.stderr.decode().startswith("batchscore: error: ")
+
+
+def test_on_a_terminal_the_screen_is_left_as_it_was(tmp_path: Path) -> None:
+    leader, follower = pty.openpty()
+    out = tmp_path / "scores.csv"
+    args = ["score", "sample_data/ids.txt", "-c", str(SAMPLE_CONFIG), "-o", str(out)]
+    proc = subprocess.Popen(
+        [*batchscore_command(), *args, "--max-failed", "100"],
+        stderr=follower,
+        stdout=subprocess.DEVNULL,
+        cwd=ROOT,
+        env={**default_environ(), "COLUMNS": "120"},
+    )
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    text = screen.decode("utf-8", "replace")
+    assert "read 5,010 IDs" in text
+    assert not any(STAMP.match(line) for line in text.splitlines())

@@ -7,6 +7,7 @@ whatever happened into an exit status and at most one line on stderr (a tracebac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ import typer.core
 from batchscore import __version__
 from batchscore.errors import BatchscoreError, ExitStatus, PipeClosedError, Terminated
 from batchscore.settings import Settings
+from batchscore.stamps import WHEN, StampedLines, stamp_stderr
 
 if TYPE_CHECKING:
     from batchscore.model import ModelInfo
@@ -408,6 +410,16 @@ def score(
             rich_help_panel=RUN,
         ),
     ] = None,
+    timestamps: Annotated[
+        str | None,
+        Opt(
+            "--timestamps",
+            metavar="WHEN",
+            help="auto|always|never: an ISO 8601 time at the start of each stderr line "
+            "(auto: when stderr is not a terminal, as in a cron log) [default: auto].",
+            rich_help_panel=RUN,
+        ),
+    ] = None,
     quiet: Annotated[
         bool | None, Opt("--quiet", "-q", help="Only errors.", rich_help_panel=RUN)
     ] = None,
@@ -467,6 +479,7 @@ def score(
     _debug = bool(debug) or os.environ.get("BATCHSCORE_DEBUG", "") in {"1", "true", "yes"}
     settings = resolve(flags, str(config) if config else None, os.environ)
     _debug = settings.run.debug
+    stamp_stderr(settings.run.timestamps)
     _setup_logging(settings.run.debug, settings.run.quiet)
     env = Environment(
         stdin=sys.stdin.buffer,
@@ -523,6 +536,7 @@ def check(
     }
     settings = resolve(flags, str(config) if config else None, os.environ)
     _debug = settings.run.debug
+    stamp_stderr(settings.run.timestamps)
     _setup_logging(settings.run.debug, quiet=False)
     raise typer.Exit(run_check(settings, ids, sample, sys.stdout))
 
@@ -610,6 +624,15 @@ def run_cli(argv: list[str]) -> int:
     source's config reaches stderr, ``--debug`` included (the traceback is printed here, masked,
     instead of being re-raised).
     """
+    # Every line on stderr (progress, summary, warnings, this function's error line) passes
+    # one stamper: a time first when not on a terminal.  Its mode is known before the settings
+    # are, from the variable, so that an early usage error is stamped as later lines would be.
+    when = os.environ.get("BATCHSCORE_TIMESTAMPS", "auto")
+    with contextlib.redirect_stderr(StampedLines(sys.stderr, when if when in WHEN else "auto")):
+        return _run_cli(argv)
+
+
+def _run_cli(argv: list[str]) -> int:
     from batchscore.redact import format_exception, redact
 
     # Until the pipeline installs its own handlers, SIGTERM ends the command like Ctrl-C does

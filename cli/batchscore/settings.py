@@ -114,6 +114,7 @@ class RunSettings:
     max_failed: int = 0
     max_failed_rate: float = 0.0
     progress_interval: float = 30.0
+    timestamps: str = "auto"  # auto | always | never: an ISO 8601 time before each stderr line
     quiet: bool = False
     debug: bool = False
     engine: str = "local"  # local | dask
@@ -189,6 +190,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_failed", "run", "max_failed"),
     Option("max_failed_rate", "run", "max_failed_rate"),
     Option("progress_interval", "run", "progress_interval"),
+    Option("timestamps", "run", "timestamps"),
     Option("quiet", "run", "quiet"),
     Option("debug", "run", "debug"),
     Option("engine", "run", "engine"),
@@ -521,6 +523,11 @@ def validate(s: Settings, where: Origins | None = None) -> None:
         raise ConfigError(f"{at('run', 'max_failed_rate')} must be between 0 and 1")
     if s.run.progress_interval <= 0:
         raise ConfigError(f"{at('run', 'progress_interval')} must be more than 0 seconds")
+    if s.run.timestamps not in ("auto", "always", "never"):
+        raise ConfigError(
+            f"{at('run', 'timestamps')} must be auto, always or never"
+            + suggest(str(s.run.timestamps), ("auto", "always", "never"))
+        )
     if s.input.min_ids < 0:
         raise ConfigError(f"{at('input', 'min_ids')} must be 0 (no minimum) or more")
     if s.input.format not in (None, *INPUT_FORMATS):
