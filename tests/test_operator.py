@@ -14,6 +14,8 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, SAMPLE_CONFIG, RunCli, batchscore_command
 
 NIGHTLY = ROOT / "configs" / "nightly.toml"
@@ -167,3 +169,49 @@ def test_on_a_terminal_the_screen_is_left_as_it_was(tmp_path: Path) -> None:
     text = screen.decode("utf-8", "replace")
     assert "read 5,010 IDs" in text
     assert not any(STAMP.match(line) for line in text.splitlines())
+
+
+def down_config(tmp_path: Path, url: str, timeout: float = 2.0) -> Path:
+    config = tmp_path / "down.toml"
+    config.write_text(
+        f'[model]\npath = "{ROOT / "sample_data" / "model.txt"}"\n'
+        f'[[sources]]\nname = "profile"\nkind = "http"\nurl = "{url}"\n'
+        f'features_path = "features"\ntimeout = {timeout}\n'
+        "[fetch]\ndown_after = 3\nretries = 1\n"
+    )
+    return config
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("127.0.0.1:{closed}", "127.0.0.1:{closed}: connection refused"),
+        ("127.0.0.1:{silent}", "127.0.0.1:{silent}: timed out after 0.3 s"),
+        ("no-such-host.invalid:8080", "no-such-host.invalid:8080: name not resolved"),
+    ],
+)
+def test_a_source_that_cannot_be_reached_says_where_and_why(
+    tmp_path: Path, run_cli: RunCli, host: str, reason: str
+) -> None:
+    with socket.socket() as closed, socket.socket() as silent:
+        closed.bind(("127.0.0.1", 0))
+        ports = {"closed": closed.getsockname()[1]}
+        closed.close()  # nothing listens there now
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(100)  # connections complete in the backlog; no answer ever comes
+        ports["silent"] = silent.getsockname()[1]
+        where = host.format(**ports)
+        url = f"http://opuser:s3cretpw@{where}/features/{{id}}"
+        config = down_config(tmp_path, url, timeout=0.3)
+        ids = b"".join(f"C{n:06d}\n".encode() for n in range(1, 21))
+        result = run_cli("score", "-", "-c", config, "-o", tmp_path / "o.csv", stdin=ids)
+        debug = run_cli(
+            "score", "-", "-c", config, "-o", tmp_path / "d.csv", "--debug", stdin=ids
+        )
+    assert result.returncode == 4, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("batchscore: error: source 'profile' failed 3 requests in a row")
+    assert reason.format(**ports) in last
+    assert reason.format(**ports) in debug.stderr.split("attempt 1 failed", 1)[1].splitlines()[0]
+    for text in (result.stderr, debug.stderr):
+        assert "s3cretpw" not in text and "opuser" not in text

@@ -60,12 +60,19 @@ class AttemptFailed(Exception):
         status: int | None = None,
         retryable: bool,
         retry_after: float | None = None,
+        detail: str = "",
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
+        self.detail = detail  # where and the OS's why: "127.0.0.1:8080: connection refused"
+
+    @property
+    def described(self) -> str:
+        """The reason, with the detail when there is one (messages; records keep the reason)."""
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -219,7 +226,7 @@ class SourceHealth:
             self.failures += 1
         self.last_reason = failed.reason
         if self.failures >= self.down_after and self._down is None:
-            self._down = down_message(self.source, self.failures, failed.reason)
+            self._down = down_message(self.source, self.failures, failed.described)
         if self._down is not None:
             raise SourceDownError(self._down)
 
