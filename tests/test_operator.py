@@ -47,6 +47,7 @@ def test_the_same_cron_command_run_again_keeps_the_nights_figures(
     assert "complete already" in again.stderr
     body = json.loads(report.read_text())
     assert body["noop"] is True and body["noop_at"] >= night["ended_at"]
+
     # Every figure is the real run's: not data_quality.rows 0, latency {} or 0 IDs/s.
     def figures(report: dict[str, object]) -> dict[str, object]:
         return {k: v for k, v in report.items() if k not in ("noop", "noop_at")}
@@ -205,9 +206,7 @@ def test_a_source_that_cannot_be_reached_says_where_and_why(
         config = down_config(tmp_path, url, timeout=0.3)
         ids = b"".join(f"C{n:06d}\n".encode() for n in range(1, 21))
         result = run_cli("score", "-", "-c", config, "-o", tmp_path / "o.csv", stdin=ids)
-        debug = run_cli(
-            "score", "-", "-c", config, "-o", tmp_path / "d.csv", "--debug", stdin=ids
-        )
+        debug = run_cli("score", "-", "-c", config, "-o", tmp_path / "d.csv", "--debug", stdin=ids)
     assert result.returncode == 4, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("batchscore: error: source 'profile' failed 3 requests in a row")
@@ -215,3 +214,29 @@ def test_a_source_that_cannot_be_reached_says_where_and_why(
     assert reason.format(**ports) in debug.stderr.split("attempt 1 failed", 1)[1].splitlines()[0]
     for text in (result.stderr, debug.stderr):
         assert "s3cretpw" not in text and "opuser" not in text
+
+
+def test_check_with_ids_prints_its_whole_table_when_a_source_is_down(
+    tmp_path: Path, run_cli: RunCli
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    config = down_config(tmp_path, f"http://127.0.0.1:{port}/features/{{id}}")
+    with config.open("a") as f:  # a second source that works: its line must still show
+        f.write(
+            f'[[sources]]\nname = "features"\nkind = "sqlite"\n'
+            f'path = "{ROOT / "sample_data" / "features.db"}"\n'
+            'table = "customer_features"\nkey = "customer_id"\n'
+        )
+    result = run_cli("check", "-c", config, ROOT / "sample_data" / "ids.txt", "--sample", "10")
+    assert result.returncode == 4, result.stderr
+    table = result.stdout.decode().splitlines()
+    down = next(line for line in table if line.startswith("source   profile"))
+    assert (
+        f"UNREACHABLE: 3 requests in a row failed (last: connect_error: 127.0.0.1:{port}: "
+        "connection refused)" in down
+    )
+    assert any(line.startswith("source   features (sqlite): reachable") for line in table)
+    assert table[-1].startswith("FAILED   a source is unreachable")
+    assert result.stderr == ""

@@ -55,7 +55,7 @@ class SourceCheck:
     found: int = 0
     not_found: int = 0
     failures: Counter[str] = field(default_factory=Counter)
-    rejected: str | None = None  # the message when the source rejected our credentials
+    rejected: str | None = None  # why it failed for good: credentials rejected, or down
     seen: set[str] = field(default_factory=set)  # feature names in its answers
     note: str | None = None  # what an input source reads (it makes no requests)
 
@@ -146,6 +146,9 @@ async def _fetch_sample(
             "config"
         )
         return Fetched.failed(len(ids), Failure("rejected", exc.status, 1), names)
+    except SourceDownError as exc:  # down: the other sources' lines are still worth showing
+        report.rejected = f"UNREACHABLE: {exc.problem or exc.message}"
+        return Fetched.failed(len(ids), Failure("source_down", None, 1), names)
     failed = [f.reason for f in fetched.failures.values() if f.reason != NOT_FOUND]
     report.found = int(fetched.found.sum())
     report.failures.update(failed)
@@ -219,7 +222,7 @@ async def _check_sources(
             try:
                 await source.open()
             except SourceDownError as exc:  # a database that is down or refuses us
-                problem = getattr(exc, "problem", exc.message)
+                problem = exc.problem or exc.message
                 result.add("source", f"{source.name} ({_kind(source)}): {problem}")
                 result.fail(ExitStatus.STOPPED)
                 return

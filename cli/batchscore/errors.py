@@ -61,6 +61,7 @@ class SourceDownError(BatchscoreError):
     """A source failed every request for a sustained stretch, or rejected our credentials."""
 
     exit_status = ExitStatus.STOPPED
+    problem: str | None = None  # what ``batchscore check`` shows beside the source, if set
 
 
 class OutputWriteError(BatchscoreError):

@@ -56,7 +56,7 @@ class StampedLines(io.TextIOBase):
         with self._lock:
             out: list[str] = []
             for piece in text.splitlines(keepends=True):
-                if self._line_start:
+                if self._line_start and piece not in ("\n", "\r\n"):  # not on a blank line
                     out.append(iso_time() + " ")
                 out.append(piece)
                 self._line_start = piece.endswith(("\n", "\r"))

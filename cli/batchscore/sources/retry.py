@@ -199,6 +199,7 @@ class SourceHealth:
         self._sent = 0  # attempts numbered so far
         self._counted_from: int | None = None  # attempts from this number on count
         self._down: str | None = None  # the message, once the source is down
+        self._problem = ""  # the same, as ``check`` shows it
         self.answers = 0  # attempts the source answered (a partition tells its driver)
         self.last_reason = ""  # the reason of the last counted failure
 
@@ -227,13 +228,19 @@ class SourceHealth:
         self.last_reason = failed.reason
         if self.failures >= self.down_after and self._down is None:
             self._down = down_message(self.source, self.failures, failed.described)
-        if self._down is not None:
-            raise SourceDownError(self._down)
+            self._problem = f"{self.failures} requests in a row failed (last: {failed.described})"
+        refused = self.refusal()
+        if refused is not None:
+            raise refused
 
     def refusal(self) -> SourceDownError | None:
         """The error to raise instead of sending, once the source is down (a new one each
         time: one exception object raised in many tasks would chain their tracebacks)."""
-        return None if self._down is None else SourceDownError(self._down)
+        if self._down is None:
+            return None
+        error = SourceDownError(self._down)
+        error.problem = self._problem  # what ``batchscore check`` shows beside the source
+        return error
 
 
 async def call(
