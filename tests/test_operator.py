@@ -240,3 +240,38 @@ def test_check_with_ids_prints_its_whole_table_when_a_source_is_down(
     assert any(line.startswith("source   features (sqlite): reachable") for line in table)
     assert table[-1].startswith("FAILED   a source is unreachable")
     assert result.stderr == ""
+
+
+def test_one_of_a_kind_is_said_in_the_singular(tmp_path: Path, run_cli: RunCli) -> None:
+    result = run_cli(
+        "score",
+        "-",
+        "-c",
+        SAMPLE_CONFIG,
+        "-o",
+        tmp_path / "s.csv",
+        stdin=b"C000001\nC999001\n",
+        cwd=ROOT,
+    )
+    assert result.returncode == 3
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("read 2 IDs, scored 1, failed 1 in")
+    assert any(line.startswith("source features: 1 request, latency") for line in lines)
+    assert f"1 ID was not scored; see {tmp_path / 's.csv.errors.jsonl'}" in lines
+    assert lines[-1] == (
+        "exit 3: 1 failed ID is more than --max-failed 0 allows; raise the allowance if it is "
+        "expected"
+    )
+    refused = run_cli(
+        "score",
+        "-",
+        "-c",
+        SAMPLE_CONFIG,
+        "-o",
+        tmp_path / "t.csv",
+        "--min-ids",
+        "2",
+        stdin=b"C000001\n",
+        cwd=ROOT,
+    )
+    assert "the input held 1 ID, fewer than --min-ids 2" in refused.stderr

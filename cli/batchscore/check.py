@@ -32,7 +32,7 @@ from batchscore.errors import ExitStatus, SourceDownError, UsageError
 from batchscore.model import Member, ModelSet
 from batchscore.pipeline import merge_answers, source_columns
 from batchscore.redact import redact
-from batchscore.report import LatencyHistogram, RunStats
+from batchscore.report import LatencyHistogram, RunStats, counted
 from batchscore.settings import Settings
 from batchscore.sources import NOT_FOUND, Failure, Fetched, Source, build_sources
 from batchscore.sources.httpclient import CredentialsRejected
@@ -392,7 +392,7 @@ def _eta(
     bound, seconds = max(bounds.items(), key=lambda item: item[1])
     result.add(
         "eta",
-        f"{total:,} IDs in about {_duration(seconds)} (bound by {bound}; "
+        f"{counted(total, 'ID')} in about {_duration(seconds)} (bound by {bound}; "
         "estimated from the sample)",
     )
 
@@ -441,7 +441,10 @@ def run_check(settings: Settings, ids_path: str | None, sample_size: int, out: T
             given.preload({row.id: row.values for row in rows})
         skipped = idmod.header_lines(fmt, settings.input.header)
         total = max(idmod.count_lines(ids_path) - skipped, 0)  # a header is no ID
-        result.add("sample", f"{len(sample)} IDs from {ids_path} ({total:,} lines)")
+        result.add(
+            "sample",
+            f"{counted(len(sample), 'ID')} from {ids_path} ({counted(total, 'line')})",
+        )
     else:
         result.add("sample", "no ID list given: one probe request per source")
     asyncio.run(_check_sources(settings, models, sample, result, total, given))

@@ -44,6 +44,7 @@ from batchscore.pipeline import Pipeline, PipelineOptions, allowed, source_colum
 from batchscore.progress import ProgressDisplay, choose
 from batchscore.report import (
     RunStats,
+    counted,
     metrics_text,
     report_body,
     summary_lines,
@@ -581,7 +582,10 @@ def _finish(
             print(f"scores written to {p.output}", file=env.stderr)
         if stats.failed_total and complete:
             where = f"see {p.errors_path}" if p.errors_path else "pass --errors PATH to keep them"
-            print(f"{stats.failed_total:,} IDs were not scored; {where}", file=env.stderr)
+            were = "was" if stats.failed_total == 1 else "were"
+            print(
+                f"{counted(stats.failed_total, 'ID')} {were} not scored; {where}", file=env.stderr
+            )
         header = _header_taken_for_an_id(settings, stats)
         if header is not None:
             print(
@@ -600,8 +604,11 @@ def _finish(
             f" / --max-failed-rate {run.max_failed_rate:g}" if run.max_failed_rate else ""
         )
         print(
-            f"exit 3: {stats.failed_total:,} failed IDs are more than {allowance} allows; "
-            "raise the allowance if they are expected",
+            f"exit 3: {counted(stats.failed_total, 'failed ID')} "
+            + ("is" if stats.failed_total == 1 else "are")
+            + f" more than {allowance} allows; raise the allowance if "
+            + ("it is" if stats.failed_total == 1 else "they are")
+            + " expected",
             file=env.stderr,
         )
     if status == ExitStatus.DRIFT and stats.drift is not None and not settings.run.quiet:
@@ -991,8 +998,8 @@ def read_input(
     if path != "-" and os.path.isfile(path):
         # A regular file is counted in a pass of its own: nothing is held in memory.
         with open(path, "rb") as again:
-            counted = _items(again, settings, values)
-            found = sum(1 for _ in itertools.islice(_ids_of(counted), minimum))
+            rows = _items(again, settings, values)
+            found = sum(1 for _ in itertools.islice(_ids_of(rows), minimum))
     else:
         # A stream cannot be read twice: the rows up to the minimum wait in memory.
         found = 0
@@ -1004,7 +1011,7 @@ def read_input(
                     break
     if found < minimum:
         raise UsageError(
-            f"the input held {found:,} IDs, fewer than --min-ids {minimum:,} "
+            f"the input held {counted(found, 'ID')}, fewer than --min-ids {minimum:,} "
             "(an empty or truncated export upstream?)"
         )
     return itertools.chain(held, items)

@@ -296,6 +296,11 @@ def _quality(counts: FeatureQuality, features: Sequence[str]) -> dict[str, Any]:
     return {"rows": rows, "features": shares}
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """A count and its noun, singular for one: ``1 request``, ``2 requests``, ``5,010 IDs``."""
+    return f"{count:,} {noun if count == 1 else (plural or noun + 's')}"
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.1f} ms"
 
@@ -305,7 +310,7 @@ def summary_lines(stats: RunStats) -> list[str]:
     data = as_dict(stats)
     rate = data["ids_per_second"]
     lines = [
-        f"read {stats.read:,} IDs, scored {stats.scored:,}, failed {stats.failed_total:,}"
+        f"read {counted(stats.read, 'ID')}, scored {stats.scored:,}, failed {stats.failed_total:,}"
         + (f", skipped {stats.skipped:,}" if stats.skipped else "")
         + f" in {data['elapsed_seconds']:.1f} s"
         + (f" ({rate:,.0f} IDs/s)" if rate else ""),
@@ -320,7 +325,7 @@ def summary_lines(stats: RunStats) -> list[str]:
         lines.append(f"retries: {stats.retries:,}")
     for name, lat in data["latency_seconds"].items():
         lines.append(
-            f"source {name}: {lat['requests']:,} requests, latency p50 {_ms(lat['p50'])}, "
+            f"source {name}: {counted(lat['requests'], 'request')}, latency p50 {_ms(lat['p50'])}, "
             f"p95 {_ms(lat['p95'])}, p99 {_ms(lat['p99'])}"
         )
     for name, limit in data["concurrency"].items():
@@ -348,7 +353,9 @@ def failure_lines(stats: RunStats) -> list[str]:
     line_width = max(len(f"{r.line:,}") for r in records)
     id_width = max(len(i) for i in shown)
     title = (
-        f"first {len(records)} failed IDs" + (" of this run" if stats.resumed_from else "") + ":"
+        f"first {counted(len(records), 'failed ID')}"
+        + (" of this run" if stats.resumed_from else "")
+        + ":"
         if stats.failed_total > len(records)
         else "failed IDs:"
     )

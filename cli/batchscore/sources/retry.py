@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from batchscore.errors import SourceDownError
+from batchscore.report import counted
 from batchscore.settings import FetchSettings
 from batchscore.sources import Failure
 from batchscore.sources.adaptive import Signal
@@ -168,8 +169,8 @@ def signal_of(failed: AttemptFailed) -> Signal:
 def down_message(source: str, failures: int, reason: str) -> str:
     """What a run stopped by a down source says (a local run's and a cluster run's words)."""
     return (
-        f"source '{source}' failed {failures} requests in a row (last: {reason}); it looks "
-        "down. Progress is kept: rerun with --resume when it is back"
+        f"source '{source}' failed {counted(failures, 'request')} in a row (last: {reason}); "
+        "it looks down. Progress is kept: rerun with --resume when it is back"
     )
 
 
@@ -228,7 +229,9 @@ class SourceHealth:
         self.last_reason = failed.reason
         if self.failures >= self.down_after and self._down is None:
             self._down = down_message(self.source, self.failures, failed.described)
-            self._problem = f"{self.failures} requests in a row failed (last: {failed.described})"
+            self._problem = (
+                f"{counted(self.failures, 'request')} in a row failed (last: {failed.described})"
+            )
         refused = self.refusal()
         if refused is not None:
             raise refused
