@@ -6,17 +6,22 @@ Each test runs the real command as the README shows it and checks what its reade
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import os
 import pty
 import re
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from batchscore.progress import LogProgress
+from batchscore.report import RunStats
 from conftest import ROOT, SAMPLE_CONFIG, RunCli, batchscore_command
+from featureserver import Faults, FeatureServer
 
 NIGHTLY = ROOT / "configs" / "nightly.toml"
 
@@ -275,3 +280,170 @@ def test_one_of_a_kind_is_said_in_the_singular(tmp_path: Path, run_cli: RunCli) 
         cwd=ROOT,
     )
     assert "the input held 1 ID, fewer than --min-ids 2" in refused.stderr
+
+
+# -- the progress display -------------------------------------------------------------------------
+
+COLOURS = re.compile(r"\x1b\[[0-9;]*m")
+MOVES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+
+
+def http_config(tmp_path: Path, url: str) -> Path:
+    config = tmp_path / "http.toml"
+    config.write_text(
+        f'[model]\npath = "{ROOT / "sample_data" / "model.txt"}"\n'
+        f'[[sources]]\nname = "profile"\nkind = "http"\nurl = "{url}/features/{{id}}"\n'
+        'features_path = "features"\ntimeout = 5.0\n[fetch]\nconcurrency = 16\n'
+    )
+    return config
+
+
+@pytest.fixture
+def flaky_server() -> Iterator[FeatureServer]:
+    """The sample's features, 20 ms a request, 10% of answers a 503 (retried)."""
+    server = FeatureServer.from_sqlite(
+        ROOT / "sample_data" / "features.db",
+        "customer_features",
+        "customer_id",
+        faults=Faults(latency=0.02, p_503=0.10, seed=7),
+    )
+    with server as srv:
+        yield srv
+
+
+def test_log_lines_label_the_times_and_show_retries_as_they_happen(
+    tmp_path: Path, run_cli: RunCli, flaky_server: FeatureServer
+) -> None:
+    config = http_config(tmp_path, flaky_server.url)
+    ids = b"".join((ROOT / "sample_data" / "ids.txt").read_bytes().splitlines(True)[:1500])
+    (tmp_path / "ids.txt").write_bytes(ids)
+    result = run_cli(
+        "score",
+        "ids.txt",
+        "-c",
+        config,
+        "-o",
+        "s.csv",
+        "--max-failed",
+        "100",
+        "--progress-interval",
+        "0.2",
+        "--batch-size",
+        "100",
+    )
+    assert result.returncode == 0, result.stderr
+    progress = [line for line in result.stderr.splitlines() if " done, " in line]
+    assert progress, result.stderr
+    shape = re.compile(
+        r"batchscore: [\d,]+/1,500 done, [\d,]+ failed(, [\d,]+ retr(y|ies))?, [\d,]+ IDs/s, "
+        r"elapsed \d+:\d\d:\d\d, remaining (\d+:\d\d:\d\d|\?)$"
+    )
+    assert all(shape.match(line) for line in progress), progress
+    assert any(re.search(r", [\d,]+ retr(y|ies), ", line) for line in progress), progress
+
+
+def test_after_a_resume_the_rate_counts_only_this_runs_work() -> None:
+    stats = RunStats()
+    stats.restore({"read": 40_000, "scored": 40_000, "failed": {}, "skipped": 0})
+    stats.total = 80_000
+    stats.started -= 10.0  # this run has run 10 s ...
+    stats.read += 10_000  # ... and finished 10,000 IDs: 1,000/s, whatever came before
+    stats.scored += 10_000
+    out = io.StringIO()
+    LogProgress(out, interval=0.0).update(stats)
+    line = out.getvalue()
+    assert "50,000/80,000 done" in line
+    assert re.search(r" (99\d|1,00\d) IDs/s", line), line  # not 5,000/s
+    assert "remaining 0:00:3" in line  # 30,000 left at 1,000/s, not 6 s
+
+
+def run_on_a_terminal(
+    args: list[str], stdin: bytes | None, *, interrupt_after: str | None = None
+) -> tuple[int, str]:
+    """Run the command with stderr on a terminal (a pty); ``interrupt_after``: send SIGINT
+    once the screen shows that text.  Returns the status and the screen's text."""
+    import select
+    import signal
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [*batchscore_command(), *args],
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+        cwd=ROOT,
+        env={**default_environ(), "COLUMNS": "150"},
+    )
+    os.close(follower)
+    if stdin is not None:
+        assert proc.stdin is not None
+        proc.stdin.write(stdin)
+        proc.stdin.close()
+    screen = b""
+    while True:
+        ready, _, _ = select.select([leader], [], [], 60)
+        assert ready, "the terminal went quiet for a minute"
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        screen += chunk
+        if interrupt_after is not None and interrupt_after.encode() in screen:
+            proc.send_signal(signal.SIGINT)
+            interrupt_after = None
+    os.close(leader)
+    text = COLOURS.sub("", screen.decode("utf-8", "replace"))
+    return proc.wait(timeout=60), MOVES.sub("\n", text)
+
+
+def test_on_stdin_with_no_total_a_spinner_counts_instead_of_a_bar(tmp_path: Path) -> None:
+    ids = (ROOT / "sample_data" / "ids.txt").read_bytes()
+    status, screen = run_on_a_terminal(
+        [
+            "score",
+            "-",
+            "-c",
+            str(SAMPLE_CONFIG),
+            "-o",
+            str(tmp_path / "s.csv"),
+            "--max-failed",
+            "100",
+        ],
+        ids,
+    )
+    assert status == 0, screen
+    shown = [line for line in screen.splitlines() if line.startswith("scoring")]
+    assert shown, screen
+    assert any(re.search(r"[\d,]+ done [\d,]+ IDs/s", line) for line in shown), shown
+    assert any("5,010 done" in line for line in shown), shown
+    assert not any("?" in line or "━" in line for line in shown), shown
+    assert any("elapsed 0:00:0" in line for line in shown), shown
+
+
+def test_ctrl_c_says_stopping_on_its_own_line_and_the_display_says_so(
+    tmp_path: Path, flaky_server: FeatureServer
+) -> None:
+    flaky_server.faults.latency = 0.2  # slow enough to be caught in the middle
+    config = http_config(tmp_path, flaky_server.url)
+    status, screen = run_on_a_terminal(
+        [
+            "score",
+            "sample_data/ids.txt",
+            "-c",
+            str(config),
+            "-o",
+            str(tmp_path / "s.csv"),
+            "--batch-size",
+            "16",
+        ],
+        None,
+        interrupt_after="scoring",
+    )
+    assert status == 130, screen
+    lines = screen.splitlines()
+    assert "batchscore: stopping: finishing requests in flight (again to stop at once)" in lines, (
+        lines
+    )
+    assert any(line.startswith("stopping ") and "elapsed" in line for line in lines), lines

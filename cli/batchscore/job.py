@@ -20,6 +20,7 @@ import re
 import signal
 import socket
 import stat
+import sys
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
@@ -966,7 +967,8 @@ async def score_into(
         checkpoint=checkpoint,
     )
     if stopper is not None:
-        stopper.watch(pipeline, limits)
+        stopper.watch(pipeline, limits, progress)
+    ticking = asyncio.create_task(_tick(progress, stats))
     try:
         await pipeline.run(items, stall)
         if stopper is not None and stopper.received is not None:
@@ -978,7 +980,19 @@ async def score_into(
         await files.abort()
         raise
     finally:
+        ticking.cancel()
         progress.close(stats)
+
+
+TICK_SECONDS = 0.25
+"""How often the display is refreshed when nothing completes (a slow source, retries, the
+grace after a stop): it keeps moving, and shows retries as they happen."""
+
+
+async def _tick(progress: ProgressDisplay, stats: RunStats) -> None:
+    while True:
+        await asyncio.sleep(TICK_SECONDS)
+        progress.update(stats)
 
 
 def read_input(
@@ -1087,6 +1101,7 @@ class Stopper:
         self.received: signal.Signals | None = None
         self._pipeline: Pipeline | None = None
         self._limits: Limits | None = None
+        self._progress: ProgressDisplay | None = None
         self._previous: dict[signal.Signals, Any] = {}
         self._waiting: asyncio.Future[Any] | None = None  # cancelled by a signal, if set
 
@@ -1110,9 +1125,12 @@ class Stopper:
         """A wait that a signal should cancel (None: no longer)."""
         self._waiting = waiting
 
-    def watch(self, pipeline: Pipeline, limits: Limits) -> None:
-        """The pipeline to stop (at once, if a signal came before it existed)."""
-        self._pipeline, self._limits = pipeline, limits
+    def watch(
+        self, pipeline: Pipeline, limits: Limits, progress: ProgressDisplay | None = None
+    ) -> None:
+        """The pipeline to stop (at once, if a signal came before it existed), and the
+        display that says so."""
+        self._pipeline, self._limits, self._progress = pipeline, limits, progress
         if self.received is not None:
             self._stop()
 
@@ -1122,12 +1140,19 @@ class Stopper:
         self._limits.close()  # requests not started yet are dropped, not sent
         asyncio.get_running_loop().call_later(GRACE_SECONDS, self._pipeline.cancel_in_flight)
 
+    def _say(self, message: str) -> None:
+        """On a line of its own: above a live bar, or as a log line (stamped in a log)."""
+        if self._progress is not None:
+            self._progress.stopping(message)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.received is not None:  # a second signal: leave at once; commits stay resumable
-            os.write(2, b"batchscore: stopped at once; rerun with --resume to continue\n")
+            self._say("batchscore: stopped at once; rerun with --resume to continue")
             os._exit(int(ExitStatus.SIGINT if sig == signal.SIGINT else ExitStatus.SIGTERM))
         self.received = sig
-        os.write(2, b"batchscore: stopping: finishing requests in flight (again to stop at once)\n")
+        self._say("batchscore: stopping: finishing requests in flight (again to stop at once)")
         if self._pipeline is not None:
             self._stop()
         elif self._waiting is not None:  # waiting for the input to start: stop waiting
