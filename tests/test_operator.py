@@ -447,3 +447,65 @@ def test_ctrl_c_says_stopping_on_its_own_line_and_the_display_says_so(
         lines
     )
     assert any(line.startswith("stopping ") and "elapsed" in line for line in lines), lines
+
+
+# -- input that is almost right -------------------------------------------------------------------
+
+
+def test_a_misspelt_keep_column_gets_the_nearest_name(tmp_path: Path, run_cli: RunCli) -> None:
+    (tmp_path / "ids.csv").write_text("id,segment\nC000001,a\n")
+    result = run_cli(
+        "score", tmp_path / "ids.csv", "-c", SAMPLE_CONFIG, "--keep", "segmnt", cwd=ROOT
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "batchscore: error: the input CSV has no column 'segmnt' (did you mean 'segment'?) "
+        "(columns: id, segment); pass --keep with one of those\n"
+    )
+    upper = run_cli(
+        "score", tmp_path / "ids.csv", "-c", SAMPLE_CONFIG, "--id-column", "ID", cwd=ROOT
+    )
+    assert "no column 'ID' (did you mean 'id'?)" in upper.stderr
+    assert "pass --id-column with one of those" in upper.stderr
+
+
+def test_a_headerless_tsv_is_said_to_be_one_and_no_value_is_offered_as_a_column(
+    tmp_path: Path, run_cli: RunCli
+) -> None:
+    (tmp_path / "ids.tsv").write_text("C000858\t3\nC000859\t4\n")
+    result = run_cli("score", tmp_path / "ids.tsv", "-c", SAMPLE_CONFIG, cwd=ROOT)
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert "its first line (C000858, 3) looks like data, not a header" in line
+    assert "cut -f1 FILE | batchscore score -" in line
+    assert "--id-column C000858" not in line and "one of those" not in line
+
+
+def test_a_batchscore_variable_that_is_no_setting_warns_with_the_nearest(
+    tmp_path: Path, run_cli: RunCli
+) -> None:
+    result = run_cli(
+        "score",
+        "-",
+        "-c",
+        SAMPLE_CONFIG,
+        "-o",
+        tmp_path / "s.csv",
+        stdin=b"C000001\n",
+        env={"BATCHSCORE_CONCURENCY": "8"},
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[0] == (
+        "batchscore: warning: BATCHSCORE_CONCURENCY is not a batchscore setting (did you mean "
+        "'BATCHSCORE_CONCURRENCY'?); it is ignored"
+    )
+
+
+def test_an_empty_input_points_to_min_ids(tmp_path: Path, run_cli: RunCli) -> None:
+    result = run_cli("score", "-", "-c", SAMPLE_CONFIG, "-o", tmp_path / "s.csv", cwd=ROOT)
+    assert result.returncode == 0
+    assert result.stderr.splitlines()[-1] == (
+        "batchscore: warning: the input held no IDs (an empty export upstream?); pass "
+        "--min-ids N to make an input with fewer than N IDs exit 2"
+    )

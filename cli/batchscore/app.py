@@ -71,6 +71,13 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
     logging.captureWarnings(True)  # warnings go through the same masked handler
 
 
+def _warn_unknown_variables() -> None:
+    from batchscore.settings import unknown_variables
+
+    for warning in unknown_variables(os.environ):
+        print(f"batchscore: warning: {warning}", file=sys.stderr)
+
+
 class PanelCommand(typer.core.TyperCommand):
     """Help with the options grouped under their ``rich_help_panel`` titles, drawn as plain
     sections (``Input:``, ``Output:`` ...).
@@ -481,6 +488,7 @@ def score(
     _debug = settings.run.debug
     stamp_stderr(settings.run.timestamps)
     _setup_logging(settings.run.debug, settings.run.quiet)
+    _warn_unknown_variables()
     env = Environment(
         stdin=sys.stdin.buffer,
         stdout_fd=1,
@@ -538,6 +546,7 @@ def check(
     _debug = settings.run.debug
     stamp_stderr(settings.run.timestamps)
     _setup_logging(settings.run.debug, quiet=False)
+    _warn_unknown_variables()
     raise typer.Exit(run_check(settings, ids, sample, sys.stdout))
 
 

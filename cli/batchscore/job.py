@@ -596,7 +596,8 @@ def _finish(
             )
         if status == ExitStatus.OK and stats.read == 0 and not finished_earlier:
             print(
-                "batchscore: warning: the input held no IDs (an empty export upstream?)",
+                "batchscore: warning: the input held no IDs (an empty export upstream?); "
+                "pass --min-ids N to make an input with fewer than N IDs exit 2",
                 file=env.stderr,
             )
     if status == ExitStatus.PARTIAL and not settings.run.quiet:

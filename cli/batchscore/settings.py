@@ -203,6 +203,18 @@ OPTIONS: tuple[Option, ...] = (
 
 ENGINES = ("local", "dask")
 
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``BATCHSCORE_*`` variable that is no setting (a typo is otherwise
+    silently ignored: ``BATCHSCORE_CONCURENCY=8`` would leave the default), naming the nearest."""
+    known = {opt.env for opt in OPTIONS} | {"BATCHSCORE_CONFIG"}
+    return [
+        f"{name} is not a batchscore setting{suggest(name, sorted(known))}; it is ignored"
+        for name in sorted(environ)
+        if name.startswith("BATCHSCORE_") and name not in known
+    ]
+
+
 SOURCE_KINDS = ("sqlite", "http", "feast", "postgres", "input")
 INPUT_FORMATS = ("text", "csv", "tsv", "jsonl")
 
