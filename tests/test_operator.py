@@ -509,3 +509,20 @@ def test_an_empty_input_points_to_min_ids(tmp_path: Path, run_cli: RunCli) -> No
         "batchscore: warning: the input held no IDs (an empty export upstream?); pass "
         "--min-ids N to make an input with fewer than N IDs exit 2"
     )
+
+
+# -- smaller things -------------------------------------------------------------------------------
+
+
+def test_resume_with_other_columns_lists_the_old_and_the_new(
+    tmp_path: Path, run_cli: RunCli
+) -> None:
+    args = ("score", "-", "-c", SAMPLE_CONFIG, "-o", tmp_path / "s.csv", "--resume")
+    first = run_cli(*args, stdin=b"C000001\n", cwd=ROOT)
+    assert first.returncode == 0, first.stderr
+    again = run_cli(*args, "--add", "model_version", stdin=b"C000001\n", cwd=ROOT)
+    assert again.returncode == 2
+    assert (
+        "used another set of output columns (was id, score, now id, score, model_version: "
+        "this run adds model_version)" in again.stderr
+    )

@@ -461,10 +461,33 @@ def _difference(stored: str, current: str) -> str:
     shown = [
         f"{_IDENTITY_NAMES.get(k, k)} ({before.get(k)!r}, now {now.get(k)!r})"
         if k not in ("model", "columns")
+        else f"{_IDENTITY_NAMES['columns']} ({_columns_change(before.get(k), now.get(k))})"
+        if k == "columns"
         else _IDENTITY_NAMES.get(k, k)
         for k in keys
     ]
     return " and ".join(shown)
+
+
+def _columns_change(before: Any, now: Any) -> str:
+    """Old and new output columns: what this run adds and drops, or both lists in full."""
+    old = [str(c) for c in before] if isinstance(before, list) else []
+    new = [str(c) for c in now] if isinstance(now, list) else []
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+
+    added = [c for c in new if c not in old]
+    dropped = [c for c in old if c not in new]
+    change = "; ".join(
+        part
+        for part in (
+            f"this run adds {listed(added)}" if added else "",
+            f"drops {listed(dropped)}" if dropped else "",
+        )
+        if part
+    )
+    return f"was {listed(old)}, now {listed(new)}" + (f": {change}" if change else "")
 
 
 class RunState:
