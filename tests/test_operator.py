@@ -526,3 +526,51 @@ def test_resume_with_other_columns_lists_the_old_and_the_new(
         "used another set of output columns (was id, score, now id, score, model_version: "
         "this run adds model_version)" in again.stderr
     )
+
+
+def test_score_help_shows_the_exit_codes_and_that_resume_is_safe(run_cli: RunCli) -> None:
+    text = run_cli("score", "--help").stdout.decode()
+    assert "Usage: batchscore score [OPTIONS] [IDS]\n" in text
+    codes = text.split("Exit status:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [line.split()[0] for line in codes] == [
+        "0",
+        "1",
+        "2",
+        "3",
+        "4",
+        "74",
+        "75",
+        "130",
+        "141",
+    ]
+    assert "143 terminated (SIGTERM)" in text
+    resume = " ".join(text.split("--resume ", 2)[2].split("--date", 1)[0].split())
+    assert resume.startswith("Continue a stopped run. Safe on every run")
+    explain = " ".join(text.split("--explain K", 1)[1].split("--output", 1)[0].split())
+    assert "times slower" in explain
+
+
+def test_help_has_no_odd_placeholders_and_model_info_never_suggests_m(run_cli: RunCli) -> None:
+    helps = {cmd: run_cli(cmd, "--help").stdout.decode() for cmd in ("score", "check")}
+    helps["model-info"] = run_cli("model-info", "--help").stdout.decode()
+    for text in helps.values():
+        assert "[[" not in text and "{" not in text.split("\n", 1)[0]
+        assert "<str>" not in text and "<list[str]>" not in text
+    assert helps["model-info"].startswith("Usage: batchscore model-info [OPTIONS] MODEL...\n")
+    assert helps["check"].startswith("Usage: batchscore check [OPTIONS] [IDS]\n")
+    missing = run_cli("model-info", "nosuch.txt")
+    assert missing.returncode == 2
+    assert missing.stderr == (
+        "batchscore: error: model file nosuch.txt does not exist; check the MODEL argument\n"
+    )
+
+
+def test_check_estimates_a_run_with_explain_at_its_real_cost(
+    tmp_path: Path, run_cli: RunCli
+) -> None:
+    config = tmp_path / "explain.toml"
+    config.write_text(SAMPLE_CONFIG.read_text().replace("[score]\n", "[score]\nexplain = 3\n"))
+    result = run_cli("check", "-c", config, "sample_data/ids.txt", cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    eta = next(line for line in result.stdout.decode().splitlines() if line.startswith("eta"))
+    assert "bound by scoring with --explain" in eta

@@ -87,6 +87,10 @@ class PanelCommand(typer.core.TyperCommand):
     defaults and the placeholders as written, and ``--help`` does not import rich.
     """
 
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        """``MODEL...``, not typer's ``{MODEL}...`` for a repeatable argument."""
+        return [p.replace("{", "").replace("}", "") for p in super().collect_usage_pieces(ctx)]
+
     def format_options(self, ctx: Any, formatter: Any) -> None:  # typer._click types
         """Arguments first, then each panel's options in the order they are declared."""
         arguments: list[tuple[str, str]] = []
@@ -95,8 +99,8 @@ class PanelCommand(typer.core.TyperCommand):
             record = param.get_help_record(ctx)
             if record is None:
                 continue
-            if param.param_type_name == "argument":
-                arguments.append(record)
+            if param.param_type_name == "argument":  # "IDS", not typer's "IDS <str>"
+                arguments.append((record[0].split(" <", 1)[0], record[1]))
             else:
                 panel = getattr(param, "rich_help_panel", None) or "Options"
                 panels.setdefault(panel, []).append(record)
@@ -179,7 +183,7 @@ DebugOption = Annotated[
 def score(
     ids: Annotated[
         str | None,
-        typer.Argument(metavar="[IDS]", help="ID list: a file, or - / omitted for stdin."),
+        typer.Argument(metavar="IDS", help="ID list: a file, or - / omitted for stdin."),
     ] = None,
     input_format: InputFormatOption = None,
     header: HeaderOption = None,
@@ -291,7 +295,10 @@ def score(
             help="Per row, the K features with the largest |contribution| (LightGBM pred_contrib: "
             "raw margin, log-odds for binary; with the bias they sum to the raw score; multiclass: "
             "the predicted class), each with the value the model saw "
-            "(explain_N_feature, explain_N_value, explain_N_contribution) [default: 0].",
+            "(explain_N_feature, explain_N_value, explain_N_contribution). Scoring is many "
+            "times slower with it (LightGBM computes every feature's contribution); "
+            "`check` with [score] explain in the config estimates the run with it "
+            "[default: 0].",
             rich_help_panel=SCORING,
         ),
     ] = None,
@@ -347,7 +354,13 @@ def score(
         ),
     ] = None,
     resume: Annotated[
-        bool | None, Opt("--resume", help="Continue a stopped run.", rich_help_panel=OUTPUT)
+        bool | None,
+        Opt(
+            "--resume",
+            help="Continue a stopped run. Safe on every run: with nothing to resume it starts, "
+            "after a completed run of the same job it does nothing (exit 0).",
+            rich_help_panel=OUTPUT,
+        ),
     ] = None,
     date: Annotated[
         str | None,
@@ -476,6 +489,21 @@ def score(
     Example: batchscore score sample_data/ids.txt -c configs/sample.toml -o scores.csv
 
     Pipelines: cut -f1 accounts.tsv | batchscore score - -c x.toml | sort -t, -k2 -gr | head
+
+    Cron: pass --resume on every run (it continues a stopped run, does nothing after a
+    completed one) with --report/--metrics for monitoring.
+
+    \b
+    Exit status:
+      0    every ID scored, or failures within --max-failed / --max-failed-rate
+      1    internal error (a bug): rerun with --debug, report it
+      2    usage or config error, before anything is fetched
+      3    finished, but more IDs failed than allowed (see the errors file)
+      4    a source is down or rejects our credentials; rerun with --resume
+      74   the output cannot be written; rerun with --resume
+      75   another run holds the output
+      130  interrupted (SIGINT), 143 terminated (SIGTERM); rerun with --resume
+      141  the output pipe was closed by its reader
     """
     global _debug
     from batchscore.job import Environment, run_job
@@ -505,7 +533,9 @@ def score(
 def check(
     ids: Annotated[
         str | None,
-        typer.Argument(help="ID list to sample and to estimate the run time for (optional)."),
+        typer.Argument(
+            metavar="IDS", help="ID list to sample and to estimate the run time for (optional)."
+        ),
     ] = None,
     config: ConfigOption = None,
     model: ModelOption = None,
@@ -550,12 +580,12 @@ def check(
     raise typer.Exit(run_check(settings, ids, sample, sys.stdout))
 
 
-@app.command("model-info")
+@app.command("model-info", cls=PanelCommand)
 def model_info(
     models: Annotated[
         list[str],
         typer.Argument(
-            metavar="MODEL...",
+            metavar="MODEL",
             help="LightGBM model file, or an MLflow model folder; several as NAME=PATH.",
         ),
     ],
@@ -572,7 +602,7 @@ def model_info(
 
     named = [named_model(given) for given in models]
     check_model_names(named)
-    infos = [(m.name, read_info(m.path)) for m in named]
+    infos = [(m.name, read_info(m.path, given_as="the MODEL argument")) for m in named]
     if json_output:
         import dataclasses
 

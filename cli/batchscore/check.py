@@ -388,7 +388,10 @@ def _eta(
         started = time.perf_counter()
         for member in models.members:
             member.model.predict(member.matrix(batch))
-        bounds["scoring"] = (time.perf_counter() - started) / len(batch) * total
+            if settings.score.explain:  # LightGBM's contributions cost many predicts
+                member.model.contributions(member.matrix(batch))
+        scoring = "scoring with --explain" if settings.score.explain else "scoring"
+        bounds[scoring] = (time.perf_counter() - started) / len(batch) * total
     bound, seconds = max(bounds.items(), key=lambda item: item[1])
     result.add(
         "eta",
