@@ -574,3 +574,40 @@ def test_check_estimates_a_run_with_explain_at_its_real_cost(
     assert result.returncode == 0, result.stderr
     eta = next(line for line in result.stdout.decode().splitlines() if line.startswith("eta"))
     assert "bound by scoring with --explain" in eta
+
+
+def test_from_errors_retries_only_the_reasons_asked_for(tmp_path: Path, run_cli: RunCli) -> None:
+    night = run_cli(
+        "score", "sample_data/ids.txt", "-c", SAMPLE_CONFIG, "-o", tmp_path / "s.csv", cwd=ROOT
+    )
+    assert night.returncode == 3  # the sample's 10 unknown IDs
+    errors = tmp_path / "s.csv.errors.jsonl"
+    records = [json.loads(line) for line in errors.read_text().splitlines()]
+    for n, record in enumerate(records[:3]):  # three IDs the service failed to answer
+        record.update(id=f"C{n + 1:06d}", reason="http_503", status=503, attempts=5)
+    errors.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    retry = run_cli(
+        "score",
+        "--from-errors",
+        errors,
+        "--reason",
+        "http_503",
+        "-c",
+        SAMPLE_CONFIG,
+        "-o",
+        tmp_path / "retry.csv",
+        "--report",
+        tmp_path / "r.json",
+        cwd=ROOT,
+    )
+    assert retry.returncode == 0, retry.stderr
+    rows = (tmp_path / "retry.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows] == ["id", "C000001", "C000002", "C000003"]
+    assert (
+        "left out 7 records of the errors file, of reasons --reason did not ask for: "
+        "not_found 7" in retry.stderr.splitlines()
+    )
+    assert json.loads((tmp_path / "r.json").read_text())["left_out_by_reason"] == {"not_found": 7}
+    alone = run_cli("score", "-", "--reason", "http_503", "-c", SAMPLE_CONFIG, cwd=ROOT)
+    assert alone.returncode == 2 and "add --from-errors PATH" in alone.stderr

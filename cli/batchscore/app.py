@@ -215,6 +215,17 @@ def score(
             rich_help_panel=INPUT,
         ),
     ] = None,
+    reason: Annotated[
+        list[str] | None,
+        Opt(
+            "--reason",
+            metavar="R",
+            help="With --from-errors: score again only the records of this reason "
+            "(repeatable), e.g. fetch_failed but not not_found; the others are left out, "
+            "counted in the summary.",
+            rich_help_panel=INPUT,
+        ),
+    ] = None,
     min_ids: Annotated[
         int | None,
         Opt(

@@ -23,6 +23,7 @@ import stat
 import sys
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -835,7 +836,7 @@ class _Run:
                 input_format(settings), settings.input.id_column, settings.input.id_field
             )
             values = input_values(sources, id_name, p.models.feature_names)
-            reading = in_daemon_thread(read_input, settings, stream, values)
+            reading = in_daemon_thread(read_input, settings, stream, values, self.stats.left_out)
             self.stopper.cancel_on_signal(reading)
             items: Iterator[idmod.InputItem] = await reading
             self.stopper.cancel_on_signal(None)
@@ -997,14 +998,18 @@ async def _tick(progress: ProgressDisplay, stats: RunStats) -> None:
 
 
 def read_input(
-    settings: Settings, stream: Iterable[bytes], values: idmod.ChooseValues | None = None
+    settings: Settings,
+    stream: Iterable[bytes],
+    values: idmod.ChooseValues | None = None,
+    left_out: Counter[str] | None = None,
 ) -> Iterator[idmod.InputItem]:
     """The input's items, its header and first rows checked; ``--min-ids`` enforced.
 
     Blocking (a CSV header, the rows that tell a wrong option from bad data, ``--min-ids``
-    IDs are read here): run it off the event loop.
+    IDs are read here): run it off the event loop.  ``left_out``: counts, by reason, the
+    ``--from-errors`` records that ``--reason`` leaves out.
     """
-    items = _items(stream, settings, values)
+    items = _items(stream, settings, values, left_out)
     minimum = settings.input.min_ids
     if not minimum:
         return items
@@ -1033,11 +1038,14 @@ def read_input(
 
 
 def _items(
-    stream: Iterable[bytes], settings: Settings, values: idmod.ChooseValues | None = None
+    stream: Iterable[bytes],
+    settings: Settings,
+    values: idmod.ChooseValues | None = None,
+    left_out: Counter[str] | None = None,
 ) -> Iterator[idmod.InputItem]:
     s = settings.input
     if s.from_errors:
-        return read_errors_file(stream, s.keep)
+        return read_errors_file(stream, s.keep, s.reason, left_out)
     fmt = input_format(settings)
     return idmod.read_ids(stream, fmt, s.id_column, s.id_field, s.keep, s.header, values)
 

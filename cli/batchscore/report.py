@@ -111,6 +111,7 @@ class RunStats:
     distributions: list[Distribution] = field(default_factory=list)  # per model, rows written
     drift: DriftResult | None = None  # against --baseline, once the run is over
     concurrency: dict[str, ConcurrencyRange] = field(default_factory=dict)  # auto only
+    left_out: Counter[str] = field(default_factory=Counter)  # --reason: records not retried
 
     @property
     def failed_total(self) -> int:
@@ -263,6 +264,7 @@ def as_dict(stats: RunStats, models: Sequence[tuple[str, Sequence[str]]] = ()) -
         "scored": stats.scored,
         "failed": stats.failed_total,
         "failed_by_reason": dict(sorted(stats.failed.items())),
+        **({"left_out_by_reason": dict(sorted(stats.left_out.items()))} if stats.left_out else {}),
         "retries": stats.retries,
         "elapsed_seconds": round(elapsed, 3),
         "ids_per_second": round(stats.rate(elapsed), 1) if elapsed > 0 else None,
@@ -317,6 +319,12 @@ def summary_lines(stats: RunStats) -> list[str]:
     ]
     if stats.resumed_from:
         lines.append(f"resumed: {stats.resumed_from:,} of them were committed by the stopped run")
+    if stats.left_out:
+        reasons = ", ".join(f"{reason} {n:,}" for reason, n in stats.left_out.most_common())
+        lines.append(
+            f"left out {counted(stats.left_out.total(), 'record')} of the errors file, of "
+            f"reasons --reason did not ask for: {reasons}"
+        )
     if stats.failed:
         reasons = ", ".join(f"{reason} {count:,}" for reason, count in stats.failed.most_common())
         lines.append(f"failed by reason: {reasons}")

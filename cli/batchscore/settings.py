@@ -36,6 +36,7 @@ class InputSettings:
     dedupe: bool = False
     shard: str | None = None  # "K/N"
     from_errors: str | None = None  # an errors file whose IDs are the input (instead of path)
+    reason: tuple[str, ...] = ()  # --from-errors: only records of these reasons (all if empty)
     min_ids: int = 0  # fewer IDs in the input than this: exit 2 (an empty or truncated export)
 
 
@@ -165,6 +166,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("dedupe", "input", "dedupe"),
     Option("shard", "input", "shard"),
     Option("from_errors", "input", "from_errors"),
+    Option("reason", "input", "reason"),
     Option("min_ids", "input", "min_ids"),
     Option("model", "model", "path"),
     Option("concurrency", "fetch", "concurrency"),
@@ -326,6 +328,11 @@ def resolve(
         secrets=secrets,
     )
     validate(settings, origins)
+    if settings.input.reason and not settings.input.from_errors:
+        raise ConfigError(
+            f"{origins('input', 'reason')} picks records of an errors file; add --from-errors "
+            "PATH (the OUTPUT.errors.jsonl of the run to retry)"
+        )
     if settings.input.from_errors and flags.get("ids") is not None:
         raise ConfigError(
             "IDS and --from-errors both name the input; pass one of them (--from-errors "
