@@ -611,3 +611,39 @@ def test_from_errors_retries_only_the_reasons_asked_for(tmp_path: Path, run_cli:
     assert json.loads((tmp_path / "r.json").read_text())["left_out_by_reason"] == {"not_found": 7}
     alone = run_cli("score", "-", "--reason", "http_503", "-c", SAMPLE_CONFIG, cwd=ROOT)
     assert alone.returncode == 2 and "add --from-errors PATH" in alone.stderr
+
+
+def test_the_readme_tour_can_be_followed_exactly_as_written(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    tour = readme.split("## A tour", 1)[1].split("## Running it from cron", 1)[0]
+    commands = [
+        line.removeprefix("$ ")
+        for line in tour.splitlines()
+        if line.startswith(("$ batchscore", "cut ", "batchscore "))
+    ]
+    assert len(commands) >= 4, commands
+    for name in ("sample_data", "configs"):  # a clone's top folder, as the tour assumes
+        (tmp_path / name).symlink_to(ROOT / name)
+    path = f"{Path(batchscore_command()[0]).parent}:{os.environ['PATH']}"
+    statuses = []
+    for command in commands:
+        done = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", command],
+            capture_output=True,
+            cwd=tmp_path,
+            env={**default_environ(), "PATH": path},
+            check=False,
+            timeout=120,
+        )
+        statuses.append(done.returncode)
+        assert "already exists" not in done.stderr.decode(), command
+        assert "No such file" not in done.stderr.decode(), command
+    # The first scores the sample (its 10 unknown IDs: exit 3, as the tour shows); the rest
+    # succeed (the pipeline ends in head, which may close the pipe: 141 is the tour's own).
+    assert statuses[0] == 3 and all(s in (0, 141) for s in statuses[1:]), (commands, statuses)
+    written = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    for name in written:
+        assert any(
+            rule.startswith("/") and Path(name).match(rule.lstrip("/")) for rule in ignored
+        ), name
