@@ -647,3 +647,25 @@ def test_the_readme_tour_can_be_followed_exactly_as_written(tmp_path: Path) -> N
         assert any(
             rule.startswith("/") and Path(name).match(rule.lstrip("/")) for rule in ignored
         ), name
+
+
+def test_timestamps_always_on_a_terminal_gives_stamped_log_lines(tmp_path: Path) -> None:
+    status, screen = run_on_a_terminal(
+        [
+            "score",
+            "sample_data/ids.txt",
+            "-c",
+            str(SAMPLE_CONFIG),
+            "-o",
+            str(tmp_path / "s.csv"),
+            "--max-failed",
+            "100",
+            "--timestamps",
+            "always",
+        ],
+        None,
+    )
+    assert status == 0, screen
+    lines = [line for line in screen.splitlines() if line.strip()]
+    assert lines and all(STAMP.match(line) for line in lines), lines
+    assert not any("━" in line for line in lines)

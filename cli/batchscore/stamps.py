@@ -68,8 +68,9 @@ class StampedLines(io.TextIOBase):
         self.target.flush()
 
     def isatty(self) -> bool:
-        """As the stream underneath."""
-        return _is_terminal(self.target)
+        """As the stream underneath, unless stamping (``--timestamps always`` on a terminal):
+        then log lines, not a live display that stamps would break up."""
+        return not self.stamping and _is_terminal(self.target)
 
     def fileno(self) -> int:
         """The stream underneath's descriptor."""
