@@ -476,9 +476,27 @@ def test_a_headerless_tsv_is_said_to_be_one_and_no_value_is_offered_as_a_column(
     result = run_cli("score", tmp_path / "ids.tsv", "-c", SAMPLE_CONFIG, cwd=ROOT)
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()
-    assert "its first line (C000858, 3) looks like data, not a header" in line
+    assert "the input TSV's first line (C000858, 3) looks like data, not a header" in line
     assert "cut -f1 FILE | batchscore score -" in line
     assert "--id-column C000858" not in line and "one of those" not in line
+
+    # Following the old advice, --id-column C000858, ate the first customer as a header.
+    taken = run_cli(
+        "score",
+        tmp_path / "ids.tsv",
+        "-c",
+        SAMPLE_CONFIG,
+        "--id-column",
+        "C000858",
+        "-o",
+        tmp_path / "s.csv",
+        cwd=ROOT,
+    )
+    assert taken.returncode == 2
+    assert "--id-column C000858 is one of its values, and that row would not be scored" in (
+        taken.stderr
+    )
+    assert not (tmp_path / "s.csv").exists()
 
 
 def test_a_batchscore_variable_that_is_no_setting_warns_with_the_nearest(

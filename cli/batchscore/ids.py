@@ -316,7 +316,7 @@ def read_csv(
     columns = f"{len(header)} ({', '.join(header[:10])}{', ...' if len(header) > 10 else ''})"
     if not whole:
         return rows()
-    return refuse_uniform_failure(
+    items = refuse_uniform_failure(
         rows(),
         "rows",
         {
@@ -331,6 +331,38 @@ def read_csv(
             "invalid_csv": f"cannot be read as {name}; check the file and --input-format",
             "invalid_utf8": _NOT_UTF8,
         },
+    )
+    return _refuse_an_id_as_header(name, header, id_column, tsv, items)
+
+
+def _refuse_an_id_as_header(
+    name: str, header: list[str], id_column: str, tsv: bool, items: Iterator[InputItem]
+) -> Iterator[InputItem]:
+    """A header whose ID column is named like the IDs below it (``--id-column C000858`` over
+    ``C000859``) is a first row of data: read as a header it would vanish unscored.  Refused
+    (exit 2) before anything is fetched."""
+    first = next(items, None)
+    if first is None:
+        return iter(())
+    if isinstance(first, IdRow) and _same_shape([id_column], [first.id]):
+        raise _data_as_header(
+            name,
+            header,
+            tsv,
+            f": --id-column {id_column} is one of its values, and that row would not be scored",
+        )
+    return itertools.chain([first], items)
+
+
+def _data_as_header(name: str, header: list[str], tsv: bool, why: str) -> UsageError:
+    """A first line that is data, not a header: said so, with the two ways out."""
+    shown = ", ".join(header[:4]) + (", ..." if len(header) > 4 else "")
+    cut = "cut -f1" if tsv else "cut -d, -f1"
+    return UsageError(
+        f"the input {name}'s first line ({shown}) looks like data, not a header (it has the "
+        f"shape of the line below it){why}; add a header line naming the columns (the IDs' "
+        "column id, or pass --id-column NAME), or score the first column as plain text: "
+        f"{cut} FILE | batchscore score -"
     )
 
 
@@ -559,14 +591,7 @@ def _no_such_column(
         except csv.Error:
             below = None
         if below is not None and _same_shape(header, below):
-            shown = ", ".join(header[:4]) + (", ..." if len(header) > 4 else "")
-            cut = "cut -f1" if tsv else "cut -d, -f1"
-            return UsageError(
-                f"the input {name} has no column '{column}': its first line ({shown}) looks "
-                "like data, not a header (it has the shape of the line below it); add a header "
-                "line naming the columns (the IDs' column id, or pass --id-column NAME), or "
-                f"score the first column as plain text: {cut} FILE | batchscore score -"
-            )
+            return _data_as_header(name, header, tsv, f", so it has no column '{column}'")
         hint = ""
     same_but_case = [h for h in header if h.casefold() == column.casefold()]
     nearest = f" (did you mean '{same_but_case[0]}'?)" if same_but_case else suggest(column, header)
