@@ -22,6 +22,7 @@ from batchscore.progress import LogProgress
 from batchscore.report import RunStats
 from conftest import ROOT, SAMPLE_CONFIG, RunCli, batchscore_command
 from featureserver import Faults, FeatureServer
+from test_http_source import tls_server  # noqa: F401 - a fixture, shared
 
 NIGHTLY = ROOT / "configs" / "nightly.toml"
 
@@ -687,3 +688,21 @@ def test_timestamps_always_on_a_terminal_gives_stamped_log_lines(tmp_path: Path)
     lines = [line for line in screen.splitlines() if line.strip()]
     assert lines and all(STAMP.match(line) for line in lines), lines
     assert not any("━" in line for line in lines)
+
+
+def test_a_certificate_not_accepted_is_said_once_with_where_and_why(
+    tmp_path: Path,
+    run_cli: RunCli,
+    tls_server: tuple[str, Path],  # noqa: F811 - the fixture imported above
+) -> None:
+    url, _ = tls_server
+    config = down_config(tmp_path, f"{url}/features/{{id}}")
+    ids = b"".join(f"C{n:06d}\n".encode() for n in range(1, 21))
+    result = run_cli("score", "-", "-c", config, "-o", tmp_path / "o.csv", stdin=ids)
+    assert result.returncode == 3  # every ID failed, none retried: the run finished
+    port = url.rsplit(":", 1)[1]
+    said = [line for line in result.stderr.splitlines() if "TLS certificate" in line]
+    assert said == [
+        f"batchscore: WARNING batchscore.sources: source 'profile': tls_error: 127.0.0.1:{port}: "
+        "TLS certificate not accepted (self-signed certificate)"
+    ]

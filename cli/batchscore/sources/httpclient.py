@@ -417,6 +417,7 @@ class Endpoint:
         self._with_credentials: dict[tuple[str, str, bool], Headers] = {}
         self.health = SourceHealth(source, policy.down_after)
         self._rejected: int | None = None  # the 401/403 status once credentials were refused
+        self._told: set[str] = set()  # failures for good already said (a TLS error ...)
         self._told_too_large = False
         self.connections = limits.declare(source)  # its own adaptive limit under auto
 
@@ -502,7 +503,13 @@ class Endpoint:
                     detail=f"{where_of(target)}: timed out after {timeout:.1f} s",
                 ) from None
             except (aiohttp.ClientError, OSError) as exc:
-                raise transport_failure(exc, where_of(target)) from None
+                failed = transport_failure(exc, where_of(target))
+                if not failed.retryable and failed.reason not in self._told:
+                    # Every ID will fail the same way (a certificate is not accepted): said
+                    # once, with where and why, not only as a reason in the errors file.
+                    self._told.add(failed.reason)
+                    log.warning("source '%s': %s", self.source, failed.described)
+                raise failed from None
             log.debug(  # secrets in the URL are masked by the log handler
                 'HTTP Request: %s %s "HTTP/1.1 %d %s"',
                 method,
