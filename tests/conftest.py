@@ -104,8 +104,14 @@ def batchscore_command() -> list[str]:
 
 
 def clean_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment without ``BATCHSCORE_*`` variables, plus ``extra``."""
+    """This process's environment without ``BATCHSCORE_*`` variables, plus ``extra``.
+
+    ``BATCHSCORE_TIMESTAMPS=never``: a test's stderr is a pipe, where lines start with the time
+    by default; tests compare the messages, and ``tests/test_operator.py`` checks the times
+    (passing ``auto`` back, or an environment of its own).
+    """
     environ = {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCORE_")}
+    environ["BATCHSCORE_TIMESTAMPS"] = "never"
     environ.update(extra or {})
     return environ
 

@@ -7,6 +7,7 @@ whatever happened into an exit status and at most one line on stderr (a tracebac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ import typer.core
 from batchscore import __version__
 from batchscore.errors import BatchscoreError, ExitStatus, PipeClosedError, Terminated
 from batchscore.settings import Settings
+from batchscore.stamps import WHEN, StampedLines, stamp_stderr
 
 if TYPE_CHECKING:
     from batchscore.model import ModelInfo
@@ -69,6 +71,13 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
     logging.captureWarnings(True)  # warnings go through the same masked handler
 
 
+def _warn_unknown_variables() -> None:
+    from batchscore.settings import unknown_variables
+
+    for warning in unknown_variables(os.environ):
+        print(f"batchscore: warning: {warning}", file=sys.stderr)
+
+
 class PanelCommand(typer.core.TyperCommand):
     """Help with the options grouped under their ``rich_help_panel`` titles, drawn as plain
     sections (``Input:``, ``Output:`` ...).
@@ -78,6 +87,10 @@ class PanelCommand(typer.core.TyperCommand):
     defaults and the placeholders as written, and ``--help`` does not import rich.
     """
 
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        """``MODEL...``, not typer's ``{MODEL}...`` for a repeatable argument."""
+        return [p.replace("{", "").replace("}", "") for p in super().collect_usage_pieces(ctx)]
+
     def format_options(self, ctx: Any, formatter: Any) -> None:  # typer._click types
         """Arguments first, then each panel's options in the order they are declared."""
         arguments: list[tuple[str, str]] = []
@@ -86,8 +99,8 @@ class PanelCommand(typer.core.TyperCommand):
             record = param.get_help_record(ctx)
             if record is None:
                 continue
-            if param.param_type_name == "argument":
-                arguments.append(record)
+            if param.param_type_name == "argument":  # "IDS", not typer's "IDS <str>"
+                arguments.append((record[0].split(" <", 1)[0], record[1]))
             else:
                 panel = getattr(param, "rich_help_panel", None) or "Options"
                 panels.setdefault(panel, []).append(record)
@@ -170,7 +183,7 @@ DebugOption = Annotated[
 def score(
     ids: Annotated[
         str | None,
-        typer.Argument(metavar="[IDS]", help="ID list: a file, or - / omitted for stdin."),
+        typer.Argument(metavar="IDS", help="ID list: a file, or - / omitted for stdin."),
     ] = None,
     input_format: InputFormatOption = None,
     header: HeaderOption = None,
@@ -199,6 +212,17 @@ def score(
             metavar="PATH",
             help="Score the IDs (and --keep columns) of an errors file instead of IDS: "
             "a retry of the failures.",
+            rich_help_panel=INPUT,
+        ),
+    ] = None,
+    reason: Annotated[
+        list[str] | None,
+        Opt(
+            "--reason",
+            metavar="R",
+            help="With --from-errors: score again only the records of this reason "
+            "(repeatable), e.g. fetch_failed but not not_found; the others are left out, "
+            "counted in the summary.",
             rich_help_panel=INPUT,
         ),
     ] = None,
@@ -282,7 +306,10 @@ def score(
             help="Per row, the K features with the largest |contribution| (LightGBM pred_contrib: "
             "raw margin, log-odds for binary; with the bias they sum to the raw score; multiclass: "
             "the predicted class), each with the value the model saw "
-            "(explain_N_feature, explain_N_value, explain_N_contribution) [default: 0].",
+            "(explain_N_feature, explain_N_value, explain_N_contribution). Scoring is many "
+            "times slower with it (LightGBM computes every feature's contribution); "
+            "`check` with [score] explain in the config estimates the run with it "
+            "[default: 0].",
             rich_help_panel=SCORING,
         ),
     ] = None,
@@ -338,7 +365,13 @@ def score(
         ),
     ] = None,
     resume: Annotated[
-        bool | None, Opt("--resume", help="Continue a stopped run.", rich_help_panel=OUTPUT)
+        bool | None,
+        Opt(
+            "--resume",
+            help="Continue a stopped run. Safe on every run: with nothing to resume it starts, "
+            "after a completed run of the same job it does nothing (exit 0).",
+            rich_help_panel=OUTPUT,
+        ),
     ] = None,
     date: Annotated[
         str | None,
@@ -408,6 +441,16 @@ def score(
             rich_help_panel=RUN,
         ),
     ] = None,
+    timestamps: Annotated[
+        str | None,
+        Opt(
+            "--timestamps",
+            metavar="WHEN",
+            help="auto|always|never: an ISO 8601 time at the start of each stderr line "
+            "(auto: when stderr is not a terminal, as in a cron log) [default: auto].",
+            rich_help_panel=RUN,
+        ),
+    ] = None,
     quiet: Annotated[
         bool | None, Opt("--quiet", "-q", help="Only errors.", rich_help_panel=RUN)
     ] = None,
@@ -457,6 +500,21 @@ def score(
     Example: batchscore score sample_data/ids.txt -c configs/sample.toml -o scores.csv
 
     Pipelines: cut -f1 accounts.tsv | batchscore score - -c x.toml | sort -t, -k2 -gr | head
+
+    Cron: pass --resume on every run (it continues a stopped run, does nothing after a
+    completed one) with --report/--metrics for monitoring.
+
+    \b
+    Exit status:
+      0    every ID scored, or failures within --max-failed / --max-failed-rate
+      1    internal error (a bug): rerun with --debug, report it
+      2    usage or config error, before anything is fetched
+      3    finished, but more IDs failed than allowed (see the errors file)
+      4    a source is down or rejects our credentials; rerun with --resume
+      74   the output cannot be written; rerun with --resume
+      75   another run holds the output
+      130  interrupted (SIGINT), 143 terminated (SIGTERM); rerun with --resume
+      141  the output pipe was closed by its reader
     """
     global _debug
     from batchscore.job import Environment, run_job
@@ -467,7 +525,9 @@ def score(
     _debug = bool(debug) or os.environ.get("BATCHSCORE_DEBUG", "") in {"1", "true", "yes"}
     settings = resolve(flags, str(config) if config else None, os.environ)
     _debug = settings.run.debug
+    stamp_stderr(settings.run.timestamps)
     _setup_logging(settings.run.debug, settings.run.quiet)
+    _warn_unknown_variables()
     env = Environment(
         stdin=sys.stdin.buffer,
         stdout_fd=1,
@@ -484,7 +544,9 @@ def score(
 def check(
     ids: Annotated[
         str | None,
-        typer.Argument(help="ID list to sample and to estimate the run time for (optional)."),
+        typer.Argument(
+            metavar="IDS", help="ID list to sample and to estimate the run time for (optional)."
+        ),
     ] = None,
     config: ConfigOption = None,
     model: ModelOption = None,
@@ -523,16 +585,18 @@ def check(
     }
     settings = resolve(flags, str(config) if config else None, os.environ)
     _debug = settings.run.debug
+    stamp_stderr(settings.run.timestamps)
     _setup_logging(settings.run.debug, quiet=False)
+    _warn_unknown_variables()
     raise typer.Exit(run_check(settings, ids, sample, sys.stdout))
 
 
-@app.command("model-info")
+@app.command("model-info", cls=PanelCommand)
 def model_info(
     models: Annotated[
         list[str],
         typer.Argument(
-            metavar="MODEL...",
+            metavar="MODEL",
             help="LightGBM model file, or an MLflow model folder; several as NAME=PATH.",
         ),
     ],
@@ -549,7 +613,7 @@ def model_info(
 
     named = [named_model(given) for given in models]
     check_model_names(named)
-    infos = [(m.name, read_info(m.path)) for m in named]
+    infos = [(m.name, read_info(m.path, given_as="the MODEL argument")) for m in named]
     if json_output:
         import dataclasses
 
@@ -610,6 +674,15 @@ def run_cli(argv: list[str]) -> int:
     source's config reaches stderr, ``--debug`` included (the traceback is printed here, masked,
     instead of being re-raised).
     """
+    # Every line on stderr (progress, summary, warnings, this function's error line) passes
+    # one stamper: a time first when not on a terminal.  Its mode is known before the settings
+    # are, from the variable, so that an early usage error is stamped as later lines would be.
+    when = os.environ.get("BATCHSCORE_TIMESTAMPS", "auto")
+    with contextlib.redirect_stderr(StampedLines(sys.stderr, when if when in WHEN else "auto")):
+        return _run_cli(argv)
+
+
+def _run_cli(argv: list[str]) -> int:
     from batchscore.redact import format_exception, redact
 
     # Until the pipeline installs its own handlers, SIGTERM ends the command like Ctrl-C does

@@ -32,7 +32,7 @@ from batchscore.errors import ExitStatus, SourceDownError, UsageError
 from batchscore.model import Member, ModelSet
 from batchscore.pipeline import merge_answers, source_columns
 from batchscore.redact import redact
-from batchscore.report import LatencyHistogram, RunStats
+from batchscore.report import LatencyHistogram, RunStats, counted
 from batchscore.settings import Settings
 from batchscore.sources import NOT_FOUND, Failure, Fetched, Source, build_sources
 from batchscore.sources.httpclient import CredentialsRejected
@@ -55,7 +55,7 @@ class SourceCheck:
     found: int = 0
     not_found: int = 0
     failures: Counter[str] = field(default_factory=Counter)
-    rejected: str | None = None  # the message when the source rejected our credentials
+    rejected: str | None = None  # why it failed for good: credentials rejected, or down
     seen: set[str] = field(default_factory=set)  # feature names in its answers
     note: str | None = None  # what an input source reads (it makes no requests)
 
@@ -146,6 +146,9 @@ async def _fetch_sample(
             "config"
         )
         return Fetched.failed(len(ids), Failure("rejected", exc.status, 1), names)
+    except SourceDownError as exc:  # down: the other sources' lines are still worth showing
+        report.rejected = f"UNREACHABLE: {exc.problem or exc.message}"
+        return Fetched.failed(len(ids), Failure("source_down", None, 1), names)
     failed = [f.reason for f in fetched.failures.values() if f.reason != NOT_FOUND]
     report.found = int(fetched.found.sum())
     report.failures.update(failed)
@@ -219,7 +222,7 @@ async def _check_sources(
             try:
                 await source.open()
             except SourceDownError as exc:  # a database that is down or refuses us
-                problem = getattr(exc, "problem", exc.message)
+                problem = exc.problem or exc.message
                 result.add("source", f"{source.name} ({_kind(source)}): {problem}")
                 result.fail(ExitStatus.STOPPED)
                 return
@@ -385,11 +388,14 @@ def _eta(
         started = time.perf_counter()
         for member in models.members:
             member.model.predict(member.matrix(batch))
-        bounds["scoring"] = (time.perf_counter() - started) / len(batch) * total
+            if settings.score.explain:  # LightGBM's contributions cost many predicts
+                member.model.contributions(member.matrix(batch))
+        scoring = "scoring with --explain" if settings.score.explain else "scoring"
+        bounds[scoring] = (time.perf_counter() - started) / len(batch) * total
     bound, seconds = max(bounds.items(), key=lambda item: item[1])
     result.add(
         "eta",
-        f"{total:,} IDs in about {_duration(seconds)} (bound by {bound}; "
+        f"{counted(total, 'ID')} in about {_duration(seconds)} (bound by {bound}; "
         "estimated from the sample)",
     )
 
@@ -438,7 +444,10 @@ def run_check(settings: Settings, ids_path: str | None, sample_size: int, out: T
             given.preload({row.id: row.values for row in rows})
         skipped = idmod.header_lines(fmt, settings.input.header)
         total = max(idmod.count_lines(ids_path) - skipped, 0)  # a header is no ID
-        result.add("sample", f"{len(sample)} IDs from {ids_path} ({total:,} lines)")
+        result.add(
+            "sample",
+            f"{counted(len(sample), 'ID')} from {ids_path} ({counted(total, 'line')})",
+        )
     else:
         result.add("sample", "no ID list given: one probe request per source")
     asyncio.run(_check_sources(settings, models, sample, result, total, given))

@@ -61,6 +61,7 @@ class SourceDownError(BatchscoreError):
     """A source failed every request for a sustained stretch, or rejected our credentials."""
 
     exit_status = ExitStatus.STOPPED
+    problem: str | None = None  # what ``batchscore check`` shows beside the source, if set
 
 
 class OutputWriteError(BatchscoreError):
@@ -87,10 +88,13 @@ class InterruptedRun(BatchscoreError):
     def __init__(self, sig: int, done: int) -> None:
         import signal
 
+        from batchscore.report import counted
+
         self.exit_status = ExitStatus.SIGINT if sig == signal.SIGINT else ExitStatus.SIGTERM
         name = "SIGINT" if sig == signal.SIGINT else "SIGTERM"
         super().__init__(
-            f"stopped by {name} after {done:,} IDs; rerun the same command with --resume to finish"
+            f"stopped by {name} after {counted(done, 'ID')}; rerun the same command with "
+            "--resume to finish"
         )
 
 

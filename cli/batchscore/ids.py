@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from batchscore import jsontext
+from batchscore.configtools import suggest
 from batchscore.errors import UsageError
 
 MAX_ID_LENGTH = 1024
@@ -264,15 +265,7 @@ def read_csv(
     header = [h.strip() for h in header]
     missing = [c for c in (id_column, *keep) if c not in header]
     if missing:
-        hint = ""
-        if not tsv and len(header) == 1 and "\t" in header[0]:
-            hint = " (the header has tabs: pass --input-format tsv)"
-        elif tsv and len(header) == 1 and "," in header[0]:
-            hint = " (the header has commas: pass --input-format csv)"
-        raise UsageError(
-            f"the input {name} has no column '{missing[0]}' (columns: {', '.join(header)}); "
-            f"pass --id-column / --keep with one of those{hint}"
-        )
+        raise _no_such_column(name, header, missing[0], missing[0] == id_column, tsv, reader)
     id_index = header.index(id_column)
     keep_index = [header.index(c) for c in keep]
     value_index = [header.index(c) for c in values(header, f"the input {name}")] if values else []
@@ -323,7 +316,7 @@ def read_csv(
     columns = f"{len(header)} ({', '.join(header[:10])}{', ...' if len(header) > 10 else ''})"
     if not whole:
         return rows()
-    return refuse_uniform_failure(
+    items = refuse_uniform_failure(
         rows(),
         "rows",
         {
@@ -338,6 +331,38 @@ def read_csv(
             "invalid_csv": f"cannot be read as {name}; check the file and --input-format",
             "invalid_utf8": _NOT_UTF8,
         },
+    )
+    return _refuse_an_id_as_header(name, header, id_column, tsv, items)
+
+
+def _refuse_an_id_as_header(
+    name: str, header: list[str], id_column: str, tsv: bool, items: Iterator[InputItem]
+) -> Iterator[InputItem]:
+    """A header whose ID column is named like the IDs below it (``--id-column C000858`` over
+    ``C000859``) is a first row of data: read as a header it would vanish unscored.  Refused
+    (exit 2) before anything is fetched."""
+    first = next(items, None)
+    if first is None:
+        return iter(())
+    if isinstance(first, IdRow) and _same_shape([id_column], [first.id]):
+        raise _data_as_header(
+            name,
+            header,
+            tsv,
+            f": --id-column {id_column} is one of its values, and that row would not be scored",
+        )
+    return itertools.chain([first], items)
+
+
+def _data_as_header(name: str, header: list[str], tsv: bool, why: str) -> UsageError:
+    """A first line that is data, not a header: said so, with the two ways out."""
+    shown = ", ".join(header[:4]) + (", ..." if len(header) > 4 else "")
+    cut = "cut -f1" if tsv else "cut -d, -f1"
+    return UsageError(
+        f"the input {name}'s first line ({shown}) looks like data, not a header (it has the "
+        f"shape of the line below it){why}; add a header line naming the columns (the IDs' "
+        "column id, or pass --id-column NAME), or score the first column as plain text: "
+        f"{cut} FILE | batchscore score -"
     )
 
 
@@ -548,6 +573,47 @@ TEXT_HAS_NO_FEATURES = (
 
 _HEADER_WORD = re.compile(r"[A-Za-z][A-Za-z _-]*")
 _WORD_BREAK = re.compile(r"[ _-]+|(?<=[a-z])(?=[A-Z])")
+
+
+def _no_such_column(
+    name: str, header: list[str], column: str, is_id: bool, tsv: bool, rows: Iterator[list[str]]
+) -> UsageError:
+    """The error for a ``--id-column`` / ``--keep`` the header lacks: the nearest column name;
+    a header that is a data row (a file without one) said as such, never suggested as names."""
+    flag = "--id-column" if is_id else "--keep"
+    if not tsv and len(header) == 1 and "\t" in header[0]:
+        hint = " (the header has tabs: pass --input-format tsv)"
+    elif tsv and len(header) == 1 and "," in header[0]:
+        hint = " (the header has commas: pass --input-format csv)"
+    else:
+        try:
+            below = next(rows, None)
+        except csv.Error:
+            below = None
+        if below is not None and _same_shape(header, below):
+            return _data_as_header(name, header, tsv, f", so it has no column '{column}'")
+        hint = ""
+    same_but_case = [h for h in header if h.casefold() == column.casefold()]
+    nearest = f" (did you mean '{same_but_case[0]}'?)" if same_but_case else suggest(column, header)
+    return UsageError(
+        f"the input {name} has no column '{column}'{nearest} "
+        f"(columns: {', '.join(header)}); pass {flag} with one of those{hint}"
+    )
+
+
+_SHAPE = str.maketrans(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", "a" * 52 + "9" * 10
+)
+
+
+def _same_shape(header: list[str], row: list[str]) -> bool:
+    """Whether a header reads like the row below it: some cell holds digits and has the same
+    shape (letters as ``a``, digits as ``9``) as the cell under it, ``C000858`` over ``C000859``."""
+    return any(
+        any(ch.isdigit() for ch in head)
+        and head.translate(_SHAPE) == cell.strip().translate(_SHAPE)
+        for head, cell in zip(header, row, strict=False)
+    )
 
 
 def looks_like_header(value: str, names: Iterable[str] = ()) -> bool:

@@ -18,9 +18,12 @@ import logging
 import os
 import re
 import signal
+import socket
 import stat
+import sys
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +44,15 @@ from batchscore.feed import Filters, StallHook, watch_stalls
 from batchscore.model import ModelSet, read_info, scoring_plan
 from batchscore.pipeline import Pipeline, PipelineOptions, allowed, source_columns
 from batchscore.progress import ProgressDisplay, choose
-from batchscore.report import RunStats, summary_lines, write_metrics, write_report
+from batchscore.report import (
+    RunStats,
+    counted,
+    metrics_text,
+    report_body,
+    summary_lines,
+    write_metrics_text,
+    write_report,
+)
 from batchscore.settings import Settings, audit_columns, parse_shard
 from batchscore.sinks import EXTENSIONS, Columns, Sink, format_of_name, output_format
 from batchscore.sinks.errorlog import ErrorLog, read_errors_file
@@ -56,6 +67,7 @@ from batchscore.sinks.files import (
 from batchscore.sources import Source, build_sources
 from batchscore.sources.input import has_input_source, input_values
 from batchscore.sources.limits import Limits
+from batchscore.stamps import iso_time
 from batchscore.state import (
     DoneRecord,
     LineRanges,
@@ -572,7 +584,10 @@ def _finish(
             print(f"scores written to {p.output}", file=env.stderr)
         if stats.failed_total and complete:
             where = f"see {p.errors_path}" if p.errors_path else "pass --errors PATH to keep them"
-            print(f"{stats.failed_total:,} IDs were not scored; {where}", file=env.stderr)
+            were = "was" if stats.failed_total == 1 else "were"
+            print(
+                f"{counted(stats.failed_total, 'ID')} {were} not scored; {where}", file=env.stderr
+            )
         header = _header_taken_for_an_id(settings, stats)
         if header is not None:
             print(
@@ -582,7 +597,8 @@ def _finish(
             )
         if status == ExitStatus.OK and stats.read == 0 and not finished_earlier:
             print(
-                "batchscore: warning: the input held no IDs (an empty export upstream?)",
+                "batchscore: warning: the input held no IDs (an empty export upstream?); "
+                "pass --min-ids N to make an input with fewer than N IDs exit 2",
                 file=env.stderr,
             )
     if status == ExitStatus.PARTIAL and not settings.run.quiet:
@@ -591,8 +607,11 @@ def _finish(
             f" / --max-failed-rate {run.max_failed_rate:g}" if run.max_failed_rate else ""
         )
         print(
-            f"exit 3: {stats.failed_total:,} failed IDs are more than {allowance} allows; "
-            "raise the allowance if they are expected",
+            f"exit 3: {counted(stats.failed_total, 'failed ID')} "
+            + ("is" if stats.failed_total == 1 else "are")
+            + f" more than {allowance} allows; raise the allowance if "
+            + ("it is" if stats.failed_total == 1 else "they are")
+            + " expected",
             file=env.stderr,
         )
     if status == ExitStatus.DRIFT and stats.drift is not None and not settings.run.quiet:
@@ -617,14 +636,30 @@ def _finish(
             )
     identity = {**_model_identity(p.models), "config_fingerprint": settings.fingerprint}
     unfinished = [{"date": day, "state": str(state)} for day, state in p.unfinished]
-    notes = {"unfinished_runs": unfinished} if unfinished else {}
+    notes = {
+        **_run_facts(settings, stats, p.output, p.errors_path),
+        **({"unfinished_runs": unfinished} if unfinished else {}),
+    }
     features = _feature_lists(p.models)
-    failures = _write_outcome_files(settings, stats, status, p.run_id, identity, features, notes)
+    kept = p.done.get("monitoring") if p.done is not None else None
+    noop = isinstance(kept, dict)
+    if isinstance(kept, dict):  # a no-op: the figures of the run that wrote the output
+        body = {**kept["report"], "noop": True, "noop_at": iso_time()}
+        text = str(kept["metrics"])
+    else:
+        body = report_body(stats, features, status, p.run_id, identity | notes)
+        text = metrics_text(stats, status, identity)
+        local = settings.run.engine == "local"  # a Dask folder keeps its own record
+        if p.done is None and p.resumable and settings.output.resume and local:
+            _done_record(p).attach({"report": body, "metrics": text})
+    failures = _write_monitoring(settings, body, text, noop=noop)
     if failures and status in (ExitStatus.OK, ExitStatus.PARTIAL):
         # The output is complete, but a monitor reading the metrics would see an older run:
         # that is output that cannot be written.  What could be written says 74 too.
         status = ExitStatus.CANT_WRITE
-        _write_outcome_files(settings, stats, status, p.run_id, identity, features, notes)
+        if not noop:
+            body = report_body(stats, features, status, p.run_id, identity | notes)
+            _write_monitoring(settings, body, metrics_text(stats, status, identity))
         failures = [f"{f}; the output is complete, only this file is missing" for f in failures]
     for failure in failures:
         print(f"batchscore: error: {failure}", file=env.stderr)
@@ -667,21 +702,55 @@ def _write_outcome_files(
     features: Sequence[tuple[str, Sequence[str]]],
     notes: dict[str, Any] | None = None,
 ) -> list[str]:
-    """``--report`` (with ``notes``) and ``--metrics``, if asked for, each whatever became of
-    the other; a message for each that could not be written, naming it and why."""
+    """``--report`` (with ``notes``) and ``--metrics``, if asked for (see
+    :func:`_write_monitoring`)."""
+    facts = _run_facts(settings, stats, settings.output.path, settings.output.errors)
+    body = report_body(stats, features, status, run_id, {**identity, **facts, **(notes or {})})
+    return _write_monitoring(settings, body, metrics_text(stats, status, identity))
+
+
+def _write_monitoring(
+    settings: Settings, body: dict[str, Any], text: str, noop: bool = False
+) -> list[str]:
+    """Write the report ``body`` and the metrics ``text`` where the settings ask, each whatever
+    became of the other; a message for each that could not be written, naming it and why."""
     failures = []
     report, metrics = settings.output.report, settings.output.metrics
     if report:
         try:
-            write_report(report, stats, features, status, run_id, {**identity, **(notes or {})})
+            write_report(report, body)
         except OSError as exc:
             failures.append(f"cannot write the --report file {report}: {exc.strerror or exc}")
     if metrics:
         try:
-            write_metrics(metrics, stats, status, identity)
+            write_metrics_text(metrics, text, noop=noop)
         except OSError as exc:
             failures.append(f"cannot write the --metrics file {metrics}: {exc.strerror or exc}")
     return failures
+
+
+def _run_facts(
+    settings: Settings, stats: RunStats, output: str, errors: str | None
+) -> dict[str, Any]:
+    """What an on-call reader of the report looks for first: which files, when, where, which
+    batchscore.  Paths pass through :func:`~batchscore.redact.redact` (a URL-like path may
+    hold a token)."""
+    from batchscore import __version__
+    from batchscore.redact import redact
+
+    def shown(path: str) -> str:
+        return redact(path if path == "-" else os.path.abspath(path))
+
+    return {
+        "input": shown(input_path(settings)),
+        "output": shown(output),
+        "errors": shown(errors) if errors else None,
+        "started_at": iso_time(stats.started_at),
+        "ended_at": iso_time(),
+        "host": socket.gethostname(),
+        "batchscore_version": __version__,
+        "noop": False,
+    }
 
 
 def _identity(p: _Plan) -> dict[str, Any]:
@@ -767,7 +836,7 @@ class _Run:
                 input_format(settings), settings.input.id_column, settings.input.id_field
             )
             values = input_values(sources, id_name, p.models.feature_names)
-            reading = in_daemon_thread(read_input, settings, stream, values)
+            reading = in_daemon_thread(read_input, settings, stream, values, self.stats.left_out)
             self.stopper.cancel_on_signal(reading)
             items: Iterator[idmod.InputItem] = await reading
             self.stopper.cancel_on_signal(None)
@@ -900,7 +969,8 @@ async def score_into(
         checkpoint=checkpoint,
     )
     if stopper is not None:
-        stopper.watch(pipeline, limits)
+        stopper.watch(pipeline, limits, progress)
+    ticking = asyncio.create_task(_tick(progress, stats))
     try:
         await pipeline.run(items, stall)
         if stopper is not None and stopper.received is not None:
@@ -912,18 +982,34 @@ async def score_into(
         await files.abort()
         raise
     finally:
+        ticking.cancel()
         progress.close(stats)
 
 
+TICK_SECONDS = 0.25
+"""How often the display is refreshed when nothing completes (a slow source, retries, the
+grace after a stop): it keeps moving, and shows retries as they happen."""
+
+
+async def _tick(progress: ProgressDisplay, stats: RunStats) -> None:
+    while True:
+        await asyncio.sleep(TICK_SECONDS)
+        progress.update(stats)
+
+
 def read_input(
-    settings: Settings, stream: Iterable[bytes], values: idmod.ChooseValues | None = None
+    settings: Settings,
+    stream: Iterable[bytes],
+    values: idmod.ChooseValues | None = None,
+    left_out: Counter[str] | None = None,
 ) -> Iterator[idmod.InputItem]:
     """The input's items, its header and first rows checked; ``--min-ids`` enforced.
 
     Blocking (a CSV header, the rows that tell a wrong option from bad data, ``--min-ids``
-    IDs are read here): run it off the event loop.
+    IDs are read here): run it off the event loop.  ``left_out``: counts, by reason, the
+    ``--from-errors`` records that ``--reason`` leaves out.
     """
-    items = _items(stream, settings, values)
+    items = _items(stream, settings, values, left_out)
     minimum = settings.input.min_ids
     if not minimum:
         return items
@@ -932,8 +1018,8 @@ def read_input(
     if path != "-" and os.path.isfile(path):
         # A regular file is counted in a pass of its own: nothing is held in memory.
         with open(path, "rb") as again:
-            counted = _items(again, settings, values)
-            found = sum(1 for _ in itertools.islice(_ids_of(counted), minimum))
+            rows = _items(again, settings, values)
+            found = sum(1 for _ in itertools.islice(_ids_of(rows), minimum))
     else:
         # A stream cannot be read twice: the rows up to the minimum wait in memory.
         found = 0
@@ -945,18 +1031,21 @@ def read_input(
                     break
     if found < minimum:
         raise UsageError(
-            f"the input held {found:,} IDs, fewer than --min-ids {minimum:,} "
+            f"the input held {counted(found, 'ID')}, fewer than --min-ids {minimum:,} "
             "(an empty or truncated export upstream?)"
         )
     return itertools.chain(held, items)
 
 
 def _items(
-    stream: Iterable[bytes], settings: Settings, values: idmod.ChooseValues | None = None
+    stream: Iterable[bytes],
+    settings: Settings,
+    values: idmod.ChooseValues | None = None,
+    left_out: Counter[str] | None = None,
 ) -> Iterator[idmod.InputItem]:
     s = settings.input
     if s.from_errors:
-        return read_errors_file(stream, s.keep)
+        return read_errors_file(stream, s.keep, s.reason, left_out)
     fmt = input_format(settings)
     return idmod.read_ids(stream, fmt, s.id_column, s.id_field, s.keep, s.header, values)
 
@@ -1021,6 +1110,7 @@ class Stopper:
         self.received: signal.Signals | None = None
         self._pipeline: Pipeline | None = None
         self._limits: Limits | None = None
+        self._progress: ProgressDisplay | None = None
         self._previous: dict[signal.Signals, Any] = {}
         self._waiting: asyncio.Future[Any] | None = None  # cancelled by a signal, if set
 
@@ -1044,9 +1134,12 @@ class Stopper:
         """A wait that a signal should cancel (None: no longer)."""
         self._waiting = waiting
 
-    def watch(self, pipeline: Pipeline, limits: Limits) -> None:
-        """The pipeline to stop (at once, if a signal came before it existed)."""
-        self._pipeline, self._limits = pipeline, limits
+    def watch(
+        self, pipeline: Pipeline, limits: Limits, progress: ProgressDisplay | None = None
+    ) -> None:
+        """The pipeline to stop (at once, if a signal came before it existed), and the
+        display that says so."""
+        self._pipeline, self._limits, self._progress = pipeline, limits, progress
         if self.received is not None:
             self._stop()
 
@@ -1056,12 +1149,19 @@ class Stopper:
         self._limits.close()  # requests not started yet are dropped, not sent
         asyncio.get_running_loop().call_later(GRACE_SECONDS, self._pipeline.cancel_in_flight)
 
+    def _say(self, message: str) -> None:
+        """On a line of its own: above a live bar, or as a log line (stamped in a log)."""
+        if self._progress is not None:
+            self._progress.stopping(message)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.received is not None:  # a second signal: leave at once; commits stay resumable
-            os.write(2, b"batchscore: stopped at once; rerun with --resume to continue\n")
+            self._say("batchscore: stopped at once; rerun with --resume to continue")
             os._exit(int(ExitStatus.SIGINT if sig == signal.SIGINT else ExitStatus.SIGTERM))
         self.received = sig
-        os.write(2, b"batchscore: stopping: finishing requests in flight (again to stop at once)\n")
+        self._say("batchscore: stopping: finishing requests in flight (again to stop at once)")
         if self._pipeline is not None:
             self._stop()
         elif self._waiting is not None:  # waiting for the input to start: stop waiting

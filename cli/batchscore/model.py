@@ -136,7 +136,7 @@ def _route_lightgbm_logs() -> None:
     lightgbm.register_logger(_Sink(), info_method_name="info", warning_method_name="warning")
 
 
-def _read_checked(path: str) -> bytes:
+def _read_checked(path: str, given_as: str = "-m or [model] path") -> bytes:
     p = Path(path)
     if not p.exists():
         if path.startswith(("runs:/", "models:/")) or "://" in path:
@@ -144,7 +144,7 @@ def _read_checked(path: str) -> bytes:
                 f"model {path} is an MLflow URI; batchscore reads model folders on disk: "
                 f"download it first (mlflow artifacts download -u {path} -d DIR), then pass DIR"
             )
-        raise ModelError(f"model file {path} does not exist; check -m or [model] path")
+        raise ModelError(f"model file {path} does not exist; check {given_as}")
     try:
         data = p.read_bytes()
     except OSError as exc:
@@ -266,11 +266,12 @@ def _categorical_indices(data: bytes, infos: Sequence[str]) -> list[int]:
     return [i for i, info in enumerate(infos) if info != "none" and not info.startswith("[")]
 
 
-def read_info(model_path: str) -> ModelInfo:
-    """Check the model file (or MLflow folder) safely and describe it (no Booster is kept)."""
+def read_info(model_path: str, given_as: str = "-m or [model] path") -> ModelInfo:
+    """Check the model file (or MLflow folder) safely and describe it (no Booster is kept).
+    ``given_as``: where the user wrote the path (said when it does not exist)."""
     folder = read_folder(model_path) if is_mlflow_path(model_path) else None
     path = str(folder.booster) if folder is not None else model_path
-    data = _read_checked(path)
+    data = _read_checked(path, given_as)
     header = _parse_header(data, path)
     names = header["feature_names"].split(" ")
     infos = header.get("feature_infos", "").split(" ")

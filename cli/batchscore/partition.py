@@ -273,6 +273,9 @@ class _Publisher:
             },
         )
 
+    def stopping(self, message: str) -> None:
+        """Nothing: a partition is stopped by its driver, which says so."""
+
     def close(self, stats: RunStats) -> None:
         """Nothing: the task's result carries the final counts."""
 

@@ -92,6 +92,7 @@ class RunStats:
     """Counters of one run (mutated only on the event loop thread)."""
 
     started: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.time)  # wall clock, for the report
     read: int = 0
     skipped: int = 0  # shard, dedupe or already committed by an earlier run
     scored: int = 0
@@ -110,6 +111,7 @@ class RunStats:
     distributions: list[Distribution] = field(default_factory=list)  # per model, rows written
     drift: DriftResult | None = None  # against --baseline, once the run is over
     concurrency: dict[str, ConcurrencyRange] = field(default_factory=dict)  # auto only
+    left_out: Counter[str] = field(default_factory=Counter)  # --reason: records not retried
 
     @property
     def failed_total(self) -> int:
@@ -262,6 +264,7 @@ def as_dict(stats: RunStats, models: Sequence[tuple[str, Sequence[str]]] = ()) -
         "scored": stats.scored,
         "failed": stats.failed_total,
         "failed_by_reason": dict(sorted(stats.failed.items())),
+        **({"left_out_by_reason": dict(sorted(stats.left_out.items()))} if stats.left_out else {}),
         "retries": stats.retries,
         "elapsed_seconds": round(elapsed, 3),
         "ids_per_second": round(stats.rate(elapsed), 1) if elapsed > 0 else None,
@@ -295,6 +298,11 @@ def _quality(counts: FeatureQuality, features: Sequence[str]) -> dict[str, Any]:
     return {"rows": rows, "features": shares}
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """A count and its noun, singular for one: ``1 request``, ``2 requests``, ``5,010 IDs``."""
+    return f"{count:,} {noun if count == 1 else (plural or noun + 's')}"
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.1f} ms"
 
@@ -304,13 +312,19 @@ def summary_lines(stats: RunStats) -> list[str]:
     data = as_dict(stats)
     rate = data["ids_per_second"]
     lines = [
-        f"read {stats.read:,} IDs, scored {stats.scored:,}, failed {stats.failed_total:,}"
+        f"read {counted(stats.read, 'ID')}, scored {stats.scored:,}, failed {stats.failed_total:,}"
         + (f", skipped {stats.skipped:,}" if stats.skipped else "")
         + f" in {data['elapsed_seconds']:.1f} s"
         + (f" ({rate:,.0f} IDs/s)" if rate else ""),
     ]
     if stats.resumed_from:
         lines.append(f"resumed: {stats.resumed_from:,} of them were committed by the stopped run")
+    if stats.left_out:
+        reasons = ", ".join(f"{reason} {n:,}" for reason, n in stats.left_out.most_common())
+        lines.append(
+            f"left out {counted(stats.left_out.total(), 'record')} of the errors file, of "
+            f"reasons --reason did not ask for: {reasons}"
+        )
     if stats.failed:
         reasons = ", ".join(f"{reason} {count:,}" for reason, count in stats.failed.most_common())
         lines.append(f"failed by reason: {reasons}")
@@ -319,7 +333,7 @@ def summary_lines(stats: RunStats) -> list[str]:
         lines.append(f"retries: {stats.retries:,}")
     for name, lat in data["latency_seconds"].items():
         lines.append(
-            f"source {name}: {lat['requests']:,} requests, latency p50 {_ms(lat['p50'])}, "
+            f"source {name}: {counted(lat['requests'], 'request')}, latency p50 {_ms(lat['p50'])}, "
             f"p95 {_ms(lat['p95'])}, p99 {_ms(lat['p99'])}"
         )
     for name, limit in data["concurrency"].items():
@@ -347,7 +361,9 @@ def failure_lines(stats: RunStats) -> list[str]:
     line_width = max(len(f"{r.line:,}") for r in records)
     id_width = max(len(i) for i in shown)
     title = (
-        f"first {len(records)} failed IDs" + (" of this run" if stats.resumed_from else "") + ":"
+        f"first {counted(len(records), 'failed ID')}"
+        + (" of this run" if stats.resumed_from else "")
+        + ":"
         if stats.failed_total > len(records)
         else "failed IDs:"
     )
@@ -411,18 +427,21 @@ class BusyClock:
             self.stats.seconds[self.stage] += time.monotonic() - self._since
 
 
-def write_report(
-    path: str,
+def report_body(
     stats: RunStats,
     features: Sequence[tuple[str, Sequence[str]]],
     status: int,
     run_id: str,
     identity: dict[str, Any],
-) -> None:
+) -> dict[str, Any]:
     """The ``--report`` JSON: the summary plus run identity, exit code and data quality."""
+    return {"run_id": run_id, "exit_code": int(status), **identity, **as_dict(stats, features)}
+
+
+def write_report(path: str, body: dict[str, Any]) -> None:
+    """Write a :func:`report_body` atomically."""
     import orjson
 
-    body = {"run_id": run_id, "exit_code": int(status), **identity, **as_dict(stats, features)}
     write_atomically(
         path, orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
     )
@@ -531,6 +550,25 @@ def metrics_text(stats: RunStats, status: int, identity: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def noop_metric(noop: bool) -> str:
+    """The gauge that tells a dashboard whether the last invocation did anything.
+
+    A ``--resume`` run that finds its output complete already writes the figures of the run
+    that wrote it again, with this gauge at 1, so a good night never turns into zeros.
+    """
+    return (
+        "# HELP batchscore_noop 1 when the last invocation found its output complete already "
+        "and did nothing; the other figures are those of the run that wrote it.\n"
+        "# TYPE batchscore_noop gauge\n"
+        f"batchscore_noop {int(noop)}\n"
+    )
+
+
 def write_metrics(path: str, stats: RunStats, status: int, identity: dict[str, Any]) -> None:
     """Write the Prometheus textfile atomically."""
-    write_atomically(path, metrics_text(stats, status, identity).encode())
+    write_metrics_text(path, metrics_text(stats, status, identity))
+
+
+def write_metrics_text(path: str, text: str, *, noop: bool = False) -> None:
+    """Write a :func:`metrics_text` (and :func:`noop_metric`) atomically."""
+    write_atomically(path, (text + noop_metric(noop)).encode())

@@ -36,6 +36,7 @@ class InputSettings:
     dedupe: bool = False
     shard: str | None = None  # "K/N"
     from_errors: str | None = None  # an errors file whose IDs are the input (instead of path)
+    reason: tuple[str, ...] = ()  # --from-errors: only records of these reasons (all if empty)
     min_ids: int = 0  # fewer IDs in the input than this: exit 2 (an empty or truncated export)
 
 
@@ -114,6 +115,7 @@ class RunSettings:
     max_failed: int = 0
     max_failed_rate: float = 0.0
     progress_interval: float = 30.0
+    timestamps: str = "auto"  # auto | always | never: an ISO 8601 time before each stderr line
     quiet: bool = False
     debug: bool = False
     engine: str = "local"  # local | dask
@@ -164,6 +166,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("dedupe", "input", "dedupe"),
     Option("shard", "input", "shard"),
     Option("from_errors", "input", "from_errors"),
+    Option("reason", "input", "reason"),
     Option("min_ids", "input", "min_ids"),
     Option("model", "model", "path"),
     Option("concurrency", "fetch", "concurrency"),
@@ -189,6 +192,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_failed", "run", "max_failed"),
     Option("max_failed_rate", "run", "max_failed_rate"),
     Option("progress_interval", "run", "progress_interval"),
+    Option("timestamps", "run", "timestamps"),
     Option("quiet", "run", "quiet"),
     Option("debug", "run", "debug"),
     Option("engine", "run", "engine"),
@@ -200,6 +204,18 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 ENGINES = ("local", "dask")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each ``BATCHSCORE_*`` variable that is no setting (a typo is otherwise
+    silently ignored: ``BATCHSCORE_CONCURENCY=8`` would leave the default), naming the nearest."""
+    known = {opt.env for opt in OPTIONS} | {"BATCHSCORE_CONFIG"}
+    return [
+        f"{name} is not a batchscore setting{suggest(name, sorted(known))}; it is ignored"
+        for name in sorted(environ)
+        if name.startswith("BATCHSCORE_") and name not in known
+    ]
+
 
 SOURCE_KINDS = ("sqlite", "http", "feast", "postgres", "input")
 INPUT_FORMATS = ("text", "csv", "tsv", "jsonl")
@@ -312,6 +328,11 @@ def resolve(
         secrets=secrets,
     )
     validate(settings, origins)
+    if settings.input.reason and not settings.input.from_errors:
+        raise ConfigError(
+            f"{origins('input', 'reason')} picks records of an errors file; add --from-errors "
+            "PATH (the OUTPUT.errors.jsonl of the run to retry)"
+        )
     if settings.input.from_errors and flags.get("ids") is not None:
         raise ConfigError(
             "IDS and --from-errors both name the input; pass one of them (--from-errors "
@@ -521,6 +542,11 @@ def validate(s: Settings, where: Origins | None = None) -> None:
         raise ConfigError(f"{at('run', 'max_failed_rate')} must be between 0 and 1")
     if s.run.progress_interval <= 0:
         raise ConfigError(f"{at('run', 'progress_interval')} must be more than 0 seconds")
+    if s.run.timestamps not in ("auto", "always", "never"):
+        raise ConfigError(
+            f"{at('run', 'timestamps')} must be auto, always or never"
+            + suggest(str(s.run.timestamps), ("auto", "always", "never"))
+        )
     if s.input.min_ids < 0:
         raise ConfigError(f"{at('input', 'min_ids')} must be 0 (no minimum) or more")
     if s.input.format not in (None, *INPUT_FORMATS):

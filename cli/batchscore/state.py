@@ -100,10 +100,8 @@ class DoneRecord:
             "input": file_stamp(self.input_path),
             "output": file_stamp(self.output),
         }
-        temp = self.path.with_name(self.path.name + ".tmp")
         try:
-            temp.write_bytes(orjson.dumps(record))
-            os.replace(temp, self.path)
+            self._store(record)
         except OSError as exc:  # the output is in place: the run succeeded all the same
             log.warning(
                 "cannot write %s (%s): running the same job again with --resume will say the "
@@ -111,6 +109,27 @@ class DoneRecord:
                 self.path,
                 exc.strerror,
             )
+
+    def _store(self, record: dict[str, Any]) -> None:
+        temp = self.path.with_name(self.path.name + ".tmp")
+        temp.write_bytes(orjson.dumps(record))
+        os.replace(temp, self.path)
+
+    def attach(self, monitoring: dict[str, Any]) -> None:
+        """Keep the run's report and metrics in its record, so that the same job run again
+        (a no-op) writes the real figures again instead of empty ones.  Only a record that
+        describes the output as it is now is touched."""
+        try:
+            record = orjson.loads(self.path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return
+        if not isinstance(record, dict) or record.get("output") != file_stamp(self.output):
+            return
+        record["monitoring"] = monitoring
+        try:
+            self._store(record)
+        except OSError as exc:  # the run succeeded all the same
+            log.warning("cannot keep the report in %s (%s)", self.path, exc.strerror)
 
     def remove(self) -> None:
         """A new run replaces the output: the record no longer describes it."""
@@ -442,10 +461,33 @@ def _difference(stored: str, current: str) -> str:
     shown = [
         f"{_IDENTITY_NAMES.get(k, k)} ({before.get(k)!r}, now {now.get(k)!r})"
         if k not in ("model", "columns")
+        else f"{_IDENTITY_NAMES['columns']} ({_columns_change(before.get(k), now.get(k))})"
+        if k == "columns"
         else _IDENTITY_NAMES.get(k, k)
         for k in keys
     ]
     return " and ".join(shown)
+
+
+def _columns_change(before: Any, now: Any) -> str:
+    """Old and new output columns: what this run adds and drops, or both lists in full."""
+    old = [str(c) for c in before] if isinstance(before, list) else []
+    new = [str(c) for c in now] if isinstance(now, list) else []
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+
+    added = [c for c in new if c not in old]
+    dropped = [c for c in old if c not in new]
+    change = "; ".join(
+        part
+        for part in (
+            f"this run adds {listed(added)}" if added else "",
+            f"drops {listed(dropped)}" if dropped else "",
+        )
+        if part
+    )
+    return f"was {listed(old)}, now {listed(new)}" + (f": {change}" if change else "")
 
 
 class RunState:

@@ -4,6 +4,7 @@ back, the input of a retry (``--from-errors``)."""
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -72,7 +73,12 @@ class ErrorLog:
             await self.target.abort()
 
 
-def read_errors_file(stream: Iterable[bytes], keep: tuple[str, ...]) -> Iterator[InputItem]:
+def read_errors_file(
+    stream: Iterable[bytes],
+    keep: tuple[str, ...],
+    reasons: tuple[str, ...] = (),
+    left_out: Counter[str] | None = None,
+) -> Iterator[InputItem]:
     """The input of ``--from-errors``: one row per record of an errors file, numbered by its
     line in that file (from 1, as an editor shows them), with the ``keep`` columns the record
     carries (its ``keep`` object, written when the failed run had ``--keep``).
@@ -81,8 +87,13 @@ def read_errors_file(stream: Iterable[bytes], keep: tuple[str, ...]) -> Iterator
     an input problem again, with its reason, so the retry's errors file still lists it.  The
     first record is checked at once: a file that is not an errors file, or whose records do not
     carry a ``--keep`` column, is a usage error before anything is fetched.
+
+    ``reasons`` (``--reason``): only records of those reasons are retried; the others are left
+    out, counted by reason in ``left_out`` (the summary says so: nothing vanishes unsaid).
     """
     items = _error_items(stream, keep)
+    if reasons:
+        items = _of_reasons(items, frozenset(reasons), Counter() if left_out is None else left_out)
     first = next(items, None)
     if first is None:
         return iter(())
@@ -102,6 +113,19 @@ def read_errors_file(stream: Iterable[bytes], keep: tuple[str, ...]) -> Iterator
             f"{shown}); a run keeps in its errors file the columns it was given with --keep"
         )
     return itertools.chain([item], (item for item, _ in items))
+
+
+def _of_reasons(
+    items: Iterator[tuple[InputItem, dict[str, Any] | None]],
+    reasons: frozenset[str],
+    left_out: Counter[str],
+) -> Iterator[tuple[InputItem, dict[str, Any] | None]]:
+    for item, record in items:
+        reason = record.get("reason") if record is not None else None
+        if record is not None and isinstance(reason, str) and reason not in reasons:
+            left_out[reason] += 1
+            continue
+        yield item, record
 
 
 def _error_items(

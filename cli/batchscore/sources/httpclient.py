@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import re
+import socket
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -98,17 +100,46 @@ TRANSPORT_FAILURES: tuple[tuple[type[BaseException], str, bool], ...] = (
 )
 
 
-def transport_failure(exc: BaseException) -> AttemptFailed:
-    """The failed attempt a transport exception stands for (its cause decides, if known)."""
+def transport_failure(exc: BaseException, where: str = "") -> AttemptFailed:
+    """The failed attempt a transport exception stands for (its cause decides, if known);
+    ``where`` (``host:port``) and the OS's reason are its detail, for the exit-4 line."""
     chain: list[BaseException] = []
     current: BaseException | None = exc
     while current is not None and current not in chain:
         chain.append(current)
+        for aside in ("os_error", "certificate_error"):  # aiohttp keeps the OS's error aside
+            inner = getattr(current, aside, None)
+            if isinstance(inner, BaseException) and inner not in chain:
+                chain.append(inner)
         current = current.__cause__ or current.__context__
+    detail = f"{where}: {_why(chain)}" if where else _why(chain)
     for kind, reason, retryable in TRANSPORT_FAILURES:
         if any(isinstance(e, kind) for e in chain):
-            return AttemptFailed(reason, retryable=retryable)
-    return AttemptFailed("connection_error", retryable=True)
+            return AttemptFailed(reason, retryable=retryable, detail=detail)
+    return AttemptFailed("connection_error", retryable=True, detail=detail)
+
+
+def _why(chain: list[BaseException]) -> str:
+    """The OS's reason in a transport failure's chain, as an operator reads it."""
+    for e in chain:
+        message = getattr(e, "verify_message", None)
+        if isinstance(e, ssl.SSLCertVerificationError) and message:
+            return f"TLS certificate not accepted ({message})"
+    for e in chain:
+        if isinstance(e, ssl.SSLError):
+            return f"TLS error ({e.reason or e})"
+        if isinstance(e, socket.gaierror):
+            return "name not resolved"
+    for e in chain:
+        if isinstance(e, OSError) and e.errno and e.errno > 0:
+            return os.strerror(e.errno).lower()
+    text = str(chain[0]) if chain else ""
+    return text or (type(chain[0]).__name__ if chain else "unknown")
+
+
+def where_of(url: yarl.URL) -> str:
+    """``host:port`` of a URL: never its credentials, path or query."""
+    return f"{url.host}:{url.port}" if url.port is not None else str(url.host)
 
 
 class Malformed(ValueError):
@@ -386,6 +417,7 @@ class Endpoint:
         self._with_credentials: dict[tuple[str, str, bool], Headers] = {}
         self.health = SourceHealth(source, policy.down_after)
         self._rejected: int | None = None  # the 401/403 status once credentials were refused
+        self._told: set[str] = set()  # failures for good already said (a TLS error ...)
         self._told_too_large = False
         self.connections = limits.declare(source)  # its own adaptive limit under auto
 
@@ -465,9 +497,19 @@ class Endpoint:
                         self._rejected = response.status
                     content = await read_capped(response, limit)  # None: longer than the limit
             except TimeoutError:
-                raise AttemptFailed("timeout", retryable=True) from None
+                raise AttemptFailed(
+                    "timeout",
+                    retryable=True,
+                    detail=f"{where_of(target)}: timed out after {timeout:.1f} s",
+                ) from None
             except (aiohttp.ClientError, OSError) as exc:
-                raise transport_failure(exc) from None
+                failed = transport_failure(exc, where_of(target))
+                if not failed.retryable and failed.reason not in self._told:
+                    # Every ID will fail the same way (a certificate is not accepted): said
+                    # once, with where and why, not only as a reason in the errors file.
+                    self._told.add(failed.reason)
+                    log.warning("source '%s': %s", self.source, failed.described)
+                raise failed from None
             log.debug(  # secrets in the URL are masked by the log handler
                 'HTTP Request: %s %s "HTTP/1.1 %d %s"',
                 method,
@@ -531,7 +573,7 @@ class Endpoint:
     def _retrying(self, failed: AttemptFailed, attempt: int) -> None:
         self.stats.retries += 1
         log.debug(
-            "source '%s': attempt %d failed (%s); retrying", self.source, attempt, failed.reason
+            "source '%s': attempt %d failed (%s); retrying", self.source, attempt, failed.described
         )
 
 
@@ -556,4 +598,5 @@ __all__ = [
     "parse_json",
     "read_capped",
     "transport_failure",
+    "where_of",
 ]

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from batchscore.errors import SourceDownError
+from batchscore.report import counted
 from batchscore.settings import FetchSettings
 from batchscore.sources import Failure
 from batchscore.sources.adaptive import Signal
@@ -60,12 +61,19 @@ class AttemptFailed(Exception):
         status: int | None = None,
         retryable: bool,
         retry_after: float | None = None,
+        detail: str = "",
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
+        self.detail = detail  # where and the OS's why: "127.0.0.1:8080: connection refused"
+
+    @property
+    def described(self) -> str:
+        """The reason, with the detail when there is one (messages; records keep the reason)."""
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -161,8 +169,8 @@ def signal_of(failed: AttemptFailed) -> Signal:
 def down_message(source: str, failures: int, reason: str) -> str:
     """What a run stopped by a down source says (a local run's and a cluster run's words)."""
     return (
-        f"source '{source}' failed {failures} requests in a row (last: {reason}); it looks "
-        "down. Progress is kept: rerun with --resume when it is back"
+        f"source '{source}' failed {counted(failures, 'request')} in a row (last: {reason}); "
+        "it looks down. Progress is kept: rerun with --resume when it is back"
     )
 
 
@@ -192,6 +200,7 @@ class SourceHealth:
         self._sent = 0  # attempts numbered so far
         self._counted_from: int | None = None  # attempts from this number on count
         self._down: str | None = None  # the message, once the source is down
+        self._problem = ""  # the same, as ``check`` shows it
         self.answers = 0  # attempts the source answered (a partition tells its driver)
         self.last_reason = ""  # the reason of the last counted failure
 
@@ -219,14 +228,22 @@ class SourceHealth:
             self.failures += 1
         self.last_reason = failed.reason
         if self.failures >= self.down_after and self._down is None:
-            self._down = down_message(self.source, self.failures, failed.reason)
-        if self._down is not None:
-            raise SourceDownError(self._down)
+            self._down = down_message(self.source, self.failures, failed.described)
+            self._problem = (
+                f"{counted(self.failures, 'request')} in a row failed (last: {failed.described})"
+            )
+        refused = self.refusal()
+        if refused is not None:
+            raise refused
 
     def refusal(self) -> SourceDownError | None:
         """The error to raise instead of sending, once the source is down (a new one each
         time: one exception object raised in many tasks would chain their tracebacks)."""
-        return None if self._down is None else SourceDownError(self._down)
+        if self._down is None:
+            return None
+        error = SourceDownError(self._down)
+        error.problem = self._problem  # what ``batchscore check`` shows beside the source
+        return error
 
 
 async def call(
