@@ -557,6 +557,7 @@ def test_score_help_shows_the_exit_codes_and_that_resume_is_safe(run_cli: RunCli
         "2",
         "3",
         "4",
+        "5",
         "74",
         "75",
         "130",

@@ -511,6 +511,7 @@ def score(
       2    usage or config error, before anything is fetched
       3    finished, but more IDs failed than allowed (see the errors file)
       4    a source is down or rejects our credentials; rerun with --resume
+      5    finished, outputs complete, but a score drifted beyond --max-drift
       74   the output cannot be written; rerun with --resume
       75   another run holds the output
       130  interrupted (SIGINT), 143 terminated (SIGTERM); rerun with --resume
