@@ -208,6 +208,63 @@ def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(tmp_path: 
     assert err == b"batchscore: interrupted\n" and out == b""
 
 
+SIGNAL_IN_SET_NAME = """
+import os, sys, time
+
+class _Slow:
+    # A descriptor whose __set_name__ waits: a class body being built when the signal comes.
+    def __set_name__(self, owner, name):
+        with open(os.environ["PAUSED_MARK"], "w") as mark:
+            mark.write("building a class")
+        time.sleep(60)
+
+class _SignalInClassBody:
+    # At the lazy import of batchscore.job (after the command's own SIGTERM handler is in
+    # place), build a class as numpy's and pyarrow's modules do at import.
+    def find_spec(self, name, path=None, target=None):
+        if name == "batchscore.job":
+            sys.meta_path.remove(self)
+            type("Holder", (), {"field": _Slow()})
+        return None
+
+sys.meta_path.insert(0, _SignalInClassBody())
+"""
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_while_a_module_builds_its_classes_is_a_stop_not_a_bug(
+    tmp_path: Path, sig: signal.Signals, status: int
+) -> None:
+    """Python 3.11 wraps an exception raised in ``__set_name__`` (a signal's, during a lazy
+    import) in ``RuntimeError: Error calling __set_name__``: found by the kill-and-resume
+    campaign as exit 1 "internal error" for a SIGTERM during start-up."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SIGNAL_IN_SET_NAME)
+    mark = tmp_path / "paused"
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
+    proc = subprocess.Popen(
+        [*batchscore_command(), "score", str(IDS), "-c", str(SAMPLE_CONFIG)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_environ({"PYTHONPATH": path, "PAUSED_MARK": str(mark)}),
+        cwd=ROOT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not mark.exists():  # the process says when it is inside the class body
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == status, err
+    assert b"internal error" not in err and b"Traceback" not in err, err
+    assert len(err.splitlines()) == 1 and out == b""
+
+
 # -- a report or metrics file that cannot be written ----------------------------------------------
 
 

@@ -251,6 +251,12 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the tally here as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the failed cycles' folders")
     parser.add_argument("--jobs", type=int, default=2, help="cycles run at once (default 2)")
+    parser.add_argument(
+        "--cycle",
+        type=int,
+        action="append",
+        help="run only this cycle's scenario (repeatable): a failure seen before, drawn again",
+    )
     args = parser.parse_args()
 
     tally = Tally()
@@ -269,7 +275,8 @@ def main() -> int:
             for fmt in FORMATS
             for unordered in (False, True)
         }
-        print(f"stop window {window:.2f} s; {args.cycles} cycles, seed {args.seed}", flush=True)
+        chosen_count = len(args.cycle or range(args.cycles))
+        print(f"stop window {window:.2f} s; {chosen_count} cycles, seed {args.seed}; in {work}")
 
         def one(n: int) -> None:
             folder = work / f"cycle-{n:05d}"
@@ -291,7 +298,8 @@ def main() -> int:
                 shutil.rmtree(folder)
 
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            for finished in [pool.submit(one, n) for n in range(args.cycles)]:
+            chosen = args.cycle or range(args.cycles)
+            for finished in [pool.submit(one, n) for n in chosen]:
                 finished.result()
     result = tally.as_json() | {"seconds": round(time.monotonic() - started, 1)}
     if args.json:

@@ -19,7 +19,13 @@ import typer
 import typer.core
 
 from batchscore import __version__
-from batchscore.errors import BatchscoreError, ExitStatus, PipeClosedError, Terminated
+from batchscore.errors import (
+    BatchscoreError,
+    ExitStatus,
+    PipeClosedError,
+    Terminated,
+    stopping_signal,
+)
 from batchscore.settings import Settings
 from batchscore.stamps import WHEN, StampedLines, stamp_stderr
 
@@ -712,6 +718,11 @@ def _run_cli(argv: list[str]) -> int:
     except typer.Abort:
         return int(ExitStatus.SIGINT)
     except Exception as exc:
+        stopped = stopping_signal(exc)
+        if stopped is not None:  # a signal that came out wrapped (see stopping_signal)
+            name = "interrupted" if stopped == ExitStatus.SIGINT else "stopped by SIGTERM"
+            print(f"batchscore: {name}", file=sys.stderr)
+            return int(stopped)
         # Typer's bundled click raises usage errors (bad flag, missing argument) that know how
         # to show themselves; they are the user's mistake, not a bug.
         show = getattr(exc, "show", None)

@@ -103,3 +103,22 @@ class Terminated(BaseException):
 
     A BaseException, like KeyboardInterrupt, so that no ``except Exception`` swallows it.
     """
+
+
+def stopping_signal(error: BaseException) -> ExitStatus | None:
+    """The signal status (130, 143) when ``error`` is a Ctrl-C or SIGTERM, or was caused by one.
+
+    A signal's exception raised inside Python's own machinery can come out wrapped: during a
+    lazy import, ``type.__new__`` turns it into ``RuntimeError: Error calling __set_name__``
+    with the signal's exception as its cause.  That is a stop, not a bug.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, KeyboardInterrupt):
+            return ExitStatus.SIGINT
+        if isinstance(current, Terminated):
+            return ExitStatus.SIGTERM
+        current = current.__cause__ or current.__context__
+    return None

@@ -37,8 +37,8 @@ from batchscore.errors import (
     InterruptedRun,
     ModelError,
     OutputWriteError,
-    Terminated,
     UsageError,
+    stopping_signal,
 )
 from batchscore.feed import Filters, StallHook, watch_stalls
 from batchscore.model import ModelSet, read_info, scoring_plan
@@ -537,11 +537,7 @@ def _status(error: BaseException | None, stats: RunStats, settings: Settings) ->
         return ExitStatus.OK if ok else ExitStatus.PARTIAL
     if isinstance(error, BatchscoreError):
         return error.exit_status
-    if isinstance(error, KeyboardInterrupt):
-        return ExitStatus.SIGINT
-    if isinstance(error, Terminated):
-        return ExitStatus.SIGTERM
-    return ExitStatus.INTERNAL
+    return stopping_signal(error) or ExitStatus.INTERNAL
 
 
 def judge_drift(p: _Plan, stats: RunStats, status: ExitStatus) -> ExitStatus:
