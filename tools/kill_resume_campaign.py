@@ -107,6 +107,18 @@ def run(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[
         )
 
 
+def stacks_of(pid: int) -> str:
+    """Every thread's Python stack of a hung process (py-spy, from the bench extra), to see
+    where it waits; empty when py-spy is not installed."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return ""
+    dump = subprocess.run(
+        [spy, "dump", "--pid", str(pid)], capture_output=True, text=True, check=False, timeout=60
+    )
+    return dump.stdout[-4000:] + dump.stderr[-500:]
+
+
 def wait(proc: subprocess.Popen[bytes], seconds: float) -> int | None:
     try:
         return proc.wait(timeout=seconds)
@@ -210,9 +222,14 @@ def cycle(
                 status = wait(proc, HANG_SECONDS)
             expected_status = STOPPED[sig]
         if status is None:
+            stacks = stacks_of(proc.pid)
             proc.kill()
             proc.wait()
-            return f"{plan}: still running {HANG_SECONDS:.0f} s after its stop (a hang)"
+            err = (folder / f"stderr-{stop}.txt").read_text(errors="replace")
+            return (
+                f"{plan}: still running {HANG_SECONDS:.0f} s after its stop (a hang); "
+                f"stderr: {err[-1000:]}\nstacks:\n{stacks}"
+            )
         err = (folder / f"stderr-{stop}.txt").read_text(errors="replace")
         if "Traceback" in err:
             return f"{plan}: a traceback: {err[-1500:]}"
