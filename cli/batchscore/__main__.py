@@ -111,7 +111,15 @@ def main() -> None:
     except KeyboardInterrupt:  # Ctrl-C while the command's modules load: no traceback
         print("batchscore: interrupted", file=sys.stderr)
         sys.exit(130)
-    sys.exit(run_cli(sys.argv[1:]))
+    status = run_cli(sys.argv[1:])
+    if status in (130, 143):
+        # A signal stopped the run and decided its status; a second one arriving while the
+        # interpreter shuts down (its handlers already reset to the default) would kill the
+        # process with the signal instead of exiting with that status.
+        import signal
+
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    sys.exit(status)
 
 
 if __name__ == "__main__":

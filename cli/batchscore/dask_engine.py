@@ -35,7 +35,7 @@ import signal
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -44,6 +44,7 @@ import numpy as np
 import orjson
 
 from batchscore import ids as idmod
+from batchscore.atomic import atomic_file, write_atomically
 from batchscore.errors import (
     BatchscoreError,
     ExitStatus,
@@ -54,7 +55,9 @@ from batchscore.errors import (
     SourceDownError,
     Terminated,
     UsageError,
+    with_status,
 )
+from batchscore.identity import difference, identity_text
 from batchscore.job import (
     Environment,
     Outcome,
@@ -81,14 +84,15 @@ from batchscore.partition import (
     run_partition,
 )
 from batchscore.progress import ProgressDisplay, choose
-from batchscore.report import FIRST_FAILURES, RunStats, write_atomically
+from batchscore.report import FIRST_FAILURES, RunStats
 from batchscore.settings import Settings
+from batchscore.signals import leave_on_second_signal, signals_deferred
 from batchscore.sinks import EXTENSIONS
 from batchscore.sources import build_sources
 from batchscore.sources.input import input_values
 from batchscore.sources.limits import Limits
 from batchscore.sources.retry import down_message
-from batchscore.state import RunLock, _difference, file_stamp
+from batchscore.state import RunLock, file_stamp
 
 log = logging.getLogger("batchscore")
 
@@ -374,12 +378,11 @@ class _Driver:
 
     def _same_job(self, record: dict[str, Any], what: str) -> None:
         """A continued or completed run must be this job, over the same input file."""
-        stored = orjson.dumps(record.get("identity"), option=orjson.OPT_SORT_KEYS).decode()
-        now = orjson.dumps(self.identity, option=orjson.OPT_SORT_KEYS).decode()
+        stored, now = identity_text(record.get("identity")), identity_text(self.identity)
         error = OutputExistsError if what == "completed" else LeftoverStateError
         if stored != now:
             raise error(
-                f"the {what} run in {self.p.output} used another {_difference(stored, now)}; "
+                f"the {what} run in {self.p.output} used another {difference(stored, now)}; "
                 "rerun it with the same arguments, or pass --overwrite to start over"
             )
         if record.get("input_stamp") != file_stamp(self.input):
@@ -514,7 +517,7 @@ class _Driver:
         except (KeyboardInterrupt, Terminated) as exc:
             sig = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
             if self.env.handle_signals:
-                _leave_on_second_signal()
+                leave_on_second_signal()
             raise InterruptedRun(sig, self.stats.done) from None
         finally:
             progress.close(self._view(cluster))
@@ -563,7 +566,7 @@ class _Driver:
                     ) from None
                 self._live.pop(part.index, None)
                 if result.status != ExitStatus.OK:
-                    raise _error_of(result)
+                    raise with_status(result.message, result.status)
                 self._accept(result)
             progress.update(self._view(cluster))
         # The run went through: parts whose source never answered are its outcome too.
@@ -744,7 +747,7 @@ class _Cluster:
             # One single-threaded worker process per core: a task runs its own event loop and
             # scores on its own thread, so a process per core uses every core without threads
             # of one process fighting over its GIL.
-            with _signals_deferred(self.handle_signals) as received:
+            with signals_deferred(self.handle_signals) as received:
                 try:
                     self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
                         n_workers=os.cpu_count() or 1,
@@ -766,7 +769,7 @@ class _Cluster:
                     # A Ctrl-C at a terminal reaches the worker processes too: one that died
                     # of it as it started fails the cluster's start, which the signal explains.
             if received:  # the caller closes the cluster (whole, or none)
-                _leave_on_second_signal()
+                leave_on_second_signal()
                 raise InterruptedRun(received[0], 0)
             return
         _probe_scheduler(address)
@@ -795,42 +798,6 @@ class _Cluster:
         if self._cluster is not None:
             with contextlib.suppress(Exception):
                 self._cluster.close()
-
-
-@contextlib.contextmanager
-def _signals_deferred(enabled: bool) -> Iterator[list[int]]:
-    """SIGINT and SIGTERM wait while a local cluster starts: the signals that came meanwhile.
-
-    Dask cannot close a ``LocalCluster`` interrupted inside its constructor (its atexit hook
-    then fails on the half-started workers, 28 lines of traceback), so the signal is acted on
-    once the cluster is whole; starting takes a second or two.
-    """
-    received: list[int] = []
-    if not enabled:
-        yield received
-        return
-
-    def defer(signum: int, frame: object) -> None:
-        received.append(signum)
-
-    previous = {sig: signal.signal(sig, defer) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _leave_on_second_signal() -> None:
-    """While the cluster shuts down after a signal, a second Ctrl-C or SIGTERM leaves at once
-    (the committed parts stay; worker processes exit with their parent)."""
-
-    def leave(signum: int, frame: object) -> None:
-        os.write(2, b"batchscore: stopped at once; rerun with --resume to continue\n")
-        os._exit(int(ExitStatus.SIGINT if signum == signal.SIGINT else ExitStatus.SIGTERM))
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, leave)
 
 
 def _probe_scheduler(address: str) -> None:
@@ -871,13 +838,6 @@ def _for_workers(settings: Settings) -> Settings:
     )
     threads = 1 if settings.score.threads is None else settings.score.threads
     return replace(settings, sources=sources, score=replace(settings.score, threads=threads))
-
-
-def _error_of(result: PartResult) -> BatchscoreError:
-    """The error that stopped a partition, with its exit status, raised on the driver."""
-    error = BatchscoreError(result.message)
-    error.exit_status = ExitStatus(result.status)
-    return error
 
 
 def _allowed_failures() -> int:
@@ -930,8 +890,7 @@ def _is_ours(name: str) -> bool:
 def _concatenate(sources: list[Path], target: Path, header: bytes, *, gzip: bool) -> None:
     """``target`` made of ``sources`` in order, each without its first ``len(header)`` bytes
     (the CSV header every part begins with), ``header`` once at the start; atomically."""
-    temp = target.with_name(f".{target.name}.partial")
-    with open(temp, "wb") as raw:
+    with atomic_file(target, temp=target.with_name(f".{target.name}.partial")) as raw:
         out: BinaryIO = gzipmod.GzipFile(fileobj=raw, mode="wb", mtime=0) if gzip else raw  # type: ignore[assignment]
         with out if gzip else contextlib.nullcontext():
             out.write(header)
@@ -940,9 +899,6 @@ def _concatenate(sources: list[Path], target: Path, header: bytes, *, gzip: bool
                     if header:
                         part.read(len(header))
                     shutil.copyfileobj(part, out, 1 << 20)
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(temp, target)
 
 
 def _open_part(path: Path, gzip: bool) -> BinaryIO:

@@ -17,10 +17,8 @@ import itertools
 import logging
 import os
 import re
-import signal
 import socket
 import stat
-import sys
 import threading
 import uuid
 from collections import Counter
@@ -38,9 +36,10 @@ from batchscore.errors import (
     ModelError,
     OutputWriteError,
     UsageError,
-    stopping_signal,
+    status_of,
 )
 from batchscore.feed import Filters, StallHook, watch_stalls
+from batchscore.identity import run_identity
 from batchscore.model import ModelSet, read_info, scoring_plan
 from batchscore.pipeline import Pipeline, PipelineOptions, allowed, source_columns
 from batchscore.progress import ProgressDisplay, choose
@@ -54,6 +53,7 @@ from batchscore.report import (
     write_report,
 )
 from batchscore.settings import Settings, audit_columns, parse_shard
+from batchscore.signals import Stopper
 from batchscore.sinks import EXTENSIONS, Columns, Sink, format_of_name, output_format
 from batchscore.sinks.errorlog import ErrorLog, read_errors_file
 from batchscore.sinks.files import (
@@ -81,10 +81,6 @@ from batchscore.state import (
 log = logging.getLogger("batchscore")
 
 T = TypeVar("T")
-
-GRACE_SECONDS = 5.0
-"""After SIGINT/SIGTERM, how long answers already arriving may take to finish before they are
-dropped (requests not yet answered are dropped at once: :meth:`Limits.close`)."""
 
 
 @dataclass(frozen=True)
@@ -535,9 +531,7 @@ def _status(error: BaseException | None, stats: RunStats, settings: Settings) ->
     if error is None:
         ok = allowed(stats, settings.run.max_failed, settings.run.max_failed_rate)
         return ExitStatus.OK if ok else ExitStatus.PARTIAL
-    if isinstance(error, BatchscoreError):
-        return error.exit_status
-    return stopping_signal(error) or ExitStatus.INTERNAL
+    return status_of(error)
 
 
 def judge_drift(p: _Plan, stats: RunStats, status: ExitStatus) -> ExitStatus:
@@ -751,41 +745,16 @@ def _run_facts(
 
 def _identity(p: _Plan) -> dict[str, Any]:
     """What must match for a stopped run's state to be resumed by this one."""
-    s = p.settings
-    return {
-        "input": os.path.abspath(input_path(s)) if input_path(s) != "-" else "-",
-        "model": p.models.members[0].info.version
-        if p.models.plain
-        else [[m.name, m.info.version] for m in p.models.members],
-        "columns": list(p.columns.names),
-        "format": [p.fmt, p.gzip],
-        "unordered": s.output.unordered,
-        "shard": s.input.shard,
-        "dedupe": s.input.dedupe,
-        # Which lines are IDs, and where the ID is in them: only what differs from plain text
-        # with the default column, so a plain text run's state reads as it always did.
-        **_reading(s),
-        # What changes the scores written, when set (so a state from before reads the same).
-        **({"raw_score": True} if s.score.raw_score else {}),
-        **({"allow_empty": True} if s.score.allow_empty else {}),
-        "errors": os.path.abspath(p.errors_path) if p.errors_path else None,
-    }
-
-
-def _reading(s: Settings) -> dict[str, Any]:
-    """The input options that change which lines are IDs, as far as they differ from the
-    defaults (a plain text input without --header adds nothing)."""
-    fmt = input_format(s)
-    reading: dict[str, Any] = {}
-    if fmt != "text":
-        reading["input_format"] = fmt
-    if fmt in ("csv", "tsv") and s.input.id_column != "id":
-        reading["id_column"] = s.input.id_column
-    if fmt == "jsonl" and s.input.id_field != "id":
-        reading["id_field"] = s.input.id_field
-    if fmt == "text" and s.input.header:
-        reading["header"] = True
-    return reading
+    return run_identity(
+        p.settings,
+        input_path=input_path(p.settings),
+        input_format=input_format(p.settings),
+        models=p.models,
+        columns=p.columns,
+        fmt=p.fmt,
+        gzip=p.gzip,
+        errors_path=p.errors_path,
+    )
 
 
 class _Run:
@@ -1093,72 +1062,3 @@ def in_daemon_thread(function: Callable[..., T], *args: Any) -> asyncio.Future[T
 
     threading.Thread(target=run, name="batchscore-open-input", daemon=True).start()
     return future
-
-
-class Stopper:
-    """SIGINT/SIGTERM while a job runs: the first stops it gently, the second at once.
-
-    Installed when the job's event loop starts, before anything is opened, so a signal that
-    arrives early still ends the run through the same path (state kept, status 130/143).
-    """
-
-    def __init__(self) -> None:
-        self.received: signal.Signals | None = None
-        self._pipeline: Pipeline | None = None
-        self._limits: Limits | None = None
-        self._progress: ProgressDisplay | None = None
-        self._previous: dict[signal.Signals, Any] = {}
-        self._waiting: asyncio.Future[Any] | None = None  # cancelled by a signal, if set
-
-    def install(self) -> None:
-        """Take over SIGINT and SIGTERM on the running loop."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.getsignal(sig)
-            loop.add_signal_handler(sig, self._on_signal, sig)
-
-    def remove(self) -> None:
-        """Give the signals back to the handlers the command had."""
-        loop = asyncio.get_running_loop()
-        for sig, previous in self._previous.items():
-            loop.remove_signal_handler(sig)  # resets to the default ...
-            if previous is not None:
-                signal.signal(sig, previous)  # ... so put back what was there
-        self._previous.clear()
-
-    def cancel_on_signal(self, waiting: asyncio.Future[Any] | None) -> None:
-        """A wait that a signal should cancel (None: no longer)."""
-        self._waiting = waiting
-
-    def watch(
-        self, pipeline: Pipeline, limits: Limits, progress: ProgressDisplay | None = None
-    ) -> None:
-        """The pipeline to stop (at once, if a signal came before it existed), and the
-        display that says so."""
-        self._pipeline, self._limits, self._progress = pipeline, limits, progress
-        if self.received is not None:
-            self._stop()
-
-    def _stop(self) -> None:
-        assert self._pipeline is not None and self._limits is not None
-        self._pipeline.stop()
-        self._limits.close()  # requests not started yet are dropped, not sent
-        asyncio.get_running_loop().call_later(GRACE_SECONDS, self._pipeline.cancel_in_flight)
-
-    def _say(self, message: str) -> None:
-        """On a line of its own: above a live bar, or as a log line (stamped in a log)."""
-        if self._progress is not None:
-            self._progress.stopping(message)
-        else:
-            print(message, file=sys.stderr, flush=True)
-
-    def _on_signal(self, sig: signal.Signals) -> None:
-        if self.received is not None:  # a second signal: leave at once; commits stay resumable
-            self._say("batchscore: stopped at once; rerun with --resume to continue")
-            os._exit(int(ExitStatus.SIGINT if sig == signal.SIGINT else ExitStatus.SIGTERM))
-        self.received = sig
-        self._say("batchscore: stopping: finishing requests in flight (again to stop at once)")
-        if self._pipeline is not None:
-            self._stop()
-        elif self._waiting is not None:  # waiting for the input to start: stop waiting
-            self._waiting.cancel()

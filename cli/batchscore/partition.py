@@ -47,6 +47,7 @@ import orjson
 from distributed import WorkerPlugin, get_worker
 
 from batchscore import ids as idmod
+from batchscore.atomic import fsync_folder, write_atomically
 from batchscore.errors import BatchscoreError, ExitStatus
 from batchscore.ids import ChooseValues
 from batchscore.model import ModelSet, read_info
@@ -61,7 +62,7 @@ from batchscore.report import RunStats
 from batchscore.settings import Settings
 from batchscore.sinks import Columns
 from batchscore.sinks.errorlog import ErrorLog
-from batchscore.sinks.files import FileTarget, fsync_dir
+from batchscore.sinks.files import FileTarget
 from batchscore.sources import build_sources
 from batchscore.sources.input import input_values
 from batchscore.sources.limits import Limits
@@ -420,12 +421,10 @@ def _publish(
     folder: Path, index: int, name: str, staged: Path, staged_errors: Path, record: dict[str, Any]
 ) -> None:
     """Steps 2 and 3: the done record, the errors file, then the part (see the module)."""
-    from batchscore.report import write_atomically
-
-    write_atomically(str(folder / done_name(name)), orjson.dumps(record))
+    write_atomically(folder / done_name(name), orjson.dumps(record))
     os.replace(staged_errors, folder / errors_name(index))
     os.replace(staged, folder / name)
-    fsync_dir(folder)
+    fsync_folder(folder)
 
 
 __all__ = [
