@@ -114,11 +114,12 @@ def main() -> None:
     status = run_cli(sys.argv[1:])
     if status in (130, 143):
         # A signal stopped the run and decided its status; a second one arriving while the
-        # interpreter shuts down (its handlers already reset to the default) would kill the
-        # process with the signal instead of exiting with that status.
+        # interpreter shuts down (Python resets its handlers to the default there, and any
+        # thread may receive it) would kill the process with the signal instead.
         import signal
 
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
     sys.exit(status)
 
 

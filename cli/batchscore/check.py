@@ -207,7 +207,7 @@ async def _check_sources(
     given: InputSource | None = None,
 ) -> None:
     """``given``: the input source that read the sample (it answers with the sample's values)."""
-    from batchscore.job import check_coverage
+    from batchscore.plan import check_coverage
 
     stats = RunStats()
     limits = Limits.of(settings.fetch, stats.observe, stats.limit_changed)
@@ -416,7 +416,7 @@ def run_check(settings: Settings, ids_path: str | None, sample_size: int, out: T
             "a whole list is for batchscore score)"
         )
     result = CheckResult()
-    from batchscore.job import load_models
+    from batchscore.plan import load_models
 
     models = load_models(settings)
     for member in models.members:

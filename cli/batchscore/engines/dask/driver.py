@@ -2,7 +2,7 @@
 
 The driver checks everything a local run checks before any work (model, input as a whole,
 sources, the output folder), cuts the input file into partitions of consecutive lines, and
-submits one Dask task per partition (:func:`batchscore.partition.run_partition`: the same
+submits one Dask task per partition (:func:`batchscore.engines.dask.task.run_partition`: the same
 pipeline as a local run, on a worker).  It shows one progress display fed by the partitions'
 Dask events and completed futures, and writes, once every part is in place, the merged file
 (``--merge``) and last the ``_SUCCESS`` manifest.
@@ -45,8 +45,17 @@ import orjson
 
 from batchscore import ids as idmod
 from batchscore.atomic import atomic_file, write_atomically
+from batchscore.engines.dask.task import (
+    Job,
+    JobPlugin,
+    Partition,
+    PartResult,
+    done_name,
+    errors_name,
+    part_name,
+    run_partition,
+)
 from batchscore.errors import (
-    BatchscoreError,
     ExitStatus,
     InterruptedRun,
     LeftoverStateError,
@@ -58,33 +67,10 @@ from batchscore.errors import (
     with_status,
 )
 from batchscore.identity import difference, identity_text
-from batchscore.job import (
-    Environment,
-    Outcome,
-    _finish,
-    _identity,
-    _Plan,
-    _status,
-    _write_outcome_files,
-    input_format,
-    input_path,
-    judge_drift,
-    open_sources,
-    plan,
-    read_input,
-)
-from batchscore.partition import (
-    Job,
-    JobPlugin,
-    Partition,
-    PartResult,
-    done_name,
-    errors_name,
-    part_name,
-    run_partition,
-)
+from batchscore.plan import Plan, input_format, input_path, plan_identity
 from batchscore.progress import ProgressDisplay, choose
 from batchscore.report import FIRST_FAILURES, RunStats
+from batchscore.scoring import Environment, open_sources, read_input
 from batchscore.settings import Settings
 from batchscore.signals import leave_on_second_signal, signals_deferred
 from batchscore.sinks import EXTENSIONS
@@ -110,40 +96,12 @@ MIN_PARTITION, MAX_PARTITION = 1_000, 100_000
 a connection pool warmed) outweighs its work; above, a lost worker costs too much again."""
 
 
-def run_dask_job(settings: Settings, env: Environment) -> Outcome:
-    """A ``--engine dask`` run: Settings in, exit status out (as :func:`batchscore.job.run_job`)."""
-    stats = RunStats()
-    try:
-        _refuse_unsupported(settings)
-        p = plan(settings)
-    except BatchscoreError as exc:
-        with contextlib.suppress(OSError):
-            _write_outcome_files(settings, stats, exc.exit_status, "", {}, ())
-        raise
-    ext = _extension(p)
-    # Shown by the summary ("see ..."): every part's errors file.
-    p.errors_path = os.path.join(p.output, "errors-*.jsonl")
-    folder = Path(p.output)
-    lock = RunLock(folder)
-    lock.acquire()
-    driver = _Driver(p, env, stats, ext)
-    error: BaseException | None = None
-    try:
-        driver.run()
-    except BaseException as exc:
-        error = exc
-    finally:
-        lock.release()
-    status = judge_drift(p, stats, _status(error, stats, settings))
-    if driver.complete_already is not None:
-        p.done = driver.complete_already
-    status = _finish(p, env, stats, status, earlier=None)
-    if error is not None:
-        raise error
-    return Outcome(status, stats, p.output)
+def start(p: Plan, env: Environment, stats: RunStats) -> Driver:
+    """A ``--engine dask`` run of plan ``p`` (nothing is started yet)."""
+    return Driver(p, env, stats, _extension(p))
 
 
-def _refuse_unsupported(settings: Settings) -> None:
+def refuse(settings: Settings) -> None:
     """What a cluster run cannot do, said before anything starts (exit 2)."""
     s = settings
     if s.input.from_errors:
@@ -176,7 +134,7 @@ def _refuse_unsupported(settings: Settings) -> None:
         raise UsageError("--engine dask needs Dask: pip install 'batchscore[dask]'") from None
 
 
-def _extension(p: _Plan) -> str:
+def _extension(p: Plan) -> str:
     """The part files' extension: ``csv``, ``jsonl.gz``, ``parquet`` ..."""
     by_format = {fmt: ext.lstrip(".") for ext, fmt in reversed(EXTENSIONS.items())}
     ext = by_format.get(p.fmt, p.fmt)
@@ -237,6 +195,23 @@ def choose_partition_size(id_lines: int, workers: int) -> int:
     return max(MIN_PARTITION, min(MAX_PARTITION, wanted))
 
 
+@dataclass(frozen=True)
+class _Progress:
+    """A running partition's counts, as its task published them (a Dask event)."""
+
+    counts: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """A partition's future completed (with a result or an error)."""
+
+    future: Any  # distributed.Future (not imported until a run)
+
+
+_Event = _Progress | _Finished
+
+
 @dataclass
 class _Live:
     """A running partition's last reported counts (of its latest attempt)."""
@@ -248,10 +223,10 @@ class _Live:
     failed: int = 0
 
 
-class _Driver:
+class Driver:
     """The driver's part of one run: folder, partitions, cluster, progress, manifest."""
 
-    def __init__(self, p: _Plan, env: Environment, stats: RunStats, ext: str) -> None:
+    def __init__(self, p: Plan, env: Environment, stats: RunStats, ext: str) -> None:
         self.p = p
         self.env = env
         self.stats = stats
@@ -259,9 +234,10 @@ class _Driver:
         self.ext = ext
         self.folder = Path(p.output).absolute()
         self.input = os.path.abspath(input_path(p.settings))
-        self.identity = {**_identity(p), "engine": "dask"}
-        self.complete_already: dict[str, Any] | None = None
-        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.identity = {**plan_identity(p), "engine": "dask"}
+        self.done: dict[str, Any] | None = None  # a completed run of this job, found
+        self.earlier: str | None = None
+        self._events: queue.Queue[_Event] = queue.Queue()
         self._live: dict[int, _Live] = {}
         self._first_failures: dict[int, list[Any]] = {}
         # Per source, failed attempts in a row over the partitions, in the order they finished
@@ -270,12 +246,16 @@ class _Driver:
         self._streaks: dict[str, int] = {}
         self._dead: dict[int, PartResult] = {}
 
+    def lock(self) -> RunLock:
+        """The lock on the output folder (taken by the lifecycle around :meth:`run`)."""
+        return RunLock(Path(self.p.output))
+
     # -- before anything is written ---------------------------------------------------------
 
     def run(self) -> None:
         previous = self._take_folder()
-        if self.complete_already is not None:
-            self.stats.restore(self.complete_already["counters"])
+        if self.done is not None:
+            self.stats.restore(self.done["counters"])
             return
         # The input as a whole (header, first rows, --min-ids) and the sources, as a local run
         # checks them: here, once, before any worker starts.
@@ -334,7 +314,7 @@ class _Driver:
     def _take_folder(self) -> dict[str, Any] | None:
         """Check the output folder; the stopped run's record when ``--resume`` continues one.
 
-        Sets :attr:`complete_already` when ``--resume`` finds this job complete (a no-op).
+        Sets :attr:`done` when ``--resume`` finds this job complete (a no-op).
         """
         s = self.settings.output
         folder = self.folder
@@ -349,7 +329,7 @@ class _Driver:
                     "--overwrite to replace it or choose another -o"
                 )
             self._same_job(record, "completed")
-            self.complete_already = record
+            self.done = record
             return None
         if marker.exists() and not s.overwrite:
             if not s.resume:
@@ -495,9 +475,7 @@ class _Driver:
         plugin = JobPlugin(job)
         try:
             client.register_plugin(plugin, name=plugin.name)
-            client.subscribe_topic(
-                job.topic, lambda event: self._events.put(("progress", event[1]))
-            )
+            client.subscribe_topic(job.topic, lambda event: self._events.put(_Progress(event[1])))
             futures = {}
             for part in todo:
                 future = client.submit(
@@ -507,7 +485,7 @@ class _Driver:
                     key=f"batchscore-{p.run_id}-part-{part.index:05d}",
                     pure=False,
                 )
-                future.add_done_callback(lambda f: self._events.put(("done", f)))
+                future.add_done_callback(lambda f: self._events.put(_Finished(f)))
                 futures[future.key] = (future, part)
             try:
                 self._wait(cluster, futures, progress)
@@ -542,13 +520,14 @@ class _Driver:
         pending = set(futures)
         while pending:
             try:
-                kind, item = self._events.get(timeout=0.5)
+                event = self._events.get(timeout=0.5)
             except queue.Empty:
                 progress.update(self._view(cluster))
                 continue
-            if kind == "progress":
-                self._on_progress(item, pending, futures)
-            elif item.key in pending:
+            if isinstance(event, _Progress):
+                self._on_progress(event.counts, pending, futures)
+            elif event.future.key in pending:
+                item = event.future
                 pending.discard(item.key)
                 part = futures[item.key][1]
                 try:
@@ -760,7 +739,7 @@ class _Cluster:
                         # The workers' own lines (a heartbeat cut short as the cluster closes).
                         silence_logs=logging.DEBUG if run.debug else logging.CRITICAL,
                         # Workers leave a terminal's Ctrl-C to the driver (dask_setup).
-                        preload=["batchscore.partition"],
+                        preload=["batchscore.engines.dask.task"],
                     )
                     self.client = Client(self._cluster)  # type: ignore[no-untyped-call]
                 except Exception:
@@ -907,4 +886,4 @@ def _open_part(path: Path, gzip: bool) -> BinaryIO:
     return open(path, "rb")
 
 
-__all__ = ["choose_partition_size", "run_dask_job", "split_lines"]
+__all__ = ["Driver", "choose_partition_size", "refuse", "split_lines", "start"]
