@@ -32,12 +32,13 @@ from batchscore.errors import ExitStatus, SourceDownError, UsageError
 from batchscore.model import Member, ModelSet
 from batchscore.pipeline import merge_answers, source_columns
 from batchscore.redact import redact
-from batchscore.report import LatencyHistogram, RunStats, counted
+from batchscore.report import LatencyHistogram, RunStats
 from batchscore.settings import Settings
 from batchscore.sources import NOT_FOUND, Failure, Fetched, Source, build_sources
 from batchscore.sources.httpclient import CredentialsRejected
 from batchscore.sources.input import InputSource, input_values
 from batchscore.sources.limits import Limits
+from batchscore.wording import counted
 
 PROBE_ID = "0"
 MAX_SAMPLE = 100_000  # IDs a check fetches at most: they are held in memory, several times over

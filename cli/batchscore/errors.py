@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 
+from batchscore.wording import counted
+
 
 class ExitStatus(enum.IntEnum):
     """Exit statuses, as SPEC.md lists them."""
@@ -93,8 +95,6 @@ class InterruptedRun(BatchscoreError):
     """SIGINT or SIGTERM stopped the run; what was committed stays resumable."""
 
     def __init__(self, sig: int, done: int) -> None:
-        from batchscore.report import counted
-
         self.exit_status = signal_status(sig)
         name = "SIGINT" if self.exit_status == ExitStatus.SIGINT else "SIGTERM"
         super().__init__(

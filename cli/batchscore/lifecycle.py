@@ -33,7 +33,6 @@ from batchscore.plan import (
 )
 from batchscore.report import (
     RunStats,
-    counted,
     metrics_text,
     report_body,
     summary_lines,
@@ -43,6 +42,7 @@ from batchscore.report import (
 from batchscore.scoring import Environment
 from batchscore.settings import Settings
 from batchscore.stamps import iso_time
+from batchscore.wording import counted
 
 log = logging.getLogger("batchscore")
 

@@ -20,9 +20,10 @@ import numpy.typing as npt
 
 from batchscore.atomic import write_atomically
 from batchscore.drift import Distribution, DriftResult, distribution_lines
+from batchscore.wording import counted
 
 if TYPE_CHECKING:
-    from batchscore.sinks.errorlog import ErrorRecord
+    from batchscore.chunk import ErrorRecord
 
 FIRST_FAILURES = 5
 """Failed IDs the summary names (with their line and reason), whether or not an errors file
@@ -294,11 +295,6 @@ def _quality(counts: FeatureQuality, features: Sequence[str]) -> dict[str, Any]:
         for j, name in enumerate(features)
     }
     return {"rows": rows, "features": shares}
-
-
-def counted(count: int, noun: str, plural: str | None = None) -> str:
-    """A count and its noun, singular for one: ``1 request``, ``2 requests``, ``5,010 IDs``."""
-    return f"{count:,} {noun if count == 1 else (plural or noun + 's')}"
 
 
 def _ms(value: float | None) -> str:

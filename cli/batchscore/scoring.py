@@ -37,7 +37,7 @@ from batchscore.plan import (
     is_stream_path,
 )
 from batchscore.progress import ProgressDisplay
-from batchscore.report import RunStats, counted
+from batchscore.report import RunStats
 from batchscore.settings import Settings, parse_shard
 from batchscore.signals import Stopper
 from batchscore.sinks import Columns, Sink
@@ -53,6 +53,7 @@ from batchscore.state import (
     LineRanges,
     RunFiles,
 )
+from batchscore.wording import counted
 
 log = logging.getLogger("batchscore")
 
