@@ -37,8 +37,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict cli/batchscore
 
+# Two workers (pytest-xdist): every test makes its own files, servers and ports, so they run
+# side by side; more than two only adds load on a 2-core machine (UNIT_WORKERS=0: one process).
+UNIT_WORKERS ?= 2
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(UNIT_WORKERS)),-n $(UNIT_WORKERS))
 
 test: lint typecheck unit
 

@@ -10,8 +10,8 @@ subprocess.  Fixtures:
     ``(returncode, stdout bytes, stderr text)``.
 ``score_in_process``
     Run a ``score`` job in this process through the real settings layer
-    (:func:`batchscore.settings.resolve`) and :func:`batchscore.job.run_job`, with stdin, stdout
-    and stderr swapped for buffers.  Use it where process behaviour is not the point: it is
+    (:func:`batchscore.settings.resolve`) and :func:`batchscore.lifecycle.run_job`, with stdin,
+    stdout and stderr swapped for buffers.  Use it where process behaviour is not the point: it is
     several times faster than a subprocess.
 ``trained_models``
     Session-scoped: ``{"binary" | "multiclass" | "regression": TrainedModel}``, each a small real
@@ -151,7 +151,7 @@ class InProcessRun:
     status: int
     stdout: bytes
     stderr: str
-    outcome: Any  # batchscore.job.Outcome
+    outcome: Any  # batchscore.lifecycle.Outcome
 
 
 ScoreInProcess = Callable[..., InProcessRun]
@@ -164,7 +164,8 @@ def score_in_process() -> ScoreInProcess:
     ``flags`` use the ``score`` command's Python names (``ids``, ``model``, ``output``,
     ``batch_size``, ``keep=("a",)``, ...).  Errors the job raises (``BatchscoreError``) propagate.
     """
-    from batchscore.job import Environment, run_job
+    from batchscore.lifecycle import run_job
+    from batchscore.scoring import Environment
     from batchscore.settings import resolve
 
     def run(

@@ -21,14 +21,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchscore.chunk import Chunk, Status
+from batchscore.chunk import Chunk, ErrorRecord, Status
 from batchscore.feed import ChunkFeed, Filters, StallHook, watch_stalls
 from batchscore.ids import read_ids
 from batchscore.model import Encoder, read_info, to_float
 from batchscore.pipeline import Writer
 from batchscore.report import BusyClock, RunStats
 from batchscore.sinks import ScoredBatch
-from batchscore.sinks.errorlog import ErrorLog, ErrorRecord
+from batchscore.sinks.errorlog import ErrorLog
 from batchscore.state import LineRanges
 from conftest import SAMPLE_DIR
 

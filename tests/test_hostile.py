@@ -438,7 +438,14 @@ def test_ctrl_c_stops_a_run_waiting_for_a_csv_header_on_a_silent_stdin(tmp_path:
         start_new_session=True,
     )
     try:
-        time.sleep(1.5)  # nothing to wait for: the header never comes
+        # The run has started once it holds its output's lock (taken just before its event
+        # loop, where the signal handlers go): waited for, never a fixed sleep.
+        lock = tmp_path / ".out.csv.lock"
+        deadline = time.monotonic() + 60
+        while not lock.exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.02)
+        time.sleep(0.2)  # the header never comes: the run is (still) waiting for it
         proc.send_signal(2)
         _, err = proc.communicate(timeout=15)
     finally:

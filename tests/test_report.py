@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from batchscore.chunk import ErrorRecord
 from batchscore.report import RunStats, summary_lines, write_metrics
-from batchscore.sinks.errorlog import ErrorRecord
 from conftest import ROOT, SAMPLE_CONFIG, ScoreInProcess
 
 # name{labels} value: the text exposition format's sample line (no timestamps are written).

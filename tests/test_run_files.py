@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import resource
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -353,27 +352,23 @@ def test_a_damaged_done_record_is_refused_saying_what_to_do(tmp_path: Path, reco
 # -- beyond the list: a full disk at every size, then --resume --------------------------------
 
 
+@pytest.mark.parametrize("size", [0, 4096, 8192, 12288, 60000])  # lock, state, insert, output
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_full_disk_at_every_step_exits_74_and_resumes_to_the_same_output(
-    tmp_path: Path, fmt: str, reference: dict[str, tuple[Any, bytes]]
+    tmp_path: Path, fmt: str, size: int, reference: dict[str, tuple[Any, bytes]]
 ) -> None:
     """Every file the run writes is capped at N bytes (RLIMIT_FSIZE, as a disk that fills),
     for N from nothing to past the state's first insert and through the output: each run
-    exits 0 or 74 at once, and --resume without the cap gives the uninterrupted output."""
+    exits 0 or 74 at once, and --resume without the cap gives the uninterrupted output.
+    (One test per size: they run side by side under pytest-xdist.)"""
     out = tmp_path / f"scores.{_suffix(fmt)}"
     args = _args(out)
-    for size in (0, 4096, 8192, 12288, 60000):  # the lock, state, first insert, output
-        for leftover in tmp_path.iterdir():  # start over for each size
-            if leftover.is_dir():
-                shutil.rmtree(leftover)
-            else:
-                leftover.unlink()
-        full, took = _run(args, file_size=size)
-        if full.returncode != 0:
-            _refused(full, took, 74)
-            resumed, _ = _run([*args, "--resume"])
-            assert resumed.returncode == 0, (size, resumed.stderr)
-        _same_as_reference(out, fmt, reference)
+    full, took = _run(args, file_size=size)
+    if full.returncode != 0:
+        _refused(full, took, 74)
+        resumed, _ = _run([*args, "--resume"])
+        assert resumed.returncode == 0, (size, resumed.stderr)
+    _same_as_reference(out, fmt, reference)
 
 
 def test_a_run_started_with_overwrite_is_finished_by_resume(

@@ -219,10 +219,10 @@ class _Slow:
         time.sleep(60)
 
 class _SignalInClassBody:
-    # At the lazy import of batchscore.job (after the command's own SIGTERM handler is in
+    # At the lazy import of batchscore.lifecycle (after the command's own SIGTERM handler is in
     # place), build a class as numpy's and pyarrow's modules do at import.
     def find_spec(self, name, path=None, target=None):
-        if name == "batchscore.job":
+        if name == "batchscore.lifecycle":
             sys.meta_path.remove(self)
             type("Holder", (), {"field": _Slow()})
         return None

@@ -111,7 +111,16 @@ def main() -> None:
     except KeyboardInterrupt:  # Ctrl-C while the command's modules load: no traceback
         print("batchscore: interrupted", file=sys.stderr)
         sys.exit(130)
-    sys.exit(run_cli(sys.argv[1:]))
+    status = run_cli(sys.argv[1:])
+    if status in (130, 143):
+        # A signal stopped the run and decided its status; a second one arriving while the
+        # interpreter shuts down (Python resets its handlers to the default there, and any
+        # thread may receive it) would kill the process with the signal instead.
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

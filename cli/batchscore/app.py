@@ -524,7 +524,8 @@ def score(
       141  the output pipe was closed by its reader
     """
     global _debug
-    from batchscore.job import Environment, run_job
+    from batchscore.lifecycle import run_job
+    from batchscore.scoring import Environment
     from batchscore.settings import resolve
 
     flags: dict[str, Any] = dict(locals())

@@ -32,12 +32,13 @@ from batchscore.errors import ExitStatus, SourceDownError, UsageError
 from batchscore.model import Member, ModelSet
 from batchscore.pipeline import merge_answers, source_columns
 from batchscore.redact import redact
-from batchscore.report import LatencyHistogram, RunStats, counted
+from batchscore.report import LatencyHistogram, RunStats
 from batchscore.settings import Settings
 from batchscore.sources import NOT_FOUND, Failure, Fetched, Source, build_sources
 from batchscore.sources.httpclient import CredentialsRejected
 from batchscore.sources.input import InputSource, input_values
 from batchscore.sources.limits import Limits
+from batchscore.wording import counted
 
 PROBE_ID = "0"
 MAX_SAMPLE = 100_000  # IDs a check fetches at most: they are held in memory, several times over
@@ -207,7 +208,7 @@ async def _check_sources(
     given: InputSource | None = None,
 ) -> None:
     """``given``: the input source that read the sample (it answers with the sample's values)."""
-    from batchscore.job import check_coverage
+    from batchscore.plan import check_coverage
 
     stats = RunStats()
     limits = Limits.of(settings.fetch, stats.observe, stats.limit_changed)
@@ -416,7 +417,7 @@ def run_check(settings: Settings, ids_path: str | None, sample_size: int, out: T
             "a whole list is for batchscore score)"
         )
     result = CheckResult()
-    from batchscore.job import load_models
+    from batchscore.plan import load_models
 
     models = load_models(settings)
     for member in models.members:

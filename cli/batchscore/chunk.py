@@ -16,7 +16,20 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from batchscore.sinks.errorlog import ErrorRecord
+
+@dataclass(frozen=True, slots=True)
+class ErrorRecord:
+    """Why one input row produced no score."""
+
+    id: str | None
+    line: int
+    stage: str  # input | fetch | score
+    source: str | None
+    reason: str
+    status: int | None = None
+    attempts: int = 0
+    keep: tuple[Any, ...] | None = None  # the row's --keep values, when there are any
+
 
 Matrix = npt.NDArray[np.float64]
 """float64, shape (rows, columns); NaN where a value is missing."""

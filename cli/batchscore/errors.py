@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 
+from batchscore.wording import counted
+
 
 class ExitStatus(enum.IntEnum):
     """Exit statuses, as SPEC.md lists them."""
@@ -23,6 +25,13 @@ class ExitStatus(enum.IntEnum):
     SIGINT = 130
     SIGTERM = 143
     PIPE_CLOSED = 141
+
+
+def signal_status(signum: int) -> ExitStatus:
+    """The exit status of a run stopped by ``signum`` (SIGINT or SIGTERM)."""
+    import signal
+
+    return ExitStatus.SIGINT if signum == signal.SIGINT else ExitStatus.SIGTERM
 
 
 class BatchscoreError(Exception):
@@ -86,12 +95,8 @@ class InterruptedRun(BatchscoreError):
     """SIGINT or SIGTERM stopped the run; what was committed stays resumable."""
 
     def __init__(self, sig: int, done: int) -> None:
-        import signal
-
-        from batchscore.report import counted
-
-        self.exit_status = ExitStatus.SIGINT if sig == signal.SIGINT else ExitStatus.SIGTERM
-        name = "SIGINT" if sig == signal.SIGINT else "SIGTERM"
+        self.exit_status = signal_status(sig)
+        name = "SIGINT" if self.exit_status == ExitStatus.SIGINT else "SIGTERM"
         super().__init__(
             f"stopped by {name} after {counted(done, 'ID')}; rerun the same command with "
             "--resume to finish"
@@ -122,3 +127,19 @@ def stopping_signal(error: BaseException) -> ExitStatus | None:
             return ExitStatus.SIGTERM
         current = current.__cause__ or current.__context__
     return None
+
+
+def status_of(error: BaseException) -> ExitStatus:
+    """The exit status a run stopped by ``error`` ends with: its own for batchscore's errors,
+    130/143 for a signal that arrived before the run's handlers (wrapped or not), 1 (a bug) for
+    anything else."""
+    if isinstance(error, BatchscoreError):
+        return error.exit_status
+    return stopping_signal(error) or ExitStatus.INTERNAL
+
+
+def with_status(message: str, status: int) -> BatchscoreError:
+    """An error carrying a status decided elsewhere (a Dask partition's, raised on the driver)."""
+    error = BatchscoreError(message)
+    error.exit_status = ExitStatus(status)
+    return error

@@ -24,9 +24,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from batchscore.chunk import Chunk, Status
+from batchscore.chunk import Chunk, ErrorRecord, Status
 from batchscore.ids import IdRow, InputItem, stable_hash
-from batchscore.sinks.errorlog import ErrorRecord
 
 
 @dataclass(frozen=True)

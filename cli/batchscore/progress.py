@@ -15,7 +15,8 @@ import sys
 import time
 from typing import Any, Protocol, TextIO
 
-from batchscore.report import RunStats, counted
+from batchscore.report import RunStats
+from batchscore.wording import counted
 
 
 class ProgressDisplay(Protocol):

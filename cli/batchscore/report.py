@@ -7,24 +7,23 @@ number of IDs: latencies go into log-spaced histogram buckets (2% wide), not lis
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
-import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from batchscore.atomic import write_atomically
 from batchscore.drift import Distribution, DriftResult, distribution_lines
+from batchscore.wording import counted
 
 if TYPE_CHECKING:
-    from batchscore.sinks.errorlog import ErrorRecord
+    from batchscore.chunk import ErrorRecord
 
 FIRST_FAILURES = 5
 """Failed IDs the summary names (with their line and reason), whether or not an errors file
@@ -298,11 +297,6 @@ def _quality(counts: FeatureQuality, features: Sequence[str]) -> dict[str, Any]:
     return {"rows": rows, "features": shares}
 
 
-def counted(count: int, noun: str, plural: str | None = None) -> str:
-    """A count and its noun, singular for one: ``1 request``, ``2 requests``, ``5,010 IDs``."""
-    return f"{count:,} {noun if count == 1 else (plural or noun + 's')}"
-
-
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.1f} ms"
 
@@ -385,22 +379,6 @@ def _shown_id(ident: str | None) -> str:
         return "(no ID)"
     text = ident if ident.isprintable() else repr(ident)
     return text if len(text) <= _ID_SHOWN else text[: _ID_SHOWN - 3] + "..."
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename (readers never see half)."""
-    target = Path(path)
-    temp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    try:
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):  # a full disk, a directory in the way
-            temp.unlink()
-        raise
 
 
 class BusyClock:

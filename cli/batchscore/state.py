@@ -35,12 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from batchscore.atomic import write_atomically
 from batchscore.errors import (
     LeftoverStateError,
     LockedError,
     OutputExistsError,
     OutputWriteError,
 )
+from batchscore.identity import difference, identity_text
 
 log = logging.getLogger("batchscore")
 
@@ -86,7 +88,7 @@ class DoneRecord:
     ) -> None:
         self.output = output
         self.path = done_path(output)
-        self.identity = orjson.dumps(identity, option=orjson.OPT_SORT_KEYS).decode()
+        self.identity = identity_text(identity)
         self.input_path = input_path
         self.config = config  # the config file's fingerprint (its sources, tables, keys ...)
 
@@ -111,9 +113,7 @@ class DoneRecord:
             )
 
     def _store(self, record: dict[str, Any]) -> None:
-        temp = self.path.with_name(self.path.name + ".tmp")
-        temp.write_bytes(orjson.dumps(record))
-        os.replace(temp, self.path)
+        write_atomically(self.path, orjson.dumps(record))
 
     def attach(self, monitoring: dict[str, Any]) -> None:
         """Keep the run's report and metrics in its record, so that the same job run again
@@ -161,7 +161,7 @@ class DoneRecord:
         if record.get("identity") != self.identity:
             raise refuse(
                 f"; the run that wrote it used another "
-                f"{_difference(str(record.get('identity')), self.identity)}"
+                f"{difference(str(record.get('identity')), self.identity)}"
             )
         if record.get("config", "") != self.config:
             raise refuse(
@@ -431,65 +431,6 @@ def stopped_run_replaces(output: Path) -> bool:
     return row is not None and row[0] == 1
 
 
-_IDENTITY_NAMES = {
-    "input": "input file",
-    "model": "model",
-    "columns": "set of output columns",
-    "format": "output format",
-    "unordered": "ordering (--unordered)",
-    "shard": "--shard",
-    "dedupe": "--dedupe",
-    "errors": "errors file (--errors)",
-    "input_format": "--input-format",
-    "header": "--header",
-    "id_column": "--id-column",
-    "id_field": "--id-field",
-    "raw_score": "--raw-score",
-    "allow_empty": "allow_empty",
-}
-
-
-def _difference(stored: str, current: str) -> str:
-    """What differs between a stopped run's identity and this run's, in words."""
-    try:
-        before, now = orjson.loads(stored), orjson.loads(current)
-    except orjson.JSONDecodeError:
-        return "set of arguments"
-    keys = sorted(k for k in {*before, *now} if before.get(k) != now.get(k))
-    if not keys:
-        return "set of arguments"
-    shown = [
-        f"{_IDENTITY_NAMES.get(k, k)} ({before.get(k)!r}, now {now.get(k)!r})"
-        if k not in ("model", "columns")
-        else f"{_IDENTITY_NAMES['columns']} ({_columns_change(before.get(k), now.get(k))})"
-        if k == "columns"
-        else _IDENTITY_NAMES.get(k, k)
-        for k in keys
-    ]
-    return " and ".join(shown)
-
-
-def _columns_change(before: Any, now: Any) -> str:
-    """Old and new output columns: what this run adds and drops, or both lists in full."""
-    old = [str(c) for c in before] if isinstance(before, list) else []
-    new = [str(c) for c in now] if isinstance(now, list) else []
-
-    def listed(names: list[str]) -> str:
-        return ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
-
-    added = [c for c in new if c not in old]
-    dropped = [c for c in old if c not in new]
-    change = "; ".join(
-        part
-        for part in (
-            f"this run adds {listed(added)}" if added else "",
-            f"drops {listed(dropped)}" if dropped else "",
-        )
-        if part
-    )
-    return f"was {listed(old)}, now {listed(new)}" + (f": {change}" if change else "")
-
-
 class RunState:
     """The committed progress of one output, in ``.<output>.state`` (SQLite, through aiosqlite).
 
@@ -501,7 +442,7 @@ class RunState:
     def __init__(self, output: Path, identity: dict[str, Any], *, replaces: bool = False) -> None:
         self.output = output
         self.path = state_path(output)
-        self.identity = orjson.dumps(identity, option=orjson.OPT_SORT_KEYS).decode()
+        self.identity = identity_text(identity)
         self.replaces = replaces  # started with --overwrite (kept for its --resume)
         self._db: Any = None
         self._entered = False
@@ -584,7 +525,7 @@ class RunState:
             if identity != self.identity:
                 raise LeftoverStateError(
                     f"the stopped run for {self.output} used another "
-                    f"{_difference(identity, self.identity)}; rerun it with the same arguments, "
+                    f"{difference(identity, self.identity)}; rerun it with the same arguments, "
                     "or pass --overwrite to start over"
                 )
             return _progress(row, self._damaged)

@@ -6,29 +6,15 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import orjson
 
+from batchscore.chunk import ErrorRecord
 from batchscore.errors import UsageError
 from batchscore.ids import IdRow, InputItem, InputProblem
 from batchscore.sinks.files import ByteTarget
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorRecord:
-    """Why one input row produced no score."""
-
-    id: str | None
-    line: int
-    stage: str  # input | fetch | score
-    source: str | None
-    reason: str
-    status: int | None = None
-    attempts: int = 0
-    keep: tuple[Any, ...] | None = None  # the row's --keep values, when there are any
-
 
 RECORD_FIELDS = ("id", "line", "stage", "source", "reason")
 """Fields every errors-file record has (``status``, ``attempts`` and ``keep`` besides)."""

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import aiofiles
 
+from batchscore.atomic import fsync_folder
 from batchscore.errors import (
     LeftoverStateError,
     OutputExistsError,
@@ -68,15 +69,6 @@ def shorter_than_committed(partial: Path, has: str, expected: str) -> LeftoverSt
         f"the stopped run's partial file {partial} holds {has}, but its state says {expected} "
         "were committed, so rows are lost from it; pass --overwrite to start over"
     )
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_error(path: Path | str, exc: OSError, resumable: bool = True) -> OutputWriteError:
@@ -162,7 +154,7 @@ class FileTarget:
             await self._file.close()
             self._file = None
             os.replace(self.temp, self.path)
-            fsync_dir(self.path.parent)
+            fsync_folder(self.path.parent)
         except OSError as exc:
             raise write_error(self.path, exc) from None
 

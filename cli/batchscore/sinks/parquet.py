@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from batchscore.atomic import fsync_folder
 from batchscore.errors import LeftoverStateError, UsageError
 from batchscore.sinks import Columns, ScoredBatch, kept_text
 from batchscore.sinks.files import (
-    fsync_dir,
     refuse_existing,
     shorter_than_committed,
     temp_path,
@@ -172,7 +172,7 @@ class ParquetSink:
             tables, self._pending = self._pending, []
             try:
                 await asyncio.to_thread(self._write_segment, tables, self._segments)
-                await asyncio.to_thread(fsync_dir, self.folder)
+                await asyncio.to_thread(fsync_folder, self.folder)
             except OSError as exc:
                 raise write_error(self.path, exc) from None
             self._segments += 1
@@ -186,13 +186,13 @@ class ParquetSink:
         with open(self._assembling, "rb+") as f:
             os.fsync(f.fileno())
         self._assembled.touch()
-        fsync_dir(self.path.parent)
+        fsync_folder(self.path.parent)
 
     def _put_in_place(self) -> None:
         """Steps 3 and 4 (after a kill, what is left of them)."""
         if self._assembling.exists():
             os.replace(self._assembling, self.path)
-            fsync_dir(self.path.parent)
+            fsync_folder(self.path.parent)
         crash_point("parquet-renamed")
         if self.folder.exists():
             shutil.rmtree(self.folder)

@@ -13,10 +13,10 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from batchscore.atomic import fsync_folder
 from batchscore.errors import LeftoverStateError
 from batchscore.sinks import Columns, ScoredBatch
 from batchscore.sinks.files import (
-    fsync_dir,
     refuse_existing,
     shorter_than_committed,
     temp_path,
@@ -108,7 +108,7 @@ class SqliteSink:
         self._db = None
         try:
             os.replace(self.temp, self.path)
-            fsync_dir(self.path.parent)
+            fsync_folder(self.path.parent)
         except OSError as exc:
             raise write_error(self.path, exc) from None
 

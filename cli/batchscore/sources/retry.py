@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from batchscore.errors import SourceDownError
-from batchscore.report import counted
 from batchscore.settings import FetchSettings
 from batchscore.sources import Failure
 from batchscore.sources.adaptive import Signal
 from batchscore.sources.limits import Limits
+from batchscore.wording import counted
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -1,5 +1,5 @@
 """One partition of a ``--engine dask`` run, on a worker: consecutive lines of the input scored
-by the same pipeline as a local run (:func:`batchscore.job.score_into`), into a part file.
+by the same pipeline as a local run (:func:`batchscore.scoring.score_into`), into a part file.
 
 What every partition of a run shares (the settings, the model's bytes, the output columns) is
 sent to each worker process once, as a Dask worker plugin (:class:`JobPlugin`); a task carries
@@ -41,12 +41,13 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 from distributed import WorkerPlugin, get_worker
 
 from batchscore import ids as idmod
+from batchscore.atomic import fsync_folder, write_atomically
 from batchscore.errors import BatchscoreError, ExitStatus
 from batchscore.ids import ChooseValues
 from batchscore.model import ModelSet, read_info
@@ -61,7 +62,7 @@ from batchscore.report import RunStats
 from batchscore.settings import Settings
 from batchscore.sinks import Columns
 from batchscore.sinks.errorlog import ErrorLog
-from batchscore.sinks.files import FileTarget, fsync_dir
+from batchscore.sinks.files import FileTarget
 from batchscore.sources import build_sources
 from batchscore.sources.input import input_values
 from batchscore.sources.limits import Limits
@@ -204,6 +205,15 @@ def plugin_name(run_id: str) -> str:
     return f"batchscore-{run_id}"
 
 
+class SourceTally(NamedTuple):
+    """How one source fared in a partition (its :class:`SourceHealth` at the end): answers,
+    failures in a row, and the reason of the last failure."""
+
+    answers: int
+    failures: int
+    reason: str
+
+
 @dataclass
 class PartResult:
     """How a partition ended: ``status`` 0 (its part is written) or the exit status of the
@@ -213,7 +223,7 @@ class PartResult:
     status: int
     message: str
     stats: RunStats
-    health: dict[str, tuple[int, int, str]] = field(default_factory=dict)
+    health: dict[str, SourceTally] = field(default_factory=dict)
     """Per source that counts failures in a row: attempts it answered, the failed attempts
     in a row it ended with, and the last one's reason.  A partition's own count starts at 0,
     so the driver joins them: a source down across many small partitions is down."""
@@ -226,7 +236,7 @@ def run_partition(plugin: str, part: Partition) -> PartResult:
     assert isinstance(job_plugin, JobPlugin)
     job = job_plugin.job
     stats = RunStats()
-    health: dict[str, tuple[int, int, str]] = {}
+    health: dict[str, SourceTally] = {}
     status, message = ExitStatus.OK, ""
     try:
         models = job_plugin.models()
@@ -302,7 +312,7 @@ class _Lines:
 
 def _environment() -> Any:
     """The Environment a sink factory asks for; a partition never writes to a stream."""
-    from batchscore.job import Environment
+    from batchscore.scoring import Environment
 
     return Environment(
         stdin=io.BytesIO(),
@@ -319,9 +329,9 @@ async def _score_partition(
     part: Partition,
     stats: RunStats,
     progress: _Publisher,
-    health: dict[str, tuple[int, int, str]],
+    health: dict[str, SourceTally],
 ) -> None:
-    from batchscore.job import Work, make_sink, open_sources, score_into
+    from batchscore.scoring import Work, make_sink, open_sources, score_into
 
     settings = job.settings
     folder = Path(job.folder)
@@ -372,7 +382,7 @@ async def _score_partition(
             )
             for source in sources:
                 if isinstance(h := getattr(source, "health", None), SourceHealth):
-                    health[source.name] = (h.answers, h.failures, h.last_reason)
+                    health[source.name] = SourceTally(h.answers, h.failures, h.last_reason)
             record = {
                 "index": part.index,
                 "first_line": part.first_line,
@@ -420,12 +430,10 @@ def _publish(
     folder: Path, index: int, name: str, staged: Path, staged_errors: Path, record: dict[str, Any]
 ) -> None:
     """Steps 2 and 3: the done record, the errors file, then the part (see the module)."""
-    from batchscore.report import write_atomically
-
-    write_atomically(str(folder / done_name(name)), orjson.dumps(record))
+    write_atomically(folder / done_name(name), orjson.dumps(record))
     os.replace(staged_errors, folder / errors_name(index))
     os.replace(staged, folder / name)
-    fsync_dir(folder)
+    fsync_folder(folder)
 
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 The driver checks everything a local run checks before any work (model, input as a whole,
 sources, the output folder), cuts the input file into partitions of consecutive lines, and
-submits one Dask task per partition (:func:`batchscore.partition.run_partition`: the same
+submits one Dask task per partition (:func:`batchscore.engines.dask.task.run_partition`: the same
 pipeline as a local run, on a worker).  It shows one progress display fed by the partitions'
 Dask events and completed futures, and writes, once every part is in place, the merged file
 (``--merge``) and last the ``_SUCCESS`` manifest.
@@ -25,52 +25,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import gzip as gzipmod
 import logging
-import math
 import os
 import queue
-import shutil
 import signal
-import socket
-import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-import numpy as np
 import orjson
 
 from batchscore import ids as idmod
-from batchscore.errors import (
-    BatchscoreError,
-    ExitStatus,
-    InterruptedRun,
-    LeftoverStateError,
-    OutputExistsError,
-    OutputWriteError,
-    SourceDownError,
-    Terminated,
-    UsageError,
+from batchscore.atomic import write_atomically
+from batchscore.engines.dask.cluster import Cluster, allowed_failures, for_workers
+from batchscore.engines.dask.folder import (
+    MARKER,
+    MERGED,
+    SUCCESS,
+    choose_partition_size,
+    concatenate,
+    header_line,
+    is_ours,
+    read_json,
+    split_lines,
+    text_header_at,
 )
-from batchscore.job import (
-    Environment,
-    Outcome,
-    _finish,
-    _identity,
-    _Plan,
-    _status,
-    _write_outcome_files,
-    input_format,
-    input_path,
-    judge_drift,
-    open_sources,
-    plan,
-    read_input,
-)
-from batchscore.partition import (
+from batchscore.engines.dask.task import (
     Job,
     JobPlugin,
     Partition,
@@ -80,66 +62,40 @@ from batchscore.partition import (
     part_name,
     run_partition,
 )
+from batchscore.errors import (
+    ExitStatus,
+    InterruptedRun,
+    LeftoverStateError,
+    OutputExistsError,
+    OutputWriteError,
+    SourceDownError,
+    Terminated,
+    UsageError,
+    with_status,
+)
+from batchscore.identity import difference, identity_text
+from batchscore.plan import Plan, input_format, input_path, plan_identity
 from batchscore.progress import ProgressDisplay, choose
-from batchscore.report import FIRST_FAILURES, RunStats, write_atomically
+from batchscore.report import FIRST_FAILURES, RunStats
+from batchscore.scoring import Environment, open_sources, read_input
 from batchscore.settings import Settings
+from batchscore.signals import leave_on_second_signal
 from batchscore.sinks import EXTENSIONS
 from batchscore.sources import build_sources
 from batchscore.sources.input import input_values
 from batchscore.sources.limits import Limits
 from batchscore.sources.retry import down_message
-from batchscore.state import RunLock, _difference, file_stamp
+from batchscore.state import RunLock, file_stamp
 
 log = logging.getLogger("batchscore")
 
-SUCCESS = "_SUCCESS"
-MARKER = ".batchscore-run.json"
-MERGED = "merged"
 
-PARTITIONS_PER_WORKER = 4
-"""The chosen partition size aims at this many partitions per worker (a lost worker then
-costs a quarter of its share, and the last partitions finish close together)."""
-PROBE_TIMEOUT = 5.0
-"""Seconds a TCP connection to ``--scheduler`` may take before it is unreachable (exit 2)."""
-MIN_PARTITION, MAX_PARTITION = 1_000, 100_000
-"""Bounds of the chosen partition size, in lines: below, a task's start-up (sources opened,
-a connection pool warmed) outweighs its work; above, a lost worker costs too much again."""
+def start(p: Plan, env: Environment, stats: RunStats) -> Driver:
+    """A ``--engine dask`` run of plan ``p`` (nothing is started yet)."""
+    return Driver(p, env, stats, _extension(p))
 
 
-def run_dask_job(settings: Settings, env: Environment) -> Outcome:
-    """A ``--engine dask`` run: Settings in, exit status out (as :func:`batchscore.job.run_job`)."""
-    stats = RunStats()
-    try:
-        _refuse_unsupported(settings)
-        p = plan(settings)
-    except BatchscoreError as exc:
-        with contextlib.suppress(OSError):
-            _write_outcome_files(settings, stats, exc.exit_status, "", {}, ())
-        raise
-    ext = _extension(p)
-    # Shown by the summary ("see ..."): every part's errors file.
-    p.errors_path = os.path.join(p.output, "errors-*.jsonl")
-    folder = Path(p.output)
-    lock = RunLock(folder)
-    lock.acquire()
-    driver = _Driver(p, env, stats, ext)
-    error: BaseException | None = None
-    try:
-        driver.run()
-    except BaseException as exc:
-        error = exc
-    finally:
-        lock.release()
-    status = judge_drift(p, stats, _status(error, stats, settings))
-    if driver.complete_already is not None:
-        p.done = driver.complete_already
-    status = _finish(p, env, stats, status, earlier=None)
-    if error is not None:
-        raise error
-    return Outcome(status, stats, p.output)
-
-
-def _refuse_unsupported(settings: Settings) -> None:
+def refuse(settings: Settings) -> None:
     """What a cluster run cannot do, said before anything starts (exit 2)."""
     s = settings
     if s.input.from_errors:
@@ -172,7 +128,7 @@ def _refuse_unsupported(settings: Settings) -> None:
         raise UsageError("--engine dask needs Dask: pip install 'batchscore[dask]'") from None
 
 
-def _extension(p: _Plan) -> str:
+def _extension(p: Plan) -> str:
     """The part files' extension: ``csv``, ``jsonl.gz``, ``parquet`` ..."""
     by_format = {fmt: ext.lstrip(".") for ext, fmt in reversed(EXTENSIONS.items())}
     ext = by_format.get(p.fmt, p.fmt)
@@ -185,52 +141,21 @@ def _extension(p: _Plan) -> str:
     return ext
 
 
-def split_lines(path: str, size: int, skip_first: bool) -> tuple[list[Partition], int]:
-    """Cut a file into partitions of ``size`` physical lines (the last one shorter); with
-    ``skip_first``, line 1 (a header) belongs to none.  Returns them and the file's line count.
+@dataclass(frozen=True)
+class _Progress:
+    """A running partition's counts, as its task published them (a Dask event)."""
 
-    One pass that counts newlines a block at a time; only a block where a partition ends is
-    searched for the newline's position.
-    """
-    parts: list[Partition] = []
-    with open(path, "rb") as f:
-        start_line, start_byte = 1, 0
-        if skip_first:
-            first = f.readline()
-            if first:
-                start_line, start_byte = 2, len(first)
-        pos = start_byte
-        counted = 0  # newlines since the partition's start
-        last = b"\n"
-        while block := f.read(1 << 22):
-            last = block[-1:]
-            newlines = block.count(b"\n")
-            if counted + newlines < size:
-                counted += newlines
-                pos += len(block)
-                continue
-            ends = np.flatnonzero(np.frombuffer(block, np.uint8) == ord("\n"))
-            i = 0
-            while counted + (len(ends) - i) >= size:
-                j = i + (size - counted) - 1
-                end = pos + int(ends[j]) + 1
-                parts.append(
-                    Partition(len(parts), start_line, start_line + size - 1, start_byte, end)
-                )
-                start_line, start_byte, counted, i = start_line + size, end, 0, j + 1
-            counted += len(ends) - i
-            pos += len(block)
-        if pos > start_byte:
-            last_line = start_line + counted - 1 + (0 if last == b"\n" else 1)
-            parts.append(Partition(len(parts), start_line, last_line, start_byte, pos))
-    lines = parts[-1].last_line if parts else start_line - 1
-    return parts, lines
+    counts: dict[str, Any]
 
 
-def choose_partition_size(id_lines: int, workers: int) -> int:
-    """About :data:`PARTITIONS_PER_WORKER` partitions per worker, within the bounds."""
-    wanted = math.ceil(max(id_lines, 1) / (PARTITIONS_PER_WORKER * max(workers, 1)))
-    return max(MIN_PARTITION, min(MAX_PARTITION, wanted))
+@dataclass(frozen=True)
+class _Finished:
+    """A partition's future completed (with a result or an error)."""
+
+    future: Any  # distributed.Future (not imported until a run)
+
+
+_Event = _Progress | _Finished
 
 
 @dataclass
@@ -244,10 +169,10 @@ class _Live:
     failed: int = 0
 
 
-class _Driver:
+class Driver:
     """The driver's part of one run: folder, partitions, cluster, progress, manifest."""
 
-    def __init__(self, p: _Plan, env: Environment, stats: RunStats, ext: str) -> None:
+    def __init__(self, p: Plan, env: Environment, stats: RunStats, ext: str) -> None:
         self.p = p
         self.env = env
         self.stats = stats
@@ -255,9 +180,10 @@ class _Driver:
         self.ext = ext
         self.folder = Path(p.output).absolute()
         self.input = os.path.abspath(input_path(p.settings))
-        self.identity = {**_identity(p), "engine": "dask"}
-        self.complete_already: dict[str, Any] | None = None
-        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.identity = {**plan_identity(p), "engine": "dask"}
+        self.done: dict[str, Any] | None = None  # a completed run of this job, found
+        self.earlier: str | None = None
+        self._events: queue.Queue[_Event] = queue.Queue()
         self._live: dict[int, _Live] = {}
         self._first_failures: dict[int, list[Any]] = {}
         # Per source, failed attempts in a row over the partitions, in the order they finished
@@ -266,12 +192,16 @@ class _Driver:
         self._streaks: dict[str, int] = {}
         self._dead: dict[int, PartResult] = {}
 
+    def lock(self) -> RunLock:
+        """The lock on the output folder (taken by the lifecycle around :meth:`run`)."""
+        return RunLock(Path(self.p.output))
+
     # -- before anything is written ---------------------------------------------------------
 
     def run(self) -> None:
         previous = self._take_folder()
-        if self.complete_already is not None:
-            self.stats.restore(self.complete_already["counters"])
+        if self.done is not None:
+            self.stats.restore(self.done["counters"])
             return
         # The input as a whole (header, first rows, --min-ids) and the sources, as a local run
         # checks them: here, once, before any worker starts.
@@ -281,7 +211,7 @@ class _Driver:
         self._clean_staged()
         skip_first = fmt in ("csv", "tsv")
         header_lines = idmod.header_lines(fmt, self.settings.input.header)
-        cluster = _Cluster(self.settings, handle_signals=self.env.handle_signals)
+        cluster = Cluster(self.settings, handle_signals=self.env.handle_signals)
         try:
             cluster.start()  # before the folder: an unreachable scheduler leaves nothing behind
             self.folder.mkdir(exist_ok=True)
@@ -316,8 +246,8 @@ class _Driver:
                 cluster,
                 todo,
                 fmt,
-                header=_header_line(self.input) if skip_first else None,
-                header_at=_text_header_at(self.input) if fmt == "text" and header_lines else 0,
+                header=header_line(self.input) if skip_first else None,
+                header_at=text_header_at(self.input) if fmt == "text" and header_lines else 0,
                 fields=fields,
             )
         finally:
@@ -330,7 +260,7 @@ class _Driver:
     def _take_folder(self) -> dict[str, Any] | None:
         """Check the output folder; the stopped run's record when ``--resume`` continues one.
 
-        Sets :attr:`complete_already` when ``--resume`` finds this job complete (a no-op).
+        Sets :attr:`done` when ``--resume`` finds this job complete (a no-op).
         """
         s = self.settings.output
         folder = self.folder
@@ -338,14 +268,14 @@ class _Driver:
             return None
         success, marker = folder / SUCCESS, folder / MARKER
         if success.exists() and not s.overwrite:
-            record = _read_json(success)
+            record = read_json(success)
             if not s.resume:
                 raise OutputExistsError(
                     f"output folder {self.p.output} holds a completed run (its {SUCCESS}); pass "
                     "--overwrite to replace it or choose another -o"
                 )
             self._same_job(record, "completed")
-            self.complete_already = record
+            self.done = record
             return None
         if marker.exists() and not s.overwrite:
             if not s.resume:
@@ -353,11 +283,11 @@ class _Driver:
                     f"a stopped run left parts in {self.p.output}; rerun with --resume to "
                     "continue it, or --overwrite to start over"
                 )
-            stopped: dict[str, Any] = _read_json(marker)
+            stopped: dict[str, Any] = read_json(marker)
             self._same_job(stopped, "stopped")
             return stopped
-        ours = [f for f in folder.iterdir() if _is_ours(f.name)]
-        others = [f for f in folder.iterdir() if not _is_ours(f.name)]
+        ours = [f for f in folder.iterdir() if is_ours(f.name)]
+        others = [f for f in folder.iterdir() if not is_ours(f.name)]
         if ours and not s.overwrite:  # parts without a marker: not a run we can continue
             raise OutputExistsError(
                 f"output folder {self.p.output} holds part files; pass --overwrite to replace "
@@ -374,12 +304,11 @@ class _Driver:
 
     def _same_job(self, record: dict[str, Any], what: str) -> None:
         """A continued or completed run must be this job, over the same input file."""
-        stored = orjson.dumps(record.get("identity"), option=orjson.OPT_SORT_KEYS).decode()
-        now = orjson.dumps(self.identity, option=orjson.OPT_SORT_KEYS).decode()
+        stored, now = identity_text(record.get("identity")), identity_text(self.identity)
         error = OutputExistsError if what == "completed" else LeftoverStateError
         if stored != now:
             raise error(
-                f"the {what} run in {self.p.output} used another {_difference(stored, now)}; "
+                f"the {what} run in {self.p.output} used another {difference(stored, now)}; "
                 "rerun it with the same arguments, or pass --overwrite to start over"
             )
         if record.get("input_stamp") != file_stamp(self.input):
@@ -432,7 +361,7 @@ class _Driver:
         earlier = RunStats()
         for part in parts:
             name = part_name(part.index, self.ext)
-            record = _read_json(self.folder / done_name(name), missing_ok=True)
+            record = read_json(self.folder / done_name(name), missing_ok=True)
             if (
                 (self.folder / name).exists()
                 and record is not None
@@ -453,7 +382,7 @@ class _Driver:
 
     def _score(
         self,
-        cluster: _Cluster,
+        cluster: Cluster,
         todo: list[Partition],
         fmt: str,
         *,
@@ -465,7 +394,7 @@ class _Driver:
         p = self.p
         job = Job(
             run_id=p.run_id,
-            settings=_for_workers(settings),
+            settings=for_workers(settings),
             models=tuple(
                 (m.name, Path(m.info.booster_file).read_bytes(), m.info.version)
                 for m in p.models.members
@@ -492,9 +421,7 @@ class _Driver:
         plugin = JobPlugin(job)
         try:
             client.register_plugin(plugin, name=plugin.name)
-            client.subscribe_topic(
-                job.topic, lambda event: self._events.put(("progress", event[1]))
-            )
+            client.subscribe_topic(job.topic, lambda event: self._events.put(_Progress(event[1])))
             futures = {}
             for part in todo:
                 future = client.submit(
@@ -504,7 +431,7 @@ class _Driver:
                     key=f"batchscore-{p.run_id}-part-{part.index:05d}",
                     pure=False,
                 )
-                future.add_done_callback(lambda f: self._events.put(("done", f)))
+                future.add_done_callback(lambda f: self._events.put(_Finished(f)))
                 futures[future.key] = (future, part)
             try:
                 self._wait(cluster, futures, progress)
@@ -514,7 +441,7 @@ class _Driver:
         except (KeyboardInterrupt, Terminated) as exc:
             sig = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
             if self.env.handle_signals:
-                _leave_on_second_signal()
+                leave_on_second_signal()
             raise InterruptedRun(sig, self.stats.done) from None
         finally:
             progress.close(self._view(cluster))
@@ -530,7 +457,7 @@ class _Driver:
 
     def _wait(
         self,
-        cluster: _Cluster,
+        cluster: Cluster,
         futures: dict[str, tuple[Any, Partition]],
         progress: ProgressDisplay,
     ) -> None:
@@ -539,20 +466,21 @@ class _Driver:
         pending = set(futures)
         while pending:
             try:
-                kind, item = self._events.get(timeout=0.5)
+                event = self._events.get(timeout=0.5)
             except queue.Empty:
                 progress.update(self._view(cluster))
                 continue
-            if kind == "progress":
-                self._on_progress(item, pending, futures)
-            elif item.key in pending:
+            if isinstance(event, _Progress):
+                self._on_progress(event.counts, pending, futures)
+            elif event.future.key in pending:
+                item = event.future
                 pending.discard(item.key)
                 part = futures[item.key][1]
                 try:
                     result: PartResult = item.result()
                 except KilledWorker:
                     raise SourceDownError(
-                        f"Dask workers died {_allowed_failures()} times running partition "
+                        f"Dask workers died {allowed_failures()} times running partition "
                         f"{part.index} (lines {part.first_line:,}-{part.last_line:,}): out of "
                         "memory, or killed; rerun with --resume"
                     ) from None
@@ -563,7 +491,7 @@ class _Driver:
                     ) from None
                 self._live.pop(part.index, None)
                 if result.status != ExitStatus.OK:
-                    raise _error_of(result)
+                    raise with_status(result.message, result.status)
                 self._accept(result)
             progress.update(self._view(cluster))
         # The run went through: parts whose source never answered are its outcome too.
@@ -612,7 +540,7 @@ class _Driver:
         live.read, live.skipped = int(msg["read"]), int(msg["skipped"])
         live.scored, live.failed = int(msg["scored"]), int(msg["failed"])
 
-    def _view(self, cluster: _Cluster) -> RunStats:
+    def _view(self, cluster: Cluster) -> RunStats:
         """The whole run's counts so far: finished partitions and running ones."""
         s = self.stats
         live = list(self._live.values())
@@ -648,8 +576,8 @@ class _Driver:
         merged = self.folder / f"{MERGED}.{self.ext}"
         names = [part_name(part.index, self.ext) for part in parts]
         try:
-            _concatenate([self.folder / name for name in names], merged, header, gzip=self.p.gzip)
-            _concatenate(
+            concatenate([self.folder / name for name in names], merged, header, gzip=self.p.gzip)
+            concatenate(
                 [self.folder / errors_name(part.index) for part in parts],
                 self.folder / f"{merged.name}.errors.jsonl",
                 b"",
@@ -666,7 +594,7 @@ class _Driver:
         records = []
         for part in parts:
             name = part_name(part.index, self.ext)
-            record = _read_json(self.folder / done_name(name))
+            record = read_json(self.folder / done_name(name))
             records.append(
                 {
                     "file": name,
@@ -714,241 +642,4 @@ class _Driver:
         self._clean_staged()
 
 
-class _Cluster:
-    """The Dask client, and the local cluster it runs on when no ``--scheduler`` is given."""
-
-    def __init__(self, settings: Settings, *, handle_signals: bool = False) -> None:
-        self.settings = settings
-        self.handle_signals = handle_signals  # the command's own: signals may be deferred
-        self.client: Any = None
-        self._cluster: Any = None
-        self._workers = 0
-        self._asked = 0.0
-
-    @property
-    def local(self) -> bool:
-        """Whether the cluster is this run's own (stopped with it)."""
-        return self._cluster is not None
-
-    def start(self) -> None:
-        from distributed import Client, LocalCluster
-
-        run = self.settings.run
-        # Dask's own INFO lines (scheduler started, worker registered ...) are not this run's
-        # news; its warnings (a worker died and is restarted) are.
-        level = logging.DEBUG if run.debug else logging.ERROR if run.quiet else logging.WARNING
-        for name in ("distributed", "dask"):
-            logging.getLogger(name).setLevel(level)
-        address = run.scheduler
-        if address is None:
-            # One single-threaded worker process per core: a task runs its own event loop and
-            # scores on its own thread, so a process per core uses every core without threads
-            # of one process fighting over its GIL.
-            with _signals_deferred(self.handle_signals) as received:
-                try:
-                    self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
-                        n_workers=os.cpu_count() or 1,
-                        threads_per_worker=1,
-                        processes=True,
-                        dashboard_address=None,
-                        # Its HTTP routes (health, metrics) on a free loopback port: with
-                        # Dask's 8787 taken (another run) it warned in four lines.
-                        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                        # The workers' own lines (a heartbeat cut short as the cluster closes).
-                        silence_logs=logging.DEBUG if run.debug else logging.CRITICAL,
-                        # Workers leave a terminal's Ctrl-C to the driver (dask_setup).
-                        preload=["batchscore.partition"],
-                    )
-                    self.client = Client(self._cluster)  # type: ignore[no-untyped-call]
-                except Exception:
-                    if not received:
-                        raise
-                    # A Ctrl-C at a terminal reaches the worker processes too: one that died
-                    # of it as it started fails the cluster's start, which the signal explains.
-            if received:  # the caller closes the cluster (whole, or none)
-                _leave_on_second_signal()
-                raise InterruptedRun(received[0], 0)
-            return
-        _probe_scheduler(address)
-        try:
-            self.client = Client(address, timeout=30)  # type: ignore[no-untyped-call]
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise UsageError(
-                f"cannot reach the Dask scheduler at {address} ({exc}); start it "
-                "(dask scheduler) or fix --scheduler"
-            ) from None
-
-    def workers(self) -> int:
-        """Workers in the cluster now (asked of the scheduler at most once a second)."""
-        now = time.monotonic()
-        if self.client is not None and now - self._asked > 1.0:
-            self._asked = now
-            with contextlib.suppress(Exception):
-                self._workers = len(self.client.scheduler_info()["workers"])
-        return self._workers
-
-    def close(self) -> None:
-        """Leave an existing cluster running; stop a local one (its workers with it)."""
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                self.client.close()
-        if self._cluster is not None:
-            with contextlib.suppress(Exception):
-                self._cluster.close()
-
-
-@contextlib.contextmanager
-def _signals_deferred(enabled: bool) -> Iterator[list[int]]:
-    """SIGINT and SIGTERM wait while a local cluster starts: the signals that came meanwhile.
-
-    Dask cannot close a ``LocalCluster`` interrupted inside its constructor (its atexit hook
-    then fails on the half-started workers, 28 lines of traceback), so the signal is acted on
-    once the cluster is whole; starting takes a second or two.
-    """
-    received: list[int] = []
-    if not enabled:
-        yield received
-        return
-
-    def defer(signum: int, frame: object) -> None:
-        received.append(signum)
-
-    previous = {sig: signal.signal(sig, defer) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _leave_on_second_signal() -> None:
-    """While the cluster shuts down after a signal, a second Ctrl-C or SIGTERM leaves at once
-    (the committed parts stay; worker processes exit with their parent)."""
-
-    def leave(signum: int, frame: object) -> None:
-        os.write(2, b"batchscore: stopped at once; rerun with --resume to continue\n")
-        os._exit(int(ExitStatus.SIGINT if signum == signal.SIGINT else ExitStatus.SIGTERM))
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, leave)
-
-
-def _probe_scheduler(address: str) -> None:
-    """A scheduler address nothing listens on is said at once: Dask's Client retries a
-    refused connection until its timeout (30 s), a long wait for a typo in --scheduler."""
-    from distributed.comm.addressing import parse_address, parse_host_port
-
-    try:
-        scheme, location = parse_address(address)
-        if scheme not in ("tcp", "tls"):
-            return
-        host, port = parse_host_port(location)
-    except (ValueError, TypeError):
-        return  # Dask's Client says what is wrong with the address
-    try:
-        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT):
-            pass
-    except OSError as exc:
-        raise UsageError(
-            f"cannot reach the Dask scheduler at {address} ({exc.strerror or exc}); start it "
-            "(dask scheduler) or fix --scheduler"
-        ) from None
-
-
-def _for_workers(settings: Settings) -> Settings:
-    """The settings a worker needs: paths absolute (workers may run elsewhere), one LightGBM
-    thread per predict unless --threads says (a worker process per core already uses them)."""
-    sources = tuple(
-        {
-            key: (
-                os.path.abspath(value)
-                if key in ("path", "ca_bundle") and isinstance(value, str) and "://" not in value
-                else value
-            )
-            for key, value in table.items()
-        }
-        for table in settings.sources
-    )
-    threads = 1 if settings.score.threads is None else settings.score.threads
-    return replace(settings, sources=sources, score=replace(settings.score, threads=threads))
-
-
-def _error_of(result: PartResult) -> BatchscoreError:
-    """The error that stopped a partition, with its exit status, raised on the driver."""
-    error = BatchscoreError(result.message)
-    error.exit_status = ExitStatus(result.status)
-    return error
-
-
-def _allowed_failures() -> int:
-    import dask
-
-    return int(dask.config.get("distributed.scheduler.allowed-failures"))
-
-
-def _header_line(path: str) -> bytes:
-    """A CSV/TSV input's header line, as every partition is given it (without a BOM)."""
-    with open(path, "rb") as f:
-        line = f.readline()
-    return line.removeprefix(b"\xef\xbb\xbf")
-
-
-def _text_header_at(path: str) -> int:
-    """The line of a text input's ``--header``: its first non-blank line (0: none).  With
-    small partitions it may be in any of them, after blank lines."""
-    with open(path, "rb") as f:
-        first = next(idmod.read_text(f, whole=False), None)
-    return 0 if first is None else first.line
-
-
-def _read_json(path: Path, missing_ok: bool = False) -> Any:
-    try:
-        return orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        if missing_ok:
-            return None
-        raise LeftoverStateError(
-            f"{path} is missing; pass --overwrite to start the run over"
-        ) from None
-    except (OSError, orjson.JSONDecodeError):
-        raise LeftoverStateError(
-            f"{path} cannot be read; pass --overwrite to start the run over"
-        ) from None
-
-
-def _is_ours(name: str) -> bool:
-    """Files a cluster run writes in its output folder (``--overwrite`` removes them all: an
-    old run's ``errors-NNNNN.jsonl`` left beside the new parts would count its failures
-    again)."""
-    prefixes = ("part-", ".part-", "errors-", ".errors-", f"{MERGED}.", f".{MERGED}.")
-    return name.startswith(prefixes) or name in (
-        SUCCESS,
-        MARKER,
-    )
-
-
-def _concatenate(sources: list[Path], target: Path, header: bytes, *, gzip: bool) -> None:
-    """``target`` made of ``sources`` in order, each without its first ``len(header)`` bytes
-    (the CSV header every part begins with), ``header`` once at the start; atomically."""
-    temp = target.with_name(f".{target.name}.partial")
-    with open(temp, "wb") as raw:
-        out: BinaryIO = gzipmod.GzipFile(fileobj=raw, mode="wb", mtime=0) if gzip else raw  # type: ignore[assignment]
-        with out if gzip else contextlib.nullcontext():
-            out.write(header)
-            for source in sources:
-                with _open_part(source, gzip) as part:
-                    if header:
-                        part.read(len(header))
-                    shutil.copyfileobj(part, out, 1 << 20)
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(temp, target)
-
-
-def _open_part(path: Path, gzip: bool) -> BinaryIO:
-    if gzip:
-        return gzipmod.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")
-
-
-__all__ = ["choose_partition_size", "run_dask_job", "split_lines"]
+__all__ = ["Driver", "refuse", "start"]
