@@ -265,6 +265,58 @@ def test_a_signal_while_a_module_builds_its_classes_is_a_stop_not_a_bug(
     assert len(err.splitlines()) == 1 and out == b""
 
 
+SIGNAL_IN_A_FORK = """
+import os, signal, sys
+
+_real_fork = os.fork
+
+def _signal_in_release(frame, event, arg):
+    # The instant Python's at-fork hooks give back logging's lock: a SIGTERM comes then.
+    if event == "call" and frame.f_code.co_name == "_releaseLock":
+        sys.setprofile(None)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+def fork():
+    sys.setprofile(_signal_in_release)
+    try:
+        return _real_fork()
+    finally:
+        sys.setprofile(None)
+
+os.fork = fork
+"""
+
+
+def test_a_signal_while_the_model_check_forks_stops_the_run_instead_of_hanging(
+    tmp_path: Path,
+) -> None:
+    """The model is checked in a forked child.  A SIGTERM whose handler ran inside Python's
+    at-fork hooks raised between logging's lock being taken and given back: the exception was
+    "ignored", the run went on, and the SQLite source's thread waited for that lock forever
+    (the kill-and-resume campaign found the hang).  The signal must stop the run: 143, at once."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SIGNAL_IN_A_FORK)
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
+    out = tmp_path / "scores.csv"
+    proc = subprocess.Popen(
+        [*batchscore_command(), "score", str(IDS), "-c", str(SAMPLE_CONFIG), "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_environ({"PYTHONPATH": path}),
+        cwd=ROOT,
+    )
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, err
+    assert b"Traceback" not in err and b"Exception ignored" not in err, err
+    assert not out.exists()
+
+
 # -- a report or metrics file that cannot be written ----------------------------------------------
 
 
