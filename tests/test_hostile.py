@@ -6,6 +6,7 @@ step of the commit (``_BATCHSCORE_CRASH_AT`` stops the process there, as a kill 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import sqlite3
 import subprocess
@@ -354,6 +355,27 @@ def test_resume_of_a_completed_run_is_a_no_op_that_says_so(tmp_path: Path) -> No
     assert len(lines) == 1 and "is complete already" in lines[0] and "nothing to do" in lines[0]
     assert (out.read_bytes(), out.stat().st_mtime_ns) == before, "the output is not touched"
     assert json.loads(report.read_text())["scored"] == 5000  # the report tells what was done
+
+
+def test_a_no_op_resume_holds_the_lock_and_clears_a_killed_runs_lock_files(
+    tmp_path: Path,
+) -> None:
+    """A run killed after its commit (the done record written) leaves its lock files; the
+    no-op that follows takes the locks too, so it clears them (the kill-and-resume campaign
+    found them left for good), and it is refused (75) while another run holds the output."""
+    out = tmp_path / "scores.csv"
+    args = _sample_run(out, "--resume")
+    assert _run(args).returncode == 0
+    stale = [tmp_path / ".scores.csv.lock", tmp_path / ".scores.csv.errors.jsonl.lock"]
+    for lock in stale:  # as a kill -9 leaves them: a holder named, no flock held
+        lock.write_text("pid 999999 started 2026-12-07T03:15:00+00:00\n")
+    again = _run(args)
+    assert again.returncode == 0 and b"is complete already" in again.stderr, again.stderr
+    assert not [lock.name for lock in stale if lock.exists()]
+    with open(stale[0], "w") as held:  # another run holds the output now
+        fcntl.flock(held, fcntl.LOCK_EX)
+        busy = _run(args)
+    assert busy.returncode == 75, busy.stderr
 
 
 def test_resume_of_a_completed_run_refuses_when_something_changed(tmp_path: Path) -> None:

@@ -67,15 +67,20 @@ def run_job(settings: Settings, env: Environment) -> Outcome:
         # Written if they can be; the refusal is what the user must see.
         _write_outcome_files(settings, stats, exc.exit_status, "", {}, ())
         raise
+    work = engine.start(p, env, stats)
+    # Every run that may write the output holds its lock, a no-op included: it is not "complete
+    # already" while another run replaces it, and it clears a lock file that a run killed after
+    # its commit left behind.
+    lock = work.lock()
+    if lock is not None:
+        lock.acquire()
     if p.done is not None:  # --resume of a job that completed already: nothing to do
+        if lock is not None:
+            lock.release()
         stats.restore(p.done["counters"])
         status = judge_drift(p, stats, exit_status(None, stats, settings))
         status = _finish(p, env, stats, status, earlier=None)
         return Outcome(status, stats, p.output)
-    work = engine.start(p, env, stats)
-    lock = work.lock()
-    if lock is not None:
-        lock.acquire()
     error: BaseException | None = None
     try:
         work.run()

@@ -66,14 +66,8 @@ def refuse(settings: Settings) -> None:
 
 
 def start(p: Plan, env: Environment, stats: RunStats) -> LocalRun:
-    """The run of plan ``p`` (nothing is opened yet); the input's lines counted for progress."""
-    settings = p.settings
-    run = LocalRun(p, env, stats)
-    in_path = input_path(settings)
-    if in_path != "-" and os.path.isfile(in_path):
-        skipped = idmod.header_lines(input_format(settings), settings.input.header)
-        stats.total = max(idmod.count_lines(in_path) - skipped, 0)  # a header is no ID
-    return run
+    """The run of plan ``p`` (nothing is opened or read yet)."""
+    return LocalRun(p, env, stats)
 
 
 class LocalRun:
@@ -103,7 +97,13 @@ class LocalRun:
         return RunLock(errors[0][0], option="--errors") if errors else None
 
     def run(self) -> None:
-        """Score the input (the event loop lives as long as the run)."""
+        """Score the input (the event loop lives as long as the run); its lines are counted
+        first, for the progress display's total."""
+        settings = self.settings
+        in_path = input_path(settings)
+        if in_path != "-" and os.path.isfile(in_path):
+            skipped = idmod.header_lines(input_format(settings), settings.input.header)
+            self.stats.total = max(idmod.count_lines(in_path) - skipped, 0)  # a header is no ID
         asyncio.run(self._run())
 
     async def _run(self) -> None:
