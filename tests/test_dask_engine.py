@@ -347,6 +347,46 @@ def test_a_worker_killed_mid_run_costs_nothing(
     assert victim not in worker_pids(cluster).values()
 
 
+def test_dask_own_warnings_are_left_to_debug(slow_server: FeatureServer, tmp_path: Path) -> None:
+    """A worker of the run's own local cluster killed mid-run: Dask's nanny says so in its own
+    log lines ("Restarting worker", "Worker process ... was killed by signal 9") on the user's
+    terminal.  They are Dask's news, not the run's (it loses nothing): shown with --debug only."""
+    ids = (SAMPLE / "ids.txt").read_text().splitlines()[:1600]
+    (tmp_path / "ids.txt").write_text("".join(f"{i}\n" for i in ids))
+    out = tmp_path / "scores"
+    proc = subprocess.Popen(
+        [
+            *batchscore_command(),
+            "score",
+            "ids.txt",
+            "-c",
+            str(http_config(tmp_path, slow_server.url)),
+            "-o",
+            str(out),
+            "--engine",
+            "dask",
+            "--partition-size",
+            "200",
+            "--max-failed",
+            "100",
+        ],
+        cwd=tmp_path,
+        env=clean_environ({"DASK_TEST_TOKEN": TOKEN}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: len(parts_of(out)) >= 1, timeout=90)  # partitions are running
+        os.kill(spawned_children(proc.pid)[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()
+    assert_complete(out, ids)
+    assert b"distributed." not in err and b"WARNING" not in err, err.decode()
+
+
 def test_resume_after_the_driver_is_killed(
     slow_server: FeatureServer, run_cli: RunCli, tmp_path: Path
 ) -> None:
