@@ -110,6 +110,7 @@ def assert_complete(folder: Path, ids: list[str]) -> dict[str, Any]:
     assert [p["file"] for p in manifest["partitions"]] == [p.name for p in parts_of(folder)]
     assert manifest["counts"]["scored"] == len(scored)
     assert manifest["counts"]["failed"] == len(failed)
+    assert "counters" not in manifest  # each figure once (they were also under "counters")
     last = success.stat().st_mtime_ns
     assert all(f.stat().st_mtime_ns <= last for f in folder.iterdir())
     assert [f.name for f in folder.iterdir() if f.name.startswith(".")] == []

@@ -201,7 +201,7 @@ class Driver:
     def run(self) -> None:
         previous = self._take_folder()
         if self.done is not None:
-            self.stats.restore(self.done["counters"])
+            self.stats.restore(_manifest_counters(self.done))
             return
         # The input as a whole (header, first rows, --min-ids) and the sources, as a local run
         # checks them: here, once, before any worker starts.
@@ -614,7 +614,7 @@ class Driver:
             "input_stamp": file_stamp(self.input),
             "format": self.ext,
             "partition_size": size,
-            "counters": s.counters(),
+            # The figures once (a resumed no-op reads them back: _manifest_counters).
             "counts": {
                 "read": s.read,
                 "scored": s.scored,
@@ -622,6 +622,8 @@ class Driver:
                 "skipped": s.skipped,
                 "failed_by_reason": dict(sorted(s.failed.items())),
             },
+            "retries": s.retries,
+            **{k: v for k, v in s.counters().items() if k == "distributions"},
             "merged": f"{MERGED}.{self.ext}" if self.settings.output.merge else None,
             "partitions": records,
             "identity": self.identity,
@@ -643,3 +645,20 @@ class Driver:
 
 
 __all__ = ["Driver", "refuse", "start"]
+
+
+def _manifest_counters(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The run's counters (:meth:`RunStats.counters`) from its ``_SUCCESS``: its ``counts``,
+    ``retries`` and ``distributions`` (a manifest written before held them twice, as
+    ``counters`` too: read as it is)."""
+    if "counters" in manifest:
+        return dict(manifest["counters"])
+    counts = manifest["counts"]
+    return {
+        "read": counts["read"],
+        "skipped": counts["skipped"],
+        "scored": counts["scored"],
+        "failed": counts["failed_by_reason"],
+        "retries": manifest.get("retries", 0),
+        **({"distributions": manifest["distributions"]} if "distributions" in manifest else {}),
+    }
