@@ -180,29 +180,46 @@ sys.meta_path.insert(0, _PauseAtTyper())
 """
 
 
-def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(tmp_path: Path) -> None:
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(PAUSE_AT_TYPER)
+def _with_hook(tmp_path: Path, hook: str, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """``score`` of the sample, with ``hook`` as the process's ``sitecustomize`` (it may write
+    the file ``PAUSED_MARK`` names when the process is where the test wants it)."""
+    folder = tmp_path / "hook"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(hook)
     mark = tmp_path / "paused"
-    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
+    path = os.pathsep.join(p for p in (str(folder), os.environ.get("PYTHONPATH", "")) if p)
     proc = subprocess.Popen(
-        [*batchscore_command(), "score", str(IDS), "-c", str(SAMPLE_CONFIG)],
+        [*batchscore_command(), "score", str(IDS), "-c", str(SAMPLE_CONFIG), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=clean_environ({"PYTHONPATH": path, "PAUSED_MARK": str(mark)}),
         cwd=ROOT,
     )
+    return proc, mark
+
+
+def _ended(
+    proc: subprocess.Popen[bytes], mark: Path | None = None, sig: int = signal.SIGINT
+) -> tuple[bytes, bytes]:
+    """Send ``sig`` once the process has written ``mark`` (none: it signals itself), then its
+    stdout and stderr; never leaves it running."""
     try:
         deadline = time.monotonic() + 30
-        while not mark.exists():  # the process says when it is inside the import
+        while mark is not None and not mark.exists():  # the process says where it is
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
             time.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        if mark is not None:
+            proc.send_signal(sig)
+        return proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.communicate()
+
+
+def test_ctrl_c_while_the_command_loads_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    proc, mark = _with_hook(tmp_path, PAUSE_AT_TYPER)
+    out, err = _ended(proc, mark, signal.SIGINT)  # inside the import
     assert proc.returncode == 130, err
     assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, err
     assert err == b"batchscore: interrupted\n" and out == b""
@@ -238,28 +255,8 @@ def test_a_signal_while_a_module_builds_its_classes_is_a_stop_not_a_bug(
     """Python 3.11 wraps an exception raised in ``__set_name__`` (a signal's, during a lazy
     import) in ``RuntimeError: Error calling __set_name__``: found by the kill-and-resume
     campaign as exit 1 "internal error" for a SIGTERM during start-up."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SIGNAL_IN_SET_NAME)
-    mark = tmp_path / "paused"
-    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
-    proc = subprocess.Popen(
-        [*batchscore_command(), "score", str(IDS), "-c", str(SAMPLE_CONFIG)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=clean_environ({"PYTHONPATH": path, "PAUSED_MARK": str(mark)}),
-        cwd=ROOT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not mark.exists():  # the process says when it is inside the class body
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
-            time.sleep(0.02)
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc, mark = _with_hook(tmp_path, SIGNAL_IN_SET_NAME)
+    out, err = _ended(proc, mark, sig)  # inside the class body
     assert proc.returncode == status, err
     assert b"internal error" not in err and b"Traceback" not in err, err
     assert len(err.splitlines()) == 1 and out == b""
@@ -294,24 +291,9 @@ def test_a_signal_while_the_model_check_forks_stops_the_run_instead_of_hanging(
     at-fork hooks raised between logging's lock being taken and given back: the exception was
     "ignored", the run went on, and the SQLite source's thread waited for that lock forever
     (the kill-and-resume campaign found the hang).  The signal must stop the run: 143, at once."""
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(SIGNAL_IN_A_FORK)
-    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH", "")) if p)
     out = tmp_path / "scores.csv"
-    proc = subprocess.Popen(
-        [*batchscore_command(), "score", str(IDS), "-c", str(SAMPLE_CONFIG), "-o", str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=clean_environ({"PYTHONPATH": path}),
-        cwd=ROOT,
-    )
-    try:
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    proc, _ = _with_hook(tmp_path, SIGNAL_IN_A_FORK, "-o", str(out))
+    _, err = _ended(proc)  # it signals itself
     assert proc.returncode == 143, err
     assert b"Traceback" not in err and b"Exception ignored" not in err, err
     assert not out.exists()
