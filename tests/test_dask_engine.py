@@ -298,37 +298,47 @@ def wait_for(condition: Any, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def test_a_worker_killed_mid_run_costs_nothing(
-    cluster: Any, slow_server: FeatureServer, tmp_path: Path
-) -> None:
+def slow_dask_run(
+    tmp_path: Path, url: str, *extra: str, group: bool = False
+) -> tuple[subprocess.Popen[bytes], Path, list[str]]:
+    """The real command scoring 1,600 of the sample's IDs over the slow per-ID server in
+    partitions of 200 lines (``extra``: more flags); ``group``: in a process group of its own,
+    as a terminal's foreground job.  Returns the process, its output folder and the IDs."""
     ids = (SAMPLE / "ids.txt").read_text().splitlines()[:1600]
     (tmp_path / "ids.txt").write_text("".join(f"{i}\n" for i in ids))
     out = tmp_path / "scores"
-    cluster.wait_for_workers(2)
-    before = worker_pids(cluster)
-    slow_server.reset_stats()
     proc = subprocess.Popen(
         [
             *batchscore_command(),
             "score",
             "ids.txt",
             "-c",
-            str(http_config(tmp_path, slow_server.url)),
+            str(http_config(tmp_path, url)),
             "-o",
             str(out),
             "--engine",
             "dask",
-            "--scheduler",
-            cluster.scheduler.address,
             "--partition-size",
             "200",
-            "--max-failed",
-            "100",
+            *extra,
         ],
         cwd=tmp_path,
         env=clean_environ({"DASK_TEST_TOKEN": TOKEN}),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        start_new_session=group,
+    )
+    return proc, out, ids
+
+
+def test_a_worker_killed_mid_run_costs_nothing(
+    cluster: Any, slow_server: FeatureServer, tmp_path: Path
+) -> None:
+    cluster.wait_for_workers(2)
+    before = worker_pids(cluster)
+    slow_server.reset_stats()
+    proc, out, ids = slow_dask_run(
+        tmp_path, slow_server.url, "--scheduler", cluster.scheduler.address, "--max-failed", "100"
     )
     # Kill a worker while it is inside a partition: after the first part is in place, with
     # requests still arriving.
@@ -352,30 +362,7 @@ def test_dask_own_warnings_are_left_to_debug(slow_server: FeatureServer, tmp_pat
     """A worker of the run's own local cluster killed mid-run: Dask's nanny says so in its own
     log lines ("Restarting worker", "Worker process ... was killed by signal 9") on the user's
     terminal.  They are Dask's news, not the run's (it loses nothing): shown with --debug only."""
-    ids = (SAMPLE / "ids.txt").read_text().splitlines()[:1600]
-    (tmp_path / "ids.txt").write_text("".join(f"{i}\n" for i in ids))
-    out = tmp_path / "scores"
-    proc = subprocess.Popen(
-        [
-            *batchscore_command(),
-            "score",
-            "ids.txt",
-            "-c",
-            str(http_config(tmp_path, slow_server.url)),
-            "-o",
-            str(out),
-            "--engine",
-            "dask",
-            "--partition-size",
-            "200",
-            "--max-failed",
-            "100",
-        ],
-        cwd=tmp_path,
-        env=clean_environ({"DASK_TEST_TOKEN": TOKEN}),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc, out, ids = slow_dask_run(tmp_path, slow_server.url, "--max-failed", "100")
     try:
         wait_for(lambda: len(parts_of(out)) >= 1, timeout=90)  # partitions are running
         os.kill(spawned_children(proc.pid)[0], signal.SIGKILL)
@@ -542,31 +529,7 @@ def test_a_terminal_ctrl_c_mid_run_leaves_the_workers_quiet(
     """Ctrl-C at a terminal signals the whole process group, the run's own worker processes
     too: only the driver answers it (exit 130, one line).  Before, each worker printed its own
     KeyboardInterrupt traceback (some 30 lines each) over the summary."""
-    ids = (SAMPLE / "ids.txt").read_text().splitlines()[:1600]
-    (tmp_path / "ids.txt").write_text("".join(f"{i}\n" for i in ids))
-    out = tmp_path / "scores"
-    proc = subprocess.Popen(
-        [
-            *batchscore_command(),
-            "score",
-            str(tmp_path / "ids.txt"),
-            "-c",
-            str(http_config(tmp_path, slow_server.url)),
-            "-o",
-            str(out),
-            "--engine",
-            "dask",
-            "--partition-size",
-            "200",
-            "--concurrency",
-            "2",
-        ],
-        cwd=ROOT,
-        env=clean_environ({"DASK_TEST_TOKEN": TOKEN}),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # a process group of its own, as a terminal's foreground job
-    )
+    proc, out, _ = slow_dask_run(tmp_path, slow_server.url, "--concurrency", "2", group=True)
     try:
         # Partitions are being scored: a worker is writing a part's temporary file.
         wait_for(lambda: out.is_dir() and any(out.glob(".part-*")), timeout=90)
