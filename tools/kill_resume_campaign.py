@@ -55,6 +55,7 @@ from test_resume_property import (  # noqa: E402
     content,
     errors_path,
     no_leftovers,
+    run_to_the_end,
     score_command,
 )
 
@@ -139,14 +140,7 @@ def reference(server: FeatureServer, folder: Path, fmt: str, unordered: bool) ->
     folder.mkdir(parents=True)
     out = folder / f"scores.{fmt}"
     command = command_for(server, folder, fmt, unordered)
-    done = subprocess.run(
-        command,
-        check=False,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        cwd=ROOT,
-        env=clean_environ(),
-    )
+    done = run_to_the_end(command)
     if done.returncode != 0:
         raise SystemExit(f"the reference run failed: {done.stderr.decode()[-2000:]}")
     return out
@@ -243,15 +237,7 @@ def cycle(
             expected_status in (130, 143) and status in (-2, -15)
         ):
             return f"{plan}: exit {status}, expected {expected_status}: {err[-1500:]}"
-    final = subprocess.run(
-        command,
-        check=False,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        cwd=ROOT,
-        env=clean_environ(),
-        timeout=HANG_SECONDS * 2,
-    )
+    final = run_to_the_end(command)
     if final.returncode != 0:
         return f"{plan}: the final --resume exited {final.returncode}: {final.stderr[-1500:]!r}"
     if not no_leftovers(out):
