@@ -60,7 +60,9 @@ def observe_cost(model: Path, db: Path, rows: int = 20_480) -> tuple[float, floa
 
     import lightgbm as lgb
 
-    from batchscore.drift import Baseline, Distribution, compare, layout_of
+    from batchscore.drift import Baseline, compare
+    from batchscore.edges import layout_of
+    from batchscore.histograms import Distribution
     from batchscore.model import Encoder, read_info
 
     info = read_info(str(model))

@@ -1,6 +1,6 @@
 """``batchscore`` with the per-chunk histograms switched off (issue 21's bench only).
 
-The command exactly as installed, except that :meth:`batchscore.drift.Distribution.observe`
+The command exactly as installed, except that :meth:`batchscore.histograms.Distribution.observe`
 returns nothing, so the scoring threads count no histogram and the writer adds none: what a
 run costs without them, for ``bench/drift_cost.py`` to compare in the same session.  Not a
 product switch: every real run keeps its histograms.
@@ -13,14 +13,14 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from batchscore import drift
+from batchscore import histograms
 from batchscore.app import run_cli
 
 
-def _nothing(cls: type[drift.Distribution], *args: Any) -> None:
+def _nothing(cls: type[histograms.Distribution], *args: Any) -> None:
     return None
 
 
 if __name__ == "__main__":
-    drift.Distribution.observe = classmethod(_nothing)  # type: ignore[assignment,method-assign]
+    histograms.Distribution.observe = classmethod(_nothing)  # type: ignore[assignment,method-assign]
     sys.exit(run_cli(sys.argv[1:]))

@@ -123,7 +123,8 @@ def test_every_histogram_counts_every_row_scored_and_the_summary_draws_the_score
 def test_every_value_lands_in_the_bin_a_binary_search_gives(model: Path, data: Any) -> None:
     """The lookup grid (:attr:`Layout.lookup`) against ``searchsorted`` on each column's edges,
     with values on, a hair around and far beyond the edges, infinities and NaN."""
-    from batchscore.drift import Distribution, layout_of
+    from batchscore.edges import layout_of
+    from batchscore.histograms import Distribution
 
     layout = layout_of("", "v", str(model), ("score",), FEATURES, raw=False)
     rows = data.draw(st.integers(1, 300))
@@ -143,7 +144,8 @@ def test_every_value_lands_in_the_bin_a_binary_search_gives(model: Path, data: A
 
 
 def test_the_histograms_memory_does_not_grow_with_the_rows(model: Path) -> None:
-    from batchscore.drift import Distribution, layout_of
+    from batchscore.edges import layout_of
+    from batchscore.histograms import Distribution
 
     layout = layout_of("", "v", str(model), ("score",), FEATURES, raw=False)
     booster = lgb.Booster(model_file=str(model))
@@ -196,7 +198,9 @@ def test_no_replay_of_the_same_population_flags_anything(
 ) -> None:
     """The scorer's own histograms (real model, chunks of 1,024 rows) of two draws of one
     population, compared as a run compares them: nothing is flagged, whatever the seeds."""
-    from batchscore.drift import Baseline, Distribution, compare, layout_of
+    from batchscore.drift import Baseline, compare
+    from batchscore.edges import layout_of
+    from batchscore.histograms import Distribution
 
     layout = layout_of("", "v", str(model), ("score",), FEATURES, raw=False)
     booster = lgb.Booster(model_file=str(model))

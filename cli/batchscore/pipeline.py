@@ -28,9 +28,10 @@ import numpy as np
 import numpy.typing as npt
 
 from batchscore.chunk import Chunk, Explanations, Status
-from batchscore.drift import Distribution, Layout, layout_of
+from batchscore.edges import layout_of
 from batchscore.errors import BatchscoreError, ConfigError
 from batchscore.feed import ChunkFeed, Filters, StallHook
+from batchscore.histograms import Distribution, Layout
 from batchscore.ids import InputItem
 from batchscore.model import Member, ModelSet
 from batchscore.progress import ProgressDisplay

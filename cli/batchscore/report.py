@@ -19,7 +19,8 @@ import numpy as np
 import numpy.typing as npt
 
 from batchscore.atomic import write_atomically
-from batchscore.drift import Distribution, DriftResult, distribution_lines
+from batchscore.drift import DriftResult, distribution_lines
+from batchscore.histograms import Distribution
 from batchscore.wording import counted
 
 if TYPE_CHECKING:

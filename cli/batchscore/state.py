@@ -223,7 +223,7 @@ def _usable_counters(counters: Any) -> bool:
 
 def _usable_distributions(value: Any) -> bool:
     """Histograms that read back (:meth:`~batchscore.drift.Distribution.from_dict`)."""
-    from batchscore.drift import Distribution
+    from batchscore.histograms import Distribution
 
     if not isinstance(value, list):
         return False
