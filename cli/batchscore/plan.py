@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from batchscore import ids as idmod
+from batchscore.done import DoneRecord
 from batchscore.drift import Baseline, load_baseline
 from batchscore.errors import ModelError, UsageError
 from batchscore.identity import run_identity
@@ -29,7 +30,7 @@ from batchscore.sinks import EXTENSIONS, Columns, format_of_name, output_format
 from batchscore.sinks.files import refuse_existing, write_error
 from batchscore.sources import Source
 from batchscore.sources.input import has_input_source
-from batchscore.state import DoneRecord, state_path, stopped_run_replaces
+from batchscore.state import state_path, stopped_run_replaces
 
 log = logging.getLogger("batchscore")
 

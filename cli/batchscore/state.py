@@ -1,13 +1,14 @@
-"""Run state beside a file output: the run lock, committed progress, and resume.
+"""Run state beside a file output: committed progress, and resume.
 
 For an output ``out/scores.csv`` a run keeps, in ``out/``:
 
 - ``.scores.csv.partial``: the output being written (renamed into place on success);
 - ``.scores.csv.errors.jsonl.partial`` (or beside ``--errors``): the errors file being written;
 - ``.scores.csv.state``: a small SQLite file (through aiosqlite) with what is committed;
-- ``.scores.csv.lock``: the run lock (``flock``; the kernel drops it when a run dies);
+- ``.scores.csv.lock``: the run lock (``flock``; the kernel drops it when a run dies;
+  :mod:`batchscore.runlock`);
 - ``.scores.csv.done``: left by a completed run that was started with ``--resume`` (the cron
-  pattern): what it was (:class:`DoneRecord`), so the same command run again is a no-op.
+  pattern): what it was (:mod:`batchscore.done`), so the same command run again is a no-op.
 
 A *commit* makes everything written so far durable in one step: fsync the output and the errors
 file, then record, in one SQLite transaction, their byte lengths and which input lines they
@@ -21,9 +22,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import datetime as dt
-import fcntl
-import logging
 import os
 import shutil
 import signal
@@ -35,16 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from batchscore.atomic import write_atomically
+from batchscore.done import DoneRecord, is_count, usable_counters
 from batchscore.errors import (
     LeftoverStateError,
-    LockedError,
-    OutputExistsError,
     OutputWriteError,
 )
 from batchscore.identity import difference, identity_text
-
-log = logging.getLogger("batchscore")
 
 if TYPE_CHECKING:
     from batchscore.sinks import Sink
@@ -54,273 +48,6 @@ if TYPE_CHECKING:
 def state_path(output: Path) -> Path:
     """The state file of a run writing ``output``."""
     return output.with_name(f".{output.name}.state")
-
-
-def done_path(output: Path) -> Path:
-    """The record a completed ``--resume`` run leaves beside ``output``."""
-    return output.with_name(f".{output.name}.done")
-
-
-def file_stamp(path: str | Path) -> list[int] | None:
-    """Size and modification time of a file (what ``make`` trusts), or None for stdin or a
-    file that is gone."""
-    if str(path) == "-":
-        return None
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return [info.st_size, info.st_mtime_ns]
-
-
-class DoneRecord:
-    """What a completed run knew, kept beside its output so that the same job run again with
-    ``--resume`` is a no-op (exit 0) instead of "already exists".
-
-    The job is the same when the run identity (input path, model, columns, format ...) is, the
-    input file has the size and modification time it had, and the output is the file that run
-    wrote (same size and time).  Anything else is not this run's output, and is refused as an
-    existing output.
-    """
-
-    def __init__(
-        self, output: Path, identity: dict[str, Any], input_path: str, config: str = ""
-    ) -> None:
-        self.output = output
-        self.path = done_path(output)
-        self.identity = identity_text(identity)
-        self.input_path = input_path
-        self.config = config  # the config file's fingerprint (its sources, tables, keys ...)
-
-    def write(self, counters: dict[str, Any]) -> None:
-        """Record the completed run (after its output is in place), atomically."""
-        record = {
-            "identity": self.identity,
-            "config": self.config,
-            "counters": counters,
-            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "input": file_stamp(self.input_path),
-            "output": file_stamp(self.output),
-        }
-        try:
-            self._store(record)
-        except OSError as exc:  # the output is in place: the run succeeded all the same
-            log.warning(
-                "cannot write %s (%s): running the same job again with --resume will say the "
-                "output exists instead of doing nothing",
-                self.path,
-                exc.strerror,
-            )
-
-    def _store(self, record: dict[str, Any]) -> None:
-        write_atomically(self.path, orjson.dumps(record))
-
-    def attach(self, monitoring: dict[str, Any]) -> None:
-        """Keep the run's report and metrics in its record, so that the same job run again
-        (a no-op) writes the real figures again instead of empty ones.  Only a record that
-        describes the output as it is now is touched."""
-        try:
-            record = orjson.loads(self.path.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            return
-        if not isinstance(record, dict) or record.get("output") != file_stamp(self.output):
-            return
-        record["monitoring"] = monitoring
-        try:
-            self._store(record)
-        except OSError as exc:  # the run succeeded all the same
-            log.warning("cannot keep the report in %s (%s)", self.path, exc.strerror)
-
-    def remove(self) -> None:
-        """A new run replaces the output: the record no longer describes it."""
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-
-    def check(self) -> dict[str, Any]:
-        """The record, if the existing output is what the same job wrote from the same input;
-        otherwise an :class:`~batchscore.errors.OutputExistsError` saying why not."""
-
-        def refuse(why: str) -> OutputExistsError:
-            return OutputExistsError(
-                f"output {self.output} already exists{why}; pass --overwrite to replace it or "
-                "choose another -o"
-            )
-
-        try:
-            record: Any = orjson.loads(self.path.read_bytes())
-        except FileNotFoundError:
-            raise refuse(" (and no completed run with --resume recorded it)") from None
-        except (OSError, orjson.JSONDecodeError):
-            record = None
-        if not _usable_done(record):
-            raise OutputExistsError(
-                f"output {self.output} already exists and the record of the run that wrote it "
-                f"({self.path}) is damaged, so it cannot tell whether this job is done; pass "
-                "--overwrite to score again (or remove that record and the output)"
-            )
-        if record.get("identity") != self.identity:
-            raise refuse(
-                f"; the run that wrote it used another "
-                f"{difference(str(record.get('identity')), self.identity)}"
-            )
-        if record.get("config", "") != self.config:
-            raise refuse(
-                "; the run that wrote it used a config file with other content (sources, "
-                "tables, settings)"
-            )
-        if self.input_path == "-" or record.get("input") != file_stamp(self.input_path):
-            raise refuse(
-                f" from a completed run, but {self.input_path} has changed since"
-                if self.input_path != "-"
-                else " from a completed run, and an input from stdin cannot be compared"
-            )
-        if record.get("output") != file_stamp(self.output):
-            raise refuse(" and has changed since the run that wrote it")
-        usable: dict[str, Any] = record
-        return usable
-
-
-def _usable_done(record: Any) -> bool:
-    """Whether a done record has every field, each of its type (a hand-edited or truncated one
-    is refused as damaged, never half-read)."""
-    if not isinstance(record, dict):
-        return False
-    stamps_ok = all(
-        stamp is None
-        or (isinstance(stamp, list) and len(stamp) == 2 and all(_count(v) for v in stamp))
-        for stamp in (record.get("input"), record.get("output"))
-    )
-    return (
-        isinstance(record.get("identity"), str)
-        and isinstance(record.get("config", ""), str)
-        and isinstance(record.get("finished"), str)
-        and _usable_counters(record.get("counters"))
-        and stamps_ok
-    )
-
-
-def _count(value: Any) -> bool:
-    """A non-negative integer (not a bool)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _usable_counters(counters: Any) -> bool:
-    """Counters as :meth:`~batchscore.report.RunStats.counters` writes them: counts, the
-    failures by reason, and the histograms of the rows written."""
-    if not isinstance(counters, dict):
-        return False
-    for key, value in counters.items():
-        if key == "failed":
-            if not isinstance(value, dict) or not all(map(_count, value.values())):
-                return False
-        elif key == "distributions":
-            if not _usable_distributions(value):
-                return False
-        elif not _count(value):
-            return False
-    return True
-
-
-def _usable_distributions(value: Any) -> bool:
-    """Histograms that read back (:meth:`~batchscore.drift.Distribution.from_dict`)."""
-    from batchscore.histograms import Distribution
-
-    if not isinstance(value, list):
-        return False
-    try:
-        for item in value:
-            Distribution.from_dict(item)
-    except (KeyError, TypeError, ValueError):
-        return False
-    return True
-
-
-def lock_path(output: Path) -> Path:
-    """The lock file of a run writing ``output``."""
-    return output.with_name(f".{output.name}.lock")
-
-
-class RunLock:
-    """Exclusive ``flock`` s on ``.<file>.lock`` for every file a run writes (its output, and its
-    errors file wherever ``--errors`` puts it), each naming its holder (pid, start time).
-
-    Two runs that share any of those files cannot both run: the second is refused (exit 75)
-    before it touches anything, naming the file and the run that holds it.
-    """
-
-    def __init__(self, output: Path, *others: tuple[Path, str], option: str = "-o") -> None:
-        self.output = output
-        self.path = lock_path(output)
-        # each file, and the option that chose it (said in the refusal)
-        self._files = [(output, option), *others]
-        self._fds: list[tuple[Path, int]] = []
-
-    def acquire(self) -> None:
-        """Take every lock or raise LockedError at once, naming the run that holds one."""
-        try:
-            for file, option in self._files:
-                path = lock_path(file)
-                if any(taken == path for taken, _ in self._fds):
-                    continue  # -o and --errors both name one file
-                self._fds.append((path, _take(path, file, option)))
-        except BaseException:
-            self.release()
-            raise
-
-    def release(self) -> None:
-        """Remove the lock files and drop the locks."""
-        while self._fds:
-            path, fd = self._fds.pop()
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            os.close(fd)
-
-
-def _take(path: Path, file: Path, option: str) -> int:
-    """An exclusive ``flock`` on ``path`` (the lock of ``file``), holder written in it."""
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise OutputWriteError(
-                f"cannot create the lock file {path}: {exc.strerror}; "
-                "check that the output folder is writable"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
-            os.close(fd)
-            raise LockedError(
-                f"another batchscore run ({holder}) is writing {file}; "
-                f"wait for it to finish or choose another {option}"
-            ) from None
-        # The holder may have removed the file between our open and flock: retry on the new one.
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}, started {started}".encode())
-    except OSError as exc:  # a full disk: nothing of the run is written yet
-        os.close(fd)
-        from batchscore.sinks.files import write_error
-
-        raise write_error(path, exc, resumable=False) from None
-    return fd
-
-
-def _read_holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        text = ""
-    return text or "pid unknown"
 
 
 class LineRanges:
@@ -593,12 +320,12 @@ def _progress(row: Sequence[Any], damaged: Callable[[str], Exception]) -> Commit
     """A state row as :class:`Committed`, each field checked (a hand-edited or half-written
     value is ``damaged``, never a traceback or a wrong resume point)."""
     _, out_bytes, err_bytes, lines, counters, complete = row
-    if not (_count(out_bytes) and _count(err_bytes)):
+    if not (is_count(out_bytes) and is_count(err_bytes)):
         raise damaged("output_bytes/errors_bytes")
     try:
         ranges = orjson.loads(lines)
         if not isinstance(ranges, list) or not all(
-            isinstance(r, list) and len(r) == 2 and all(map(_count, r)) for r in ranges
+            isinstance(r, list) and len(r) == 2 and all(map(is_count, r)) for r in ranges
         ):
             raise ValueError
         parsed = LineRanges(ranges)
@@ -608,7 +335,7 @@ def _progress(row: Sequence[Any], damaged: Callable[[str], Exception]) -> Commit
         counts = orjson.loads(counters)
     except (TypeError, ValueError):
         counts = None
-    if not _usable_counters(counts):
+    if not usable_counters(counts):
         raise damaged("counters")
     if complete not in (0, 1):
         raise damaged("complete")

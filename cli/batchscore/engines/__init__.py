@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from batchscore.plan import Plan
     from batchscore.report import RunStats
+    from batchscore.runlock import RunLock
     from batchscore.scoring import Environment
     from batchscore.settings import Settings
-    from batchscore.state import RunLock
 
 
 class EngineRun(Protocol):

@@ -30,6 +30,7 @@ from batchscore.plan import (
 )
 from batchscore.progress import choose
 from batchscore.report import RunStats
+from batchscore.runlock import RunLock
 from batchscore.scoring import (
     Environment,
     Work,
@@ -52,11 +53,7 @@ from batchscore.sinks.files import (
 from batchscore.sources import build_sources
 from batchscore.sources.input import input_values
 from batchscore.sources.limits import Limits
-from batchscore.state import (
-    RunFiles,
-    RunLock,
-    RunState,
-)
+from batchscore.state import RunFiles, RunState
 
 log = logging.getLogger("batchscore")
 

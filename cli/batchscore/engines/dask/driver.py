@@ -39,6 +39,7 @@ import orjson
 
 from batchscore import ids as idmod
 from batchscore.atomic import write_atomically
+from batchscore.done import file_stamp
 from batchscore.engines.dask.cluster import Cluster, allowed_failures, for_workers
 from batchscore.engines.dask.folder import (
     MARKER,
@@ -77,6 +78,7 @@ from batchscore.identity import difference, identity_text
 from batchscore.plan import Plan, input_format, input_path, plan_identity
 from batchscore.progress import ProgressDisplay, choose
 from batchscore.report import FIRST_FAILURES, RunStats
+from batchscore.runlock import RunLock
 from batchscore.scoring import Environment, open_sources, read_input
 from batchscore.settings import Settings
 from batchscore.signals import leave_on_second_signal
@@ -85,7 +87,6 @@ from batchscore.sources import build_sources
 from batchscore.sources.input import input_values
 from batchscore.sources.limits import Limits
 from batchscore.sources.retry import down_message
-from batchscore.state import RunLock, file_stamp
 
 log = logging.getLogger("batchscore")
 
