@@ -27,10 +27,10 @@ from typing import Any, TextIO
 import numpy as np
 
 from batchscore import ids as idmod
+from batchscore.assembly import merge_answers, source_columns
 from batchscore.chunk import Matrix
 from batchscore.errors import ExitStatus, SourceDownError, UsageError
 from batchscore.model import Member, ModelSet
-from batchscore.pipeline import merge_answers, source_columns
 from batchscore.redact import redact
 from batchscore.report import LatencyHistogram, RunStats
 from batchscore.settings import Settings

@@ -24,7 +24,6 @@ from batchscore.errors import (
     status_of,
 )
 from batchscore.model import ModelSet
-from batchscore.pipeline import allowed
 from batchscore.plan import (
     Plan,
     done_record,
@@ -325,3 +324,12 @@ def _run_facts(
         "batchscore_version": __version__,
         "noop": False,
     }
+
+
+def allowed(stats: RunStats, max_failed: int, max_failed_rate: float) -> bool:
+    """Whether the failures stay within the allowance (exit 0) or not (exit 3)."""
+    failed = stats.failed_total
+    if failed == 0 or failed <= max_failed:
+        return True
+    attempted = stats.done
+    return attempted > 0 and failed / attempted <= max_failed_rate

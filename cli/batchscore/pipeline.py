@@ -19,7 +19,6 @@ import contextlib
 import datetime as dt
 import os
 import threading
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,18 +26,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from batchscore.chunk import Chunk, Explanations, Status
-from batchscore.edges import layout_of
-from batchscore.errors import BatchscoreError, ConfigError
+from batchscore.assembly import Assembler
+from batchscore.chunk import Chunk
+from batchscore.errors import BatchscoreError
 from batchscore.feed import ChunkFeed, Filters, StallHook
-from batchscore.histograms import Distribution, Layout
+from batchscore.histograms import Distribution
 from batchscore.ids import InputItem
-from batchscore.model import Member, ModelSet
+from batchscore.model import ModelSet
 from batchscore.progress import ProgressDisplay
 from batchscore.report import BusyClock, FeatureQuality, RunStats
+from batchscore.scorer import Scorer, ScoringOptions
 from batchscore.sinks import ScoredBatch, Sink
 from batchscore.sinks.errorlog import ErrorLog
-from batchscore.sources import NOT_FOUND, Fetched, Source
+from batchscore.sources import Fetched, Source
 from batchscore.sources.input import InputSource
 from batchscore.sources.limits import PRIORITY
 from batchscore.state import LineRanges
@@ -61,6 +61,11 @@ class PipelineOptions:
     filters: Filters = field(default_factory=Filters)
     checkpoint_interval: float = 1.0  # seconds between durable commits of written rows
 
+    @property
+    def scoring(self) -> ScoringOptions:
+        """The scoring stage's part."""
+        return ScoringOptions(self.raw_score, self.allow_empty, self.explain, self.with_features)
+
     def chunk_rows(self, sources: Sequence[Source]) -> int:
         """Rows per chunk: ``batch_size``, rounded to a whole number of requests of the source
         with the largest ones, so no request goes out part-empty (1,024 rows and batches of
@@ -82,231 +87,6 @@ class PipelineOptions:
 
 Checkpoint = Callable[[LineRanges], Awaitable[None]]
 """Makes everything written so far durable; called with the input lines it covers."""
-
-
-def feature_owners(
-    sources: Sequence[Source], model_features: Sequence[str]
-) -> dict[str, frozenset[str]]:
-    """Per source, the model features it must NOT contribute because another source wins them.
-
-    A model feature provided by two sources is a config error unless exactly one of them lists it
-    in ``wins``.  A source that names its features only in its answers (``provides()`` is None)
-    counts as providing what it wins, and loses whatever another source wins.
-    """
-    wanted = set(model_features)
-    wins = {s.name: set(getattr(getattr(s, "config", None), "wins", ())) for s in sources}
-    providers: dict[str, list[str]] = {}
-    drop: dict[str, set[str]] = {s.name: set() for s in sources}
-    for source in sources:
-        provided = source.provides()
-        if provided is None:
-            provided = frozenset(wins[source.name])
-            drop[source.name].update(*(v for k, v in wins.items() if k != source.name))
-        for name in provided & wanted:
-            providers.setdefault(name, []).append(source.name)
-    order = {name: j for j, name in enumerate(model_features)}
-    # In model order, so that a conflict is always named by the same (first) feature.
-    for name, owners in sorted(providers.items(), key=lambda item: order[item[0]]):
-        if len(owners) < 2:
-            continue
-        winners = [source for source, won in wins.items() if name in won]
-        if len(winners) != 1:
-            from_input = [s.name for s in sources if isinstance(s, InputSource)]
-            raise ConfigError(
-                f"feature '{name}' comes from sources {', '.join(owners)}; "
-                f"add it to `wins` of exactly one of them"
-                + (
-                    f" (or list the input columns to use in `columns` of source '{from_input[0]}')"
-                    if from_input and from_input[0] in owners
-                    else ""
-                )
-            )
-        for owner in owners:
-            if owner != winners[0]:
-                drop[owner].add(name)
-    return {k: frozenset(v) for k, v in drop.items()}
-
-
-def source_columns(sources: Sequence[Source], model_features: Sequence[str]) -> list[list[str]]:
-    """Per source, the model features it fills, in model order (see :func:`feature_owners`)."""
-    drop = feature_owners(sources, model_features)
-    columns = []
-    for source in sources:
-        provided = source.provides()
-        columns.append(
-            [
-                name
-                for name in model_features
-                if name not in drop[source.name] and (provided is None or name in provided)
-            ]
-        )
-    return columns
-
-
-class Assembler:
-    """Merges the sources' answers for a chunk: row statuses and the feature matrix."""
-
-    def __init__(self, sources: Sequence[Source], models: ModelSet) -> None:
-        self.sources = list(sources)
-        self.encoder = models.encoder
-        self.width = len(models.features)
-        self.columns = source_columns(self.sources, models.feature_names)
-        owners: dict[str, int] = {}
-        for columns in self.columns:
-            for name in columns:
-                owners[name] = owners.get(name, 0) + 1
-        # A column that more than one source may fill (sources that name their features only
-        # in answers): later sources fill it only where they have a value.
-        self.shared = frozenset(name for name, count in owners.items() if count > 1)
-
-    def assemble(
-        self, chunk: Chunk, rows: npt.NDArray[np.intp], answers: Sequence[Fetched]
-    ) -> None:
-        """Fill ``chunk.matrix`` at ``rows`` (the rows fetched) and mark rows that failed."""
-        matrix = np.full((len(chunk), self.width), np.nan, dtype=np.float64)
-        everything = len(rows) == len(chunk)
-        found = np.zeros(len(rows), dtype=np.bool_)
-        for source, names, fetched in zip(self.sources, self.columns, answers, strict=True):
-            found |= fetched.found
-            for position in sorted(fetched.failures):
-                row = int(rows[position])
-                failure = fetched.failures[position]
-                if failure.reason == NOT_FOUND or chunk.status[row] != Status.OK:
-                    continue
-                record = chunk.record(
-                    row, "fetch", source.name, failure.reason, failure.status, failure.attempts
-                )
-                chunk.fail(row, Status.FAILED, record)
-            for name in names:
-                for j in self.encoder.slots[name]:  # one column per encoding of the feature
-                    values = self.encoder.column(j, fetched.columns[name])
-                    if name in self.shared:
-                        current = matrix[:, j] if everything else matrix[rows, j]
-                        values = np.where(np.isnan(values), current, values)
-                    if everything:
-                        matrix[:, j] = values
-                    else:
-                        matrix[rows, j] = values
-        missing = rows[~found]
-        single = self.sources[0].name if len(self.sources) == 1 else None
-        for row in missing.tolist():
-            if chunk.status[row] == Status.OK:
-                record = chunk.record(row, "fetch", single, NOT_FOUND, None, 1)
-                chunk.fail(row, Status.NOT_FOUND, record)
-        chunk.matrix = matrix
-
-
-class Scorer:
-    """Predicts a chunk's matrix with every model (in a scoring thread), explains it, counts
-    data quality per model."""
-
-    def __init__(self, models: ModelSet, options: PipelineOptions) -> None:
-        self.models = models
-        self.options = options
-        self.bounds = [_training_bounds(m) for m in models.members]
-        self.layouts = [layout_for(m, options.raw_score) for m in models.members]
-        self.width = len(models.score_columns)
-        # --explain: a feature is named by its index into every model's names, one after another
-        self.explain_offsets = np.cumsum([0] + [len(m.info.features) for m in models.members])
-
-    def score(self, chunk: Chunk) -> list[FeatureQuality]:
-        """Score the chunk's OK rows in place; returns each model's data-quality counts.
-
-        A row whose features are all missing is not scored silently: it is a ``no_features``
-        failure, unless ``allow_empty``.
-        """
-        matrix = chunk.matrix
-        assert matrix is not None
-        ok = chunk.ok()
-        if not self.options.allow_empty:
-            empty = ok & np.isnan(matrix).all(axis=1)
-            for row in np.flatnonzero(empty).tolist():
-                record = chunk.record(row, "score", None, "no_features")
-                chunk.fail(row, Status.NO_FEATURES, record)
-            ok &= ~empty
-        rows = np.flatnonzero(ok)
-        shared = matrix if len(rows) == len(chunk) else matrix[rows]
-        scores = np.full((len(chunk), self.width), np.nan, dtype=np.float64)
-        qualities = []
-        explained = []
-        at = 0
-        for i, member in enumerate(self.models.members):
-            x = member.matrix(shared)
-            width = len(member.score_columns)
-            quality = FeatureQuality(np.zeros(x.shape[1], np.int64), np.zeros(x.shape[1], np.int64))
-            if len(rows):
-                predicted = member.model.predict(x, raw_score=self.options.raw_score)
-                scores[rows, at : at + width] = predicted.reshape(len(rows), -1)
-                if self.options.explain:
-                    part = self._explain(member, x, scores[rows, at : at + width], rows, len(chunk))
-                    explained.append(part.shifted(int(self.explain_offsets[i])))
-                low, high = self.bounds[i]
-                quality.missing += np.isnan(x).sum(axis=0)
-                with np.errstate(invalid="ignore"):
-                    quality.out_of_range += ((x < low) | (x > high)).sum(axis=0)
-                quality.rows = len(rows)
-                quality.distribution = Distribution.observe(
-                    self.layouts[i], scores[rows, at : at + width], x
-                )
-            qualities.append(quality)
-            at += width
-        if explained:
-            chunk.explanations = Explanations.side_by_side(explained)
-        chunk.scores = scores
-        chunk.scored_at = time.time()
-        if not self.options.with_features:
-            chunk.matrix = None  # the features are scored; free them before the chunk waits
-        return qualities
-
-    def _explain(
-        self,
-        member: Member,
-        x: npt.NDArray[np.float64],
-        scores: npt.NDArray[np.float64],
-        rows: npt.NDArray[np.intp],
-        n: int,
-    ) -> Explanations:
-        """The top-K features by |contribution| per row, of the predicted class (the highest
-        score) for multiclass, with the values the model saw for them."""
-        contrib = member.model.contributions(x)[:, :, :-1]  # drop the bias column
-        cls = np.argmax(scores, axis=1) if contrib.shape[1] > 1 else np.zeros(len(x), dtype=int)
-        per_row = contrib[np.arange(len(x)), cls]
-        k = min(self.options.explain, per_row.shape[1])
-        order = np.argsort(-np.abs(per_row), axis=1, kind="stable")[:, :k]
-        features = np.zeros((n, k), dtype=np.intp)
-        values = np.full((n, k), np.nan, dtype=np.float64)
-        contributions = np.full((n, k), np.nan, dtype=np.float64)
-        features[rows] = order
-        values[rows] = np.take_along_axis(x, order, axis=1)
-        contributions[rows] = np.take_along_axis(per_row, order, axis=1)
-        return Explanations(features, values, contributions)
-
-
-def layout_for(member: Member, raw_score: bool) -> Layout:
-    """The bins of a model's score and feature histograms (see :mod:`batchscore.drift`)."""
-    info = member.info
-    return layout_of(
-        member.name,
-        info.version,
-        info.booster_file,
-        member.score_columns,
-        info.feature_names,
-        raw_score,
-    )
-
-
-def _training_bounds(
-    member: Member,
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """A model's training range per feature (categoricals and unknowns: unbounded)."""
-    features = member.info.features
-    low = np.array(
-        [f.low if f.low is not None and not f.categorical else -np.inf for f in features]
-    )
-    high = np.array(
-        [f.high if f.high is not None and not f.categorical else np.inf for f in features]
-    )
-    return low, high
 
 
 class Writer:
@@ -450,7 +230,7 @@ class Pipeline:
         self.stats = stats
         self.options = options
         self.assembler = Assembler(self.sources, models)
-        self.scorer = Scorer(models, options)
+        self.scorer = Scorer(models, options.scoring)
         stats.quality = [
             FeatureQuality(np.zeros(n, np.int64), np.zeros(n, np.int64))
             for n in (len(m.info.features) for m in models.members)
@@ -653,41 +433,4 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return (ours or leaves)[0]
 
 
-def allowed(stats: RunStats, max_failed: int, max_failed_rate: float) -> bool:
-    """Whether the failures stay within the allowance (exit 0) or not (exit 3)."""
-    failed = stats.failed_total
-    if failed == 0 or failed <= max_failed:
-        return True
-    attempted = stats.done
-    return attempted > 0 and failed / attempted <= max_failed_rate
-
-
-def merge_answers(
-    sources: Sequence[Source], models: ModelSet, ids: list[str], answers: Sequence[Fetched]
-) -> Chunk:
-    """The chunk ``batchscore check`` sees: the sample's rows assembled as a run would."""
-    chunk = Chunk(
-        index=0,
-        first_line=1,
-        last_line=len(ids),
-        lines=np.arange(1, len(ids) + 1, dtype=np.int64),
-        ids=ids,
-        keep=None,
-        status=np.zeros(len(ids), np.uint8),
-    )
-    Assembler(sources, models).assemble(chunk, np.arange(len(ids)), answers)
-    return chunk
-
-
-__all__ = [
-    "Assembler",
-    "Checkpoint",
-    "Pipeline",
-    "PipelineOptions",
-    "Scorer",
-    "Writer",
-    "allowed",
-    "feature_owners",
-    "merge_answers",
-    "source_columns",
-]
+__all__ = ["Checkpoint", "Pipeline", "PipelineOptions", "Writer"]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TextIO, TypeVar
 
 from batchscore import ids as idmod
+from batchscore.assembly import source_columns
 from batchscore.errors import (
     InterruptedRun,
     OutputWriteError,
@@ -29,7 +30,7 @@ from batchscore.errors import (
 )
 from batchscore.feed import Filters, StallHook
 from batchscore.model import ModelSet, scoring_plan
-from batchscore.pipeline import Pipeline, PipelineOptions, source_columns
+from batchscore.pipeline import Pipeline, PipelineOptions
 from batchscore.plan import (
     check_coverage,
     input_format,
