@@ -15,6 +15,7 @@ from typing import Any
 from batchscore.errors import InterruptedRun, UsageError
 from batchscore.settings import Settings
 from batchscore.signals import leave_on_second_signal, signals_deferred
+from batchscore.sources.configs import with_absolute_paths
 
 PROBE_TIMEOUT = 5.0
 """Seconds a TCP connection to ``--scheduler`` may take before it is unreachable (exit 2)."""
@@ -43,9 +44,14 @@ class Cluster:
         # Dask's own lines (scheduler started, "Worker process still alive after 4.0 seconds,
         # killing" as the cluster closes) are its news, not this run's: shown with --debug.
         # A lost worker costs nothing but time: its partition runs again, its part written once.
-        level = logging.DEBUG if run.debug else logging.ERROR
-        for name in ("distributed", "dask"):
-            logging.getLogger(name).setLevel(level)
+        # Every one of their loggers: distributed's own config gives some a level of their
+        # own (distributed.client: warning), which a level on "distributed" does not reach;
+        # under load "Couldn't gather keys ... rescheduling" (ERROR, then WARNING) is only a
+        # retry that the run's own summary accounts for.
+        level = logging.DEBUG if run.debug else logging.CRITICAL
+        for name in ["distributed", "dask", *logging.root.manager.loggerDict]:
+            if name.partition(".")[0] in ("distributed", "dask"):
+                logging.getLogger(name).setLevel(level)
         address = run.scheduler
         if address is None:
             # One single-threaded worker process per core: a task runs its own event loop and
@@ -129,17 +135,7 @@ def _probe_scheduler(address: str) -> None:
 def for_workers(settings: Settings) -> Settings:
     """The settings a worker needs: paths absolute (workers may run elsewhere), one LightGBM
     thread per predict unless --threads says (a worker process per core already uses them)."""
-    sources = tuple(
-        {
-            key: (
-                os.path.abspath(value)
-                if key in ("path", "ca_bundle") and isinstance(value, str) and "://" not in value
-                else value
-            )
-            for key, value in table.items()
-        }
-        for table in settings.sources
-    )
+    sources = tuple(with_absolute_paths(config) for config in settings.sources)
     threads = 1 if settings.score.threads is None else settings.score.threads
     return replace(settings, sources=sources, score=replace(settings.score, threads=threads))
 
