@@ -52,8 +52,9 @@ import httpx
 import orjson
 
 from batchscore.report import RunStats
-from batchscore.settings import FetchSettings
-from batchscore.sources import Failure, build_sources
+from batchscore.settings import FetchSettings, source_configs
+from batchscore.sources import Failure
+from batchscore.sources.build import build_sources
 from batchscore.sources.httpclient import ClientOptions, Endpoint
 from batchscore.sources.limits import Limits
 from batchscore.sources.retry import RetryPolicy
@@ -159,7 +160,7 @@ async def batchscore_source(url: str, concurrency: int) -> AsyncIterator[Fetch]:
         "features_path": "features",
         "timeout": 60.0,
     }
-    [source] = build_sources([table], limits, FetchSettings(retries=0), stats)
+    [source] = build_sources(source_configs([table]), limits, FetchSettings(retries=0), stats)
     await source.open()
     try:
 

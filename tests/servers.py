@@ -24,8 +24,9 @@ import orjson
 import pytest
 
 from batchscore.report import RunStats
-from batchscore.settings import FetchSettings
-from batchscore.sources import NOT_FOUND, Failure, Fetched, build_sources, retry
+from batchscore.settings import FetchSettings, source_configs
+from batchscore.sources import NOT_FOUND, Failure, Fetched, retry
+from batchscore.sources.build import build_sources
 from batchscore.sources.limits import Limits
 from conftest import ScoreInProcess, TrainedModel, read_output
 from conftest import write_config as write_config_file
@@ -144,7 +145,7 @@ def fetch_all(
 
     async def main() -> list[list[FetchResult]]:
         limits = Limits(concurrency=concurrency, observe=stats.observe)
-        built = build_sources(sources, limits, fetch or FetchSettings(), stats)
+        built = build_sources(source_configs(sources), limits, fetch or FetchSettings(), stats)
         for source in built:
             await source.open()
         try:

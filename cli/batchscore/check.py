@@ -34,7 +34,9 @@ from batchscore.model import Member, ModelSet
 from batchscore.redact import redact
 from batchscore.report import LatencyHistogram, RunStats
 from batchscore.settings import Settings
-from batchscore.sources import NOT_FOUND, Failure, Fetched, Source, build_sources
+from batchscore.sources import NOT_FOUND, Failure, Fetched, Source
+from batchscore.sources.build import build_sources
+from batchscore.sources.configs import InputConfig
 from batchscore.sources.httpclient import CredentialsRejected
 from batchscore.sources.input import InputSource, input_values
 from batchscore.sources.limits import Limits
@@ -403,9 +405,9 @@ def _eta(
 
 def _input_source(settings: Settings) -> InputSource | None:
     """The configured source of kind input, built on its own: it reads the sample."""
-    for i, table in enumerate(settings.sources):
-        if table.get("kind") == "input":
-            return InputSource.from_table(table, f"sources[{i}]")
+    for config in settings.sources:
+        if isinstance(config, InputConfig):
+            return InputSource(config)
     return None
 
 

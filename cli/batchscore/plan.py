@@ -29,7 +29,7 @@ from batchscore.settings import Settings, audit_columns
 from batchscore.sinks import EXTENSIONS, Columns, format_of_name, output_format
 from batchscore.sinks.files import refuse_existing, write_error
 from batchscore.sources import Source
-from batchscore.sources.input import has_input_source
+from batchscore.sources.configs import InputConfig
 from batchscore.state import state_path, stopped_run_replaces
 
 log = logging.getLogger("batchscore")
@@ -152,7 +152,10 @@ def make_plan(settings: Settings) -> Plan:
     in_format = input_format(settings)
     if settings.input.keep and in_format == "text":
         raise UsageError("--keep needs a CSV, TSV or JSON-lines input; plain text has only IDs")
-    if has_input_source(settings.sources) and in_format in ("text", "errors"):
+    if any(isinstance(c, InputConfig) for c in settings.sources) and in_format in (
+        "text",
+        "errors",
+    ):
         raise UsageError(
             idmod.TEXT_HAS_NO_FEATURES
             if in_format == "text"

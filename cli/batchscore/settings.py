@@ -16,11 +16,14 @@ import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchscore.configtools import build, check_keys, coerce, expand_env, suggest
 from batchscore.errors import ConfigError
-from batchscore.redact import register_secrets
+from batchscore.redact import register_secrets, register_sources
+
+if TYPE_CHECKING:
+    from batchscore.sources.configs import SourceConfig
 
 
 @dataclass(frozen=True)
@@ -236,7 +239,7 @@ class Settings:
     output: OutputSettings = field(default_factory=OutputSettings)
     run: RunSettings = field(default_factory=RunSettings)
     drift: DriftSettings = field(default_factory=DriftSettings)
-    sources: tuple[Mapping[str, Any], ...] = ()
+    sources: tuple[SourceConfig, ...] = ()  # the [[sources]] tables, checked
     models: tuple[NamedModel, ...] = ()  # the models scored (one, unnamed, from [model] path)
     config_path: str | None = None
     fingerprint: str = ""
@@ -321,13 +324,12 @@ def resolve(
         raise ConfigError("sources in the config file must be an array of tables ([[sources]])")
     settings = Settings(
         **sections,
-        sources=tuple(sources),
         models=_models(model_flags or [], sections["model"], data.get("models")),
         config_path=config_path,
         fingerprint=digest,
         secrets=secrets,
     )
-    validate(settings, origins)
+    settings = dataclasses.replace(settings, sources=validate(settings, sources, origins))
     if settings.input.reason and not settings.input.from_errors:
         raise ConfigError(
             f"{origins('input', 'reason')} picks records of an errors file; add --from-errors "
@@ -495,9 +497,12 @@ the hardware threads of the largest servers (a predict gains nothing past them),
 what fails: libgomp cannot start 40,000 threads, and 65,536 crash LightGBM."""
 
 
-def validate(s: Settings, where: Origins | None = None) -> None:
+def validate(
+    s: Settings, tables: Sequence[Mapping[str, Any]], where: Origins | None = None
+) -> tuple[SourceConfig, ...]:
     """Cross-field checks that no single field can make; a message names the value as the
-    user gave it (flag, variable, or config key and file: see :class:`Origins`)."""
+    user gave it (flag, variable, or config key and file: see :class:`Origins`).  Returns the
+    ``[[sources]]`` ``tables`` as typed records, checked last."""
     at = where or Origins()
     for section in SECTIONS:
         values = getattr(s, section)
@@ -598,13 +603,22 @@ def validate(s: Settings, where: Origins | None = None) -> None:
         raise ConfigError(f"{at('run', 'partition_size')} must be 0 (chosen) or more lines")
     if not s.models:
         raise ConfigError("no model given; pass -m MODEL or set [model] path in the config")
-    if not s.sources:
+    if not tables:
         raise ConfigError(
             'no feature sources; add a [[sources]] table to the config (-c) (kind = "input" '
             "takes the features from the input file's own columns)"
         )
+    return source_configs(tables)
+
+
+def source_configs(tables: Sequence[Mapping[str, Any]]) -> tuple[SourceConfig, ...]:
+    """The ``[[sources]]`` tables as typed records: kinds and names first, then each kind's
+    own keys (:mod:`batchscore.sources.configs`, imported only now: the ``--help`` path stays
+    free of numpy).  The secrets in the tables are registered before anything can quote them."""
+    from batchscore.sources.configs import parse_sources
+
     names: set[str] = set()
-    for i, src in enumerate(s.sources):
+    for i, src in enumerate(tables):
         kind = src.get("kind")
         if kind not in SOURCE_KINDS:
             raise ConfigError(
@@ -617,12 +631,14 @@ def validate(s: Settings, where: Origins | None = None) -> None:
                 f"two sources are named '{name}'; give each [[sources]] a unique name"
             )
         names.add(name)
-    inputs = [i for i, src in enumerate(s.sources) if src.get("kind") == "input"]
+    inputs = [i for i, src in enumerate(tables) if src.get("kind") == "input"]
     if len(inputs) > 1:
         raise ConfigError(
             f"sources[{inputs[1]}] is a second source of kind input; one reads every input "
             "column it needs: list them in the first one's `columns`"
         )
+    register_sources(tables)
+    return parse_sources(tables)
 
 
 def audit_columns(add: tuple[str, ...]) -> tuple[str, ...]:

@@ -50,7 +50,7 @@ from batchscore.sinks.files import (
     FileTarget,
     temp_path,
 )
-from batchscore.sources import build_sources
+from batchscore.sources.build import build_sources
 from batchscore.sources.input import input_values
 from batchscore.sources.limits import Limits
 from batchscore.state import RunFiles, RunState

@@ -14,15 +14,10 @@ import operator
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-
-if TYPE_CHECKING:
-    from batchscore.report import RunStats
-    from batchscore.settings import FetchSettings
-    from batchscore.sources.limits import Limits
 
 T = TypeVar("T")
 
@@ -205,55 +200,3 @@ class Source(Protocol):
 def inverse_rename(rename: Mapping[str, str]) -> dict[str, str]:
     """Model name -> the source's name, from a source's ``rename`` (source name -> model name)."""
     return {model: source for source, model in rename.items()}
-
-
-def build_sources(
-    tables: Sequence[Mapping[str, Any]],
-    limits: Limits,
-    fetch: FetchSettings,
-    stats: RunStats,
-) -> list[Source]:
-    """Build every configured source (validated, not yet opened).
-
-    The secrets in the tables (header values, URL credentials and query values, DSN passwords)
-    are registered with :mod:`batchscore.redact` first, so that no message about them can show them.
-    """
-    from batchscore.errors import ConfigError
-    from batchscore.redact import register_sources
-
-    register_sources(tables)
-    sources: list[Source] = []
-    for i, table in enumerate(tables):
-        where = f"sources[{i}]"
-        kind = table.get("kind")
-        if kind == "sqlite":
-            from batchscore.sources.sqlite import SqliteSource
-
-            sources.append(SqliteSource.from_table(table, where, limits))
-        elif kind == "http":
-            from batchscore.sources.http import HttpSource
-
-            sources.append(HttpSource.from_table(table, where, limits, _policy(fetch), stats))
-        elif kind == "feast":
-            from batchscore.sources.feast import FeastSource
-
-            sources.append(FeastSource.from_table(table, where, limits, _policy(fetch), stats))
-        elif kind == "postgres":
-            from batchscore.sources.postgres import PostgresSource
-
-            sources.append(PostgresSource.from_table(table, where, limits, _policy(fetch), stats))
-        elif kind == "input":
-            from batchscore.sources.input import InputSource
-
-            sources.append(InputSource.from_table(table, where))
-        else:
-            raise ConfigError(f"{where}: kind '{kind}' is not supported by this build")
-    return sources
-
-
-def _policy(fetch: FetchSettings) -> Any:
-    """The retry policy of HTTP and PostgreSQL sources (imported only when one is configured:
-    start-up time that a SQLite-only run does not need)."""
-    from batchscore.sources.retry import RetryPolicy
-
-    return RetryPolicy.from_settings(fetch)

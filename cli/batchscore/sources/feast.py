@@ -18,60 +18,26 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import numpy as np
 import orjson
 
-from batchscore.configtools import build, suggest
-from batchscore.errors import ConfigError
 from batchscore.report import RunStats
 from batchscore.sources import Failure, Fetched, inverse_rename, split
+from batchscore.sources.configs import FeastConfig
 from batchscore.sources.httpclient import (
-    ClientOptions,
     Endpoint,
     Malformed,
-    check_options,
-    check_url,
     parse_json,
 )
 from batchscore.sources.limits import Limits
 from batchscore.sources.retry import RetryPolicy
 
-MAX_BATCH = 10_000
-ENTITY_TYPES = ("string", "int")
 PRESENT = "PRESENT"
 FEAST_NOT_FOUND = "NOT_FOUND"
-
-
-@dataclass(frozen=True)
-class FeastConfig:
-    """``[[sources]]`` keys for ``kind = "feast"``."""
-
-    name: str
-    kind: str
-    url: str  # the feature server's base URL; /get-online-features is appended
-    entity_key: str
-    features: tuple[str, ...] = ()  # "view:feature" references
-    feature_service: str | None = None
-    entity_type: str = "string"  # "int" sends IDs as JSON integers (int64 entity keys)
-    batch_size: int = 100
-    headers: dict[str, str] = field(default_factory=dict)
-    timeout: float = 10.0
-    ca_bundle: str | None = None
-    insecure: bool = False
-    proxy: str | None = None
-    max_response_bytes: int | None = None  # of a decoded answer; None: 64 MiB
-    rename: dict[str, str] = field(default_factory=dict)
-    wins: tuple[str, ...] = ()
-
-    @property
-    def client_options(self) -> ClientOptions:
-        """The connection settings."""
-        return ClientOptions.of(self)
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -110,34 +76,10 @@ class FeastSource:
         )
 
     @classmethod
-    def from_table(
-        cls,
-        table: Mapping[str, Any],
-        where: str,
-        limits: Limits,
-        policy: RetryPolicy,
-        stats: RunStats,
+    def build(
+        cls, config: FeastConfig, limits: Limits, policy: RetryPolicy, stats: RunStats
     ) -> FeastSource:
-        """Validate a ``[[sources]]`` table and build the source."""
-        config = build(FeastConfig, {"name": "feast", **table}, where)
-        check_url(config.url, f"{where}.url")
-        check_options(config.client_options, where)
-        if bool(config.features) == bool(config.feature_service):
-            raise ConfigError(
-                f'{where} needs either features = ["view:feature", ...] or feature_service, '
-                "exactly one of them"
-            )
-        for ref in config.features:
-            view, _, name = ref.rpartition(":")
-            if not view or not name:
-                raise ConfigError(f"{where}.features: '{ref}' must be a \"view:feature\" reference")
-        if config.entity_type not in ENTITY_TYPES:
-            raise ConfigError(
-                f"{where}.entity_type must be string or int, not '{config.entity_type}'"
-                + suggest(config.entity_type, ENTITY_TYPES)
-            )
-        if not 1 <= config.batch_size <= MAX_BATCH:
-            raise ConfigError(f"{where}.batch_size must be between 1 and {MAX_BATCH}")
+        """The source of a checked ``[[sources]]`` record (nothing is sent yet)."""
         endpoint = Endpoint(
             source=config.name,
             options=config.client_options,

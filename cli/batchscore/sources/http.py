@@ -23,26 +23,19 @@ Endpoint`'s business; this module only knows URLs, bodies and response shapes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import orjson
 
-from batchscore.configtools import build, suggest
-from batchscore.errors import ConfigError
 from batchscore.report import RunStats
 from batchscore.sources import Failure, Fetched, inverse_rename, split
+from batchscore.sources.configs import PLACEHOLDER, HttpConfig
 from batchscore.sources.httpclient import (
-    MAX_PER_ID_RESPONSE_BYTES,
-    MAX_RESPONSE_BYTES,
-    ClientOptions,
     Endpoint,
     Malformed,
-    check_options,
-    check_url,
     dig,
     features_at,
     parse_json,
@@ -50,39 +43,7 @@ from batchscore.sources.httpclient import (
 from batchscore.sources.limits import Limits
 from batchscore.sources.retry import RetryPolicy
 
-MODES = ("per_id", "batch")
 _UNSET = Failure("not_fetched")  # a placeholder; every one is replaced before use
-MAX_BATCH = 10_000
-PLACEHOLDER = "{id}"
-
-
-@dataclass(frozen=True)
-class HttpConfig:
-    """``[[sources]]`` keys for ``kind = "http"``."""
-
-    name: str
-    kind: str
-    url: str
-    mode: str = "per_id"
-    headers: dict[str, str] = field(default_factory=dict)
-    timeout: float = 10.0  # seconds for a whole attempt: connect, headers and body
-    features_path: str | None = None  # None: "" for per_id, "features" for batch records
-    results_path: str = "results"
-    id_field: str = "id"
-    ids_key: str = "ids"
-    batch_size: int | None = None  # batch mode only; default 100
-    ca_bundle: str | None = None
-    insecure: bool = False
-    proxy: str | None = None  # e.g. "http://proxy:3128"; proxy variables are never read
-    max_response_bytes: int | None = None  # decoded; None: 1 MiB per_id, 64 MiB batch
-    rename: dict[str, str] = field(default_factory=dict)
-    wins: tuple[str, ...] = ()
-
-    @property
-    def client_options(self) -> ClientOptions:
-        """The connection settings."""
-        per_id = self.mode == "per_id"
-        return ClientOptions.of(self, MAX_PER_ID_RESPONSE_BYTES if per_id else MAX_RESPONSE_BYTES)
 
 
 def encode_id(id_: str) -> str:
@@ -91,19 +52,6 @@ def encode_id(id_: str) -> str:
     if encoded and not encoded.strip("."):
         return "%2E" * len(encoded)
     return encoded
-
-
-def _check_template(url: str, where: str) -> None:
-    if PLACEHOLDER not in url:
-        raise ConfigError(
-            f'{where}.url needs {PLACEHOLDER} where the ID goes (mode = "per_id"), '
-            'e.g. "http://host/features/{id}"; or set mode = "batch"'
-        )
-    probe = url.replace(PLACEHOLDER, "batchscoreid")
-    check_url(probe, f"{where}.url")
-    parts = urlsplit(probe)
-    if "batchscoreid" in parts.scheme + parts.netloc:
-        raise ConfigError(f"{where}.url may have {PLACEHOLDER} in its path or query, not its host")
 
 
 class HttpSource:
@@ -129,38 +77,10 @@ class HttpSource:
         self._source_names = inverse_rename(config.rename)
 
     @classmethod
-    def from_table(
-        cls,
-        table: Mapping[str, Any],
-        where: str,
-        limits: Limits,
-        policy: RetryPolicy,
-        stats: RunStats,
+    def build(
+        cls, config: HttpConfig, limits: Limits, policy: RetryPolicy, stats: RunStats
     ) -> HttpSource:
-        """Validate a ``[[sources]]`` table and build the source."""
-        config = build(HttpConfig, {"name": "http", **table}, where)
-        if config.mode not in MODES:
-            raise ConfigError(
-                f"{where}.mode must be per_id or batch, not '{config.mode}'"
-                + suggest(config.mode, MODES)
-            )
-        check_options(config.client_options, where)
-        if config.mode == "per_id":
-            _check_template(config.url, where)
-            if config.batch_size is not None:
-                raise ConfigError(
-                    f'{where}.batch_size applies to mode = "batch" only; per_id sends one ID '
-                    "per request (--concurrency bounds how many at once)"
-                )
-        else:
-            check_url(config.url, f"{where}.url")
-            if PLACEHOLDER in config.url:
-                raise ConfigError(
-                    f'{where}.url has {PLACEHOLDER} but mode = "batch" POSTs the IDs in the body; '
-                    'remove it or use mode = "per_id"'
-                )
-            if not 1 <= (config.batch_size or 100) <= MAX_BATCH:
-                raise ConfigError(f"{where}.batch_size must be between 1 and {MAX_BATCH}")
+        """The source of a checked ``[[sources]]`` record (nothing is sent yet)."""
         endpoint = Endpoint(
             source=config.name,
             options=config.client_options,

@@ -25,12 +25,9 @@ import asyncio
 import base64
 import logging
 import os
-import re
 import socket
 import ssl
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import aiohttp
@@ -45,6 +42,7 @@ from batchscore import __version__, jsontext
 from batchscore.errors import ConfigError, SourceDownError
 from batchscore.report import RunStats
 from batchscore.sources import NOT_FOUND, Failure
+from batchscore.sources.configs import ClientOptions
 from batchscore.sources.limits import Limits
 from batchscore.sources.retry import (
     RETRYABLE_STATUSES,
@@ -62,26 +60,12 @@ Headers = CIMultiDictProxy[str]
 
 MALFORMED = "malformed_response"
 TOO_LARGE = "response_too_large"
-MAX_RESPONSE_BYTES = 64 << 20
-"""The default cap of a batch or Feast answer's decoded body.  The largest answer the limits
-allow, 10,000 IDs of 50 features in Feast's column-major JSON (each value with its status and
-timestamp, ~60 bytes), is ~30 MB; a hostile answer costs at most this much per request in
-flight."""
-MAX_PER_ID_RESPONSE_BYTES = 1 << 20
-"""The default cap of a per-ID answer's decoded body: one ID's features (a few KB, an
-embedding of thousands of floats ~40 KB) with room to spare, and at most this much per
-request in flight: 64 MB at ``--concurrency`` 64."""
 READ_BLOCK = 1 << 20
 """Decoded bytes aiohttp may buffer (and decompress in one step) ahead of the reader: a whole
 usual answer, read without pausing the connection, while a bomb inflates a block at a time."""
 USER_AGENT = f"batchscore/{__version__}"
 KEEPALIVE_SECONDS = 30.0
 NO_TIMEOUTS = aiohttp.ClientTimeout()  # aiohttp's own limits off: asyncio.timeout bounds attempts
-
-# What may appear in a URL that is sent as written: RFC 3986's unreserved and reserved characters
-# and %XX escapes.  Anything else (a space, a quote, non-ASCII, a lone %) needs percent-encoding.
-_NOT_ENCODED = re.compile(r"[^A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]|%(?![0-9A-Fa-f]{2})")
-
 
 # Transport failures, most specific first: (exception type, reason, retryable).  A certificate
 # the source's CA bundle does not accept will not change on a retry; everything else here is
@@ -182,75 +166,6 @@ async def no_hidden_retry(
         raise  # connecting failed: aiohttp does not retry these; keep the type
     except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
         raise ConnectionDropped(str(exc)) from exc
-
-
-@dataclass(frozen=True)
-class ClientOptions:
-    """The connection settings every http and feast source has."""
-
-    timeout: float
-    headers: Mapping[str, str]
-    ca_bundle: str | None = None
-    insecure: bool = False
-    proxy: str | None = None
-    tls: bool = True  # the source's URL is https (redirects are never followed to one)
-    max_response_bytes: int = MAX_RESPONSE_BYTES  # of a decoded body; more: response_too_large
-
-    @classmethod
-    def of(cls, config: Any, default_max_response_bytes: int = MAX_RESPONSE_BYTES) -> ClientOptions:
-        """The connection settings of an http or feast source's config (same key names)."""
-        return cls(
-            config.timeout,
-            config.headers,
-            config.ca_bundle,
-            config.insecure,
-            config.proxy,
-            tls=config.url.lower().startswith("https:"),
-            max_response_bytes=(
-                default_max_response_bytes
-                if config.max_response_bytes is None
-                else config.max_response_bytes
-            ),
-        )
-
-
-def check_options(options: ClientOptions, where: str) -> None:
-    """Config errors in the connection settings, before anything connects."""
-    if not options.timeout > 0:
-        raise ConfigError(f"{where}.timeout must be more than 0 seconds")
-    if options.max_response_bytes < 1:
-        raise ConfigError(f"{where}.max_response_bytes must be at least 1 (bytes of a body)")
-    if options.insecure and options.ca_bundle:
-        raise ConfigError(
-            f"{where}: give ca_bundle (verify with this CA) or insecure = true, not both"
-        )
-    if options.ca_bundle and not Path(options.ca_bundle).is_file():
-        raise ConfigError(f"{where}.ca_bundle: no file {options.ca_bundle}")
-    if options.proxy is not None:
-        check_url(options.proxy, f"{where}.proxy")
-
-
-def check_url(url: str, where: str) -> yarl.URL:
-    """An absolute, percent-encoded http(s) URL, or a ConfigError that does not repeat it (it
-    may hold secrets).
-
-    URLs are sent exactly as written (an ID's ``%2F`` or ``%2E`` must stay one path segment), so a
-    character that needs percent-encoding is refused here rather than guessed at later.
-    """
-    if _NOT_ENCODED.search(url.replace("{id}", "")):  # a misplaced {id} has its own message
-        raise ConfigError(
-            f"{where} has a character that must be percent-encoded (a space as %20, a lone % as "
-            "%25, non-ASCII as its UTF-8 bytes %XX, a non-ASCII host in its xn-- form)"
-        )
-    try:
-        parsed = yarl.URL(url, encoded=True)
-        # .port raises for a bad port here, not at the first request
-        valid = parsed.scheme in ("http", "https") and bool(parsed.raw_host) and bool(parsed.port)
-    except ValueError:
-        raise ConfigError(f"{where} is not a valid URL") from None
-    if not valid:
-        raise ConfigError(f"{where} must be an absolute http:// or https:// URL")
-    return parsed
 
 
 def _ssl_context(options: ClientOptions) -> ssl.SSLContext | bool:
@@ -579,18 +494,13 @@ class Endpoint:
 
 __all__ = [
     "MALFORMED",
-    "MAX_PER_ID_RESPONSE_BYTES",
-    "MAX_RESPONSE_BYTES",
     "TOO_LARGE",
     "TRANSPORT_FAILURES",
-    "ClientOptions",
     "ConnectionDropped",
     "CredentialsRejected",
     "Endpoint",
     "GatedConnector",
     "Malformed",
-    "check_options",
-    "check_url",
     "dig",
     "features_at",
     "no_hidden_retry",

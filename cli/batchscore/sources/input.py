@@ -17,26 +17,14 @@ the fields of the first line that holds an ID.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from batchscore.configtools import build, suggest
+from batchscore.configtools import suggest
 from batchscore.sources import Fetched, check_columns
-
-
-@dataclass(frozen=True)
-class InputConfig:
-    """``[[sources]]`` keys for ``kind = "input"``."""
-
-    name: str
-    kind: str
-    columns: tuple[str, ...] = ()  # input columns that are features; empty = every model feature
-    rename: dict[str, str] = field(default_factory=dict)  # input column -> model feature
-    wins: tuple[str, ...] = ()
-
+from batchscore.sources.configs import InputConfig
 
 SHOWN_COLUMNS = 30
 
@@ -59,11 +47,6 @@ class InputSource:
         self._chosen: tuple[str, ...] | None = None  # input columns, once the input is read
         self._position: dict[str, int] = {}  # model feature -> its column in Chunk.inputs
         self._sample: dict[str, tuple[Any, ...]] = {}  # ID -> values, for ``check``'s sample
-
-    @classmethod
-    def from_table(cls, table: Mapping[str, Any], where: str) -> InputSource:
-        """Validate a ``[[sources]]`` table and build the source."""
-        return cls(build(InputConfig, {"name": "input", **table}, where))
 
     def choose(
         self, header: Sequence[str], id_column: str, model_features: Collection[str], what: str
@@ -157,9 +140,4 @@ def input_values(
     return choose
 
 
-def has_input_source(tables: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether the ``[[sources]]`` tables configure a source of kind input."""
-    return any(table.get("kind") == "input" for table in tables)
-
-
-__all__ = ["InputConfig", "InputSource", "has_input_source", "input_values"]
+__all__ = ["InputSource", "input_values"]

@@ -35,21 +35,21 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from batchscore.configtools import build, suggest
+from batchscore.configtools import suggest
 from batchscore.errors import ConfigError, SourceDownError
 from batchscore.report import RunStats
 from batchscore.sources import Failure, Fetched, check_columns, split
+from batchscore.sources.configs import PostgresConfig
 from batchscore.sources.limits import Limits
 from batchscore.sources.retry import AttemptFailed, RetryPolicy, SourceHealth, call
 
 log = logging.getLogger("batchscore.sources")
 
-MAX_BATCH = 100_000
 CLOSE_SECONDS = 5.0
 AUTO_POOL_SIZE = 10
 """Connections of a pool under ``--concurrency auto`` unless ``pool_size`` says (asyncpg's own
@@ -77,31 +77,6 @@ _UUID = re.compile(r"(?:[0-9a-fA-F]{4}-?){7}[0-9a-fA-F]{4}")
 # Invalid text representation, value out of range, untranslatable character, not in repertoire:
 # PostgreSQL refusing an asked ID as a value of the key's type.
 NOT_A_KEY_STATES = frozenset({"22P02", "22003", "22P05", "22021"})
-
-
-@dataclass(frozen=True)
-class PostgresConfig:
-    """``[[sources]]`` keys for ``kind = "postgres"``."""
-
-    name: str
-    kind: str
-    dsn: str  # postgresql://user:${PGPASSWORD}@host:5432/db
-    table: str | None = None
-    key: str | None = None  # required with table; query mode: default the query's first column
-    query: str | None = None  # SQL with one parameter $1: the IDs, text[]
-    schema: str | None = None  # table mode; default: the connection's search_path
-    columns: tuple[str, ...] = ()  # feature columns to read; empty = every column but the key
-    batch_size: int = 1000
-    statement_timeout: float | None = None  # seconds, set as PostgreSQL's statement_timeout
-    timeout: float = 30.0  # seconds for connecting and for a whole query attempt, client side
-    pool_size: int | None = None  # connections; None: --concurrency, or AUTO_POOL_SIZE if auto
-    rename: dict[str, str] = field(default_factory=dict)
-    wins: tuple[str, ...] = ()
-
-    @property
-    def mode(self) -> str:
-        """``table`` or ``query`` (shown by ``batchscore check``)."""
-        return "query" if self.query is not None else "table"
 
 
 class PostgresUnavailable(SourceDownError):
@@ -210,42 +185,6 @@ class PostgresSource:
         self._columns: tuple[str, ...] = ()
         self._column_of: dict[str, str] = {}  # model name -> column
         self._selects: dict[tuple[str, ...], str] = {}
-
-    @classmethod
-    def from_table(
-        cls,
-        table: Mapping[str, Any],
-        where: str,
-        limits: Limits,
-        policy: RetryPolicy,
-        stats: RunStats,
-    ) -> PostgresSource:
-        """Validate a ``[[sources]]`` table and build the source."""
-        config = build(PostgresConfig, {"name": "postgres", **table}, where)
-        if not config.dsn.startswith(("postgresql://", "postgres://")):
-            raise ConfigError(
-                f'{where}.dsn must be a URI like "postgresql://user:${{PGPASSWORD}}@host:5432/db"'
-            )
-        if (config.table is None) == (config.query is None):
-            raise ConfigError(f"{where} needs either table (with key) or query, exactly one")
-        if config.table is not None and config.key is None:
-            raise ConfigError(f"{where} needs the key 'key' (the ID column of the table)")
-        if config.query is not None and config.schema is not None:
-            raise ConfigError(f"{where}.schema is for table mode; name the schema in the query")
-        if config.query is not None and "$1" not in config.query:
-            raise ConfigError(
-                f"{where}.query must use $1, the array of IDs (text[]): "
-                "... WHERE id = ANY($1), or ANY($1::bigint[]) for a bigint key"
-            )
-        if not 1 <= config.batch_size <= MAX_BATCH:
-            raise ConfigError(f"{where}.batch_size must be between 1 and {MAX_BATCH}")
-        if not config.timeout > 0:
-            raise ConfigError(f"{where}.timeout must be more than 0 seconds")
-        if config.pool_size is not None and config.pool_size < 1:
-            raise ConfigError(f"{where}.pool_size must be at least 1 connection")
-        if config.statement_timeout is not None and not config.statement_timeout > 0:
-            raise ConfigError(f"{where}.statement_timeout must be more than 0 seconds")
-        return cls(config, limits, policy, stats)
 
     # -- opening: connect, check the schema or the query ---------------------------------------
 
@@ -633,7 +572,6 @@ def _describe(exc: BaseException) -> str:
 
 
 __all__ = [
-    "PostgresConfig",
     "PostgresRejected",
     "PostgresSource",
     "PostgresUnavailable",

@@ -19,37 +19,19 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from batchscore.configtools import build, suggest
+from batchscore.configtools import suggest
 from batchscore.errors import ConfigError
 from batchscore.sources import Failure, Fetched, check_columns, split
+from batchscore.sources.configs import SqliteConfig
 from batchscore.sources.limits import Limits
 
 log = logging.getLogger("batchscore.sources")
-
-MAX_BATCH = 30_000
-
-
-@dataclass(frozen=True)
-class SqliteConfig:
-    """``[[sources]]`` keys for ``kind = "sqlite"``."""
-
-    name: str
-    kind: str
-    path: str
-    table: str
-    key: str
-    columns: tuple[str, ...] = ()  # feature columns to read; empty = every column but the key
-    batch_size: int = 500
-    mmap_size: int = 1 << 30  # bytes of the file SQLite reads through mmap; 0 = plain reads
-    rename: dict[str, str] = field(default_factory=dict)
-    wins: tuple[str, ...] = ()
 
 
 def _reason(exc: sqlite3.Error) -> str:
@@ -74,16 +56,6 @@ class SqliteSource:
         self._columns: tuple[str, ...] = ()
         self._json = True
         self._selects: dict[tuple[str, ...], str] = {}
-
-    @classmethod
-    def from_table(cls, table: Mapping[str, Any], where: str, limits: Limits) -> SqliteSource:
-        """Validate a ``[[sources]]`` table and build the source."""
-        config = build(SqliteConfig, {"name": "sqlite", **table}, where)
-        if not 1 <= config.batch_size <= MAX_BATCH:
-            raise ConfigError(f"{where}.batch_size must be between 1 and {MAX_BATCH}")
-        if config.mmap_size < 0:
-            raise ConfigError(f"{where}.mmap_size must be 0 (off) or a number of bytes")
-        return cls(config, limits)
 
     async def open(self) -> None:
         """Open read-only and check the table, key and columns against the schema."""

@@ -83,7 +83,7 @@ from batchscore.scoring import Environment, open_sources, read_input
 from batchscore.settings import Settings
 from batchscore.signals import leave_on_second_signal
 from batchscore.sinks import EXTENSIONS
-from batchscore.sources import build_sources
+from batchscore.sources.build import build_sources
 from batchscore.sources.input import input_values
 from batchscore.sources.limits import Limits
 from batchscore.sources.retry import down_message

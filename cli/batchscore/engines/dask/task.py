@@ -63,7 +63,8 @@ from batchscore.settings import Settings
 from batchscore.sinks import Columns
 from batchscore.sinks.errorlog import ErrorLog
 from batchscore.sinks.files import FileTarget
-from batchscore.sources import build_sources
+from batchscore.sources.build import build_sources
+from batchscore.sources.configs import secret_tables
 from batchscore.sources.input import input_values
 from batchscore.sources.limits import Limits
 from batchscore.sources.retry import SourceHealth
@@ -152,7 +153,7 @@ class JobPlugin(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         """Register the run's secrets before anything on this worker can print them; send
         batchscore's log lines through the redacting formatter."""
-        register_sources(self.job.settings.sources)
+        register_sources(secret_tables(self.job.settings.sources))
         register_secrets(self.job.settings.secrets)
         logger = logging.getLogger("batchscore")
         if not any(isinstance(h.formatter, RedactingFormatter) for h in logger.handlers):
