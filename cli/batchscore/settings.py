@@ -443,8 +443,8 @@ class Origins:
     def from_flag(self, opt: Option, value: Any) -> None:
         """The value came from ``opt``'s flag."""
         flag = _flag_name(opt)
-        if isinstance(value, bool):
-            self._where[opt.section, opt.key] = flag
+        if isinstance(value, bool):  # False: the negative of a flag pair (--no-header)
+            self._where[opt.section, opt.key] = flag if value else "--no-" + flag[2:]
         elif isinstance(value, (list, tuple)):  # a repeatable flag, as it was typed
             self._where[opt.section, opt.key] = " ".join(f"{flag} {v}" for v in value)
         else:
