@@ -183,3 +183,14 @@ def test_check_samples_a_csv_list_with_the_input_flags_of_score(
     assert result.returncode == 0, result.stderr
     text = result.stdout.decode()
     assert "3 IDs from" in text and "2 found, 1 not found of 3" in text
+
+
+def test_check_samples_a_headerless_csv_under_no_header_counting_its_first_line(
+    run_cli: RunCli, tmp_path: Path
+) -> None:
+    ids = tmp_path / "accounts.csv"
+    ids.write_text("C000858,n\nC004769,s\nC999999,e\n")
+    result = run_cli("check", "-c", SAMPLE_CONFIG, ids, "--no-header", cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    assert "3 IDs from" in text and "(3 lines)" in text and "2 found, 1 not found of 3" in text

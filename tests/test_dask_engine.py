@@ -216,6 +216,47 @@ def test_features_from_the_input_file_on_the_cluster(
     assert len(parts_of(out, "csv")) == 3
 
 
+def test_a_file_without_a_header_line_on_the_cluster(
+    cluster: Any, run_cli: RunCli, tmp_path: Path
+) -> None:
+    """``--no-header``: no partition skips a line, the first one neither, and the features of
+    an input source come from columns named by their number (``rename``), as a local run
+    reads them; the scores are those of the file with its header line."""
+    lines = (SAMPLE / "customers.csv").read_text().splitlines()
+    ids = tmp_path / "customers.csv"
+    ids.write_text("".join(f"{line}\n" for line in lines[1:]))
+    names = lines[0].split(",")
+    config = write_config(
+        tmp_path / "numbered.toml",
+        model=SAMPLE / "model.txt",
+        sources=[
+            {
+                "name": "input",
+                "kind": "input",
+                "rename": {str(n): name for n, name in enumerate(names, start=1) if n > 1},
+            }
+        ],
+    )
+    common = ["score", ids, "-c", config, "--no-header", "--keep", "6"]
+    out = merged_beside_local(run_cli, cluster, tmp_path, common, "csv", 7)
+    assert len(parts_of(out, "csv")) == 3
+    named = run_cli(
+        "score",
+        SAMPLE / "customers.csv",
+        "-c",
+        ROOT / "configs" / "input.toml",
+        "--keep",
+        "region",
+        "-o",
+        tmp_path / "named.csv",
+        cwd=ROOT,
+    )
+    assert named.returncode == 0, named.stderr
+    expected = [(r["id"], r["score"], r["region"]) for r in read_output(tmp_path / "named.csv")]
+    assert [(r["id"], r["score"], r["6"]) for r in rows_of(out)] == expected
+    assert len(expected) == 20
+
+
 def test_json_lines_features_from_the_input_on_the_cluster(
     cluster: Any, run_cli: RunCli, tmp_path: Path
 ) -> None:

@@ -28,7 +28,8 @@ def read(data: bytes, fmt: str = "text", **options: object) -> list[IdRow | Inpu
     keep = tuple(options.pop("keep", ()))  # type: ignore[call-overload]
     id_column = str(options.pop("id_column", "id"))
     id_field = str(options.pop("id_field", "id"))
-    header = bool(options.pop("header", False))
+    header = options.pop("header", None)
+    assert header is None or isinstance(header, bool)
     return list(read_ids(io.BytesIO(data), fmt, id_column, id_field, keep, header))
 
 
@@ -169,6 +170,73 @@ def test_csv_stray_quote_closing_a_quote_lines_later_swallows_no_line() -> None:
 def test_csv_header_opening_a_quote_never_closed_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="never closed"):
         read(b'id,"note\nA,1\nB,2\n', "csv")
+
+
+# -- --no-header: a CSV or TSV whose first line is data (issue 22) ----------------------------
+
+
+def test_no_header_csv_reads_its_first_line_as_a_row_with_columns_numbered_from_1() -> None:
+    data = BOM + b'\r\nC1,x,"a, b"\r\nC2,y,"say ""hi"""\n\nC3,z,\n'
+    items = read(data, "csv", header=False, id_column="1", keep=("3", "2"))
+    assert items == [
+        IdRow(2, "C1", ("a, b", "x")),  # line numbers stay the file's, blank lines counted
+        IdRow(3, "C2", ('say "hi"', "y")),
+        IdRow(5, "C3", ("", "z")),
+    ]
+
+
+def test_no_header_tsv_takes_the_id_by_its_number_and_a_first_line_quote_is_data() -> None:
+    data = b'"x\t007\n"y\tC2\n'
+    assert read(data, "tsv", header=False, id_column="2", keep=("1",)) == [
+        IdRow(1, "007", ('"x',)),
+        IdRow(2, "C2", ('"y',)),
+    ]
+
+
+def test_no_header_column_that_is_no_number_of_the_first_line_is_a_usage_error() -> None:
+    with pytest.raises(UsageError) as error:
+        read(b"C1,x,y\nC2,x,y\n", "csv", header=False, id_column="1", keep=("4",))
+    assert error.value.message == (
+        "the input CSV has no column '4': with --no-header its columns are numbered 1 to 3 "
+        "(as cut -f numbers them; its first line has 3 fields); pass --keep with one of those"
+    )
+    with pytest.raises(UsageError, match="has no column 'id': with --no-header"):
+        read(b"C1\tx\n", "csv", header=False, id_column="id")
+
+
+def test_no_header_first_line_that_is_no_csv_record_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="first line opens a quote that is never closed"):
+        read(b'C1,"note\nC2,1\n', "csv", header=False, id_column="1")
+
+
+def test_no_header_partition_reads_its_columns_by_number_from_its_first_line() -> None:
+    """A part of a file (``--engine dask``) has no header line either: its first line is a
+    row, numbered as in the file, whatever its width."""
+    data = b"C7,a,b\nC8\nC9,c,d\n"
+    items = list(read_ids(io.BytesIO(data), "csv", "1", "id", ("3",), False, start=41, whole=False))
+    assert items[0] == IdRow(41, "C7", ("b",))
+    assert (items[1].line, items[1].reason) == (42, "short_row")  # type: ignore[union-attr]
+    assert items[2] == IdRow(43, "C9", ("d",))
+
+
+@pytest.mark.parametrize(
+    ("data", "id_column", "suggested"),
+    [
+        (b"C000858,3\nC000859,4\n", "id", "--no-header --id-column 1"),
+        (b"basic,C000858\nplus,C000859\n", "id", "--no-header --id-column 2"),
+        (b"basic,C000858\nplus,C000859\n", "C000858", "--no-header --id-column 2"),
+    ],
+)
+def test_a_header_that_is_data_is_refused_naming_no_header_and_the_ids_column(
+    data: bytes, id_column: str, suggested: str
+) -> None:
+    with pytest.raises(UsageError) as error:
+        read(data, "csv", id_column=id_column)
+    assert "looks like data, not a header" in error.value.message
+    assert f"pass {suggested} (its columns are then numbered from 1" in error.value.message
+    # Following the suggestion reads every row, the first one too.
+    items = read(data, "csv", header=False, id_column=suggested.rsplit(" ", 1)[1])
+    assert ids_and_lines(items) == [(1, "C000858"), (2, "C000859")]
 
 
 # -- JSON lines -----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import pytest
 
 from batchscore.progress import LogProgress
 from batchscore.report import RunStats
-from conftest import ROOT, SAMPLE_CONFIG, RunCli, batchscore_command
+from conftest import ROOT, SAMPLE_CONFIG, RunCli, batchscore_command, read_output
 from featureserver import Faults, FeatureServer
 from test_http_source import tls_server  # noqa: F401 - a fixture, shared
 
@@ -478,7 +478,7 @@ def test_a_headerless_tsv_is_said_to_be_one_and_no_value_is_offered_as_a_column(
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()
     assert "the input TSV's first line (C000858, 3) looks like data, not a header" in line
-    assert "cut -f1 FILE | batchscore score -" in line
+    assert "pass --no-header --id-column 1 (its columns are then numbered from 1" in line
     assert "--id-column C000858" not in line and "one of those" not in line
 
     # Following the old advice, --id-column C000858, ate the first customer as a header.
@@ -497,7 +497,201 @@ def test_a_headerless_tsv_is_said_to_be_one_and_no_value_is_offered_as_a_column(
     assert "--id-column C000858 is one of its values, and that row would not be scored" in (
         taken.stderr
     )
+    assert "pass --no-header --id-column 1 " in taken.stderr
     assert not (tmp_path / "s.csv").exists()
+
+
+def headerless(tmp_path: Path, suffix: str) -> tuple[Path, Path]:
+    """The sample's 20 customers as a CSV or TSV with its header line, and without it."""
+    lines = (ROOT / "sample_data" / "customers.csv").read_text().splitlines()
+    if suffix == ".tsv":
+        lines = [line.replace(",", "\t") for line in lines]
+    with_header, without = tmp_path / f"with{suffix}", tmp_path / f"without{suffix}"
+    with_header.write_text("".join(f"{line}\n" for line in lines))
+    without.write_text("".join(f"{line}\n" for line in lines[1:]))
+    return with_header, without
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_a_file_without_a_header_line_scores_every_row_under_no_header(
+    tmp_path: Path, run_cli: RunCli, suffix: str
+) -> None:
+    """``--no-header``: the first line is a row; columns are numbered as ``cut -f`` does, and
+    a column kept by number is named by it.  The scores are those of the file with its header."""
+    with_header, without = headerless(tmp_path, suffix)
+    named = run_cli(
+        "score",
+        with_header,
+        "-c",
+        SAMPLE_CONFIG,
+        "--id-column",
+        "customer_id",
+        "--keep",
+        "region",
+        "-o",
+        tmp_path / "named.jsonl",
+        cwd=ROOT,
+    )
+    assert named.returncode == 0, named.stderr
+    numbered = run_cli(
+        "score",
+        without,
+        "-c",
+        SAMPLE_CONFIG,
+        "--no-header",
+        "--keep",
+        "6",
+        "-o",
+        tmp_path / "numbered.jsonl",
+        cwd=ROOT,
+    )
+    assert numbered.returncode == 0, numbered.stderr
+    rows = read_output(tmp_path / "numbered.jsonl")
+    expected = read_output(tmp_path / "named.jsonl")
+    assert len(rows) == 20 and rows[0]["id"] == "C000858"  # the first line is scored
+    assert [(r["id"], r["score"], r["6"]) for r in rows] == [
+        (r["id"], r["score"], r["region"]) for r in expected
+    ]
+    assert list(rows[0]) == ["id", "score", "6"]
+
+
+def test_following_the_refusal_of_a_headerless_file_scores_every_row(
+    tmp_path: Path, run_cli: RunCli
+) -> None:
+    """The refusal (above) says what to pass; passing it loses no row, the first one neither."""
+    _, without = headerless(tmp_path, ".tsv")
+    refused = run_cli("score", without, "-c", SAMPLE_CONFIG, cwd=ROOT)
+    assert refused.returncode == 2
+    (line,) = refused.stderr.splitlines()
+    assert "the input TSV's first line (C000858, 1005, 1228, 30, ...) looks like data" in line
+    assert "pass --no-header --id-column 1 (its columns are then numbered from 1" in line
+
+    followed = run_cli(
+        "score",
+        without,
+        "-c",
+        SAMPLE_CONFIG,
+        "--no-header",
+        "--id-column",
+        "1",
+        "-o",
+        tmp_path / "s.csv",
+        cwd=ROOT,
+    )
+    assert followed.returncode == 0, followed.stderr
+    scored = [row["id"] for row in read_output(tmp_path / "s.csv")]
+    assert scored == [line.split("\t")[0] for line in without.read_text().splitlines()]
+
+
+def test_no_header_comes_from_the_config_or_the_environment_too(
+    tmp_path: Path, run_cli: RunCli
+) -> None:
+    _, without = headerless(tmp_path, ".csv")
+    config = tmp_path / "c.toml"  # the sample's paths are relative to the cwd: ROOT
+    config.write_text(SAMPLE_CONFIG.read_text() + "\n[input]\nheader = false\n")
+    for args, env in (
+        (("-c", config), {}),
+        (("-c", SAMPLE_CONFIG), {"BATCHSCORE_HEADER": "0"}),
+    ):
+        result = run_cli("score", without, *args, env=env, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        assert len(read_output(result.stdout)) == 20
+    # A flag wins over both.
+    result = run_cli("score", without, "-c", config, "--header", cwd=ROOT)
+    assert result.returncode == 2 and "looks like data, not a header" in result.stderr
+
+
+def test_no_header_is_part_of_what_a_resume_must_match_and_with_shard_and_dedupe(
+    tmp_path: Path, run_cli: RunCli
+) -> None:
+    with_header, without = headerless(tmp_path, ".csv")
+    out = tmp_path / "s.csv"
+    first = run_cli(
+        "score",
+        with_header,
+        "-c",
+        SAMPLE_CONFIG,
+        "--id-column",
+        "customer_id",
+        "-o",
+        out,
+        "--resume",
+        cwd=ROOT,
+    )
+    assert first.returncode == 0, first.stderr
+    # The same path read without its header line would score the header as an ID.
+    other = run_cli(
+        "score", with_header, "-c", SAMPLE_CONFIG, "--no-header", "-o", out, "--resume", cwd=ROOT
+    )
+    assert other.returncode == 2
+    assert "used another --header (None, now False)" in other.stderr
+
+    ids = [line.split(",")[0] for line in without.read_text().splitlines()]
+    twice = tmp_path / "twice.csv"
+    twice.write_text(without.read_text() * 2)
+    shards = [
+        run_cli(
+            "score",
+            twice,
+            "-c",
+            SAMPLE_CONFIG,
+            "--no-header",
+            "--dedupe",
+            "--shard",
+            f"{k}/2",
+            cwd=ROOT,
+        )
+        for k in (0, 1)
+    ]
+    assert all(shard.returncode == 0 for shard in shards), [s.stderr for s in shards]
+    scored = [row["id"] for shard in shards for row in read_output(shard.stdout)]
+    assert sorted(scored) == sorted(ids)  # each once, the first line's too
+
+
+def test_no_header_on_json_lines_is_what_they_are_and_header_is_refused(
+    run_cli: RunCli,
+) -> None:
+    line = b'{"id": "C000858"}\n'
+    accepted = run_cli(
+        "score",
+        "-",
+        "--input-format",
+        "jsonl",
+        "-c",
+        SAMPLE_CONFIG,
+        "--no-header",
+        stdin=line,
+        cwd=ROOT,
+    )
+    assert accepted.returncode == 0, accepted.stderr
+    assert [row["id"] for row in read_output(accepted.stdout)] == ["C000858"]
+    refused = run_cli(
+        "score",
+        "-",
+        "--input-format",
+        "jsonl",
+        "-c",
+        SAMPLE_CONFIG,
+        "--header",
+        stdin=line,
+        cwd=ROOT,
+    )
+    assert refused.returncode == 2
+    assert "--header is for text, CSV or TSV input; JSON lines have no header line" in (
+        refused.stderr
+    )
+
+
+def test_no_header_on_text_is_its_default_and_silences_the_header_warning(
+    run_cli: RunCli,
+) -> None:
+    stdin = b"customer_id\nC000858\n"
+    warned = run_cli("score", "-", "-c", SAMPLE_CONFIG, stdin=stdin, cwd=ROOT)
+    assert "looks like a header" in warned.stderr
+    said = run_cli("score", "-", "-c", SAMPLE_CONFIG, "--no-header", stdin=stdin, cwd=ROOT)
+    assert said.returncode == 3  # customer_id is an ID no source knows, as the user said
+    assert "looks like a header" not in said.stderr
+    assert said.stdout == warned.stdout
 
 
 def test_a_batchscore_variable_that_is_no_setting_warns_with_the_nearest(

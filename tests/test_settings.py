@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from batchscore.errors import ConfigError, UsageError
-from batchscore.settings import resolve
+from batchscore.settings import OPTIONS, Origins, resolve
 from conftest import IdStore, ScoreInProcess, sqlite_source, write_config
 
 # -- precedence, observed ------------------------------------------------------------------------
@@ -406,6 +406,27 @@ def test_header_and_min_ids_come_from_flag_env_or_config(tmp_path: Path) -> None
     assert (settings.input.header, settings.input.min_ids) == (False, 20)
     settings = settings_for(tmp_path, {}, environ, header=True, min_ids=30)
     assert (settings.input.header, settings.input.min_ids) == (True, 30)
+
+
+def test_no_header_numbers_the_columns_so_the_id_column_defaults_to_the_first(
+    tmp_path: Path,
+) -> None:
+    """Unset, the header is each format's own (None); --no-header, from a flag, a variable or
+    the config, makes the default ID column 1; an --id-column given anywhere is kept."""
+    assert settings_for(tmp_path, {}, {}).input.header is None
+    assert settings_for(tmp_path, {}, {}).input.id_column == "id"
+    for config, environ, flags in (
+        ({}, {}, {"header": False}),
+        ({}, {"BATCHSCORE_HEADER": "0"}, {}),
+        ({"input": {"header": False}}, {}, {}),
+    ):
+        settings = settings_for(tmp_path, config, environ, **flags)
+        assert (settings.input.header, settings.input.id_column) == (False, "1")
+    given = settings_for(tmp_path, {"input": {"id_column": "3"}}, {}, header=False)
+    assert given.input.id_column == "3"
+    origins = Origins()
+    origins.from_flag(next(opt for opt in OPTIONS if opt.flag == "header"), False)
+    assert origins("input", "header") == "--no-header"
 
 
 # -- --concurrency auto (issue 20) ----------------------------------------------------------------

@@ -157,8 +157,11 @@ InputFormatOption = Annotated[
 HeaderOption = Annotated[
     bool | None,
     Opt(
-        "--header",
-        help="The first line of a text input is a header: skip it.",
+        "--header/--no-header",
+        help="Whether the first line is a header [default: text none, CSV/TSV one]. --header: "
+        "skip a text input's first line. --no-header: a CSV/TSV's first line is data, its "
+        "columns numbered 1, 2, ... as cut -f numbers them (--id-column 1 by default, "
+        "--keep 3).",
         rich_help_panel=INPUT,
     ),
 ]
@@ -167,7 +170,8 @@ IdColumnOption = Annotated[
     Opt(
         "--id-column",
         metavar="COL",
-        help="CSV/TSV ID column [default: id].",
+        help="CSV/TSV ID column: its name, or under --no-header its number [default: id; 1 "
+        "with --no-header].",
         rich_help_panel=INPUT,
     ),
 ]

@@ -71,7 +71,8 @@ def run_identity(
 
 def _reading(s: Settings, fmt: str) -> dict[str, Any]:
     """The input options that change which lines are IDs, as far as they differ from the
-    defaults (a plain text input without --header adds nothing)."""
+    defaults (a plain text input without --header, a CSV with its header line, add
+    nothing)."""
     reading: dict[str, Any] = {}
     if fmt != "text":
         reading["input_format"] = fmt
@@ -81,6 +82,8 @@ def _reading(s: Settings, fmt: str) -> dict[str, Any]:
         reading["id_field"] = s.input.id_field
     if fmt == "text" and s.input.header:
         reading["header"] = True
+    if fmt in ("csv", "tsv") and s.input.header is False:  # its first line is a row
+        reading["header"] = False
     return reading
 
 

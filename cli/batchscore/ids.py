@@ -1,4 +1,5 @@
-"""Streaming ID readers: plain text, CSV or TSV with a header, JSON lines.
+"""Streaming ID readers: plain text, CSV or TSV (with a header line, or columns numbered),
+JSON lines.
 
 Each reader yields, per input row, either an :class:`IdRow` or an :class:`InputProblem`, in
 input order, never holding more than one row.  Line numbers count from 1, blank lines
@@ -206,6 +207,13 @@ class _CsvLines:
             return False
         return True
 
+    def give_back(self) -> None:
+        """Give back every line of the record just read, to be read again (by a new reader:
+        :meth:`feed`): a first record looked at to count its fields, then read as data."""
+        self._again.extend(reversed(self.record))
+        self.record.clear()
+        self.ended = self.too_long = False
+
     def read_again(self) -> int:
         """Give back the lines of the record being read but its first, to be read again as
         records of their own (by a new reader: :meth:`feed`); return the first's number."""
@@ -225,6 +233,7 @@ def read_csv(
     values: ChooseValues | None = None,
     start: int = 1,
     whole: bool = True,
+    header: bool = True,
 ) -> Iterator[InputItem]:
     """CSV (or TSV) with a header row; the ID from ``id_column``, ``keep`` columns carried
     through, and the cells of the columns ``values`` chooses from the header (as text).
@@ -232,6 +241,10 @@ def read_csv(
     The header is read and checked at once (a missing column is a usage error before any
     output is written); the rows are then read lazily.  TSV is split on tabs and nothing
     else: a quote is data, as ``cut -f`` and PostgreSQL's ``COPY`` see it.
+
+    ``header=False`` (``--no-header``): the first line is data, and the columns are named by
+    their number from 1, as ``cut -f`` numbers them (``1``, ``2``, ...); the first record's
+    fields say how many there are, and it is then read again as a row.
 
     A quoted field may hold newlines, as CSV allows, over at most :data:`MAX_RECORD_LINES`
     lines.  A record that cannot be read (a quote still open at the end of the input or after
@@ -249,26 +262,27 @@ def read_csv(
         return csv.reader(lines.feed())
 
     reader = new_reader()
-    try:
-        header = next(reader, None)
-    except csv.Error as exc:
-        raise UsageError(
-            f"the input's {name} header cannot be read ({exc}); check the file"
-        ) from None
-    if header is not None and (lines.ended or lines.too_long):
-        raise UsageError(
-            f"the input's {name} header opens a quote that is never closed; check the file"
-        )
-    if header is None:
-        return iter(())
-    lines.record.clear()
-    header = [h.strip() for h in header]
-    missing = [c for c in (id_column, *keep) if c not in header]
-    if missing:
-        raise _no_such_column(name, header, missing[0], missing[0] == id_column, tsv, reader)
-    id_index = header.index(id_column)
-    keep_index = [header.index(c) for c in keep]
-    value_index = [header.index(c) for c in values(header, f"the input {name}")] if values else []
+    names: list[str] = []  # the columns' names (none known in a --no-header partition)
+    if header or whole:  # a --no-header partition's columns were checked on the whole input
+        first = _first_record(name, lines, reader, header)
+        if first is None:
+            return iter(()) if header else iter(list(problems))
+        if header:
+            lines.record.clear()
+            names = [h.strip() for h in first]
+        else:  # the first record is data: read again, by a new reader
+            lines.give_back()
+            reader = new_reader()
+            names = [str(n) for n in range(1, len(first) + 1)]
+        missing = [c for c in (id_column, *keep) if c not in names]
+        if missing:
+            if not header:
+                raise _no_such_number(name, names, missing[0], missing[0] == id_column, first, tsv)
+            raise _no_such_column(name, names, missing[0], missing[0] == id_column, tsv, reader)
+    index: Callable[[str], int] = names.index if header else _column_number
+    id_index = index(id_column)
+    keep_index = [index(c) for c in keep]
+    value_index = [index(c) for c in values(names, f"the input {name}")] if values else []
     last_index = max((id_index, *keep_index, *value_index))  # a shorter row is short
 
     def rows() -> Iterator[InputItem]:
@@ -313,7 +327,7 @@ def read_csv(
             )
         yield from problems
 
-    columns = f"{len(header)} ({', '.join(header[:10])}{', ...' if len(header) > 10 else ''})"
+    columns = f"{len(names)} ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})"
     if not whole:
         return rows()
     items = refuse_uniform_failure(
@@ -322,7 +336,8 @@ def read_csv(
         {
             "missing_id": f"has an empty '{id_column}' column; pass --id-column with the column "
             "that holds the ID",
-            "short_row": f"has fewer fields than the header's {columns}; "
+            "short_row": f"has fewer fields than the {'header' if header else 'first line'}'s "
+            f"{columns}; "
             + (
                 "is the file tab-separated? (TSV is split on tabs only)"
                 if tsv
@@ -332,7 +347,36 @@ def read_csv(
             "invalid_utf8": _NOT_UTF8,
         },
     )
-    return _refuse_an_id_as_header(name, header, id_column, tsv, items)
+    if not header:
+        return items
+    return _refuse_an_id_as_header(name, names, id_column, tsv, items)
+
+
+def _column_number(column: str) -> int:
+    """The index of a column named by its number from 1 (``--no-header``)."""
+    return int(column) - 1
+
+
+def _first_record(
+    name: str, lines: _CsvLines, reader: Iterator[list[str]], header: bool
+) -> list[str] | None:
+    """The input's first record (its header, or under ``--no-header`` its first row that is
+    not blank), read whole or refused: a usage error if it cannot be read."""
+    what = "header" if header else "first line"
+    while True:
+        try:
+            first = next(reader, None)
+        except csv.Error as exc:
+            raise UsageError(
+                f"the input's {name} {what} cannot be read ({exc}); check the file"
+            ) from None
+        if first is not None and (lines.ended or lines.too_long):
+            raise UsageError(
+                f"the input's {name} {what} opens a quote that is never closed; check the file"
+            )
+        if header or first is None or any(cell.strip() for cell in first):
+            return first
+        lines.record.clear()  # a blank line before the first row: nothing to read again
 
 
 def _refuse_an_id_as_header(
@@ -348,21 +392,21 @@ def _refuse_an_id_as_header(
         raise _data_as_header(
             name,
             header,
-            tsv,
+            header.index(id_column) + 1,
             f": --id-column {id_column} is one of its values, and that row would not be scored",
         )
     return itertools.chain([first], items)
 
 
-def _data_as_header(name: str, header: list[str], tsv: bool, why: str) -> UsageError:
-    """A first line that is data, not a header: said so, with the two ways out."""
+def _data_as_header(name: str, header: list[str], id_number: int, why: str) -> UsageError:
+    """A first line that is data, not a header: said so, with the way to read it as data
+    (``--no-header``, the IDs' column by its number: ``id_number``, the likeliest one)."""
     shown = ", ".join(header[:4]) + (", ..." if len(header) > 4 else "")
-    cut = "cut -f1" if tsv else "cut -d, -f1"
     return UsageError(
         f"the input {name}'s first line ({shown}) looks like data, not a header (it has the "
-        f"shape of the line below it){why}; add a header line naming the columns (the IDs' "
-        "column id, or pass --id-column NAME), or score the first column as plain text: "
-        f"{cut} FILE | batchscore score -"
+        f"shape of the line below it){why}; if the file has no header line, pass --no-header "
+        f"--id-column {id_number} (its columns are then numbered from 1, as cut -f numbers "
+        "them; --keep takes numbers too), or add a header line naming the columns"
     )
 
 
@@ -537,15 +581,18 @@ def read_ids(
     id_column: str,
     id_field: str,
     keep: tuple[str, ...],
-    header: bool = False,
+    header: bool | None = None,
     values: ChooseValues | None = None,
     *,
     start: int = 1,
     whole: bool = True,
 ) -> Iterator[InputItem]:
-    """Dispatch to the reader for ``fmt``.  ``header`` skips a text input's first line (a CSV
-    or TSV has one anyway; JSON lines have none, which settings check).  ``values`` chooses
-    the columns whose values every row carries (an input source's features).
+    """Dispatch to the reader for ``fmt``.  ``header`` (``--header``/``--no-header``; None:
+    the format's own way) says whether the first line is a header: a text input has none
+    unless True (its first non-blank line is then skipped), a CSV or TSV has one unless False
+    (its columns are then numbered from 1); JSON lines have none (settings refuse True).
+    ``values`` chooses the columns whose values every row carries (an input source's
+    features).
 
     ``start``: the number of the stream's first line (a partition of a file begins inside it;
     a CSV or TSV partition is given the file's header line first, numbered ``start``).
@@ -555,7 +602,14 @@ def read_ids(
     """
     if fmt in ("csv", "tsv"):
         return read_csv(
-            stream, id_column, keep, tsv=fmt == "tsv", values=values, start=start, whole=whole
+            stream,
+            id_column,
+            keep,
+            tsv=fmt == "tsv",
+            values=values,
+            start=start,
+            whole=whole,
+            header=header is not False,
         )
     if fmt == "jsonl":
         return read_jsonl(stream, id_field, keep, values, start, whole)
@@ -563,7 +617,7 @@ def read_ids(
         raise UsageError("--keep needs a CSV, TSV or JSON-lines input; plain text has only IDs")
     if values:
         raise UsageError(TEXT_HAS_NO_FEATURES)
-    return read_text(stream, header, start, whole)
+    return read_text(stream, bool(header), start, whole)
 
 
 TEXT_HAS_NO_FEATURES = (
@@ -581,24 +635,48 @@ def _no_such_column(
     """The error for a ``--id-column`` / ``--keep`` the header lacks: the nearest column name;
     a header that is a data row (a file without one) said as such, never suggested as names."""
     flag = "--id-column" if is_id else "--keep"
-    if not tsv and len(header) == 1 and "\t" in header[0]:
-        hint = " (the header has tabs: pass --input-format tsv)"
-    elif tsv and len(header) == 1 and "," in header[0]:
-        hint = " (the header has commas: pass --input-format csv)"
-    else:
+    hint = _delimiter_hint(tsv, header, "header")
+    if not hint:
         try:
             below = next(rows, None)
         except csv.Error:
             below = None
         if below is not None and _same_shape(header, below):
-            return _data_as_header(name, header, tsv, f", so it has no column '{column}'")
-        hint = ""
+            return _data_as_header(
+                name,
+                header,
+                _first_same_shape(header, below),
+                f", so it has no column '{column}'",
+            )
     same_but_case = [h for h in header if h.casefold() == column.casefold()]
     nearest = f" (did you mean '{same_but_case[0]}'?)" if same_but_case else suggest(column, header)
     return UsageError(
         f"the input {name} has no column '{column}'{nearest} "
         f"(columns: {', '.join(header)}); pass {flag} with one of those{hint}"
     )
+
+
+def _no_such_number(
+    name: str, numbers: list[str], column: str, is_id: bool, first: list[str], tsv: bool
+) -> UsageError:
+    """The error for a ``--id-column`` / ``--keep`` that is not the number of a column of the
+    first line, under ``--no-header``."""
+    flag = "--id-column" if is_id else "--keep"
+    return UsageError(
+        f"the input {name} has no column '{column}': with --no-header its columns are numbered "
+        f"1 to {len(numbers)} (as cut -f numbers them; its first line has {len(numbers)} "
+        f"field{'s' if len(numbers) != 1 else ''}); pass {flag} with one of those"
+        + _delimiter_hint(tsv, first, "first line")
+    )
+
+
+def _delimiter_hint(tsv: bool, first: list[str], what: str) -> str:
+    """A hint when a first line read as one field holds the other delimiter."""
+    if not tsv and len(first) == 1 and "\t" in first[0]:
+        return f" (the {what} has tabs: pass --input-format tsv)"
+    if tsv and len(first) == 1 and "," in first[0]:
+        return f" (the {what} has commas: pass --input-format csv)"
+    return ""
 
 
 _SHAPE = str.maketrans(
@@ -614,6 +692,15 @@ def _same_shape(header: list[str], row: list[str]) -> bool:
         and head.translate(_SHAPE) == cell.strip().translate(_SHAPE)
         for head, cell in zip(header, row, strict=False)
     )
+
+
+def _first_same_shape(header: list[str], row: list[str]) -> int:
+    """The number (from 1) of the first column whose header reads like the cell below it: the
+    likeliest ID column of a file without a header line."""
+    for number, (head, cell) in enumerate(zip(header, row, strict=False), start=1):
+        if _same_shape([head], [cell]):
+            return number
+    return 1
 
 
 def looks_like_header(value: str, names: Iterable[str] = ()) -> bool:
@@ -632,10 +719,13 @@ def id_key(fmt: str, id_column: str, id_field: str) -> str:
     return id_field if fmt == "jsonl" else id_column
 
 
-def header_lines(fmt: str, header: bool) -> int:
-    """Lines of an input before its first ID: a CSV or TSV header, or a text input's header
-    line (``--header``); what the progress total leaves out of the line count."""
-    return 1 if fmt in ("csv", "tsv") or (fmt == "text" and header) else 0
+def header_lines(fmt: str, header: bool | None) -> int:
+    """Lines of an input before its first ID: a CSV or TSV header (unless ``--no-header``),
+    or a text input's header line (``--header``); what the progress total leaves out of the
+    line count."""
+    if fmt in ("csv", "tsv"):
+        return 0 if header is False else 1
+    return 1 if fmt == "text" and header else 0
 
 
 def count_lines(path: str) -> int:

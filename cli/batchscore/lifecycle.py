@@ -258,7 +258,11 @@ def _header_taken_for_an_id(settings: Settings, stats: RunStats) -> str | None:
     found it (``cut -d, -f1 file.csv`` keeps the header): only a warning, since an ID may
     look like anything."""
     s = settings.input
-    if s.header or idmod.detect_format(s.path, s.format) != "text" or not stats.first_failures:
+    if (
+        s.header is not None  # --header or --no-header: the user said what line 1 is
+        or idmod.detect_format(s.path, s.format) != "text"
+        or not stats.first_failures
+    ):
         return None
     first = stats.first_failures[0]
     if first.line != 1 or first.reason != "not_found" or first.id is None:

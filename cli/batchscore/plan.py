@@ -164,8 +164,9 @@ def make_plan(settings: Settings) -> Plan:
             "the errors file)"
         )
     if settings.input.header and in_format == "jsonl":
+        # (--no-header says what JSON lines are anyway: accepted.)
         raise UsageError(
-            "--header is for text input; JSON lines have no header line (pass "
+            "--header is for text, CSV or TSV input; JSON lines have no header line (pass "
             "--input-format text if the input is not JSON lines)"
         )
     if output != "-" and Path(output).is_dir():

@@ -32,7 +32,10 @@ class InputSettings:
 
     path: str = "-"
     format: str | None = None  # text | csv | tsv | jsonl; None = from the extension
-    header: bool = False  # the first line of a text input is a header, not an ID
+    # Whether the first line is a header (--header/--no-header); None: the format's way (a
+    # text input has none, a CSV or TSV has one).  A CSV or TSV without one has its columns
+    # numbered from 1, and its ID column defaults to 1 (see resolve).
+    header: bool | None = None
     id_column: str = "id"
     id_field: str = "id"
     keep: tuple[str, ...] = ()
@@ -319,6 +322,9 @@ def resolve(
             origins.from_flag(opt, value)
 
     sections = {name: build(cls, merged[name], f"[{name}]") for name, cls in SECTIONS.items()}
+    if sections["input"].header is False and not origins.given("input", "id_column"):
+        # --no-header: the columns have numbers, not names, and the IDs are in the first.
+        sections["input"] = dataclasses.replace(sections["input"], id_column="1")
     sources = data.get("sources", [])
     if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
         raise ConfigError("sources in the config file must be an array of tables ([[sources]])")
@@ -439,12 +445,16 @@ class Origins:
     def from_flag(self, opt: Option, value: Any) -> None:
         """The value came from ``opt``'s flag."""
         flag = _flag_name(opt)
-        if isinstance(value, bool):
-            self._where[opt.section, opt.key] = flag
+        if isinstance(value, bool):  # False: the negative of a flag pair (--no-header)
+            self._where[opt.section, opt.key] = flag if value else "--no-" + flag[2:]
         elif isinstance(value, (list, tuple)):  # a repeatable flag, as it was typed
             self._where[opt.section, opt.key] = " ".join(f"{flag} {v}" for v in value)
         else:
             self._where[opt.section, opt.key] = f"{flag} {value}"
+
+    def given(self, section: str, key: str) -> bool:
+        """Whether the user gave ``[section] key`` (in the config, a variable or a flag)."""
+        return (section, key) in self._where
 
     def __call__(self, section: str, key: str) -> str:
         """How the user gave ``[section] key`` (its flag when it is a default)."""
@@ -561,8 +571,8 @@ def validate(
         )
     if s.input.header and s.input.format == "jsonl":
         raise ConfigError(
-            f"{at('input', 'header')} is for text input; JSON lines have no header line "
-            f"(and {at('input', 'format')} says JSON lines)"
+            f"{at('input', 'header')} is for text, CSV or TSV input; JSON lines have no header "
+            f"line (and {at('input', 'format')} says JSON lines)"
         )
     if s.output.format not in (None, "csv", "jsonl", "parquet", "sqlite"):
         raise ConfigError(

@@ -210,8 +210,8 @@ class Driver:
         fields = self._read_input(fmt)
         asyncio.run(self._check_sources())
         self._clean_staged()
-        skip_first = fmt in ("csv", "tsv")
         header_lines = idmod.header_lines(fmt, self.settings.input.header)
+        skip_first = fmt in ("csv", "tsv") and header_lines == 1  # not under --no-header
         cluster = Cluster(self.settings, handle_signals=self.env.handle_signals)
         try:
             cluster.start()  # before the folder: an unreachable scheduler leaves nothing behind

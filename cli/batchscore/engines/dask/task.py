@@ -352,9 +352,12 @@ async def _score_partition(
             settings.input.id_column,
             settings.input.id_field,
             settings.input.keep,
-            # The text reader skips the first non-blank line: the header, where it is in this
-            # partition (only blank lines come before it in the file).
-            header=part.first_line <= job.header_at <= part.last_line,
+            # A CSV or TSV partition has the header line if the file has one (--no-header:
+            # none).  The text reader skips the first non-blank line: the header, where it is
+            # in this partition (only blank lines come before it in the file).
+            header=header
+            if job.input_format in ("csv", "tsv")
+            else part.first_line <= job.header_at <= part.last_line,
             values=_chosen_columns(job, sources, models),
             start=part.first_line - 1 if header else part.first_line,
             whole=False,
