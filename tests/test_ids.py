@@ -12,14 +12,8 @@ from pathlib import Path
 import pytest
 
 from batchscore.errors import UsageError
-from batchscore.ids import (
-    IdRow,
-    InputProblem,
-    count_lines,
-    detect_format,
-    looks_like_header,
-    read_ids,
-)
+from batchscore.idrows import IdRow, InputProblem, looks_like_header
+from batchscore.ids import count_lines, detect_format, read_ids
 
 BOM = b"\xef\xbb\xbf"
 
@@ -143,7 +137,7 @@ def test_csv_quote_never_closed_is_invalid_at_its_line_and_the_lines_it_held_are
 
 
 def test_csv_quote_open_over_too_many_lines_is_invalid_and_every_line_is_read_again() -> None:
-    from batchscore.ids import MAX_RECORD_LINES
+    from batchscore.csvids import MAX_RECORD_LINES
 
     rows = b"".join(b"K%d,x\n" % n for n in range(MAX_RECORD_LINES + 50))
     data = b'id,note\nA,"open\n' + rows + b'B,"a ""quoted""\nnote"\n'

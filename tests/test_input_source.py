@@ -28,7 +28,8 @@ import pytest
 
 from batchscore.errors import UsageError
 from batchscore.feed import ChunkFeed, Filters
-from batchscore.ids import IdRow, InputProblem, read_ids
+from batchscore.idrows import IdRow, InputProblem
+from batchscore.ids import read_ids
 from conftest import (
     ROOT,
     SAMPLE_CONFIG,

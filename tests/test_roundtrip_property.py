@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchscore.errors import UsageError
-from batchscore.ids import UNIFORM_MIN
+from batchscore.idrows import UNIFORM_MIN
 from conftest import (
     ID_STORE_EMPTY,
     ID_STORE_KNOWN,

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from batchscore import idrows
 from batchscore import ids as idmod
 from batchscore.assembly import merge_answers, source_columns
 from batchscore.chunk import Matrix
@@ -109,8 +110,8 @@ def _duration(seconds: float) -> str:
 
 
 def read_sample(
-    path: str, settings: Settings, size: int, values: idmod.ChooseValues | None = None
-) -> list[idmod.IdRow]:
+    path: str, settings: Settings, size: int, values: idrows.ChooseValues | None = None
+) -> list[idrows.IdRow]:
     """The rows of the first ``size`` distinct IDs of an ID list (input problems are skipped),
     carrying the values ``values`` chooses (an input source's columns)."""
     fmt = idmod.detect_format(path, settings.input.format)
@@ -128,8 +129,8 @@ def read_sample(
             settings.input.header,
             values,
         )
-        first: dict[str, idmod.IdRow] = {}
-        ids = (row for row in rows if isinstance(row, idmod.IdRow))
+        first: dict[str, idrows.IdRow] = {}
+        ids = (row for row in rows if isinstance(row, idrows.IdRow))
         for row in itertools.islice(ids, size * 4):
             first.setdefault(row.id, row)
             if len(first) >= size:

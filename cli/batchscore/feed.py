@@ -25,7 +25,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from batchscore.chunk import Chunk, ErrorRecord, Status
-from batchscore.ids import IdRow, InputItem, stable_hash
+from batchscore.idrows import IdRow, InputItem
+from batchscore.ids import stable_hash
 
 
 @dataclass(frozen=True)

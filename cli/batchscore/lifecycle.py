@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from batchscore import idrows
 from batchscore import ids as idmod
 from batchscore.drift import compare
 from batchscore.engines import Engine
@@ -267,7 +268,7 @@ def _header_taken_for_an_id(settings: Settings, stats: RunStats) -> str | None:
     first = stats.first_failures[0]
     if first.line != 1 or first.reason != "not_found" or first.id is None:
         return None
-    return first.id if idmod.looks_like_header(first.id, (s.id_column, s.id_field)) else None
+    return first.id if idrows.looks_like_header(first.id, (s.id_column, s.id_field)) else None
 
 
 def _write_outcome_files(

@@ -31,7 +31,7 @@ from batchscore.chunk import Chunk
 from batchscore.errors import BatchscoreError
 from batchscore.feed import ChunkFeed, Filters, StallHook
 from batchscore.histograms import Distribution
-from batchscore.ids import InputItem
+from batchscore.idrows import InputItem
 from batchscore.model import ModelSet
 from batchscore.progress import ProgressDisplay
 from batchscore.report import BusyClock, FeatureQuality, RunStats

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO, TypeVar
 
+from batchscore import idrows
 from batchscore import ids as idmod
 from batchscore.assembly import source_columns
 from batchscore.errors import (
@@ -179,7 +180,7 @@ async def score_into(
     work: Work,
     sources: list[Source],
     files: RunFiles,
-    items: Iterator[idmod.InputItem],
+    items: Iterator[idrows.InputItem],
     *,
     stats: RunStats,
     limits: Limits,
@@ -242,9 +243,9 @@ async def _tick(progress: ProgressDisplay, stats: RunStats) -> None:
 def read_input(
     settings: Settings,
     stream: Iterable[bytes],
-    values: idmod.ChooseValues | None = None,
+    values: idrows.ChooseValues | None = None,
     left_out: Counter[str] | None = None,
-) -> Iterator[idmod.InputItem]:
+) -> Iterator[idrows.InputItem]:
     """The input's items, its header and first rows checked; ``--min-ids`` enforced.
 
     Blocking (a CSV header, the rows that tell a wrong option from bad data, ``--min-ids``
@@ -256,7 +257,7 @@ def read_input(
     if not minimum:
         return items
     path = input_path(settings)
-    held: list[idmod.InputItem] = []
+    held: list[idrows.InputItem] = []
     if path != "-" and os.path.isfile(path):
         # A regular file is counted in a pass of its own: nothing is held in memory.
         with open(path, "rb") as again:
@@ -267,7 +268,7 @@ def read_input(
         found = 0
         for item in items:
             held.append(item)
-            if isinstance(item, idmod.IdRow):
+            if isinstance(item, idrows.IdRow):
                 found += 1
                 if found >= minimum:
                     break
@@ -282,9 +283,9 @@ def read_input(
 def _items(
     stream: Iterable[bytes],
     settings: Settings,
-    values: idmod.ChooseValues | None = None,
+    values: idrows.ChooseValues | None = None,
     left_out: Counter[str] | None = None,
-) -> Iterator[idmod.InputItem]:
+) -> Iterator[idrows.InputItem]:
     s = settings.input
     if s.from_errors:
         return read_errors_file(stream, s.keep, s.reason, left_out)
@@ -292,8 +293,8 @@ def _items(
     return idmod.read_ids(stream, fmt, s.id_column, s.id_field, s.keep, s.header, values)
 
 
-def _ids_of(items: Iterator[idmod.InputItem]) -> Iterator[idmod.IdRow]:
-    return (item for item in items if isinstance(item, idmod.IdRow))
+def _ids_of(items: Iterator[idrows.InputItem]) -> Iterator[idrows.IdRow]:
+    return (item for item in items if isinstance(item, idrows.IdRow))
 
 
 def _readable(stream: BinaryIO) -> bool:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from batchscore import idrows
 from batchscore import ids as idmod
 from batchscore.errors import (
     InterruptedRun,
@@ -137,7 +138,7 @@ class LocalRun:
             values = input_values(sources, id_name, p.models.feature_names)
             reading = in_daemon_thread(read_input, settings, stream, values, self.stats.left_out)
             self.stopper.cancel_on_signal(reading)
-            items: Iterator[idmod.InputItem] = await reading
+            items: Iterator[idrows.InputItem] = await reading
             self.stopper.cancel_on_signal(None)
             await open_sources(p.models, sources, stack)
             files = await stack.enter_async_context(self._files())  # closed on every path

@@ -13,7 +13,7 @@ import orjson
 
 from batchscore.chunk import ErrorRecord
 from batchscore.errors import UsageError
-from batchscore.ids import IdRow, InputItem, InputProblem
+from batchscore.idrows import IdRow, InputItem, InputProblem
 from batchscore.sinks.files import ByteTarget
 
 RECORD_FIELDS = ("id", "line", "stage", "source", "reason")

@@ -49,7 +49,7 @@ from distributed import WorkerPlugin, get_worker
 from batchscore import ids as idmod
 from batchscore.atomic import fsync_folder, write_atomically
 from batchscore.errors import BatchscoreError, ExitStatus
-from batchscore.ids import ChooseValues
+from batchscore.idrows import ChooseValues
 from batchscore.model import ModelSet, read_info
 from batchscore.redact import (
     RedactingFormatter,
