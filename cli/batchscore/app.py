@@ -191,6 +191,7 @@ DebugOption = Annotated[
 
 @app.command("score", cls=PanelCommand)
 def score(
+    ctx: typer.Context,
     ids: Annotated[
         str | None,
         typer.Argument(metavar="IDS", help="ID list: a file, or - / omitted for stdin."),
@@ -532,7 +533,8 @@ def score(
     from batchscore.scoring import Environment
     from batchscore.settings import resolve
 
-    flags: dict[str, Any] = dict(locals())
+    # Exactly the command's parameters as parsed (None: not given), by their names.
+    flags: dict[str, Any] = dict(ctx.params)
     flags.pop("config")
     _debug = bool(debug) or os.environ.get("BATCHSCORE_DEBUG", "") in {"1", "true", "yes"}
     settings = resolve(flags, str(config) if config else None, os.environ)
