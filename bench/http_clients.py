@@ -52,7 +52,8 @@ import httpx
 import orjson
 
 from batchscore.report import RunStats
-from batchscore.settings import FetchSettings, source_configs
+from batchscore.resolving import source_configs
+from batchscore.settings import FetchSettings
 from batchscore.sources import Failure
 from batchscore.sources.build import build_sources
 from batchscore.sources.httpclient import ClientOptions, Endpoint

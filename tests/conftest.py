@@ -10,7 +10,7 @@ subprocess.  Fixtures:
     ``(returncode, stdout bytes, stderr text)``.
 ``score_in_process``
     Run a ``score`` job in this process through the real settings layer
-    (:func:`batchscore.settings.resolve`) and :func:`batchscore.lifecycle.run_job`, with stdin,
+    (:func:`batchscore.resolving.resolve`) and :func:`batchscore.lifecycle.run_job`, with stdin,
     stdout and stderr swapped for buffers.  Use it where process behaviour is not the point: it is
     several times faster than a subprocess.
 ``trained_models``
@@ -165,8 +165,8 @@ def score_in_process() -> ScoreInProcess:
     ``batch_size``, ``keep=("a",)``, ...).  Errors the job raises (``BatchscoreError``) propagate.
     """
     from batchscore.lifecycle import run_job
+    from batchscore.resolving import resolve
     from batchscore.scoring import Environment
-    from batchscore.settings import resolve
 
     def run(
         *,

@@ -24,7 +24,8 @@ import orjson
 import pytest
 
 from batchscore.report import RunStats
-from batchscore.settings import FetchSettings, source_configs
+from batchscore.resolving import source_configs
+from batchscore.settings import FetchSettings
 from batchscore.sources import NOT_FOUND, Failure, Fetched, retry
 from batchscore.sources.build import build_sources
 from batchscore.sources.limits import Limits

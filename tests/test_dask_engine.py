@@ -619,7 +619,7 @@ def test_what_a_cluster_run_cannot_do_is_a_usage_error(
 
 def test_the_job_sent_to_workers_never_shows_its_secrets(tmp_path: Path) -> None:
     from batchscore.engines.dask.task import Job, JobPlugin, Partition
-    from batchscore.settings import resolve
+    from batchscore.resolving import resolve
 
     config = http_config(tmp_path, "http://127.0.0.1:1")
     settings = resolve({"ids": "x.txt"}, str(config), {"DASK_TEST_TOKEN": TOKEN})

@@ -2,7 +2,7 @@
 
 Precedence is checked where a user sees it (which file the scores land in, which exit status a
 failure allowance gives), through the real settings layer and job run in this process; the
-rules on single values are checked on :func:`batchscore.settings.resolve` directly.
+rules on single values are checked on :func:`batchscore.resolving.resolve` directly.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from batchscore.errors import ConfigError, UsageError
-from batchscore.settings import OPTIONS, Origins, resolve
+from batchscore.resolving import Origins, resolve
+from batchscore.settings import OPTIONS
 from conftest import IdStore, ScoreInProcess, sqlite_source, write_config
 
 # -- precedence, observed ------------------------------------------------------------------------

@@ -530,8 +530,8 @@ def score(
     """
     global _debug
     from batchscore.lifecycle import run_job
+    from batchscore.resolving import resolve
     from batchscore.scoring import Environment
-    from batchscore.settings import resolve
 
     # Exactly the command's parameters as parsed (None: not given), by their names.
     flags: dict[str, Any] = dict(ctx.params)
@@ -586,7 +586,7 @@ def check(
     """
     global _debug
     from batchscore.check import run_check
-    from batchscore.settings import resolve
+    from batchscore.resolving import resolve
 
     _debug = bool(debug) or os.environ.get("BATCHSCORE_DEBUG", "") in {"1", "true", "yes"}
     flags = {
@@ -623,7 +623,7 @@ def model_info(
     Example: batchscore model-info sample_data/model.txt
     """
     from batchscore.model import read_info
-    from batchscore.settings import check_model_names, named_model
+    from batchscore.resolving import check_model_names, named_model
 
     named = [named_model(given) for given in models]
     check_model_names(named)

@@ -25,7 +25,8 @@ from batchscore.drift import Baseline, load_baseline
 from batchscore.errors import ModelError, UsageError
 from batchscore.identity import run_identity
 from batchscore.model import ModelSet, read_info, scoring_plan
-from batchscore.settings import Settings, audit_columns
+from batchscore.resolving import audit_columns
+from batchscore.settings import Settings
 from batchscore.sinks import EXTENSIONS, Columns, format_of_name, output_format
 from batchscore.sinks.files import refuse_existing, write_error
 from batchscore.sources import Source

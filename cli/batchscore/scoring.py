@@ -40,7 +40,8 @@ from batchscore.plan import (
 )
 from batchscore.progress import ProgressDisplay
 from batchscore.report import RunStats
-from batchscore.settings import Settings, parse_shard
+from batchscore.resolving import parse_shard
+from batchscore.settings import Settings
 from batchscore.signals import Stopper
 from batchscore.sinks import Columns, Sink
 from batchscore.sinks.errorlog import read_errors_file
