@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -500,6 +501,91 @@ def test_sigterm_stops_the_driver_cleanly(slow_server: FeatureServer, tmp_path: 
     # Only whole parts and their records are left: nothing half-written.
     left = sorted(f.name for f in out.iterdir() if f.name.startswith("."))
     assert all(name.endswith(".done") for name in left if name != ".batchscore-run.json")
+
+
+def kept_in(folder: Path) -> tuple[list[str], list[str]]:
+    """The IDs in the committed parts of a stopped run's folder: scored (in part files) and
+    failed (in the errors files beside them)."""
+    scored = [row["id"] for row in rows_of(folder)]
+    failed = [
+        record["id"]
+        for part in parts_of(folder)
+        for record in read_errors(
+            folder / part.name.replace("part-", "errors-").replace(".csv", ".jsonl")
+        )
+    ]
+    return scored, failed
+
+
+def test_ctrl_c_counts_only_the_kept_parts_and_resume_fetches_the_rest(
+    slow_server: FeatureServer, run_cli: RunCli, tmp_path: Path
+) -> None:
+    """Ctrl-C mid-run: every count shown (the progress lines, the summary, the report, the
+    stop's last line) is the IDs of the committed parts, which ``--resume`` keeps; ``--resume``
+    asks the server for the other IDs only, each once, and the output is an uninterrupted run's.
+    Before, the display counted the rows of running partitions (thrown away by the stop), and
+    the last line said "after N IDs" without saying what --resume would do again."""
+    report = tmp_path / "report.json"
+    proc, out, ids = slow_dask_run(
+        tmp_path,
+        slow_server.url,
+        "--concurrency",
+        "2",  # 200 IDs/s a worker: a partition of 200 lines takes about a second
+        "--batch-size",
+        "50",  # and writes 4 chunks, each of which its worker counts
+        "--progress-interval",
+        "0.1",
+        "--report",
+        str(report),
+        "--merge",
+        "--max-failed",
+        "100",
+    )
+    try:
+        wait_for(lambda: len(parts_of(out)) >= 1, timeout=90)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = err.decode()
+    assert proc.returncode == 130, stderr
+    scored, failed = kept_in(out)
+    kept = len(scored) + len(failed)
+    assert 0 < kept < len(ids), stderr
+    shown = [int(n.replace(",", "")) for n in re.findall(r"([\d,]+)/1,600 done", stderr)]
+    assert shown and all(n % 200 == 0 and n <= kept for n in shown), stderr  # whole parts only
+    assert re.search(rf"^read {kept:,} IDs?, scored {len(scored):,}, ", stderr, re.M), stderr
+    last = stderr.strip().splitlines()[-1]
+    parts = kept // 200
+    assert f"stopped by SIGINT: {kept:,} IDs kept in {parts} part" in last, last
+    assert f"--resume to run the other {8 - parts} partitions" in last, last
+    body = json.loads(report.read_text())
+    assert (body["ids_read"], body["scored"], body["failed"]) == (kept, len(scored), len(failed))
+
+    slow_server.reset_stats()
+    command = list(proc.args)[len(batchscore_command()) :]
+    resumed = run_cli(*command, "--resume", env={"DASK_TEST_TOKEN": TOKEN}, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed: {kept:,} of them were committed" in resumed.stderr
+    asked = slow_server.stats()["id_requests"]
+    assert sorted(asked) == sorted(set(ids) - set(scored) - set(failed))
+    assert set(asked.values()) == {1}
+    assert_complete(out, ids)
+
+    local = run_cli(
+        "score",
+        "ids.txt",
+        "-c",
+        tmp_path / "http.toml",
+        "-o",
+        "local.csv",
+        "--max-failed",
+        "100",
+        env={"DASK_TEST_TOKEN": TOKEN},
+    )
+    assert local.returncode == 0, local.stderr
+    assert (out / "merged.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
 
 
 def spawned_children(pid: int) -> list[int]:
