@@ -703,6 +703,24 @@ def test_what_a_cluster_run_cannot_do_is_a_usage_error(
     assert result.stdout == b""
 
 
+@pytest.mark.parametrize(
+    ("lines", "workers", "size"),
+    [
+        (16_000, 2, 2_000),  # a small input: about 4 partitions per worker
+        (3_000, 2, 1_000),  # but never under 1,000 lines
+        (200_000, 2, 10_000),  # a large one: ~5 s of per-ID work each (was 25,000 lines)
+        (2_000_000, 64, 7_813),  # many workers: 4 each still
+        (500_000_000, 2, 50_000),  # at most 10,000 partitions (was 100,000 lines)
+    ],
+)
+def test_the_default_partition_is_seconds_of_work(lines: int, workers: int, size: int) -> None:
+    """The size a run without --partition-size chooses (recorded in its _SUCCESS): a stop
+    keeps whole parts, so a partition is what a stop can throw away."""
+    from batchscore.engines.dask.folder import choose_partition_size
+
+    assert choose_partition_size(lines, workers) == size
+
+
 def test_the_job_sent_to_workers_never_shows_its_secrets(tmp_path: Path) -> None:
     from batchscore.engines.dask.task import Job, JobPlugin, Partition
     from batchscore.settings import resolve

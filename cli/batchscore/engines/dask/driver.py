@@ -465,9 +465,10 @@ class Driver:
                     if isinstance(event := self._events.get_nowait(), _Started):
                         self._on_started(event.message)
             what = (
-                "the running partitions stop with their workers"
+                # Dask's close gives a worker's task a few seconds to end (then kills it).
+                "the running partitions have a few seconds to finish their parts"
                 if cluster.local
-                else "leaving the cluster"
+                else "leaving the cluster, where the running partitions go on"
             )
             progress.stopping(f"batchscore: stopping: {what} (again to stop at once)")
             raise _Stopped(sig) from None
@@ -589,7 +590,7 @@ class Driver:
         if running:
             that = f"the {running:,} that {'was' if running == 1 else 'were'} running"
             if local:
-                redo += f", {that} {'starts' if running == 1 else 'start'} over"
+                redo += f" ({that} {'starts' if running == 1 else 'start'} over)"
             else:  # a task on an existing cluster runs to its end: its part may be kept
                 redo += f" ({that} may still finish on the cluster)"
         return InterruptedRun(
