@@ -17,7 +17,9 @@ The output folder::
     _SUCCESS                        the manifest, written last
 
 A lost worker's partition is run again by Dask, and replaces its part as a whole; ``--resume``
-after a stopped driver runs only the partitions whose part is missing.
+after a stopped driver runs only the partitions whose part is missing.  So the display counts
+a partition once its part is committed, and a stopped run's summary counts the parts in the
+folder (:meth:`Driver._stopped`): no count shown is one that ``--resume`` fetches again.
 """
 
 from __future__ import annotations

@@ -31,9 +31,9 @@ MIN_PARTITION, MAX_PARTITION = 1_000, 10_000
 """Bounds of the chosen partition size, in lines.  A stop keeps whole parts, so a partition is
 what a stop (or a lost worker) can throw away: 10,000 lines are ~5 s of a worker's work over a
 per-ID HTTP source (~2,000 IDs/s), which a local cluster's workers mostly finish as it stops.
-Each partition costs ~30-40 ms of CPU (its sources opened, its files committed): ~5% of the
-work of 10,000 lines over a fast batch source (~15,000 IDs per CPU second), ~1% over per-ID
-HTTP; below 1,000 lines that cost would outweigh the work (bench/results/dask-partition-size.md)."""
+Each partition costs some 30-90 ms of CPU (its sources opened, its files committed): ~2-5% of
+the work of 10,000 lines over a fast batch source, ~1% over per-ID HTTP; below 1,000 lines it
+would outweigh the work (bench/results/dask-partition-size.md)."""
 MAX_PARTITIONS = 10_000
 """A huge input gets larger partitions rather than more than this many (three files each in
 the folder, an entry each in ``_SUCCESS``, a task each for the scheduler)."""
