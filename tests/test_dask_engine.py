@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -502,6 +503,91 @@ def test_sigterm_stops_the_driver_cleanly(slow_server: FeatureServer, tmp_path: 
     assert all(name.endswith(".done") for name in left if name != ".batchscore-run.json")
 
 
+def kept_in(folder: Path) -> tuple[list[str], list[str]]:
+    """The IDs in the committed parts of a stopped run's folder: scored (in part files) and
+    failed (in the errors files beside them)."""
+    scored = [row["id"] for row in rows_of(folder)]
+    failed = [
+        record["id"]
+        for part in parts_of(folder)
+        for record in read_errors(
+            folder / part.name.replace("part-", "errors-").replace(".csv", ".jsonl")
+        )
+    ]
+    return scored, failed
+
+
+def test_ctrl_c_counts_only_the_kept_parts_and_resume_fetches_the_rest(
+    slow_server: FeatureServer, run_cli: RunCli, tmp_path: Path
+) -> None:
+    """Ctrl-C mid-run: every count shown (the progress lines, the summary, the report, the
+    stop's last line) is the IDs of the committed parts, which ``--resume`` keeps; ``--resume``
+    asks the server for the other IDs only, each once, and the output is an uninterrupted run's.
+    Before, the display counted the rows of running partitions (thrown away by the stop), and
+    the last line said "after N IDs" without saying what --resume would do again."""
+    report = tmp_path / "report.json"
+    proc, out, ids = slow_dask_run(
+        tmp_path,
+        slow_server.url,
+        "--concurrency",
+        "2",  # 200 IDs/s a worker: a partition of 200 lines takes about a second
+        "--batch-size",
+        "50",  # and writes 4 chunks, each of which its worker counts
+        "--progress-interval",
+        "0.1",
+        "--report",
+        str(report),
+        "--merge",
+        "--max-failed",
+        "100",
+    )
+    try:
+        wait_for(lambda: len(parts_of(out)) >= 1, timeout=90)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = err.decode()
+    assert proc.returncode == 130, stderr
+    scored, failed = kept_in(out)
+    kept = len(scored) + len(failed)
+    assert 0 < kept < len(ids), stderr
+    shown = [int(n.replace(",", "")) for n in re.findall(r"([\d,]+)/1,600 done", stderr)]
+    assert shown and all(n % 200 == 0 and n <= kept for n in shown), stderr  # whole parts only
+    assert re.search(rf"^read {kept:,} IDs?, scored {len(scored):,}, ", stderr, re.M), stderr
+    last = stderr.strip().splitlines()[-1]
+    parts = kept // 200
+    assert f"stopped by SIGINT: {kept:,} IDs kept in {parts} part" in last, last
+    assert f"--resume to run the other {8 - parts} partitions" in last, last
+    body = json.loads(report.read_text())
+    assert (body["ids_read"], body["scored"], body["failed"]) == (kept, len(scored), len(failed))
+
+    slow_server.reset_stats()
+    command = list(proc.args)[len(batchscore_command()) :]
+    resumed = run_cli(*command, "--resume", env={"DASK_TEST_TOKEN": TOKEN}, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed: {kept:,} of them were committed" in resumed.stderr
+    asked = slow_server.stats()["id_requests"]
+    assert sorted(asked) == sorted(set(ids) - set(scored) - set(failed))
+    assert set(asked.values()) == {1}
+    assert_complete(out, ids)
+
+    local = run_cli(
+        "score",
+        "ids.txt",
+        "-c",
+        tmp_path / "http.toml",
+        "-o",
+        "local.csv",
+        "--max-failed",
+        "100",
+        env={"DASK_TEST_TOKEN": TOKEN},
+    )
+    assert local.returncode == 0, local.stderr
+    assert (out / "merged.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
+
+
 def spawned_children(pid: int) -> list[int]:
     """The processes ``pid`` started through multiprocessing (Dask's worker processes)."""
     found = []
@@ -615,6 +701,24 @@ def test_what_a_cluster_run_cannot_do_is_a_usage_error(
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stdout == b""
+
+
+@pytest.mark.parametrize(
+    ("lines", "workers", "size"),
+    [
+        (16_000, 2, 2_000),  # a small input: about 4 partitions per worker
+        (3_000, 2, 1_000),  # but never under 1,000 lines
+        (200_000, 2, 10_000),  # a large one: ~5 s of per-ID work each (was 25,000 lines)
+        (2_000_000, 64, 7_813),  # many workers: 4 each still
+        (500_000_000, 2, 50_000),  # at most 10,000 partitions (was 100,000 lines)
+    ],
+)
+def test_the_default_partition_is_seconds_of_work(lines: int, workers: int, size: int) -> None:
+    """The size a run without --partition-size chooses (recorded in its _SUCCESS): a stop
+    keeps whole parts, so a partition is what a stop can throw away."""
+    from batchscore.engines.dask.folder import choose_partition_size
+
+    assert choose_partition_size(lines, workers) == size
 
 
 def test_the_job_sent_to_workers_never_shows_its_secrets(tmp_path: Path) -> None:

@@ -491,8 +491,9 @@ def score(
         Opt(
             "--partition-size",
             metavar="N",
-            help="With --engine dask: input lines per partition (one Dask task, one part file) "
-            "[default: about 4 partitions per worker, 1,000 to 100,000 lines].",
+            help="With --engine dask: input lines per partition (one Dask task, one part file; "
+            "a stop keeps whole parts) [default: about 4 partitions per worker, 1,000 to "
+            "10,000 lines].",
             rich_help_panel=RUN,
         ),
     ] = None,

@@ -94,11 +94,15 @@ class PipeClosedError(BatchscoreError):
 class InterruptedRun(BatchscoreError):
     """SIGINT or SIGTERM stopped the run; what was committed stays resumable."""
 
-    def __init__(self, sig: int, done: int) -> None:
+    def __init__(self, sig: int, done: int, outcome: str | None = None) -> None:
+        """``outcome``: what is kept and what ``--resume`` does, when the engine says more
+        than the IDs done (a Dask run keeps whole parts)."""
         self.exit_status = signal_status(sig)
         name = "SIGINT" if self.exit_status == ExitStatus.SIGINT else "SIGTERM"
         super().__init__(
-            f"stopped by {name} after {counted(done, 'ID')}; rerun the same command with "
+            f"stopped by {name}: {outcome}"
+            if outcome
+            else f"stopped by {name} after {counted(done, 'ID')}; rerun the same command with "
             "--resume to finish"
         )
 

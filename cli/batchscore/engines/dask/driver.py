@@ -17,7 +17,9 @@ The output folder::
     _SUCCESS                        the manifest, written last
 
 A lost worker's partition is run again by Dask, and replaces its part as a whole; ``--resume``
-after a stopped driver runs only the partitions whose part is missing.
+after a stopped driver runs only the partitions whose part is missing.  So the display counts
+a partition once its part is committed, and a stopped run's summary counts the parts in the
+folder (:meth:`Driver._stopped`): no count shown is one that ``--resume`` fetches again.
 """
 
 from __future__ import annotations
@@ -29,9 +31,8 @@ import logging
 import os
 import queue
 import signal
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,7 @@ from batchscore.sources.build import build_sources
 from batchscore.sources.input import input_values
 from batchscore.sources.limits import Limits
 from batchscore.sources.retry import down_message
+from batchscore.wording import counted
 
 log = logging.getLogger("batchscore")
 
@@ -143,10 +145,10 @@ def _extension(p: Plan) -> str:
 
 
 @dataclass(frozen=True)
-class _Progress:
-    """A running partition's counts, as its task published them (a Dask event)."""
+class _Started:
+    """A partition's task started (a Dask event its task published)."""
 
-    counts: dict[str, Any]
+    message: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -156,18 +158,16 @@ class _Finished:
     future: Any  # distributed.Future (not imported until a run)
 
 
-_Event = _Progress | _Finished
+_Event = _Started | _Finished
 
 
-@dataclass
-class _Live:
-    """A running partition's last reported counts (of its latest attempt)."""
+class _Stopped(Exception):
+    """SIGINT or SIGTERM stopped the partitions' wait; the run says so once its cluster is
+    closed (:meth:`Driver._stopped`)."""
 
-    attempt: str
-    read: int = 0
-    skipped: int = 0
-    scored: int = 0
-    failed: int = 0
+    def __init__(self, sig: int) -> None:
+        super().__init__(sig)
+        self.sig = sig
 
 
 class Driver:
@@ -185,7 +185,9 @@ class Driver:
         self.done: dict[str, Any] | None = None  # a completed run of this job, found
         self.earlier: str | None = None
         self._events: queue.Queue[_Event] = queue.Queue()
-        self._live: dict[int, _Live] = {}
+        self._pending: set[str] = set()  # the keys of the partitions' futures not finished
+        self._running: set[int] = set()  # partitions started and not finished
+        self._kept: set[int] = set()  # partitions whose part is committed and counted
         self._first_failures: dict[int, list[Any]] = {}
         # Per source, failed attempts in a row over the partitions, in the order they finished
         # (a partition counts from 0: a source down over many small partitions is down all
@@ -213,6 +215,7 @@ class Driver:
         header_lines = idmod.header_lines(fmt, self.settings.input.header)
         skip_first = fmt in ("csv", "tsv") and header_lines == 1  # not under --no-header
         cluster = Cluster(self.settings, handle_signals=self.env.handle_signals)
+        stopped: _Stopped | None = None
         try:
             cluster.start()  # before the folder: an unreachable scheduler leaves nothing behind
             self.folder.mkdir(exist_ok=True)
@@ -243,18 +246,23 @@ class Driver:
                 ),
             )
             todo = self._skip_complete(parts)
-            self._score(
-                cluster,
-                todo,
-                fmt,
-                header=header_line(self.input) if skip_first else None,
-                header_at=text_header_at(self.input) if fmt == "text" and header_lines else 0,
-                fields=fields,
-            )
+            try:
+                self._score(
+                    cluster,
+                    todo,
+                    fmt,
+                    header=header_line(self.input) if skip_first else None,
+                    header_at=text_header_at(self.input) if fmt == "text" and header_lines else 0,
+                    fields=fields,
+                )
+            except _Stopped as exc:
+                stopped = exc
         finally:
             cluster.close()
             if cluster.local:  # its workers are gone: what they were writing is garbage
                 self._clean_staged()
+        if stopped is not None:
+            raise self._stopped(stopped.sig, parts, local=cluster.local)
         self._merge(parts)
         self._write_success(parts, size)
 
@@ -361,23 +369,32 @@ class Driver:
         todo = []
         earlier = RunStats()
         for part in parts:
-            name = part_name(part.index, self.ext)
-            record = read_json(self.folder / done_name(name), missing_ok=True)
-            if (
-                (self.folder / name).exists()
-                and record is not None
-                and record.get("first_line") == part.first_line
-                and record.get("last_line") == part.last_line
-                and not record.get("dead")  # its IDs failed only because a source was down
-            ):
-                done = RunStats()
-                done.restore(record["counters"])
-                earlier.merge(done)
-            else:
+            done = self._committed(part)
+            if done is None:
                 todo.append(part)
+            else:
+                earlier.merge(done)
+                self._kept.add(part.index)
         self.stats.merge(earlier)
         self.stats.resumed_from = earlier.done
         return todo
+
+    def _committed(self, part: Partition) -> RunStats | None:
+        """The counts of a partition whose part is committed in the folder (``--resume`` keeps
+        it), or None: no part, or one written while a source was down (run again)."""
+        name = part_name(part.index, self.ext)
+        record = read_json(self.folder / done_name(name), missing_ok=True)
+        if (
+            (self.folder / name).exists()
+            and record is not None
+            and record.get("first_line") == part.first_line
+            and record.get("last_line") == part.last_line
+            and not record.get("dead")  # its IDs failed only because a source was down
+        ):
+            done = RunStats()
+            done.restore(record["counters"])
+            return done
+        return None
 
     # -- the run --------------------------------------------------------------------------------
 
@@ -422,7 +439,7 @@ class Driver:
         plugin = JobPlugin(job)
         try:
             client.register_plugin(plugin, name=plugin.name)
-            client.subscribe_topic(job.topic, lambda event: self._events.put(_Progress(event[1])))
+            client.subscribe_topic(job.topic, lambda event: self._events.put(_Started(event[1])))
             futures = {}
             for part in todo:
                 future = client.submit(
@@ -443,7 +460,20 @@ class Driver:
             sig = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else signal.SIGTERM
             if self.env.handle_signals:
                 leave_on_second_signal()
-            raise InterruptedRun(sig, self.stats.done) from None
+            # The partitions that started before the stop, though their news was still queued
+            # (those that finished meanwhile are counted from the folder: _stopped).
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    if isinstance(event := self._events.get_nowait(), _Started):
+                        self._on_started(event.message)
+            what = (
+                # Dask's close gives a worker's task a few seconds to end (then kills it).
+                "the running partitions have a few seconds to finish their parts"
+                if cluster.local
+                else "leaving the cluster, where the running partitions go on"
+            )
+            progress.stopping(f"batchscore: stopping: {what} (again to stop at once)")
+            raise _Stopped(sig) from None
         finally:
             progress.close(self._view(cluster))
             with contextlib.suppress(Exception):
@@ -464,15 +494,15 @@ class Driver:
     ) -> None:
         from distributed import KilledWorker
 
-        pending = set(futures)
+        pending = self._pending = set(futures)
         while pending:
             try:
                 event = self._events.get(timeout=0.5)
             except queue.Empty:
                 progress.update(self._view(cluster))
                 continue
-            if isinstance(event, _Progress):
-                self._on_progress(event.counts, pending, futures)
+            if isinstance(event, _Started):
+                self._on_started(event.message)
             elif event.future.key in pending:
                 item = event.future
                 pending.discard(item.key)
@@ -490,7 +520,7 @@ class Driver:
                         f"the Dask cluster lost partition {part.index} ({type(exc).__name__}: "
                         f"{exc}); rerun with --resume"
                     ) from None
-                self._live.pop(part.index, None)
+                self._running.discard(part.index)
                 if result.status != ExitStatus.OK:
                     raise with_status(result.message, result.status)
                 self._accept(result)
@@ -516,6 +546,7 @@ class Driver:
 
     def _count(self, result: PartResult) -> None:
         self.stats.merge(result.stats)
+        self._kept.add(result.index)
         self._first_failures[result.index] = result.stats.first_failures
 
     def _drop_dead(self) -> None:
@@ -528,41 +559,47 @@ class Driver:
                     (self.folder / path).unlink()
         self._dead.clear()
 
-    def _on_progress(
-        self, msg: dict[str, Any], pending: set[str], futures: dict[str, tuple[Any, Partition]]
-    ) -> None:
+    def _on_started(self, msg: dict[str, Any]) -> None:
         index = int(msg["part"])
-        key = f"batchscore-{self.p.run_id}-part-{index:05d}"
-        if key not in pending:
-            return  # a late event of a finished partition
-        live = self._live.get(index)
-        if live is None or live.attempt != msg["attempt"]:
-            live = self._live[index] = _Live(str(msg["attempt"]))  # a new attempt starts over
-        live.read, live.skipped = int(msg["read"]), int(msg["skipped"])
-        live.scored, live.failed = int(msg["scored"]), int(msg["failed"])
+        if f"batchscore-{self.p.run_id}-part-{index:05d}" in self._pending:  # not a late event
+            self._running.add(index)
 
     def _view(self, cluster: Cluster) -> RunStats:
-        """The whole run's counts so far: finished partitions and running ones."""
-        s = self.stats
-        live = list(self._live.values())
-        aside = [result.stats for result in self._dead.values()]
-        view = RunStats(
-            started=s.started,
-            read=s.read + sum(x.read for x in live) + sum(x.read for x in aside),
-            skipped=s.skipped + sum(x.skipped for x in live) + sum(x.skipped for x in aside),
-            scored=s.scored + sum(x.scored for x in live) + sum(x.scored for x in aside),
-            failed=Counter(
-                {
-                    "failed": s.failed_total
-                    + sum(x.failed for x in live)
-                    + sum(x.failed_total for x in aside)
-                }
-            ),
-            total=s.total,
-            workers=cluster.workers(),
+        """The run's counts as the display shows them: the committed parts' alone (a running
+        partition's rows are lost if the run stops now, so they are not shown as done)."""
+        return replace(self.stats, workers=cluster.workers())
+
+    def _stopped(self, sig: int, parts: list[Partition], *, local: bool) -> InterruptedRun:
+        """The stop, said once the cluster is closed: what is kept, what ``--resume`` runs.
+
+        A partition may have committed its part after the driver stopped listening (as its
+        workers stopped): counted too, so that the summary is the folder's as ``--resume``
+        reads it.
+        """
+        for part in parts:
+            if part.index not in self._kept and (late := self._committed(part)) is not None:
+                late.resumed_from = late.resumed_read = 0  # this run's work
+                self.stats.merge(late)
+                self._kept.add(part.index)
+        kept, left = len(self._kept), len(parts) - len(self._kept)
+        running = len(self._running - self._kept)
+        if kept:
+            outcome = f"{counted(self.stats.done, 'ID')} kept in {counted(kept, 'part')}; "
+            redo = f"the other {counted(left, 'partition')}"
+        else:
+            outcome = "no part was complete, nothing kept; "
+            redo = f"its {counted(left, 'partition')}"
+        if running:
+            that = f"the {running:,} that {'was' if running == 1 else 'were'} running"
+            if local:
+                redo += f" ({that} {'starts' if running == 1 else 'start'} over)"
+            else:  # a task on an existing cluster runs to its end: its part may be kept
+                redo += f" ({that} may still finish on the cluster)"
+        return InterruptedRun(
+            sig,
+            self.stats.done,
+            outcome + f"rerun the same command with --resume to run {redo}",
         )
-        view.resumed_from, view.resumed_read = s.resumed_from, s.resumed_read
-        return view
 
     # -- after every part is in place -----------------------------------------------------------
 

@@ -25,11 +25,18 @@ MARKER = ".batchscore-run.json"
 MERGED = "merged"
 
 PARTITIONS_PER_WORKER = 4
-"""The chosen partition size aims at this many partitions per worker (a lost worker then
-costs a quarter of its share, and the last partitions finish close together)."""
-MIN_PARTITION, MAX_PARTITION = 1_000, 100_000
-"""Bounds of the chosen partition size, in lines: below, a task's start-up (sources opened,
-a connection pool warmed) outweighs its work; above, a lost worker costs too much again."""
+"""A small input is cut into about this many partitions per worker (the last partitions then
+finish close together)."""
+MIN_PARTITION, MAX_PARTITION = 1_000, 10_000
+"""Bounds of the chosen partition size, in lines.  A stop keeps whole parts, so a partition is
+what a stop (or a lost worker) can throw away: 10,000 lines are ~5 s of a worker's work over a
+per-ID HTTP source (~2,000 IDs/s), which a local cluster's workers mostly finish as it stops.
+Each partition costs some 30-90 ms of CPU (its sources opened, its files committed): ~2-5% of
+the work of 10,000 lines over a fast batch source, ~1% over per-ID HTTP; below 1,000 lines it
+would outweigh the work (bench/results/dask-partition-size.md)."""
+MAX_PARTITIONS = 10_000
+"""A huge input gets larger partitions rather than more than this many (three files each in
+the folder, an entry each in ``_SUCCESS``, a task each for the scheduler)."""
 
 
 def split_lines(path: str, size: int, skip_first: bool) -> tuple[list[Partition], int]:
@@ -75,9 +82,12 @@ def split_lines(path: str, size: int, skip_first: bool) -> tuple[list[Partition]
 
 
 def choose_partition_size(id_lines: int, workers: int) -> int:
-    """About :data:`PARTITIONS_PER_WORKER` partitions per worker, within the bounds."""
-    wanted = math.ceil(max(id_lines, 1) / (PARTITIONS_PER_WORKER * max(workers, 1)))
-    return max(MIN_PARTITION, min(MAX_PARTITION, wanted))
+    """About :data:`PARTITIONS_PER_WORKER` partitions per worker, within the bounds; at most
+    :data:`MAX_PARTITIONS` partitions."""
+    lines = max(id_lines, 1)
+    wanted = math.ceil(lines / (PARTITIONS_PER_WORKER * max(workers, 1)))
+    size = max(MIN_PARTITION, min(MAX_PARTITION, wanted))
+    return max(size, math.ceil(lines / MAX_PARTITIONS))
 
 
 def header_line(path: str) -> bytes:

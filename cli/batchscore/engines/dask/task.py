@@ -35,7 +35,6 @@ import signal
 import sys
 import tempfile
 import threading
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -69,9 +68,6 @@ from batchscore.sources.input import input_values
 from batchscore.sources.limits import Limits
 from batchscore.sources.retry import SourceHealth
 from batchscore.state import RunFiles
-
-PROGRESS_INTERVAL = 0.5
-"""Seconds between a partition's progress events to the driver."""
 
 
 @dataclass(frozen=True)
@@ -242,6 +238,7 @@ def run_partition(plugin: str, part: Partition) -> PartResult:
     try:
         models = job_plugin.models()
         progress = _Publisher(worker, job.topic, part.index)
+        progress.started()
         asyncio.run(_score_partition(job, models, part, stats, progress, health))
     except BatchscoreError as exc:
         status, message = exc.exit_status, redact(exc.message)
@@ -257,32 +254,23 @@ def run_partition(plugin: str, part: Partition) -> PartResult:
 
 
 class _Publisher:
-    """The partition's progress, as Dask events to the driver's one display (no files)."""
+    """The partition's news to the driver's one display, as a Dask event: that it started (the
+    driver names the partitions a stop drops).  Its rows are not news until its part is
+    committed: the driver counts a partition from its result, so that the display never shows
+    rows a stop would throw away."""
 
     def __init__(self, worker: Any, topic: str, index: int) -> None:
         self.worker = worker
         self.topic = topic
         self.index = index
         self.attempt = uuid.uuid4().hex[:8]
-        self._next = 0.0
+
+    def started(self) -> None:
+        """Say that this attempt of the partition runs."""
+        self.worker.log_event(self.topic, {"part": self.index, "attempt": self.attempt})
 
     def update(self, stats: RunStats) -> None:
-        """Send the counts, at most every :data:`PROGRESS_INTERVAL` seconds."""
-        now = time.monotonic()
-        if now < self._next:
-            return
-        self._next = now + PROGRESS_INTERVAL
-        self.worker.log_event(
-            self.topic,
-            {
-                "part": self.index,
-                "attempt": self.attempt,
-                "read": stats.read,
-                "skipped": stats.skipped,
-                "scored": stats.scored,
-                "failed": stats.failed_total,
-            },
-        )
+        """Nothing: see the class."""
 
     def stopping(self, message: str) -> None:
         """Nothing: a partition is stopped by its driver, which says so."""
