@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import os
 import queue
@@ -44,16 +43,15 @@ from batchscore.done import file_stamp
 from batchscore.engines.dask.cluster import Cluster, allowed_failures, for_workers
 from batchscore.engines.dask.folder import (
     MARKER,
-    MERGED,
     SUCCESS,
     choose_partition_size,
-    concatenate,
     header_line,
     is_ours,
     read_json,
     split_lines,
     text_header_at,
 )
+from batchscore.engines.dask.manifest import manifest_counters, merge_parts, write_success
 from batchscore.engines.dask.task import (
     Job,
     JobPlugin,
@@ -69,7 +67,6 @@ from batchscore.errors import (
     InterruptedRun,
     LeftoverStateError,
     OutputExistsError,
-    OutputWriteError,
     SourceDownError,
     Terminated,
     UsageError,
@@ -84,6 +81,7 @@ from batchscore.scoring import Environment, open_sources, read_input
 from batchscore.settings import Settings
 from batchscore.signals import leave_on_second_signal
 from batchscore.sinks import EXTENSIONS
+from batchscore.sources import Source
 from batchscore.sources.build import build_sources
 from batchscore.sources.input import input_values
 from batchscore.sources.limits import Limits
@@ -204,7 +202,7 @@ class Driver:
     def run(self) -> None:
         previous = self._take_folder()
         if self.done is not None:
-            self.stats.restore(_manifest_counters(self.done))
+            self.stats.restore(manifest_counters(self.done))
             return
         # The input as a whole (header, first rows, --min-ids) and the sources, as a local run
         # checks them: here, once, before any worker starts.
@@ -263,8 +261,19 @@ class Driver:
                 self._clean_staged()
         if stopped is not None:
             raise self._stopped(stopped.sig, parts, local=cluster.local)
-        self._merge(parts)
-        self._write_success(parts, size)
+        if self.settings.output.merge:
+            merge_parts(self.folder, [part.index for part in parts], self.ext, self.p)
+        write_success(
+            self.folder,
+            self.p,
+            self.stats,
+            parts,
+            size=size,
+            suffix=self.ext,
+            input_file=self.input,
+            identity=self.identity,
+        )
+        self._clean_staged()
 
     def _take_folder(self) -> dict[str, Any] | None:
         """Check the output folder; the stopped run's record when ``--resume`` continues one.
@@ -334,8 +343,7 @@ class Driver:
         ID may have others, and its reader would choose them only once it reached that line.
         """
         settings = self.settings
-        limits = Limits(concurrency=1, rate_limit=0, observe=lambda name, seconds: None)
-        sources = build_sources(settings.sources, limits, settings.fetch, RunStats())
+        sources = self._probe_sources()
         id_name = idmod.id_key(fmt, settings.input.id_column, settings.input.id_field)
         choose = input_values(sources, id_name, self.p.models.feature_names)
         fields: list[tuple[str, ...]] = []
@@ -349,9 +357,14 @@ class Driver:
             read_input(settings, stream, None if choose is None else recording)
         return fields[0] if fields else None
 
-    async def _check_sources(self) -> None:
+    def _probe_sources(self) -> list[Source]:
+        """The run's sources, one request at a time: what the driver reads the input with and
+        checks the sources with before any partition starts."""
         limits = Limits(concurrency=1, rate_limit=0, observe=lambda name, seconds: None)
-        sources = build_sources(self.settings.sources, limits, self.settings.fetch, RunStats())
+        return build_sources(self.settings.sources, limits, self.settings.fetch, RunStats())
+
+    async def _check_sources(self) -> None:
+        sources = self._probe_sources()
         async with contextlib.AsyncExitStack() as stack:
             await open_sources(self.p.models, sources, stack)
 
@@ -601,102 +614,5 @@ class Driver:
             outcome + f"rerun the same command with --resume to run {redo}",
         )
 
-    # -- after every part is in place -----------------------------------------------------------
-
-    def _merge(self, parts: list[Partition]) -> None:
-        """``--merge``: the parts as one file in input order (and their errors files as one),
-        byte for byte what a local run writes (a .gz: the same decompressed bytes)."""
-        if not self.settings.output.merge:
-            return
-        from batchscore.sinks.encoders import CsvEncoder
-
-        header = CsvEncoder(self.p.columns).header() if self.p.fmt == "csv" else b""
-        merged = self.folder / f"{MERGED}.{self.ext}"
-        names = [part_name(part.index, self.ext) for part in parts]
-        try:
-            concatenate([self.folder / name for name in names], merged, header, gzip=self.p.gzip)
-            concatenate(
-                [self.folder / errors_name(part.index) for part in parts],
-                self.folder / f"{merged.name}.errors.jsonl",
-                b"",
-                gzip=False,
-            )
-        except OSError as exc:
-            from batchscore.sinks.files import write_error
-
-            raise write_error(merged, exc) from None
-
-    def _write_success(self, parts: list[Partition], size: int) -> None:
-        """The manifest, last; then the records it replaces."""
-        s = self.stats
-        records = []
-        for part in parts:
-            name = part_name(part.index, self.ext)
-            record = read_json(self.folder / done_name(name))
-            records.append(
-                {
-                    "file": name,
-                    "errors": errors_name(part.index),
-                    "first_line": part.first_line,
-                    "last_line": part.last_line,
-                    # The run's histograms are in its own counters below, not per part.
-                    **{k: v for k, v in record["counters"].items() if k != "distributions"},
-                }
-            )
-        manifest = {
-            "run_id": self.p.run_id,
-            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "model_version": self.p.models.version_label,
-            "config_fingerprint": self.settings.fingerprint,
-            "input": self.input,
-            "input_stamp": file_stamp(self.input),
-            "format": self.ext,
-            "partition_size": size,
-            # The figures once (a resumed no-op reads them back: _manifest_counters).
-            "counts": {
-                "read": s.read,
-                "scored": s.scored,
-                "failed": s.failed_total,
-                "skipped": s.skipped,
-                "failed_by_reason": dict(sorted(s.failed.items())),
-            },
-            "retries": s.retries,
-            **{k: v for k, v in s.counters().items() if k == "distributions"},
-            "merged": f"{MERGED}.{self.ext}" if self.settings.output.merge else None,
-            "partitions": records,
-            "identity": self.identity,
-        }
-        try:
-            write_atomically(
-                str(self.folder / SUCCESS), orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
-            )
-        except OSError as exc:
-            raise OutputWriteError(
-                f"cannot write {self.folder / SUCCESS}: {exc.strerror}; rerun with --resume"
-            ) from None
-        for part in parts:
-            with contextlib.suppress(FileNotFoundError):
-                (self.folder / done_name(part_name(part.index, self.ext))).unlink()
-        with contextlib.suppress(FileNotFoundError):
-            (self.folder / MARKER).unlink()
-        self._clean_staged()
-
 
 __all__ = ["Driver", "refuse", "start"]
-
-
-def _manifest_counters(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The run's counters (:meth:`RunStats.counters`) from its ``_SUCCESS``: its ``counts``,
-    ``retries`` and ``distributions`` (a manifest written before held them twice, as
-    ``counters`` too: read as it is)."""
-    if "counters" in manifest:
-        return dict(manifest["counters"])
-    counts = manifest["counts"]
-    return {
-        "read": counts["read"],
-        "skipped": counts["skipped"],
-        "scored": counts["scored"],
-        "failed": counts["failed_by_reason"],
-        "retries": manifest.get("retries", 0),
-        **({"distributions": manifest["distributions"]} if "distributions" in manifest else {}),
-    }
