@@ -33,6 +33,7 @@ demo: $(RUNTIME)
 lint: $(STAMP)
 	$(BIN)/ruff check cli tests bench sample_data tools
 	$(BIN)/ruff format --check cli
+	$(BIN)/python tools/check_modules.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict cli/batchscore
