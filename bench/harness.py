@@ -3,7 +3,8 @@
 A run is one child process, optionally pinned to CPUs with ``taskset``, timed with the wall
 clock and measured with ``os.wait4`` (user and system CPU and peak RSS of that process and the
 children it waited for).  The feature server (``tests/featureserver.py``) runs in its own
-process; its CPU time per run is read from ``/proc``.
+process; its CPU time per run is read from ``/proc``.  Another commit's batchscore runs from a
+git worktree of it under ``bench/work/`` with this venv (:func:`tree_at`, :func:`revision`).
 """
 
 from __future__ import annotations
@@ -271,6 +272,67 @@ def display(cmd: Sequence[str]) -> str:
     return re.sub(r"http://127\.0\.0\.1:\d+", "http://127.0.0.1:PORT", text)
 
 
+def git(*args: str, cwd: Path = ROOT) -> str:
+    """``git ARGS`` in ``cwd``: its stdout, stripped ("" if it failed)."""
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def tree_at(rev: str) -> Path:
+    """A git worktree of commit ``rev`` at ``bench/work/rev-COMMIT`` (gitignored), made once
+    and reused; ``RuntimeError`` if ``rev`` is no commit or the folder holds another one."""
+    commit = git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    if not commit:
+        raise RuntimeError(f"{rev!r} is not a commit of {ROOT}")
+    tree = ROOT / "bench" / "work" / f"rev-{commit[:10]}"
+    if not tree.exists():
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["git", "worktree", "add", "--detach", str(tree), commit],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"git worktree add {tree} failed: {done.stderr.strip()}")
+    if git("rev-parse", "HEAD", cwd=tree) != commit:
+        raise RuntimeError(f"{tree} is not at {commit}: remove it (git worktree remove)")
+    return tree
+
+
+def revision(tree: Path) -> list[str]:
+    """The command prefix that runs ``tree``'s batchscore with this venv: ``env
+    PYTHONPATH=TREE/cli`` before ``.venv/bin/batchscore`` (the console script imports the
+    package its path finds first)."""
+    return [shutil.which("env") or "/usr/bin/env", f"PYTHONPATH={tree / 'cli'}"]
+
+
+def batchscore_code(prefix: Sequence[str] = ()) -> tuple[Path, str]:
+    """The ``batchscore`` package that ``PREFIX python`` imports, byte-compiled now (so no
+    timed run compiles it), and a line naming it with its commit for the report."""
+    probe = (
+        "import compileall, os, batchscore; d = os.path.dirname(batchscore.__file__); "
+        "compileall.compile_dir(d, quiet=1); print(d)"
+    )
+    found = subprocess.run(
+        [*prefix, str(BIN / "python"), "-c", probe],
+        cwd=ROOT,
+        env=CHILD_ENV,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    package = Path(found.stdout.strip().splitlines()[-1])
+    commit = git("rev-parse", "--short", "HEAD", cwd=package) or "unknown"
+    dirty = (
+        " (with uncommitted changes)"
+        if git("status", "--porcelain", "--", ".", cwd=package)
+        else ""
+    )
+    return package, f"`{package}`, commit {commit}{dirty}"
+
+
 def machine() -> dict[str, str]:
     """What the results were measured on."""
     info: dict[str, str] = {"nproc": str(os.cpu_count())}
@@ -309,21 +371,7 @@ def machine() -> dict[str, str]:
         info["hyperfine"] = out.stdout.strip()
     else:
         info["hyperfine"] = "not available (repeated timing instead)"
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--", "cli"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    info["git"] = (commit.stdout.strip() or "unknown") + (
-        " (with uncommitted changes in cli/)" if dirty.stdout.strip() else ""
+    info["git"] = (git("rev-parse", "--short", "HEAD") or "unknown") + (
+        " (with uncommitted changes in cli/)" if git("status", "--porcelain", "--", "cli") else ""
     )
     return info

@@ -23,12 +23,21 @@ Usage::
     .venv/bin/python bench/run.py --quick          # 1 round, small: bench/work/RESULTS-quick.md
     .venv/bin/python bench/run.py --only P1,P3     # some scenarios (not written to RESULTS.md)
     .venv/bin/python bench/run.py --only P2 --profile   # also a py-spy profile of batchscore
+    .venv/bin/python bench/run.py --quick --only P1,P2,P3 --compare-to REV   # this tree vs REV
+
+``--compare-to REV`` runs every scenario's headline batchscore variant a second time with
+another commit's code, as the variant ``batchscore @REV`` placed right after it: a git
+worktree of REV under ``bench/work/`` (made once, reused; ``harness.tree_at``) with this venv
+(``env PYTHONPATH=TREE/cli .venv/bin/batchscore ...``).  Its scores are checked like every
+variant's, its output file is compared byte for byte, and the report gets a table of this tree /
+REV per scenario (throughput, CPU per ID, each with the range of its per-round ratios).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import filecmp
 import importlib.util
 import json
 import math
@@ -39,7 +48,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -234,6 +243,21 @@ def verify(scenario: Scenario, reference: Variant) -> None:
             f"{variant.key} vs {reference.key}: {len(common):,} common IDs, "
             f"{same:,} bit-identical, max |diff| {diff:.3g} -> {verdict}"
         )
+
+
+def with_revision(scenario: Scenario, rev: str, prefix: Sequence[str]) -> Variant | None:
+    """The scenario's headline variant (``batchscore``) once more, run by ``prefix`` (another
+    commit's code) into its own output, placed right after it so each round runs them back to
+    back."""
+    base = scenario.get("batchscore")
+    if base is None:
+        return None
+    target = base.output.with_name(f"{base.output.stem}-{rev}{base.output.suffix}")
+    swap = {str(base.output): str(target), str(report_path(base.output)): str(report_path(target))}
+    cmd = [*prefix, *(swap.get(arg, arg) for arg in base.cmd)]
+    variant = replace(base, key=f"batchscore @{rev}", cmd=cmd, output=target, measures=[])
+    scenario.variants.insert(scenario.variants.index(base) + 1, variant)
+    return variant
 
 
 def run_variant(variant: Variant, log_dir: Path, label: str) -> Measure:
@@ -736,8 +760,9 @@ def startup(ctx: Context) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ profiling
 
 
-def profile(scenario: Scenario, work: Path) -> Path | None:
-    """Run the scenario's default batchscore variant under py-spy; summarise where time goes.
+def profile(scenario: Scenario, work: Path, variant: Variant | None = None) -> Path | None:
+    """Run the scenario's default batchscore variant (or ``variant``) under py-spy; summarise
+    where time goes.
 
     Three runs: a speedscope file of every thread; raw samples of every active thread; raw
     samples of only the thread holding the GIL (``--gil``).  The pipeline is one process, so the
@@ -747,8 +772,10 @@ def profile(scenario: Scenario, work: Path) -> Path | None:
     if not Path(spy).exists():
         say("  py-spy is not installed (pip install -e '.[bench]'); no profile")
         return None
-    variant = scenario.variants[0]
     base = work / f"profile-{scenario.name}"
+    if variant is not None and variant is not scenario.variants[0]:
+        base = work / f"profile-{scenario.name}-{slug(variant.key)}"
+    variant = variant or scenario.variants[0]
     runs = (
         ("speedscope", Path(f"{base}.speedscope.json"), ()),
         ("raw", Path(f"{base}.txt"), ()),
@@ -832,18 +859,70 @@ def ratio(a: Variant | None, b: Variant | None) -> float:
     return a.rate / b.rate
 
 
+def round_ratios(a: Variant, b: Variant, attr: str) -> list[float]:
+    """Per round: ``a``'s ``attr`` (wall, cpu) per ID over ``b``'s, in rounds both succeeded."""
+    return [
+        (getattr(ma, attr) / a.ids) / (getattr(mb, attr) / b.ids)
+        for ma, mb in zip(a.measures, b.measures, strict=False)
+        if ma.ok and mb.ok
+    ]
+
+
 def paired(a: Variant | None, b: Variant | None) -> str:
     """The range of per-round throughput ratios (the rounds alternate, so pairs are fair)."""
     if a is None or b is None:
         return ""
-    pairs = [
-        (a.ids / ma.wall) / (b.ids / mb.wall)
-        for ma, mb in zip(a.measures, b.measures, strict=False)
-        if ma.ok and mb.ok
-    ]
+    pairs = [1 / r for r in round_ratios(a, b, "wall")]
     if len(pairs) < 2:
         return ""
     return f" (rounds {min(pairs):.2f}-{max(pairs):.2f})"
+
+
+def compare_table(scenarios: dict[str, Scenario], compare: dict[str, str]) -> list[str]:
+    """``--compare-to``: each scenario's headline batchscore against the same at REV."""
+    rev = compare["rev"]
+    lines = [
+        "",
+        f"## This tree against {rev} (`--compare-to`)",
+        "",
+        f"- this tree: `{harness.display([BATCHSCORE])}` importing {compare['this']}",
+        f"- {rev}: `{compare['prefix']} {harness.display([BATCHSCORE])}` importing "
+        f"{compare['other']}",
+        f"- ratios are this tree / {rev} from the same run, medians, and in brackets the range "
+        "of the per-round ratios (the two run back to back in all rounds but the one the "
+        "rotation starts with REV); throughput > 1: "
+        "this tree is faster; CPU per ID > 1: this tree costs more",
+        "",
+        f"| scenario | IDs/s this / {rev} | throughput ratio | in-run throughput ratio | "
+        "CPU per ID ratio | every round | output files |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    for scenario in scenarios.values():
+        base, other = scenario.get("batchscore"), scenario.get(f"batchscore @{rev}")
+        if base is None or other is None:
+            continue
+        if base.failed or other.failed or not base.measures:
+            lines.append(f"| {scenario.name} | failed: {base.failed or other.failed} ||||||")
+            continue
+        walls = [1 / r for r in round_ratios(base, other, "wall")]
+        cpus = round_ratios(base, other, "cpu")
+        if len(walls) < 2:
+            every = "one round: no spread"
+        elif min(walls) <= 1 <= max(walls):
+            every = "within noise (rounds on both sides of 1)"
+        else:
+            every = "faster every round" if min(walls) > 1 else "**slower every round**"
+        inner = (other.median("inner") / other.ids) / (base.median("inner") / base.ids)
+        cpu = (base.median("cpu") / base.ids) / (other.median("cpu") / other.ids)
+        same = base.output.exists() and other.output.exists()
+        same = same and filecmp.cmp(base.output, other.output, shallow=False)
+        lines.append(
+            f"| {scenario.name} | {fmt_rate(base.rate)} / {fmt_rate(other.rate)} | "
+            f"{fmt_ratio(ratio(base, other))} ({min(walls):.2f}-{max(walls):.2f}) | "
+            f"{fmt_ratio(inner)} | {fmt_ratio(cpu)} ({min(cpus):.2f}-{max(cpus):.2f}) | "
+            f"{every} | {'byte-identical' if same else '**differ**'} |"
+        )
+    return lines
 
 
 def order_cost(ordered: Variant | None, unordered: Variant | None) -> float:
@@ -1043,6 +1122,8 @@ def write_report(
         if name in ran:  # a partial run (--only) lists only its own targets
             lines.append(f"| {name} | {what} | {value} | {bound} | {verdict(ok)} |")
 
+    if meta.get("compare"):
+        lines += compare_table(scenarios, meta["compare"])
     lines += [
         "",
         "Ratios and IDs/s use wall time end to end, as a user sees it: interpreter start-up, "
@@ -1117,6 +1198,7 @@ def write_report(
             if v.tool == "batchscore"
             and "[" not in v.key
             and "--unordered" not in v.key
+            and "@" not in v.key
             and not v.failed
             and v.measures
         ]
@@ -1183,6 +1265,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--profile", action="store_true", help="py-spy profile of batchscore too")
     parser.add_argument("--out", type=Path, help="report path (default: see the module doc)")
+    parser.add_argument(
+        "--compare-to",
+        metavar="REV",
+        help="also run each scenario's batchscore at git commit REV, alternated (module doc)",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     sizes = QUICK if args.quick else Sizes()
@@ -1198,6 +1285,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     machine = harness.machine()  # the commit measured is the one at the start
+    compare: dict[str, str] = {}
+    prefix: list[str] = []
+    if args.compare_to:
+        try:
+            tree = harness.tree_at(args.compare_to)
+        except RuntimeError as exc:
+            parser.error(str(exc))
+        prefix = harness.revision(tree)
+        _, this = harness.batchscore_code()
+        there, other = harness.batchscore_code(prefix)
+        if there.resolve() != (tree / "cli" / "batchscore").resolve():
+            parser.error(f"{harness.display(prefix)} imports {there}, not {tree}/cli")
+        rev = harness.git("rev-parse", "--short", "HEAD", cwd=tree)
+        compare = {"rev": rev, "this": this, "other": other, "prefix": harness.display(prefix)}
+        say(f"batchscore: {this}\nbatchscore @{rev}: {other}")
     p = data.ensure()
     ids = {
         "p1": p.ids_p1,
@@ -1260,10 +1362,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if name == "P2":
                 extras["scoring_only"] = scoring_only(ctx)
             scenario = builders[name]()
+            other = with_revision(scenario, compare["rev"], prefix) if compare else None
             run_scenario(scenario, rounds, log_dir)
             scenarios[name] = scenario
             if args.profile:
                 profile(scenario, p.work)
+                if other is not None:
+                    profile(scenario, p.work, other)
     finally:
         for server in servers.values():
             server.stop()
@@ -1277,6 +1382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "duration": f"{elapsed / 60:.1f} min",
         "rounds": rounds,
         "machine": machine,
+        "compare": compare,
     }
     write_report(target, scenarios, extras, meta)
     raw = {

@@ -109,29 +109,9 @@ def ensure_model_b(p: data.Paths) -> Path:
 def measured_code() -> str:
     """The command, and the code it imports: the editable install's ``cli/``, or the one
     ``PYTHONPATH`` puts first (to measure a commit while the install's tree is being edited)."""
-    probe = "import batchscore; print(batchscore.__file__)"
-    found = subprocess.run(
-        [str(harness.BIN / "python"), "-c", probe],
-        cwd=ROOT,
-        env=harness.CHILD_ENV,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    package = Path(found.stdout.strip()).parent
-
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=package, capture_output=True, text=True, check=False
-        )
-        return done.stdout.strip()
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = " (with uncommitted changes)" if git("status", "--porcelain", "--", ".") else ""
     via = " via PYTHONPATH" if os.environ.get("PYTHONPATH") else ""
-    return (
-        f"{harness.display([run.BATCHSCORE])}, importing `{package}`{via}, commit {commit}{dirty}"
-    )
+    package = harness.batchscore_code()[1]
+    return f"{harness.display([run.BATCHSCORE])}, importing {package}{via}"
 
 
 # ------------------------------------------------------------------------------ variants
