@@ -31,6 +31,8 @@ worktree of REV under ``bench/work/`` (made once, reused; ``harness.tree_at``) w
 (``env PYTHONPATH=TREE/cli .venv/bin/batchscore ...``).  Its scores are checked like every
 variant's, its output file is compared byte for byte, and the report gets a table of this tree /
 REV per scenario (throughput, CPU per ID, each with the range of its per-round ratios).
+``--compare-only`` leaves out every other variant: the pair runs A B, B A, A B ..., so a
+loaded machine's noise shrinks with more rounds in the same time.
 """
 
 from __future__ import annotations
@@ -889,8 +891,8 @@ def compare_table(scenarios: dict[str, Scenario], compare: dict[str, str]) -> li
         f"- {rev}: `{compare['prefix']} {harness.display([BATCHSCORE])}` importing "
         f"{compare['other']}",
         f"- ratios are this tree / {rev} from the same run, medians, and in brackets the range "
-        "of the per-round ratios (the two run back to back in all rounds but the one the "
-        "rotation starts with REV); throughput > 1: "
+        "of the per-round ratios (REV runs next to this tree's in the alternation); "
+        "throughput > 1: "
         "this tree is faster; CPU per ID > 1: this tree costs more",
         "",
         f"| scenario | IDs/s this / {rev} | throughput ratio | in-run throughput ratio | "
@@ -1270,11 +1272,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="REV",
         help="also run each scenario's batchscore at git commit REV, alternated (module doc)",
     )
+    parser.add_argument(
+        "--compare-only",
+        action="store_true",
+        help="with --compare-to: run only the headline batchscore and its REV twin (A B, B A, "
+        "...: more rounds in the same time)",
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     sizes = QUICK if args.quick else Sizes()
     rounds = args.rounds or (1 if args.quick else 3)
     only = [s.strip().upper() for s in args.only.split(",")] if args.only else list(SCENARIOS)
+    if args.compare_only and not args.compare_to:
+        parser.error("--compare-only needs --compare-to REV")
     if "P6" in only:
         only += [s for s in ("P1", "P2") if s not in only]
     unknown = set(only) - {*SCENARIOS, "P6"}
@@ -1363,6 +1373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 extras["scoring_only"] = scoring_only(ctx)
             scenario = builders[name]()
             other = with_revision(scenario, compare["rev"], prefix) if compare else None
+            if args.compare_only and other is not None:
+                scenario.variants = [
+                    v for v in scenario.variants if v.key in ("batchscore", other.key)
+                ]
             run_scenario(scenario, rounds, log_dir)
             scenarios[name] = scenario
             if args.profile:
