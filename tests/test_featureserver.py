@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -186,10 +187,12 @@ def test_fault_draws_are_deterministic_with_a_seed(client: httpx.Client) -> None
 
 
 def test_max_inflight_counts_concurrent_requests(srv: FeatureServer) -> None:
-    srv.faults.latency = 0.3
+    srv.faults.latency = 1.0
+    start = threading.Barrier(5)  # every client made before any request goes (a loaded machine)
 
     def fetch(_: int) -> int:
-        with httpx.Client(trust_env=False, timeout=5) as c:
+        with httpx.Client(trust_env=False, timeout=10) as c:
+            start.wait()
             return c.get(f"{srv.url}/features/C1").status_code
 
     with ThreadPoolExecutor(5) as pool:
