@@ -334,3 +334,34 @@ def test_metrics_that_cannot_be_written_leave_a_failed_run_its_own_status(
     result = run_cli(*args, cwd=ROOT)
     assert result.returncode == 2, result.stderr  # the refusal, not the metrics, is the news
     assert "--min-ids" in result.stderr
+
+
+SIGNAL_AS_RUN_CLI_STARTS = """
+import os, signal, sys
+
+def _signal_at_run_cli(frame, event, arg):
+    # The instant the command line's inner function is entered, before its own try: Ctrl-C.
+    if event == "call" and frame.f_code.co_name == "_run_cli":
+        sys.setprofile(None)
+        os.kill(os.getpid(), signal.SIGINT)
+
+class _ProfileOnceLoaded:
+    def find_spec(self, name, path=None, target=None):
+        if name == "batchscore.app":
+            sys.meta_path.remove(self)
+            sys.setprofile(_signal_at_run_cli)
+        return None
+
+sys.meta_path.insert(0, _ProfileOnceLoaded())
+"""
+
+
+def test_ctrl_c_as_the_command_line_starts_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    """Found by the kill-and-resume campaign (seed 23): a SIGINT 0.1 s into a run, between
+    ``run_cli`` being entered and its ``try``, printed a KeyboardInterrupt traceback."""
+    proc, _ = _with_hook(tmp_path, SIGNAL_AS_RUN_CLI_STARTS)
+    out, err = _ended(proc)  # it signals itself
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, err
+    assert err.endswith(b"batchscore: interrupted\n") and len(err.splitlines()) == 1, err
+    assert out == b""

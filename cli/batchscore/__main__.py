@@ -111,7 +111,11 @@ def main() -> None:
     except KeyboardInterrupt:  # Ctrl-C while the command's modules load: no traceback
         print("batchscore: interrupted", file=sys.stderr)
         sys.exit(130)
-    status = run_cli(sys.argv[1:])
+    try:
+        status = run_cli(sys.argv[1:])
+    except KeyboardInterrupt:  # Ctrl-C in run_cli's first or last instants, outside its try
+        print("batchscore: interrupted", file=sys.stderr)
+        status = 130
     if status in (130, 143):
         # A signal stopped the run and decided its status; a second one arriving while the
         # interpreter shuts down (Python resets its handlers to the default there, and any
