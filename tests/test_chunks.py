@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from batchscore.chunk import Chunk, ErrorRecord, Status
 from batchscore.feed import ChunkFeed, Filters, StallHook, watch_stalls
 from batchscore.ids import read_ids
-from batchscore.model import Encoder, read_info, to_float
+from batchscore.model import Encoder, FeatureInfo, read_info, to_float
 from batchscore.pipeline import Writer
 from batchscore.report import BusyClock, RunStats
 from batchscore.sinks import ScoredBatch
@@ -155,8 +155,15 @@ def test_ordered_writer_holds_chunks_behind_a_missing_one() -> None:
 
 
 @pytest.fixture(scope="module")
-def encoder() -> Encoder:
-    return Encoder(read_info(str(SAMPLE_DIR / "model.txt")).features)
+def features() -> tuple[FeatureInfo, ...]:
+    """The sample model's features, read (and its file checked in a child process) once: not
+    once per generated example."""
+    return read_info(str(SAMPLE_DIR / "model.txt")).features
+
+
+@pytest.fixture(scope="module")
+def encoder(features: tuple[FeatureInfo, ...]) -> Encoder:
+    return Encoder(features)
 
 
 ODD_VALUES: list[object] = [
@@ -187,13 +194,9 @@ def _bits(values: np.ndarray) -> list[int]:
 @given(st.lists(st.sampled_from(ODD_VALUES), min_size=1, max_size=30), st.data())
 @settings(max_examples=200, deadline=None)
 def test_a_value_converts_the_same_whatever_its_batchmates(
-    encoder: Encoder, batch: list[object], data: st.DataObject
+    encoder: Encoder, features: tuple[FeatureInfo, ...], batch: list[object], data: st.DataObject
 ) -> None:
-    numeric = next(
-        j
-        for j, f in enumerate(read_info(str(SAMPLE_DIR / "model.txt")).features)
-        if not f.categorical
-    )
+    numeric = next(j for j, f in enumerate(features) if not f.categorical)
     i = data.draw(st.integers(0, len(batch) - 1))
     alone = encoder.column(numeric, [batch[i]])
     together = encoder.column(numeric, batch)
@@ -207,12 +210,10 @@ def test_the_conversion_rule_per_type() -> None:
         assert math.isnan(to_float(missing)), missing
 
 
-def test_categorical_values_code_as_lightgbm_and_unknowns_are_missing(encoder: Encoder) -> None:
-    j, feature = next(
-        (j, f)
-        for j, f in enumerate(read_info(str(SAMPLE_DIR / "model.txt")).features)
-        if f.categorical
-    )
+def test_categorical_values_code_as_lightgbm_and_unknowns_are_missing(
+    encoder: Encoder, features: tuple[FeatureInfo, ...]
+) -> None:
+    j, feature = next((j, f) for j, f in enumerate(features) if f.categorical)
     values = [feature.categories[1], str(feature.categories[0]), "never-seen", None, [1], 1.5]
     column = encoder.column(j, values)
     assert column[:2].tolist() == [1.0, 0.0]

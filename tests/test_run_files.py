@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import resource
+import shutil
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,12 +117,56 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, 
     return found
 
 
-def _stopped(tmp_path: Path, fmt: str, step: str = "synced") -> tuple[Path, list[str]]:
-    """A run killed at ``step`` of its commit (every row durable in its partial files)."""
-    out = tmp_path / f"scores.{_suffix(fmt)}"
+class Runs:
+    """One folder per module (and xdist worker) where each test's run lives, emptied before
+    every test, and the runs several tests start from, each made there once and copied back
+    for the next test that needs it (sizes and times kept).  The folder stays the same because
+    a run's identity holds its absolute paths: a stopped run moved elsewhere is another job."""
+
+    def __init__(self, folder: Path, saved: Path) -> None:
+        self.folder = folder
+        self.saved = saved
+
+    def empty(self) -> Path:
+        for entry in list(self.folder.iterdir()):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        return self.folder
+
+    def made_once(self, name: str, make: Callable[[], None]) -> None:
+        """The folder as ``make`` leaves an empty one (made the first time, copied after)."""
+        copy = self.saved / name
+        if copy.exists():
+            shutil.copytree(copy, self.folder, symlinks=True, dirs_exist_ok=True)
+            return
+        make()
+        shutil.copytree(self.folder, copy, symlinks=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    return Runs(tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("made-once"))
+
+
+@pytest.fixture
+def folder(runs: Runs) -> Path:
+    """The module's run folder, empty (see :class:`Runs`)."""
+    return runs.empty()
+
+
+def _stopped(runs: Runs, fmt: str, step: str = "synced") -> tuple[Path, list[str]]:
+    """A run killed at ``step`` of its commit (every row durable in its partial files), in
+    ``runs.folder``."""
+    out = runs.folder / f"scores.{_suffix(fmt)}"
     args = _args(out)
-    killed, _ = _run(args, {"_BATCHSCORE_CRASH_AT": step})
-    assert killed.returncode == -9, killed.stderr
+
+    def kill() -> None:
+        killed, _ = _run(args, {"_BATCHSCORE_CRASH_AT": step})
+        assert killed.returncode == -9, killed.stderr
+
+    runs.made_once(f"stopped-{fmt}-{step}", kill)
     return out, args
 
 
@@ -139,9 +185,9 @@ def _state(out: Path) -> Path:
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_a_partial_output_cut_short_is_refused_naming_it(
-    tmp_path: Path, fmt: str, reference: dict[str, tuple[Any, bytes]]
+    runs: Runs, folder: Path, fmt: str, reference: dict[str, tuple[Any, bytes]]
 ) -> None:
-    out, args = _stopped(tmp_path, fmt)
+    out, args = _stopped(runs, fmt)
     partial = out.with_name(f".{out.name}.partial")
     committed = partial.stat().st_size
     partial.write_bytes(partial.read_bytes()[:2000])  # the first lines only
@@ -154,18 +200,18 @@ def test_a_partial_output_cut_short_is_refused_naming_it(
     _same_as_reference(out, fmt, reference)
 
 
-def test_an_errors_partial_cut_short_is_refused(tmp_path: Path) -> None:
-    _, args = _stopped(tmp_path, "csv")
-    partial = tmp_path / ".scores.csv.errors.jsonl.partial"
+def test_an_errors_partial_cut_short_is_refused(runs: Runs, folder: Path) -> None:
+    _, args = _stopped(runs, "csv")
+    partial = folder / ".scores.csv.errors.jsonl.partial"
     partial.write_bytes(partial.read_bytes()[:100])
     result, took = _run([*args, "--resume"])
     assert str(partial) in _refused(result, took, 2)
 
 
-def test_a_parquet_segment_missing_or_cut_is_refused_at_once(tmp_path: Path) -> None:
-    _, args = _stopped(tmp_path, "parquet")
-    folder = tmp_path / ".scores.parquet.partial"
-    first = folder / "segment-00000000.parquet"
+def test_a_parquet_segment_missing_or_cut_is_refused_at_once(runs: Runs, folder: Path) -> None:
+    _, args = _stopped(runs, "parquet")
+    segments = folder / ".scores.parquet.partial"
+    first = segments / "segment-00000000.parquet"
     first.write_bytes(first.read_bytes()[:-100])  # cut: its footer is gone
     result, took = _run([*args, "--resume"])
     line = _refused(result, took, 2)
@@ -173,14 +219,14 @@ def test_a_parquet_segment_missing_or_cut_is_refused_at_once(tmp_path: Path) -> 
     first.unlink()
     result, took = _run([*args, "--resume"])
     line = _refused(result, took, 2)
-    assert "segment-00000000.parquet" in line and str(folder) in line
+    assert "segment-00000000.parquet" in line and str(segments) in line
     again, took = _run([*args, "--resume"])  # and every later --resume says the same, at once
     assert _refused(again, took, 2) == line
 
 
-def test_a_sqlite_partial_with_rows_deleted_or_garbage_is_refused(tmp_path: Path) -> None:
-    _, args = _stopped(tmp_path, "sqlite")
-    partial = tmp_path / ".scores.db.partial"
+def test_a_sqlite_partial_with_rows_deleted_or_garbage_is_refused(runs: Runs, folder: Path) -> None:
+    _, args = _stopped(runs, "sqlite")
+    partial = folder / ".scores.db.partial"
     with sqlite3.connect(partial) as con:
         con.execute("DELETE FROM predictions WHERE rowid > 100")
     result, took = _run([*args, "--resume"])
@@ -242,14 +288,14 @@ STEPS = ["synced", "complete", "errors-renamed", "output-renamed"]
     + [("parquet", "parquet-assembled"), ("parquet", "parquet-renamed")],
 )
 def test_a_kill_at_any_step_of_the_commit_is_finished_by_resume(
-    tmp_path: Path, fmt: str, step: str, reference: dict[str, tuple[Any, bytes]]
+    runs: Runs, folder: Path, fmt: str, step: str, reference: dict[str, tuple[Any, bytes]]
 ) -> None:
-    out, args = _stopped(tmp_path, fmt, step)
+    out, args = _stopped(runs, fmt, step)
     resumed, took = _run([*args, "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert took < EXIT_WITHIN
     _same_as_reference(out, fmt, reference)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
         [f".{out.name}.done", out.name, f"{out.name}.errors.jsonl"]
     )
 
@@ -279,35 +325,35 @@ def _edit_state(out: Path, column: str, value: object) -> None:
     ],
 )
 def test_a_damaged_state_value_is_refused_naming_the_state_file(
-    tmp_path: Path, column: str, value: object
+    runs: Runs, folder: Path, column: str, value: object
 ) -> None:
-    out, args = _stopped(tmp_path, "csv")
+    out, args = _stopped(runs, "csv")
     _edit_state(out, column, value)
     result, took = _run([*args, "--resume"])
     line = _refused(result, took, 2)
     assert str(_state(out)) in line and "damaged" in line and "--overwrite" in line
 
 
-def test_a_state_file_that_is_no_database_is_refused(tmp_path: Path) -> None:
-    out, args = _stopped(tmp_path, "csv")
+def test_a_state_file_that_is_no_database_is_refused(runs: Runs, folder: Path) -> None:
+    out, args = _stopped(runs, "csv")
     _state(out).write_bytes(b"garbage" * 1000)
     result, took = _run([*args, "--resume"])
     assert str(_state(out)) in _refused(result, took, 2)
 
 
 def test_an_error_during_the_final_renames_exits_at_once_and_resumes(
-    tmp_path: Path, reference: dict[str, tuple[Any, bytes]]
+    runs: Runs, folder: Path, reference: dict[str, tuple[Any, bytes]]
 ) -> None:
     """Only the renames are left and the folder refuses them (immutable: ``chattr +i``, which
     root cannot bypass as it does a read-only mode): exit 74 at once, then resumable."""
-    out, args = _stopped(tmp_path, "csv", "complete")
-    frozen = subprocess.run(["chattr", "+i", str(tmp_path)], capture_output=True, check=False)
+    out, args = _stopped(runs, "csv", "complete")
+    frozen = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, check=False)
     if frozen.returncode != 0:
         pytest.skip(f"chattr +i is not available here: {frozen.stderr!r}")
     try:
         result, took = _run([*args, "--resume"])
     finally:
-        subprocess.run(["chattr", "-i", str(tmp_path)], check=True)
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
     assert "errors.jsonl" in _refused(result, took, 74)
     resumed, _ = _run([*args, "--resume"])
     assert resumed.returncode == 0, resumed.stderr
@@ -328,12 +374,18 @@ def test_an_error_during_the_final_renames_exits_at_once_and_resumes(
         "counters-text",
     ],
 )
-def test_a_damaged_done_record_is_refused_saying_what_to_do(tmp_path: Path, record: str) -> None:
-    out = tmp_path / "scores.csv"
+def test_a_damaged_done_record_is_refused_saying_what_to_do(
+    runs: Runs, folder: Path, record: str
+) -> None:
+    out = folder / "scores.csv"
     args = _args(out, "--resume")
-    first, _ = _run(args)
-    assert first.returncode == 0, first.stderr
-    done = tmp_path / ".scores.csv.done"
+
+    def complete() -> None:
+        first, _ = _run(args)
+        assert first.returncode == 0, first.stderr
+
+    runs.made_once("completed-csv", complete)
+    done = folder / ".scores.csv.done"
     kept = json.loads(done.read_text())
     if record == "drop-finished":
         kept.pop("finished")
