@@ -25,8 +25,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy.typing as npt
 
 from batchscore.errors import ModelError
 from batchscore.mlflow_folder import MlflowInfo, is_mlflow_path, read_folder
+from batchscore.signals import HELD, signals_held
 
 log = logging.getLogger("batchscore.model")
 
@@ -168,23 +168,6 @@ def _read_checked(path: str, given_as: str = "-m or [model] path") -> bytes:
     return data
 
 
-_HELD = {signal.SIGINT, signal.SIGTERM}
-
-
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    """SIGINT and SIGTERM wait (blocked) while a child process is forked, and come as soon as
-    the fork is done.  Python's at-fork hooks take and give back locks (logging's module lock
-    among them): a signal whose handler raised between the two left that lock held for good,
-    its exception "ignored", the run going on, and the next thread to log waiting forever (a
-    hang found by the kill-and-resume campaign, SIGTERM 0.6 s into a run)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
-
-
 def _verify_in_child(path: str, n_features: int) -> None:
     """Load the model in a separate process; raise ModelError if that process fails or dies."""
     code = (
@@ -200,13 +183,13 @@ def _verify_in_child(path: str, n_features: int) -> None:
     set_max_threads = getattr(lightgbm.basic._LIB, "LGBM_SetMaxThreads", None)
     if hasattr(os, "fork") and threading.active_count() == 1 and set_max_threads is not None:
         read_fd, write_fd = os.pipe()
-        with _signals_held():
+        with signals_held():
             pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             faulthandler.disable()  # a crash here is expected and reported by the parent
-            for held in _HELD:  # a signal ends the child as it would any program
+            for held in HELD:  # a signal ends the child as it would any program
                 signal.signal(held, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
             os.close(read_fd)
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, 1)
@@ -228,7 +211,7 @@ def _verify_in_child(path: str, n_features: int) -> None:
     else:
         import subprocess
 
-        with _signals_held():
+        with signals_held():
             child = subprocess.Popen(
                 [sys.executable, "-c", code, path, str(n_features)],
                 stdout=subprocess.DEVNULL,

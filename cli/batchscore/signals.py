@@ -14,14 +14,23 @@ import os
 import signal
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from batchscore.errors import signal_status
 
 if TYPE_CHECKING:
-    from batchscore.pipeline import Pipeline
     from batchscore.progress import ProgressDisplay
     from batchscore.sources.limits import Limits
+
+
+class Stoppable(Protocol):
+    """What a signal stops (the pipeline): gently first, then what is still in flight."""
+
+    def stop(self) -> None:
+        """Take no new work; what is in flight finishes."""
+
+    def cancel_in_flight(self) -> None:
+        """Give up on what is in flight."""
 
 GRACE_SECONDS = 5.0
 """After SIGINT/SIGTERM, how long answers already arriving may take to finish before they are
@@ -41,6 +50,25 @@ def leave_on_second_signal() -> None:
     """From now on until the process ends, SIGINT or SIGTERM leaves at once."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, leave_at_once)
+
+
+HELD = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait (blocked) for the block's few instructions and come as soon as
+    it ends.  Around a fork: Python's at-fork hooks take and give back locks (logging's module
+    lock among them), and a signal whose handler raised between the two left that lock held
+    for good, its exception "ignored", the run going on, and the next thread to log waiting
+    forever (a hang found by the kill-and-resume campaign, SIGTERM 0.6 s into a run).  Around
+    a handler swap: between taking one handler away and putting the next in place, a signal
+    would meet the default action (SIGTERM kills the process, -15 instead of 143)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
 
 
 @contextlib.contextmanager
@@ -76,7 +104,7 @@ class Stopper:
 
     def __init__(self) -> None:
         self.received: signal.Signals | None = None
-        self._pipeline: Pipeline | None = None
+        self._pipeline: Stoppable | None = None
         self._limits: Limits | None = None
         self._progress: ProgressDisplay | None = None
         self._previous: dict[signal.Signals, Any] = {}
@@ -92,10 +120,11 @@ class Stopper:
     def remove(self) -> None:
         """Give the signals back to the handlers the command had."""
         loop = asyncio.get_running_loop()
-        for sig, previous in self._previous.items():
-            loop.remove_signal_handler(sig)  # resets to the default ...
-            if previous is not None:
-                signal.signal(sig, previous)  # ... so put back what was there
+        with signals_held():  # no signal meets the default action between the two steps
+            for sig, previous in self._previous.items():
+                loop.remove_signal_handler(sig)  # resets to the default ...
+                if previous is not None:
+                    signal.signal(sig, previous)  # ... so put back what was there
         self._previous.clear()
         if self.received is not None:  # stopping: a second signal still leaves at once
             leave_on_second_signal()
@@ -105,7 +134,7 @@ class Stopper:
         self._waiting = waiting
 
     def watch(
-        self, pipeline: Pipeline, limits: Limits, progress: ProgressDisplay | None = None
+        self, pipeline: Stoppable, limits: Limits, progress: ProgressDisplay | None = None
     ) -> None:
         """The pipeline to stop (at once, if a signal came before it existed), and the
         display that says so."""
