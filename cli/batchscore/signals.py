@@ -32,6 +32,7 @@ class Stoppable(Protocol):
     def cancel_in_flight(self) -> None:
         """Give up on what is in flight."""
 
+
 GRACE_SECONDS = 5.0
 """After SIGINT/SIGTERM, how long answers already arriving may take to finish before they are
 dropped (requests not yet answered are dropped at once: :meth:`Limits.close`)."""

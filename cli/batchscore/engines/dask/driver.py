@@ -59,6 +59,7 @@ from batchscore.engines.dask.task import (
     PartResult,
     done_name,
     errors_name,
+    left_failing,
     part_name,
     run_partition,
 )
@@ -402,7 +403,7 @@ class Driver:
             and record is not None
             and record.get("first_line") == part.first_line
             and record.get("last_line") == part.last_line
-            and not record.get("dead")  # its IDs failed only because a source was down
+            and not record.get("dead")  # its last IDs failed because a source was down
         ):
             done = RunStats()
             done.restore(record["counters"])
@@ -538,16 +539,16 @@ class Driver:
                     raise with_status(result.message, result.status)
                 self._accept(result)
             progress.update(self._view(cluster))
-        # The run went through: parts whose source never answered are its outcome too.
+        # The run went through: parts that ended with a source failing are its outcome too.
         for result in self._dead.values():
             self._count(result)
         self._dead.clear()
 
     def _accept(self, result: PartResult) -> None:
-        """A finished part: counted; or, when a source never answered it, set aside until the
-        run completes (a stopped run removes it, so that ``--resume`` fetches it again).
+        """A finished part: counted; or, when a source was failing as it ended, set aside until
+        the run completes (a stopped run removes it, so that ``--resume`` fetches it again).
         Raises SourceDownError when a source's failures in a row reach ``down_after``."""
-        if any(answers == 0 and failures for answers, failures, _ in result.health.values()):
+        if left_failing(result.health):
             self._dead[result.index] = result
         else:
             self._count(result)

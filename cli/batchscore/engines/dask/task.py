@@ -211,6 +211,13 @@ class SourceTally(NamedTuple):
     reason: str
 
 
+def left_failing(health: dict[str, SourceTally]) -> bool:
+    """Whether a source was failing as the partition ended (its last attempts failed in a row:
+    down while it ran, or as it went down).  Such a part is set aside: a stopped run removes
+    it, so that ``--resume`` fetches its IDs again instead of keeping them as failures."""
+    return any(tally.failures for tally in health.values())
+
+
 @dataclass
 class PartResult:
     """How a partition ended: ``status`` 0 (its part is written) or the exit status of the
@@ -381,8 +388,8 @@ async def _score_partition(
                 "last_line": part.last_line,
                 "model_versions": [version for _, _, version in job.models],
                 "counters": stats.counters(),
-                # A source never answered it (down while it ran): --resume runs it again.
-                "dead": any(answers == 0 and failed for answers, failed, _ in health.values()),
+                # A source was failing as it ended (down): --resume runs it again.
+                "dead": left_failing(health),
             }
             await asyncio.to_thread(
                 _publish, folder, part.index, name, staged, staged_errors, record
