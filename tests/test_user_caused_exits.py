@@ -365,3 +365,43 @@ def test_ctrl_c_as_the_command_line_starts_exits_130_without_a_traceback(tmp_pat
     assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, err
     assert err.endswith(b"batchscore: interrupted\n") and len(err.splitlines()) == 1, err
     assert out == b""
+
+
+SIGNAL_IN_A_WEAKREF_CALLBACK = """
+import os, signal, sys, weakref
+
+class _Object:
+    pass
+
+def _signal_inside(ref):
+    # A callback Python runs for a collected object (an import's module lock has one): an
+    # exception raised in it is "ignored".  Ctrl-C lands here.
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(10000):
+        pass
+
+class _AtLifecycle:
+    # At the lazy import of batchscore.lifecycle: the command's own handlers are in place.
+    def find_spec(self, name, path=None, target=None):
+        if name == "batchscore.lifecycle":
+            sys.meta_path.remove(self)
+            thing = _Object()
+            keep = weakref.ref(thing, _signal_inside)
+            del thing
+        return None
+
+sys.meta_path.insert(0, _AtLifecycle())
+"""
+
+
+def test_a_ctrl_c_that_python_swallows_still_stops_the_run(tmp_path: Path) -> None:
+    """Found by the kill-and-resume campaign (seed 29): a SIGINT 0.5 s into a run landed in a
+    weakref callback of the import machinery; Python printed "Exception ignored ...
+    KeyboardInterrupt" and the run went on to the end, the stop lost."""
+    out = tmp_path / "scores.csv"
+    proc, _ = _with_hook(tmp_path, SIGNAL_IN_A_WEAKREF_CALLBACK, "-o", str(out))
+    _, err = _ended(proc)  # it signals itself
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err and b"Exception ignored" not in err, err
+    assert b"stopping" in err
+    assert not out.exists()  # stopped before the end: nothing in place, the state resumable

@@ -24,6 +24,8 @@ from batchscore.errors import (
     ExitStatus,
     PipeClosedError,
     Terminated,
+    quiet_unraisable,
+    stop_early,
     stopping_signal,
 )
 from batchscore.settings import Settings
@@ -679,7 +681,11 @@ def _describe(info: ModelInfo) -> None:
 
 
 def _terminated(signum: int, frame: object) -> None:
-    raise Terminated(signum)
+    stop_early(signum, Terminated(signum))
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    stop_early(signum, KeyboardInterrupt())
 
 
 def run_cli(argv: list[str]) -> int:
@@ -703,6 +709,8 @@ def _run_cli(argv: list[str]) -> int:
     # Until the pipeline installs its own handlers, SIGTERM ends the command like Ctrl-C does
     # (an exception that unwinds cleanly and releases the run lock), with status 143.
     signal.signal(signal.SIGTERM, _terminated)
+    signal.signal(signal.SIGINT, _interrupted)
+    sys.unraisablehook = quiet_unraisable(sys.unraisablehook)
     try:
         result = app(argv, prog_name="batchscore", standalone_mode=False)
     except typer.Exit as exc:

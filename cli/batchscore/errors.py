@@ -7,6 +7,9 @@ message on stderr.  A message says what went wrong and what to do, in one line.
 from __future__ import annotations
 
 import enum
+import sys
+from collections.abc import Callable
+from typing import NoReturn
 
 from batchscore.wording import counted
 
@@ -112,6 +115,34 @@ class Terminated(BaseException):
 
     A BaseException, like KeyboardInterrupt, so that no ``except Exception`` swallows it.
     """
+
+
+EARLY_STOPS: list[int] = []
+"""SIGINT/SIGTERM that came before a run's loop took the signals (their handlers raise), not
+yet acted on.  Python drops an exception raised inside a weakref callback or ``__del__`` (an
+import's module lock has one): "Exception ignored ... KeyboardInterrupt", and the run went on
+(found by the kill-and-resume campaign, seed 29).  The run's Stopper acts on what is here."""
+
+
+def stop_early(signum: int, exc: BaseException) -> NoReturn:
+    """The handler of SIGINT and SIGTERM until a run's loop takes them: remember the signal
+    (in case Python swallows the exception), then raise ``exc``."""
+    EARLY_STOPS.append(signum)
+    raise exc
+
+
+def quiet_unraisable(
+    previous: Callable[[sys.UnraisableHookArgs], object],
+) -> Callable[[sys.UnraisableHookArgs], object]:
+    """An unraisable hook that says nothing of a stop's exception that Python swallowed (the
+    run acts on :data:`EARLY_STOPS`); anything else goes to ``previous``."""
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> object:
+        if EARLY_STOPS and isinstance(unraisable.exc_value, KeyboardInterrupt | Terminated):
+            return None
+        return previous(unraisable)
+
+    return hook
 
 
 def stopping_signal(error: BaseException) -> ExitStatus | None:
