@@ -21,6 +21,7 @@ from conftest import (
     batchscore_command,
     clean_environ,
     read_output,
+    write_config,
 )
 
 IDS = SAMPLE_DIR / "ids_small.txt"  # 50 lines, one ID no source has (line 31)
@@ -365,3 +366,36 @@ def test_ctrl_c_as_the_command_line_starts_exits_130_without_a_traceback(tmp_pat
     assert b"Traceback" not in err and b"KeyboardInterrupt" not in err, err
     assert err.endswith(b"batchscore: interrupted\n") and len(err.splitlines()) == 1, err
     assert out == b""
+
+
+# -- a source config that cannot work -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["score", "check"])
+def test_a_postgres_dsn_port_past_65535_is_a_config_error_not_a_source_down(
+    tmp_path: Path, run_cli: RunCli, command: str
+) -> None:
+    """A typo in the dsn's port (asyncpg leaves it to the socket's OverflowError) was "source
+    down" (exit 4, "rerun with --resume") though no rerun can ever connect."""
+    config = write_config(
+        tmp_path / "c.toml",
+        model=SAMPLE_DIR / "model.txt",
+        sources=[
+            {
+                "name": "pg",
+                "kind": "postgres",
+                "dsn": "postgresql://scorer:${PGPASSWORD}@127.0.0.1:99999/db",
+                "table": "features",
+                "key": "id",
+            }
+        ],
+    )
+    out = tmp_path / "out.csv"
+    args = ["-o", out] if command == "score" else []
+    secret = "s3cr3t-pa55word"
+    result = run_cli(command, IDS, "-c", config, *args, env={"PGPASSWORD": secret}, cwd=ROOT)
+    assert result.returncode == 2, result.stderr
+    assert "source 'pg': the dsn cannot be used (connect(): port must be 0-65535" in result.stderr
+    assert "resume" not in result.stderr
+    assert secret not in result.stderr + result.stdout.decode()
+    assert not out.exists()
