@@ -233,6 +233,26 @@ def test_a_header_that_is_data_is_refused_naming_no_header_and_the_ids_column(
     assert ids_and_lines(items) == [(1, "C000858"), (2, "C000859")]
 
 
+@pytest.mark.parametrize(
+    ("data", "id_column", "shown"),
+    [
+        # The first line's quoted field holds a newline: the error said "(C1, multi" on one
+        # line and "line) looks like data ..." on the next, without its time stamp.
+        (b'C000858,"multi\nline"\nC000859,"b\nc"\n', "id", "(C000858, 'multi\\nline')"),
+        (b'C000858,"multi\nline"\nC000859,"b\nc"\n', "C000858", "(C000858, 'multi\\nline')"),
+        # A header that names no such column: its names, one of them an escape sequence.
+        (b'i\x1b[31md,"x\ny"\nC1,2\n', "idd", "(columns: 'i\\x1b[31md', 'x\\ny')"),
+    ],
+)
+def test_a_header_error_shows_a_cell_with_a_newline_or_control_character_on_its_one_line(
+    data: bytes, id_column: str, shown: str
+) -> None:
+    with pytest.raises(UsageError) as error:
+        read(data, "csv", id_column=id_column)
+    assert shown in error.value.message
+    assert error.value.message.isprintable()  # no newline, no escape reaches the terminal
+
+
 # -- JSON lines -----------------------------------------------------------------------------------
 
 

@@ -150,6 +150,27 @@ def test_in_a_cron_log_every_line_starts_with_the_time(tmp_path: Path) -> None:
     assert plain.stderr.decode().startswith("batchscore: error: ")
 
 
+@pytest.mark.parametrize("bad", [["--concurrency", "0"], ["-c", "BAD_CONFIG"]])
+def test_timestamps_never_holds_for_an_error_in_the_settings(
+    tmp_path: Path, bad: list[str]
+) -> None:
+    """A bad flag or config key (where journald stamps lines itself) was stamped all the same:
+    the flag was only read once the settings had been, and they failed."""
+    config = tmp_path / "bad.toml"
+    config.write_text(SAMPLE_CONFIG.read_text() + "\n[input]\ndedup = true\n")
+    args = [str(config) if a == "BAD_CONFIG" else a for a in bad]
+    result = subprocess.run(
+        [*batchscore_command(), "score", "sample_data/ids.txt", *args, "--timestamps", "never"],
+        capture_output=True,
+        cwd=ROOT,
+        env=default_environ(),
+        check=False,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.decode().splitlines()
+    assert line.startswith("batchscore: error: "), line
+
+
 def test_on_a_terminal_the_screen_is_left_as_it_was(tmp_path: Path) -> None:
     leader, follower = pty.openpty()
     out = tmp_path / "scores.csv"

@@ -219,3 +219,27 @@ def test_a_token_under_a_key_of_the_wrong_type_is_masked_in_score_and_check(
     assert checked.returncode == 2, checked.stderr
     assert shown in checked.stderr
     assert_no_secret_anywhere(tmp_path, stdout, stderr, checked.stdout, checked.stderr)
+
+
+@pytest.mark.parametrize("kind", ["http", "feast"])
+def test_a_token_with_the_newline_of_its_file_is_a_config_error_naming_the_header(
+    run_cli: RunCli, tmp_path: Path, model: TrainedModel, kind: str
+) -> None:
+    """A ``${BEARER}`` read from a secret file keeps its newline: aiohttp refused the header
+    at the first request, an internal error (exit 1) after a summary of 0 IDs read."""
+    source: dict[str, Any] = {
+        "name": "profile",
+        "kind": kind,
+        "url": "http://127.0.0.1:9" + ("/features/{id}" if kind == "http" else ""),
+        "headers": {"Authorization": "Bearer ${BEARER}"},
+        **({"entity_key": "id", "features": ["v:f0"]} if kind == "feast" else {}),
+    }
+    env = {"BEARER": BEARER + "\n"}
+    status, stdout, stderr = score(run_cli, tmp_path, model, [source], env, ["a"])
+    shown = "sources[0].headers.Authorization holds a line break or NUL"
+    assert status == 2, stderr
+    assert shown in stderr  # (--debug: with its traceback, masked)
+    checked = run_cli("check", "ids.txt", "-c", "config.toml", env=env)
+    assert checked.returncode == 2, checked.stderr
+    assert checked.stderr.count("\n") == 1 and shown in checked.stderr
+    assert_no_secret_anywhere(tmp_path, stdout, stderr, checked.stdout, checked.stderr)

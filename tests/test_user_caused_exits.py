@@ -21,10 +21,18 @@ from conftest import (
     batchscore_command,
     clean_environ,
     read_output,
+    write_config,
 )
 
 IDS = SAMPLE_DIR / "ids_small.txt"  # 50 lines, one ID no source has (line 31)
 SCORED = 49
+SAMPLE_SOURCE = {
+    "name": "features",
+    "kind": "sqlite",
+    "path": str(SAMPLE_DIR / "features.db"),
+    "table": "customer_features",
+    "key": "customer_id",
+}
 
 
 def in_shell(
@@ -127,6 +135,35 @@ def test_a_number_too_large_for_any_use_is_a_one_line_usage_error(
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and f"{flag} {value}" in result.stderr
     assert word in result.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "word"),
+    [
+        ("fetch", "retries", "is too large"),
+        ("input", "min_ids", "is too large"),
+    ],
+)
+@pytest.mark.parametrize("command", ["score", "check"])
+def test_a_config_number_past_64_bits_is_a_one_line_config_error(
+    tmp_path: Path, run_cli: RunCli, command: str, section: str, key: str, word: str
+) -> None:
+    """Any whole number past 64 bits in the file (the config's fingerprint could not be
+    written by orjson) was exit 1, 'internal error: TypeError: Integer exceeds 64-bit range'."""
+    value = 10**22
+    config = write_config(
+        tmp_path / "c.toml",
+        model=SAMPLE_DIR / "model.txt",
+        sources=[SAMPLE_SOURCE],
+        **{section: {key: value}},
+    )
+    out = tmp_path / "out.csv"
+    args = ["-o", out] if command == "score" else []
+    result = run_cli(command, IDS, "-c", config, *args, cwd=ROOT)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"[{section}] {key} = {value} in {config} {word}" in result.stderr
     assert not out.exists()
 
 
@@ -405,3 +442,36 @@ def test_a_ctrl_c_that_python_swallows_still_stops_the_run(tmp_path: Path) -> No
     assert b"Traceback" not in err and b"Exception ignored" not in err, err
     assert b"stopping" in err
     assert not out.exists()  # stopped before the end: nothing in place, the state resumable
+
+
+# -- a source config that cannot work -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["score", "check"])
+def test_a_postgres_dsn_port_past_65535_is_a_config_error_not_a_source_down(
+    tmp_path: Path, run_cli: RunCli, command: str
+) -> None:
+    """A typo in the dsn's port (asyncpg leaves it to the socket's OverflowError) was "source
+    down" (exit 4, "rerun with --resume") though no rerun can ever connect."""
+    config = write_config(
+        tmp_path / "c.toml",
+        model=SAMPLE_DIR / "model.txt",
+        sources=[
+            {
+                "name": "pg",
+                "kind": "postgres",
+                "dsn": "postgresql://scorer:${PGPASSWORD}@127.0.0.1:99999/db",
+                "table": "features",
+                "key": "id",
+            }
+        ],
+    )
+    out = tmp_path / "out.csv"
+    args = ["-o", out] if command == "score" else []
+    secret = "s3cr3t-pa55word"
+    result = run_cli(command, IDS, "-c", config, *args, env={"PGPASSWORD": secret}, cwd=ROOT)
+    assert result.returncode == 2, result.stderr
+    assert "source 'pg': the dsn cannot be used (connect(): port must be 0-65535" in result.stderr
+    assert "resume" not in result.stderr
+    assert secret not in result.stderr + result.stdout.decode()
+    assert not out.exists()

@@ -540,6 +540,8 @@ def score(
     flags: dict[str, Any] = dict(ctx.params)
     flags.pop("config")
     _debug = bool(debug) or os.environ.get("BATCHSCORE_DEBUG", "") in {"1", "true", "yes"}
+    if timestamps in WHEN:  # a settings error (a bad config key) is stamped as the flag says
+        stamp_stderr(timestamps)
     settings = resolve(flags, str(config) if config else None, os.environ)
     _debug = settings.run.debug
     stamp_stderr(settings.run.timestamps)

@@ -278,7 +278,7 @@ def _refuse_an_id_as_header(
 def _data_as_header(name: str, header: list[str], id_number: int, why: str) -> UsageError:
     """A first line that is data, not a header: said so, with the way to read it as data
     (``--no-header``, the IDs' column by its number: ``id_number``, the likeliest one)."""
-    shown = ", ".join(header[:4]) + (", ..." if len(header) > 4 else "")
+    shown = ", ".join(map(_one_line, header[:4])) + (", ..." if len(header) > 4 else "")
     return UsageError(
         f"the input {name}'s first line ({shown}) looks like data, not a header (it has the "
         f"shape of the line below it){why}; if the file has no header line, pass --no-header "
@@ -306,12 +306,20 @@ def _no_such_column(
                 _first_same_shape(header, below),
                 f", so it has no column '{column}'",
             )
-    same_but_case = [h for h in header if h.casefold() == column.casefold()]
-    nearest = f" (did you mean '{same_but_case[0]}'?)" if same_but_case else suggest(column, header)
+    names = [h for h in header if h.isprintable()]  # a name with a newline is never offered
+    same_but_case = [h for h in names if h.casefold() == column.casefold()]
+    nearest = f" (did you mean '{same_but_case[0]}'?)" if same_but_case else suggest(column, names)
     return UsageError(
         f"the input {name} has no column '{column}'{nearest} "
-        f"(columns: {', '.join(header)}); pass {flag} with one of those{hint}"
+        f"(columns: {', '.join(map(_one_line, header))}); pass {flag} with one of those{hint}"
     )
+
+
+def _one_line(cell: str) -> str:
+    """A cell of the input as an error shows it: as written, or as a Python literal when it
+    holds a newline (a quoted field), a tab or a control character, so that the error stays one
+    line and the file's bytes never act on the terminal."""
+    return cell if cell.isprintable() else repr(cell)
 
 
 def _no_such_number(

@@ -277,8 +277,21 @@ def fingerprint(config: Mapping[str, Any]) -> str:
     """A short stable hash of a config's content."""
     import orjson
 
-    blob = orjson.dumps(config, option=orjson.OPT_SORT_KEYS, default=str)
+    blob = orjson.dumps(_within_64_bits(config), option=orjson.OPT_SORT_KEYS, default=str)
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _within_64_bits(value: Any) -> Any:
+    """``value`` with each whole number orjson cannot write (past 64 bits: a mistyped count,
+    which the checks after the fingerprint refuse by name) as its digits; every other value,
+    so every usable config's fingerprint, unchanged."""
+    if isinstance(value, dict):
+        return {key: _within_64_bits(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_within_64_bits(item) for item in value]
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        return str(value)
+    return value
 
 
 MAX_INT = sys.maxsize

@@ -91,6 +91,13 @@ def check_options(options: ClientOptions, where: str) -> None:
         raise ConfigError(f"{where}.ca_bundle: no file {options.ca_bundle}")
     if options.proxy is not None:
         check_url(options.proxy, f"{where}.proxy")
+    for name, value in options.headers.items():
+        if any(c in name + value for c in "\r\n\0"):  # aiohttp refuses it at the first request
+            shown = f".{name}" if name.isprintable() else f" (a name: {name!r})"
+            raise ConfigError(
+                f"{where}.headers{shown} holds a line break or NUL, which no HTTP header may "
+                "(a ${VARIABLE} read from a file with its newline?); remove it"
+            )
 
 
 def check_url(url: str, where: str) -> yarl.URL:

@@ -503,7 +503,10 @@ class PostgresSource:
             raise ConfigError(
                 f"source '{self.name}': {_describe(exc)} on {self._server}; check the dsn"
             ) from None
-        if connecting and isinstance(exc, asyncpg.ClientConfigurationError | ValueError):
+        # OverflowError: a dsn port past 65535 (the socket's own check; asyncpg lets it pass)
+        if connecting and isinstance(
+            exc, asyncpg.ClientConfigurationError | ValueError | OverflowError
+        ):
             raise ConfigError(
                 f"source '{self.name}': the dsn cannot be used ({_describe(exc)})"
             ) from None
