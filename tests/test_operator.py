@@ -922,3 +922,25 @@ def test_a_certificate_not_accepted_is_said_once_with_where_and_why(
         f"batchscore: WARNING batchscore.sources: source 'profile': tls_error: 127.0.0.1:{port}: "
         "TLS certificate not accepted (self-signed certificate)"
     ]
+
+
+def test_an_id_column_for_a_plain_text_input_is_refused_instead_of_ignored(
+    run_cli: RunCli,
+) -> None:
+    """Found by the hostile pass: ``printf 'C1,a' | batchscore score - --id-column 1`` scored
+    the whole line "C1,a" as the ID (every one not found, exit 3); ``--keep`` there was
+    already exit 2.  A CSV given as plain text is now said to be one, with the fix."""
+    result = run_cli(
+        "score", "-", "-c", SAMPLE_CONFIG, "--no-header", "--id-column", "1",
+        stdin=b"C000858,basic\n", cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert "--id-column" in line and "plain text" in line and "--input-format csv" in line
+    assert result.stdout == b""
+    fixed = run_cli(
+        "score", "-", "-c", SAMPLE_CONFIG, "--input-format", "csv", "--no-header",
+        "--id-column", "1", stdin=b"C000858,basic\n", cwd=ROOT,
+    )  # fmt: skip
+    assert fixed.returncode == 0, fixed.stderr
+    assert fixed.stdout.decode().splitlines()[1].startswith("C000858,")

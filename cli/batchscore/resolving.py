@@ -130,6 +130,15 @@ def resolve(
             "IDS and --from-errors both name the input; pass one of them (--from-errors "
             "takes the IDs of an errors file)"
         )
+    if flags.get("id_column") is not None and not settings.input.from_errors:
+        from batchscore.ids import detect_format
+
+        if detect_format(settings.input.path, settings.input.format) == "text":
+            shown = "stdin" if settings.input.path == "-" else settings.input.path
+            raise ConfigError(
+                f"--id-column names a column of a CSV or TSV input, and {shown} is read as "
+                "plain text (one ID per line); pass --input-format csv or tsv, or drop --id-column"
+            )
     return settings
 
 
