@@ -475,3 +475,14 @@ def test_a_postgres_dsn_port_past_65535_is_a_config_error_not_a_source_down(
     assert "resume" not in result.stderr
     assert secret not in result.stderr + result.stdout.decode()
     assert not out.exists()
+
+
+def test_a_ctrl_c_that_python_swallows_still_stops_a_dask_run(tmp_path: Path) -> None:
+    """The same dropped Ctrl-C under ``--engine dask``: the driver's wait raises it again."""
+    out = tmp_path / "scores"
+    proc, _ = _with_hook(tmp_path, SIGNAL_IN_A_WEAKREF_CALLBACK, "-o", str(out), "--engine", "dask")
+    _, err = _ended(proc)  # it signals itself
+    assert proc.returncode == 130, err
+    assert b"Traceback" not in err and b"Exception ignored" not in err, err
+    assert b"stopping" in err
+    assert not (out / "_SUCCESS").exists()  # stopped before the end; --resume continues it

@@ -131,6 +131,16 @@ def stop_early(signum: int, exc: BaseException) -> NoReturn:
     raise exc
 
 
+def swallowed_stop() -> BaseException | None:
+    """The exception of a stop that Python swallowed, to raise again where it is safe (the
+    Dask driver's wait), once; None when there is none."""
+    if not EARLY_STOPS:
+        return None
+    signum = EARLY_STOPS.pop()
+    EARLY_STOPS.clear()
+    return KeyboardInterrupt() if signal_status(signum) == ExitStatus.SIGINT else Terminated(signum)
+
+
 def quiet_unraisable(
     previous: Callable[[sys.UnraisableHookArgs], object],
 ) -> Callable[[sys.UnraisableHookArgs], object]:

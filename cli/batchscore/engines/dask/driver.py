@@ -71,6 +71,7 @@ from batchscore.errors import (
     SourceDownError,
     Terminated,
     UsageError,
+    swallowed_stop,
     with_status,
 )
 from batchscore.identity import difference, identity_text
@@ -510,6 +511,9 @@ class Driver:
 
         pending = self._pending = set(futures)
         while pending:
+            stop = swallowed_stop()  # a Ctrl-C that Python dropped still stops the run
+            if stop is not None:
+                raise stop
             try:
                 event = self._events.get(timeout=0.5)
             except queue.Empty:
