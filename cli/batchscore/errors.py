@@ -121,7 +121,7 @@ EARLY_STOPS: list[int] = []
 """SIGINT/SIGTERM that came before a run's loop took the signals (their handlers raise), not
 yet acted on.  Python drops an exception raised inside a weakref callback or ``__del__`` (an
 import's module lock has one): "Exception ignored ... KeyboardInterrupt", and the run went on
-(found by the kill-and-resume campaign, seed 29).  The run's Stopper acts on what is here."""
+(found by the kill-and-resume campaign, seed 29).  Read through :func:`swallowed_signal`."""
 
 
 def stop_early(signum: int, exc: BaseException) -> NoReturn:
@@ -131,13 +131,22 @@ def stop_early(signum: int, exc: BaseException) -> NoReturn:
     raise exc
 
 
+def swallowed_signal() -> int | None:
+    """The signal of a stop that Python swallowed, once (it is forgotten then); None when
+    there is none.  A local run's Stopper acts on it as it is installed."""
+    if not EARLY_STOPS:
+        return None
+    signum = EARLY_STOPS[-1]
+    EARLY_STOPS.clear()
+    return signum
+
+
 def swallowed_stop() -> BaseException | None:
     """The exception of a stop that Python swallowed, to raise again where it is safe (the
     Dask driver's wait), once; None when there is none."""
-    if not EARLY_STOPS:
+    signum = swallowed_signal()
+    if signum is None:
         return None
-    signum = EARLY_STOPS.pop()
-    EARLY_STOPS.clear()
     return KeyboardInterrupt() if signal_status(signum) == ExitStatus.SIGINT else Terminated(signum)
 
 

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from batchscore.errors import EARLY_STOPS, signal_status
+from batchscore.errors import signal_status, swallowed_signal
 
 if TYPE_CHECKING:
     from batchscore.progress import ProgressDisplay
@@ -117,9 +117,9 @@ class Stopper:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.getsignal(sig)
             loop.add_signal_handler(sig, self._on_signal, sig)
-        if EARLY_STOPS:  # a stop whose exception Python swallowed: it still stops the run
-            self._on_signal(signal.Signals(EARLY_STOPS[-1]))
-            EARLY_STOPS.clear()
+        early = swallowed_signal()  # a stop whose exception Python swallowed still stops it
+        if early is not None:
+            self._on_signal(signal.Signals(early))
 
     def remove(self) -> None:
         """Give the signals back to the handlers the command had."""
