@@ -108,17 +108,23 @@ def default_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("BATCHSCORE_")}
 
 
-def test_in_a_cron_log_every_line_starts_with_the_time(tmp_path: Path) -> None:
-    out = tmp_path / "scores.csv"
-    args = ["score", "sample_data/ids.txt", "-c", str(SAMPLE_CONFIG), "-o", str(out)]
-    result = subprocess.run(
-        [*batchscore_command(), *args, "--progress-interval", "0.01", "--batch-size", "64"],
+def as_a_user(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """The command run from the project's folder, off a terminal, with no batchscore variable
+    set (so its lines are stamped as in a cron log)."""
+    return subprocess.run(
+        [*batchscore_command(), *args],
         capture_output=True,
         cwd=ROOT,
         env=default_environ(),
         check=False,
         timeout=60,
     )
+
+
+def test_in_a_cron_log_every_line_starts_with_the_time(tmp_path: Path) -> None:
+    out = tmp_path / "scores.csv"
+    args = ["score", "sample_data/ids.txt", "-c", str(SAMPLE_CONFIG), "-o", str(out)]
+    result = as_a_user(*args, "--progress-interval", "0.01", "--batch-size", "64")
     assert result.returncode == 3  # the sample's 10 unknown IDs
     lines = result.stderr.decode().splitlines()
     assert any(" done, " in line for line in lines), lines  # progress
@@ -129,24 +135,12 @@ def test_in_a_cron_log_every_line_starts_with_the_time(tmp_path: Path) -> None:
     first = dt.datetime.fromisoformat(lines[0].split(" ")[0])
     assert abs((dt.datetime.now(dt.UTC) - first).total_seconds()) < 60
 
-    refused = subprocess.run(  # the output exists now: the one error line is stamped too
-        [*batchscore_command(), *args],
-        capture_output=True,
-        cwd=ROOT,
-        env=default_environ(),
-        check=False,
-    )
+    refused = as_a_user(*args)  # the output exists now: the one error line is stamped too
     assert refused.returncode == 2
     (line,) = refused.stderr.decode().splitlines()
     assert STAMP.match(line) and line[STAMP.match(line).end() :].startswith("batchscore: error:")
 
-    plain = subprocess.run(
-        [*batchscore_command(), *args, "--timestamps", "never"],
-        capture_output=True,
-        cwd=ROOT,
-        env=default_environ(),
-        check=False,
-    )
+    plain = as_a_user(*args, "--timestamps", "never")
     assert plain.stderr.decode().startswith("batchscore: error: ")
 
 
@@ -159,13 +153,7 @@ def test_timestamps_never_holds_for_an_error_in_the_settings(
     config = tmp_path / "bad.toml"
     config.write_text(SAMPLE_CONFIG.read_text() + "\n[input]\ndedup = true\n")
     args = [str(config) if a == "BAD_CONFIG" else a for a in bad]
-    result = subprocess.run(
-        [*batchscore_command(), "score", "sample_data/ids.txt", *args, "--timestamps", "never"],
-        capture_output=True,
-        cwd=ROOT,
-        env=default_environ(),
-        check=False,
-    )
+    result = as_a_user("score", "sample_data/ids.txt", *args, "--timestamps", "never")
     assert result.returncode == 2
     (line,) = result.stderr.decode().splitlines()
     assert line.startswith("batchscore: error: "), line
