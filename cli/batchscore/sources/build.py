@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from batchscore.redact import register_sources
 from batchscore.report import RunStats
 from batchscore.settings import FetchSettings
 from batchscore.sources import Source
@@ -20,7 +19,6 @@ from batchscore.sources.configs import (
     PostgresConfig,
     SourceConfig,
     SqliteConfig,
-    secret_tables,
 )
 from batchscore.sources.limits import Limits
 
@@ -36,11 +34,10 @@ def build_sources(
 ) -> list[Source]:
     """Build every configured source (not yet opened).
 
-    The secrets in the records (header values, URL credentials and query values, DSN
-    passwords) are registered with :mod:`batchscore.redact` first (again, on a Dask worker),
-    so that no message about them can show them.
+    Their secrets (header values, URL credentials and query values, DSN passwords) are
+    registered with :mod:`batchscore.redact` already: by the settings that made the records
+    (:func:`batchscore.resolving.source_configs`), and on a Dask worker by its job's setup.
     """
-    register_sources(secret_tables(configs))
     sources: list[Source] = []
     for config in configs:
         if isinstance(config, SqliteConfig):
